@@ -1,0 +1,87 @@
+"""Every error goalhorn raises on purpose derives from :class:`GoalhornError`.
+
+::
+
+    GoalhornError
+    ├── ConfigError                 bad settings, rules or segment files
+    ├── FeedError                   a feed payload that cannot be used
+    │   └── PayloadRejected         one malformed payload; carries source and reason
+    ├── BusError                    the intent bus
+    │   ├── BusUnavailable          broker unreachable after the reconnect budget
+    │   ├── PublishNotConfirmed     broker nacked, returned (unroutable) or timed out a publish
+    │   └── UnknownQueue            a queue name outside the declared topology
+    ├── StoreError                  Redis-backed stores
+    └── ProviderError               a provider failed for the whole batch (not per token)
+        ├── ProviderUnavailable     5xx, connection refused, timeout: retryable
+        ├── ProviderRateLimited     429; carries ``retry_after`` seconds
+        └── ProviderAuthError       credentials rejected; retryable after operator action
+
+Vendor errors are translated at the boundary with ``raise ... from exc``. Per-token outcomes
+(unregistered token, bad device token) are not errors: they are ``DeliveryResult`` values.
+"""
+
+from __future__ import annotations
+
+
+class GoalhornError(Exception):
+    """Root of goalhorn's errors."""
+
+
+class ConfigError(GoalhornError):
+    """Settings, rules or segment definitions that cannot be used."""
+
+
+class FeedError(GoalhornError):
+    """A feed payload that cannot be used."""
+
+
+class PayloadRejected(FeedError):
+    """One malformed payload, with the source it came from and a short machine-readable reason."""
+
+    def __init__(self, source: str, reason: str, detail: str = "") -> None:
+        self.source = source
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{source}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+class BusError(GoalhornError):
+    """The intent bus failed."""
+
+
+class BusUnavailable(BusError):
+    """The broker could not be reached within the reconnect budget."""
+
+
+class PublishNotConfirmed(BusError):
+    """The broker did not confirm a publish: nacked, returned as unroutable, or timed out."""
+
+
+class UnknownQueue(BusError):
+    """A queue name that is not part of the declared topology."""
+
+
+class StoreError(GoalhornError):
+    """A Redis-backed store failed."""
+
+
+class ProviderError(GoalhornError):
+    """A provider failed for a whole batch."""
+
+    retryable = True
+
+
+class ProviderUnavailable(ProviderError):
+    """5xx, refused connection or timeout."""
+
+
+class ProviderRateLimited(ProviderError):
+    """The provider asked us to slow down; ``retry_after`` is in seconds."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ProviderAuthError(ProviderError):
+    """The provider rejected our credentials."""

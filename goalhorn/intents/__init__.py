@@ -1,0 +1,1 @@
+"""Intents: the compact notification messages, the rules that make them, and the bus they travel on."""

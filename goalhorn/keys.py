@@ -1,0 +1,81 @@
+"""Every Redis key and AMQP name goalhorn uses, built in one place.
+
+All names start with the namespace (``Settings.namespace``), so two deployments or two test runs
+can share one Redis and one RabbitMQ without seeing each other. Redis keys use ``:`` and AMQP names
+use ``.`` as separators. Keys an operation touches together share a ``{...}`` hash tag so the same
+layout works on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Platform = Literal["fcm", "apns", "webhook"]
+PLATFORMS: tuple[Platform, ...] = ("fcm", "apns", "webhook")
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key and queue names of one namespace."""
+
+    namespace: str
+
+    # --- Redis: audience --------------------------------------------------------------------
+    def team_followers(self, team_id: str) -> str:
+        """SET of user ids following a team."""
+        return f"{self.namespace}:team:{team_id}:followers"
+
+    def user_devices(self, user_id: str) -> str:
+        """HASH device_id -> compact Device JSON."""
+        return f"{self.namespace}:user:{user_id}:devices"
+
+    def users(self) -> str:
+        """SET of every known user id."""
+        return f"{self.namespace}:users"
+
+    # --- Redis: ingest ------------------------------------------------------------------------
+    def event_seen(self, event_id: str) -> str:
+        """STRING set NX once an event id has been turned into intents."""
+        return f"{self.namespace}:event:{event_id}:seen"
+
+    def game_state(self, game_id: str) -> str:
+        """STRING with the last GameState JSON of a game."""
+        return f"{self.namespace}:game:{game_id}:state"
+
+    # --- Redis: delivery ----------------------------------------------------------------------
+    def delivery_marker(self, intent_id: str, device_id: str) -> str:
+        """STRING "inflight:<ts>" or "sent" per (intent, device)."""
+        return f"{self.namespace}:dlv:{{{intent_id}}}:{device_id}"
+
+    def dead_letters(self) -> str:
+        """STREAM of batches that exhausted their attempts, with the reason."""
+        return f"{self.namespace}:deadletters"
+
+    def stats(self) -> str:
+        """HASH of pipeline counters (see goalhorn.dispatch.stats)."""
+        return f"{self.namespace}:stats"
+
+    def latencies(self) -> str:
+        """LIST of score-change-to-delivery latencies in milliseconds."""
+        return f"{self.namespace}:latency_ms"
+
+    def pattern(self) -> str:
+        """SCAN pattern matching every key of the namespace."""
+        return f"{self.namespace}:*"
+
+    # --- AMQP ----------------------------------------------------------------------------------
+    @property
+    def intent_exchange(self) -> str:
+        return f"{self.namespace}.intents"
+
+    @property
+    def intent_queue(self) -> str:
+        return f"{self.namespace}.intents.expand"
+
+    def delivery_queue(self, platform: Platform) -> str:
+        """dramatiq queue of one provider's delivery batches."""
+        return f"{self.namespace}.delivery.{platform}"
+
+    def delivery_actor(self, platform: Platform) -> str:
+        return f"{self.namespace.replace('-', '_')}_deliver_{platform}"

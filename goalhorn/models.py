@@ -1,0 +1,226 @@
+"""Canonical models shared by every stage: frozen pydantic v2 models with compact JSON.
+
+``GameState``/``GameEvent``/``BookUpdate``/``EdgeSignal`` come out of ingest; ``Intent`` is what
+travels on the intent bus; ``Device`` is a recipient endpoint; ``DeliveryBatch`` is at most 500
+devices of one provider carrying their intent; ``DeliveryResult`` is one device's outcome.
+Timestamps are timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from goalhorn.keys import Platform
+
+MAX_BATCH = 500
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Model(BaseModel):
+    """Base of the canonical models: immutable, strict about unknown fields, compact on the wire."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def to_json(self) -> bytes:
+        """Compact JSON (no whitespace, no null fields)."""
+        return self.model_dump_json(exclude_none=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Self:
+        return cls.model_validate_json(data)
+
+
+class Sport(enum.StrEnum):
+    SOCCER = "soccer"
+    HOCKEY = "hockey"
+    BASKETBALL = "basketball"
+    FOOTBALL = "football"
+    BASEBALL = "baseball"
+
+
+class GameStatus(enum.StrEnum):
+    SCHEDULED = "scheduled"
+    LIVE = "live"
+    FINAL = "final"
+
+
+class EventKind(enum.StrEnum):
+    GOAL = "GOAL"
+    TOUCHDOWN = "TOUCHDOWN"
+    FIELD_GOAL = "FIELD_GOAL"
+    SAFETY = "SAFETY"
+    RUN = "RUN"
+    BASKET = "BASKET"
+    SCORE = "SCORE"
+    SCORE_CORRECTION = "SCORE_CORRECTION"
+    RED_CARD = "RED_CARD"
+    GAME_START = "GAME_START"
+    PERIOD_END = "PERIOD_END"
+    HALFTIME = "HALFTIME"
+    GAME_END = "GAME_END"
+    EDGE = "EDGE"
+
+
+class GameState(Model):
+    """One game as a feed saw it at ``observed_at``."""
+
+    game_id: str
+    source: str
+    sport: Sport
+    league: str
+    status: GameStatus
+    status_detail: str = ""
+    home_team: str
+    away_team: str
+    home_team_id: str
+    away_team_id: str
+    home_score: int = Field(ge=0)
+    away_score: int = Field(ge=0)
+    period: int = Field(ge=0)
+    clock_s: float | None = None
+    display_clock: str = ""
+    start_time: datetime | None = None
+    observed_at: datetime
+
+
+class GameEvent(Model):
+    """Something that happened in a game; ``event_id`` is the same on every re-poll of it."""
+
+    event_id: str
+    kind: EventKind
+    source: str
+    game_id: str
+    sport: Sport
+    league: str
+    team_id: str | None = None
+    team: str | None = None
+    home_team: str
+    away_team: str
+    home_score: int
+    away_score: int
+    period: int
+    display_clock: str = ""
+    player: str | None = None
+    sequence: int | None = None
+    observed_at: datetime
+
+
+class BookUpdate(Model):
+    """Top of a market's book after a change."""
+
+    token_id: str
+    best_bid: float | None = None
+    best_ask: float | None = None
+    ts_ms: int
+    received_at: datetime
+
+
+class EdgeSignal(Model):
+    """A market priced away from the model's fair value, with how fresh both inputs were."""
+
+    token_id: str
+    game_id: str
+    side: str
+    fair: float = Field(ge=0, le=1)
+    ask: float = Field(ge=0, le=1)
+    edge_cents: float
+    book_age_s: float = Field(ge=0)
+    state_age_s: float = Field(ge=0)
+    created_at: datetime
+
+
+class Intent(Model):
+    """A compact "notify these segments about this event" message; a typical one is < 1 KiB."""
+
+    intent_id: str
+    event_id: str
+    kind: EventKind
+    sport: Sport
+    game_id: str
+    team_id: str | None = None
+    priority: Annotated[int, Field(ge=0, le=9)]
+    segments: tuple[str, ...] = Field(min_length=1)
+    template: str
+    data: dict[str, str] = Field(default_factory=dict)
+    collapse_key: str | None = None
+    event_at: datetime
+    created_at: datetime
+    expires_at: datetime
+
+    @model_validator(mode="after")
+    def _expiry_after_creation(self) -> Self:
+        if self.expires_at <= self.created_at:
+            raise ValueError("expires_at must be after created_at")
+        return self
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return (now or utcnow()) >= self.expires_at
+
+
+class Device(Model):
+    """One endpoint of one user: an FCM or APNs token, or a webhook URL with its signing secret."""
+
+    device_id: str
+    user_id: str
+    platform: Platform
+    address: str = Field(min_length=1, description="FCM/APNs token, or webhook URL.")
+    secret: str | None = Field(default=None, description="whsec_ secret of a webhook endpoint.")
+    locale: str = "en"
+    added_at: datetime | None = None
+
+    @model_validator(mode="after")
+    def _webhooks_are_signed(self) -> Self:
+        if self.platform == "webhook" and not self.secret:
+            raise ValueError("a webhook device needs a signing secret")
+        return self
+
+
+class DeliveryBatch(Model):
+    """Up to 500 devices of one provider, with the intent they are to receive."""
+
+    batch_id: str
+    platform: Platform
+    intent: Intent
+    devices: tuple[Device, ...] = Field(min_length=1, max_length=MAX_BATCH)
+    attempt: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _one_platform(self) -> Self:
+        wrong = [d.device_id for d in self.devices if d.platform != self.platform]
+        if wrong:
+            raise ValueError(f"devices {wrong[:3]} are not {self.platform} devices")
+        return self
+
+
+Outcome = Literal["sent", "failed", "invalid_token", "expired", "suppressed"]
+
+
+class DeliveryResult(Model):
+    """What happened to one device of a batch."""
+
+    device_id: str
+    outcome: Outcome
+    retryable: bool = False
+    reason: str | None = None
+    retry_after: float | None = None
+    provider_message_id: str | None = None
+
+    @model_validator(mode="after")
+    def _only_failures_retry(self) -> Self:
+        if self.retryable and self.outcome != "failed":
+            raise ValueError("only a failed delivery can be retryable")
+        return self
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps`` default for datetimes in ad-hoc payloads."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")

@@ -1,0 +1,37 @@
+"""The provider contract: send a batch, get one result per device.
+
+A provider knows one wire format and maps its vendor's answers into ``DeliveryResult`` values
+(per-token outcomes) or ``ProviderError`` subclasses (whole-batch failures). It decides nothing
+about retries, breakers or idempotency: the dispatch stage does.
+"""
+
+from __future__ import annotations
+
+import abc
+from types import TracebackType
+from typing import Self
+
+from goalhorn.keys import Platform
+from goalhorn.models import DeliveryBatch, DeliveryResult
+
+
+class Provider(abc.ABC):
+    """One way out: FCM, APNs, webhooks, or the console."""
+
+    platform: Platform
+
+    @abc.abstractmethod
+    async def send(self, batch: DeliveryBatch) -> list[DeliveryResult]:
+        """Deliver to every device of the batch; exactly one result per device, in batch order."""
+
+    async def aclose(self) -> None:
+        """Release connections; the default has none."""
+        return None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()

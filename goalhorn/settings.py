@@ -1,0 +1,72 @@
+"""Typed settings for every stage, read from ``GOALHORN_*`` environment variables.
+
+Nothing reads the environment at import time: call :func:`load_settings` (or build a
+:class:`Settings` directly in tests). A service whose URL is unset runs on the embedded default:
+no ``amqp_url`` means the in-process bus and dramatiq's ``StubBroker``; no ``redis_url`` means
+fakeredis.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOCAL_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class Settings(BaseSettings):
+    """All of goalhorn's knobs, one place."""
+
+    model_config = SettingsConfigDict(env_prefix="GOALHORN_", frozen=True, extra="ignore")
+
+    amqp_url: str | None = Field(default=None, description="RabbitMQ URL; unset = in-process bus.")
+    redis_url: str | None = Field(default=None, description="Redis URL; unset = fakeredis.")
+    namespace: str = Field(
+        default="goalhorn",
+        pattern=r"^[a-z][a-z0-9_-]{0,39}$",
+        description="Prefix of every Redis key and AMQP name, so deployments and test runs never share state.",
+    )
+    redis_max_connections: int = Field(default=32, ge=1)
+    redis_pool_timeout_s: float = Field(default=5.0, gt=0)
+    intent_prefetch: int = Field(default=32, ge=1, le=1000)
+    publish_timeout_s: float = Field(default=10.0, gt=0)
+    reconnect_max_delay_s: float = Field(default=10.0, gt=0)
+    expand_chunk: int = Field(default=1000, ge=10, le=100_000, description="SSCAN COUNT per chunk.")
+    batch_size: int = Field(default=500, ge=1, le=500)
+    worker_threads: int = Field(default=8, ge=1, description="dramatiq worker threads per process.")
+    delivery_max_attempts: int = Field(default=5, ge=1)
+    retry_base_delay_s: float = Field(default=0.2, gt=0)
+    retry_max_delay_s: float = Field(default=30.0, gt=0)
+    claim_lease_s: int = Field(
+        default=60, ge=1, description="How long an in-flight delivery marker blocks a second send."
+    )
+    sent_marker_ttl_s: int = Field(
+        default=72 * 3600, ge=60, description="How long a sent marker prevents a duplicate (longer than any redelivery)."
+    )
+    event_dedup_ttl_s: int = Field(default=48 * 3600, ge=60)
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    webhook_connect_timeout_s: float = Field(default=2.0, gt=0)
+    webhook_concurrency: int = Field(default=200, ge=1)
+    webhook_allowlist: str = Field(
+        default="",
+        description="Comma-separated hosts and CIDRs a webhook may reach even though they are local or private.",
+    )
+
+    @property
+    def uses_real_services(self) -> bool:
+        return self.amqp_url is not None or self.redis_url is not None
+
+    def with_real_services(self) -> Settings:
+        """The same settings pointed at the local RabbitMQ and Redis wherever a URL is unset."""
+        return self.model_copy(
+            update={
+                "amqp_url": self.amqp_url or LOCAL_AMQP_URL,
+                "redis_url": self.redis_url or LOCAL_REDIS_URL,
+            }
+        )
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with explicit overrides on top."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,72 @@
+"""Shared fixtures: every backend-sensitive test runs on the embedded default and on real services.
+
+Real-service tests skip locally when RabbitMQ or Redis is unreachable, and fail under CI (CI=true),
+where a missing service is a broken setup, not a reason to pass.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from goalhorn.redis_client import Redis, make_redis
+from goalhorn.settings import LOCAL_AMQP_URL, LOCAL_REDIS_URL, Settings
+
+BACKENDS = ["embedded", "real"]
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def require_real_services() -> None:
+    """Skip (locally) or fail (CI=true) unless RabbitMQ and Redis answer on their default ports."""
+    missing = [name for name, port in (("RabbitMQ", 5672), ("Redis", 6379)) if not _reachable("127.0.0.1", port)]
+    if not missing:
+        return
+    message = f"{' and '.join(missing)} not reachable on 127.0.0.1 (run `make services`)"
+    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def make_settings(backend: str, **overrides: object) -> Settings:
+    namespace = f"t{uuid.uuid4().hex[:12]}"
+    if backend == "real":
+        require_real_services()
+        return Settings(amqp_url=LOCAL_AMQP_URL, redis_url=LOCAL_REDIS_URL, namespace=namespace, **overrides)  # type: ignore[arg-type]
+    return Settings(namespace=namespace, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def settings(backend: str) -> Settings:
+    return make_settings(backend)
+
+
+async def delete_namespace(redis: Redis, namespace: str) -> None:
+    keys = [key async for key in redis.scan_iter(match=f"{namespace}:*", count=1000)]
+    for start in range(0, len(keys), 1000):
+        await redis.delete(*keys[start : start + 1000])
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    client = make_redis(settings)
+    try:
+        yield client
+    finally:
+        await delete_namespace(client, settings.namespace)
+        await client.aclose()
