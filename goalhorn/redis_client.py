@@ -40,4 +40,4 @@ def make_redis(settings: Settings) -> Redis:
         max_connections=settings.redis_max_connections,
         timeout=settings.redis_pool_timeout_s,
     )
-    return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis.from_pool(pool)

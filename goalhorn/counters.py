@@ -1,0 +1,72 @@
+"""Pipeline counters shared by every stage and every process, kept in one Redis hash.
+
+They are what ``goalhorn demo`` summarizes and what the pipeline waits on to know it is idle:
+every batch published is eventually counted done (delivered, retried as a new batch, or dead-lettered).
+Latencies from score change to delivery are kept as a capped list of milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from goalhorn.keys import Keys
+from goalhorn.redis_client import Redis
+
+LATENCY_SAMPLES = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class CounterSnapshot:
+    counts: dict[str, int]
+    latencies_ms: list[float]
+
+    def get(self, name: str) -> int:
+        return self.counts.get(name, 0)
+
+    def deliveries(self) -> dict[tuple[str, str], int]:
+        """``{(platform, outcome): count}`` from the ``delivery:<platform>:<outcome>`` counters."""
+        out: dict[tuple[str, str], int] = {}
+        for name, value in self.counts.items():
+            if name.startswith("delivery:"):
+                _, platform, outcome = name.split(":", 2)
+                out[(platform, outcome)] = value
+        return out
+
+    def percentile(self, q: float) -> float | None:
+        """Nearest-rank percentile of the latencies, or None when there are none."""
+        if not self.latencies_ms:
+            return None
+        ordered = sorted(self.latencies_ms)
+        rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+        return ordered[rank - 1]
+
+
+class PipelineCounters:
+    """Increment and read the shared counters."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+
+    async def add(self, counts: Mapping[str, int], latencies_ms: Iterable[float] = ()) -> None:
+        samples = [f"{ms:.3f}" for ms in latencies_ms]
+        pipe = self._redis.pipeline(transaction=False)
+        for name, value in counts.items():
+            if value:
+                pipe.hincrby(self._keys.stats(), name, value)
+        if samples:
+            pipe.rpush(self._keys.latencies(), *samples)
+            pipe.ltrim(self._keys.latencies(), -LATENCY_SAMPLES, -1)
+        await pipe.execute()
+
+    async def snapshot(self) -> CounterSnapshot:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(self._keys.stats())
+        pipe.lrange(self._keys.latencies(), 0, -1)
+        raw_counts, raw_latencies = await pipe.execute()
+        counts = {k.decode(): int(v) for k, v in raw_counts.items()}
+        return CounterSnapshot(counts, [float(v) for v in raw_latencies])
+
+    async def reset(self) -> None:
+        await self._redis.delete(self._keys.stats(), self._keys.latencies())

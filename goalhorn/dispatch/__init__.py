@@ -1,0 +1,1 @@
+"""The delivery stage: dramatiq actors per provider queue, idempotent delivery, retries, dead letters."""

@@ -1,0 +1,148 @@
+"""The delivery stage on dramatiq: one actor and queue per provider, async actors on the AsyncIO
+middleware, ``RabbitmqBroker(max_priority=10)`` with publisher confirms on real services and
+``StubBroker`` on the embedded default.
+
+Batches are enqueued at their intent's priority. Each worker process builds its Redis client and
+providers lazily inside dramatiq's event-loop thread (clients bind to the loop they first run on).
+An actor never leaves a batch unaccounted: the ``Deliverer`` retries, re-queues or dead-letters
+every device itself, so dramatiq's own retries only cover failures outside it (e.g. Redis down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from types import TracebackType
+from typing import Any, Self
+
+import dramatiq
+from dramatiq.asyncio import get_event_loop_thread
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware.asyncio import AsyncIO
+from pydantic import ValidationError
+
+from goalhorn.dispatch.delivery import Deliverer
+from goalhorn.keys import PLATFORMS, Keys, Platform
+from goalhorn.models import DeliveryBatch
+from goalhorn.providers import Provider
+from goalhorn.redis_client import Redis, make_redis
+from goalhorn.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ProviderFactory = Callable[[Platform], Provider]
+
+
+def make_broker(settings: Settings) -> dramatiq.Broker:
+    """RabbitMQ with priorities and confirms when ``amqp_url`` is set, dramatiq's stub otherwise."""
+    broker: dramatiq.Broker
+    if settings.amqp_url:
+        broker = RabbitmqBroker(url=settings.amqp_url, max_priority=10, confirm_delivery=True)
+    else:
+        broker = StubBroker()
+    broker.add_middleware(AsyncIO())
+    return broker
+
+
+class DeliveryStage:
+    """Declares the delivery actors on a broker and enqueues batches to them."""
+
+    def __init__(self, settings: Settings, broker: dramatiq.Broker, providers: ProviderFactory) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.keys = Keys(settings.namespace)
+        self._provider_factory = providers
+        self._publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="goalhorn-enqueue")
+        self._deliverer: Deliverer | None = None
+        self._redis: Redis | None = None
+        self.actors: dict[Platform, dramatiq.Actor[Any, Any]] = {
+            platform: dramatiq.Actor(
+                partial(self._deliver, platform),
+                broker=broker,
+                actor_name=self.keys.delivery_actor(platform),
+                queue_name=self.keys.delivery_queue(platform),
+                priority=0,
+                options={"max_retries": settings.delivery_max_attempts, "min_backoff": 500},
+            )
+            for platform in PLATFORMS
+        }
+
+    async def enqueue(self, batch: DeliveryBatch, delay_s: float = 0.0) -> None:
+        """Send a batch to its provider's queue at its intent's priority (blocking I/O off the loop)."""
+        actor = self.actors[batch.platform]
+        send = partial(
+            actor.send_with_options,
+            args=(batch.to_json().decode(),),
+            broker_priority=batch.intent.priority,
+            delay=int(delay_s * 1000) or None,
+        )
+        await asyncio.get_running_loop().run_in_executor(self._publisher, send)
+
+    def _runtime(self) -> Deliverer:
+        if self._deliverer is None:
+            self._redis = make_redis(self.settings)
+            providers: dict[str, Provider] = {p: self._provider_factory(p) for p in PLATFORMS}
+            self._deliverer = Deliverer(self.settings, self._redis, providers, self.enqueue)
+        return self._deliverer
+
+    async def _deliver(self, platform: Platform, payload: str) -> None:
+        deliverer = self._runtime()
+        try:
+            batch = DeliveryBatch.from_json(payload)
+        except ValidationError as exc:
+            log.error("unreadable %s batch quarantined: %s", platform, exc.errors()[:3])
+            await deliverer.counters.add({"batches_done": 1, "quarantined_batches": 1})
+            await deliverer.quarantine(payload, f"invalid batch: {exc.error_count()} errors")
+            return
+        await deliverer.process(batch)
+
+    async def _aclose_runtime(self) -> None:
+        if self._deliverer is not None:
+            await self._deliverer.aclose()
+            self._deliverer = None
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    def close_runtime(self) -> None:
+        """Close providers and Redis inside the worker's event loop (call before stopping the worker)."""
+        thread = get_event_loop_thread()
+        if thread is not None and self._deliverer is not None:
+            thread.run_coroutine(self._aclose_runtime())
+
+    def close(self) -> None:
+        self._publisher.shutdown(wait=True)
+
+
+class DeliveryWorker:
+    """An in-process dramatiq worker for the delivery queues (``goalhorn worker`` runs the same)."""
+
+    def __init__(self, stage: DeliveryStage) -> None:
+        self.stage = stage
+        self._worker = dramatiq.Worker(
+            stage.broker,
+            queues={stage.keys.delivery_queue(p) for p in PLATFORMS},
+            worker_threads=stage.settings.worker_threads,
+            worker_timeout=100,
+        )
+
+    def start(self) -> None:
+        self._worker.start()
+
+    def stop(self) -> None:
+        self.stage.close_runtime()
+        self._worker.stop()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+

@@ -1,0 +1,59 @@
+"""Console provider: "delivers" by rendering each message and printing one line per device.
+
+It lets the demo and dry runs show exactly what every device would get without any vendor
+account. Lines have the shape ``{platform} {device_id} {intent_id} | {title} | {body}``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TextIO
+
+from goalhorn.errors import ConfigError
+from goalhorn.intents.templates import render
+from goalhorn.keys import Platform
+from goalhorn.models import DeliveryBatch, DeliveryResult
+from goalhorn.providers import Provider
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.splitlines())
+
+
+class ConsoleProvider(Provider):
+    """Stands in for ``platform``; writes to ``out`` when given, else only returns results."""
+
+    def __init__(self, platform: Platform, out: TextIO | None = None) -> None:
+        self.platform = platform
+        self._out = out
+        self._sequence = itertools.count(1)
+
+    async def send(self, batch: DeliveryBatch) -> list[DeliveryResult]:
+        intent = batch.intent
+        results: list[DeliveryResult] = []
+        lines: list[str] = []
+        for device in batch.devices:
+            try:
+                message = render(intent, device.locale)
+            except ConfigError as exc:
+                results.append(
+                    DeliveryResult(
+                        device_id=device.device_id, outcome="failed", reason=f"render_failed: {exc}"
+                    )
+                )
+                continue
+            lines.append(
+                f"{self.platform} {device.device_id} {intent.intent_id}"
+                f" | {_one_line(message.title)} | {_one_line(message.body)}\n"
+            )
+            results.append(
+                DeliveryResult(
+                    device_id=device.device_id,
+                    outcome="sent",
+                    provider_message_id=f"console-{self.platform}-{next(self._sequence)}",
+                )
+            )
+        if self._out is not None and lines:
+            self._out.writelines(lines)
+            self._out.flush()
+        return results

@@ -1,0 +1,1 @@
+"""Local stand-ins for FCM, APNs and webhook receivers, for the demo, tests and benchmarks."""

@@ -1,0 +1,55 @@
+"""The segmenter stage's consumer: intents off the bus, batches onto the delivery queues.
+
+The intent is acked only after its last batch was enqueued; if expansion fails half way, the intent
+is redelivered and expanded again, and the delivery markers keep devices already sent from a
+second copy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from pydantic import ValidationError
+
+from goalhorn.counters import PipelineCounters
+from goalhorn.intents.bus import BusMessage
+from goalhorn.models import DeliveryBatch, Intent
+from goalhorn.segmenter.expander import ExpansionStats, Expander
+
+log = logging.getLogger(__name__)
+
+EnqueueBatch = Callable[[DeliveryBatch], Awaitable[None]]
+
+
+class IntentConsumer:
+    """A bus handler expanding each intent into delivery batches."""
+
+    def __init__(self, expander: Expander, enqueue: EnqueueBatch, counters: PipelineCounters) -> None:
+        self._expander = expander
+        self._enqueue = enqueue
+        self._counters = counters
+
+    async def __call__(self, message: BusMessage) -> None:
+        try:
+            intent = Intent.from_json(message.body)
+        except ValidationError as exc:
+            log.error("dropping unreadable intent %s: %s", message.message_id, exc.errors()[:3])
+            await self._counters.add({"intents_done": 1, "intents_rejected": 1})
+            return
+        if intent.expired():
+            await self._counters.add({"intents_done": 1, "intents_expired": 1})
+            return
+        stats = ExpansionStats()
+        async for batch in self._expander.expand(intent, stats):
+            await self._enqueue(batch)
+            await self._counters.add({"batches_published": 1})
+        await self._counters.add(
+            {
+                "intents_done": 1,
+                "recipients": stats.devices,
+                "followers": stats.users,
+                "followers_without_devices": stats.users_without_devices,
+                "intents_redelivered": int(message.redelivered),
+            }
+        )

@@ -1,0 +1,156 @@
+"""The delivery stage's promises: at-least-once with no duplicate effect, on both backends."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+
+from goalhorn.counters import PipelineCounters
+from goalhorn.dispatch.stage import DeliveryStage, DeliveryWorker, make_broker
+from goalhorn.keys import Keys, Platform
+from goalhorn.models import DeliveryBatch, Device, EventKind, Intent, Sport, utcnow
+from goalhorn.providers import Provider
+from goalhorn.providers.console import ConsoleProvider
+from goalhorn.settings import Settings
+from tests.conftest import make_settings
+from tests.queues import delete_delivery_queues
+
+
+def make_intent(intent_id: str = "i-1", ttl_s: float = 300) -> Intent:
+    now = utcnow()
+    return Intent(
+        intent_id=intent_id, event_id=f"e-{intent_id}", kind=EventKind.GOAL, sport=Sport.SOCCER, game_id="g1",
+        team_id="t1", priority=9, segments=("team:t1:followers",), template="goal",
+        data={"team": "NYC", "home_team": "NYC", "away_team": "NY", "home_score": "1", "away_score": "0",
+              "clock": "12'"},
+        event_at=now, created_at=now, expires_at=now + timedelta(seconds=ttl_s),
+    )
+
+
+def make_batch(n: int, intent: Intent | None = None) -> DeliveryBatch:
+    devices = tuple(Device(device_id=f"d{i:04d}", user_id=f"u{i:04d}", platform="fcm", address=f"tok{i}")
+                    for i in range(n))
+    return DeliveryBatch(batch_id="b-1", platform="fcm", intent=intent or make_intent(), devices=devices)
+
+
+class CrashingHalfway(Provider):
+    """Sends ``crash_after`` devices, then fails every send for ``down_s``: a worker dying mid-batch."""
+
+    platform: Platform = "fcm"
+
+    def __init__(self, inner: ConsoleProvider, crash_after: int, down_s: float = 0.5) -> None:
+        self.inner = inner
+        self.crash_after = crash_after
+        self.down_s = down_s
+        self.sent_before_crash = 0
+        self.crashed_at: float | None = None
+
+    async def send(self, batch: DeliveryBatch) -> list:
+        now = asyncio.get_running_loop().time()
+        if self.crashed_at is None and self.sent_before_crash >= self.crash_after:
+            self.crashed_at = now
+        if self.crashed_at is not None and now - self.crashed_at < self.down_s:
+            raise RuntimeError("worker died after sending half the batch")
+        if self.crashed_at is None:
+            self.sent_before_crash += len(batch.devices)
+        return await self.inner.send(batch)
+
+
+def pushes(out: io.StringIO) -> Counter[tuple[str, str]]:
+    """(intent_id, device_id) of every console line."""
+    seen: Counter[tuple[str, str]] = Counter()
+    for line in out.getvalue().splitlines():
+        platform, device_id, intent_id = line.split(" | ", 1)[0].split()
+        seen[(intent_id, device_id)] += 1
+    return seen
+
+
+async def run_stage(settings: Settings, provider: Provider, batches: list[DeliveryBatch], timeout_s: float = 30):
+    stage = DeliveryStage(settings, make_broker(settings), lambda platform: provider)
+    keys = Keys(settings.namespace)
+    from goalhorn.redis_client import make_redis
+
+    redis = make_redis(settings)
+    counters = PipelineCounters(redis, keys)
+    worker = DeliveryWorker(stage)
+    worker.start()
+    try:
+        for batch in batches:
+            await stage.enqueue(batch)
+        await counters.add({"batches_published": len(batches)})
+        async with asyncio.timeout(timeout_s):
+            while True:
+                snap = await counters.snapshot()
+                if snap.get("batches_done") >= snap.get("batches_published") > 0:
+                    return snap
+                await asyncio.sleep(0.05)
+    finally:
+        await asyncio.to_thread(worker.stop)
+        stage.close()
+        stage.broker.close()
+        await redis.aclose()
+        if settings.amqp_url:
+            await delete_delivery_queues(settings)
+
+
+async def test_crash_after_half_a_batch_redelivers_without_duplicates(backend: str) -> None:
+    settings = make_settings(backend, claim_lease_s=1)
+    out = io.StringIO()
+    provider = CrashingHalfway(ConsoleProvider("fcm", out), crash_after=200)
+    snap = await run_stage(settings, provider, [make_batch(400)])
+
+    assert provider.crashed_at is not None
+    seen = pushes(out)
+    assert len(seen) == 400, "every device got the goal"
+    assert set(seen.values()) == {1}, "and nobody got it twice"
+    assert snap.get("held_requeued") == 200  # the crashed half came back after its lease
+    assert snap.get("delivery:fcm:sent") == 400
+
+
+async def test_replayed_batch_sends_nothing_twice(backend: str) -> None:
+    settings = make_settings(backend)
+    out = io.StringIO()
+    batch = make_batch(120)
+    await run_stage(settings, ConsoleProvider("fcm", out), [batch])
+    snap = await run_stage(settings, ConsoleProvider("fcm", out), [batch])  # replayed, e.g. from a DLQ
+
+    assert set(pushes(out).values()) == {1}
+    assert len(pushes(out)) == 120
+    assert snap.get("duplicates_skipped") == 120
+
+
+async def test_expired_intent_is_dropped_not_sent_late(backend: str) -> None:
+    settings = make_settings(backend)
+    out = io.StringIO()
+    batch = make_batch(10, make_intent(ttl_s=0.2))
+    await asyncio.sleep(0.3)
+    snap = await run_stage(settings, ConsoleProvider("fcm", out), [batch])
+
+    assert out.getvalue() == ""
+    assert snap.get("delivery:fcm:expired") == 10
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+async def test_unreadable_batch_is_quarantined(backend: str) -> None:
+    settings = make_settings(backend)
+    stage = DeliveryStage(settings, make_broker(settings), lambda p: ConsoleProvider(p))
+    from goalhorn.redis_client import make_redis
+
+    redis = make_redis(settings)
+    worker = DeliveryWorker(stage)
+    worker.start()
+    try:
+        stage.actors["fcm"].send_with_options(args=('{"not": "a batch"}',))
+        async with asyncio.timeout(10):
+            while not await redis.xlen(Keys(settings.namespace).dead_letters()):
+                await asyncio.sleep(0.05)
+        entry = (await redis.xrange(Keys(settings.namespace).dead_letters()))[0][1]
+        assert entry[b"reason"].startswith(b"invalid batch")
+    finally:
+        await asyncio.to_thread(worker.stop)
+        stage.close()
+        await redis.aclose()
