@@ -11,6 +11,7 @@
     │   ├── PublishNotConfirmed     broker nacked, returned (unroutable) or timed out a publish
     │   └── UnknownQueue            a queue name outside the declared topology
     ├── StoreError                  Redis-backed stores
+    ├── AddressRefused              a webhook URL the SSRF guard refuses (not retryable)
     └── ProviderError               a provider failed for the whole batch (not per token)
         ├── ProviderUnavailable     5xx, connection refused, timeout: retryable
         ├── ProviderRateLimited     429; carries ``retry_after`` seconds
@@ -63,6 +64,10 @@ class UnknownQueue(BusError):
 
 class StoreError(GoalhornError):
     """A Redis-backed store failed."""
+
+
+class AddressRefused(GoalhornError):
+    """A webhook URL points somewhere the SSRF guard does not allow; retrying will not help."""
 
 
 class ProviderError(GoalhornError):

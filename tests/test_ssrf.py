@@ -9,8 +9,8 @@ import ipaddress
 
 import pytest
 
-from goalhorn.errors import ConfigError
-from goalhorn.providers.ssrf import AddressPolicy, AddressRefused, VettingResolver, refusal_reason
+from goalhorn.errors import AddressRefused, ConfigError
+from goalhorn.providers.ssrf import AddressPolicy, VettingResolver, refusal_reason
 from tests.test_webhook import FakeResolver
 
 NO_ALLOWLIST = AddressPolicy()

@@ -20,7 +20,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
-from goalhorn.errors import ConfigError, GoalhornError
+from goalhorn.errors import AddressRefused, ConfigError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -29,10 +29,6 @@ ALLOWED_SCHEMES = frozenset({"http", "https"})
 _CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _UNIQUE_LOCAL = ipaddress.IPv6Network("fc00::/7")
-
-
-class AddressRefused(GoalhornError):
-    """A webhook URL points somewhere the guard does not allow; retrying will not help."""
 
 
 def refusal_reason(ip: IPAddress) -> str | None:

@@ -26,12 +26,12 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
-from goalhorn.errors import ConfigError
+from goalhorn.errors import AddressRefused, ConfigError
 from goalhorn.intents.templates import Rendered, render
 from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, DeliveryResult, Device, Intent
 from goalhorn.providers import Provider
-from goalhorn.providers.ssrf import AddressPolicy, AddressRefused, VettingResolver
+from goalhorn.providers.ssrf import AddressPolicy, VettingResolver
 from goalhorn.settings import Settings
 
 log = logging.getLogger(__name__)
