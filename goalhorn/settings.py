@@ -20,7 +20,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="GOALHORN_", frozen=True, extra="ignore")
 
-    amqp_url: str | None = Field(default=None, description="RabbitMQ URL; unset = in-process bus.")
+    amqp_url: str | None = Field(default=None, description="RabbitMQ URL; unset: in-process bus")
     redis_url: str | None = Field(default=None, description="Redis URL; unset = fakeredis.")
     namespace: str = Field(
         default="goalhorn",
@@ -42,7 +42,9 @@ class Settings(BaseSettings):
         default=60, ge=1, description="How long an in-flight delivery marker blocks a second send."
     )
     sent_marker_ttl_s: int = Field(
-        default=72 * 3600, ge=60, description="How long a sent marker prevents a duplicate (longer than any redelivery)."
+        default=72 * 3600,
+        ge=60,
+        description="How long a sent marker prevents a duplicate (longer than any redelivery).",
     )
     event_dedup_ttl_s: int = Field(default=48 * 3600, ge=60)
     webhook_timeout_s: float = Field(default=5.0, gt=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import aio_pika
 
 from goalhorn.keys import PLATFORMS, Keys
@@ -19,12 +21,8 @@ async def delete_delivery_queues(settings: Settings) -> None:
     async with connection:
         for name in names:
             channel = await connection.channel()
-            try:
+            with contextlib.suppress(aio_pika.exceptions.ChannelClosed):
                 await channel.queue_delete(name)
-            except aio_pika.exceptions.ChannelClosed:
-                pass
         channel = await connection.channel()
-        try:
+        with contextlib.suppress(aio_pika.exceptions.ChannelClosed):
             await channel.exchange_delete(keys.intent_exchange)
-        except aio_pika.exceptions.ChannelClosed:
-            pass

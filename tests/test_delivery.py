@@ -6,6 +6,7 @@ import asyncio
 import io
 from collections import Counter
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -23,17 +24,34 @@ from tests.queues import delete_delivery_queues
 def make_intent(intent_id: str = "i-1", ttl_s: float = 300) -> Intent:
     now = utcnow()
     return Intent(
-        intent_id=intent_id, event_id=f"e-{intent_id}", kind=EventKind.GOAL, sport=Sport.SOCCER, game_id="g1",
-        team_id="t1", priority=9, segments=("team:t1:followers",), template="goal",
-        data={"team": "NYC", "home_team": "NYC", "away_team": "NY", "home_score": "1", "away_score": "0",
-              "clock": "12'"},
-        event_at=now, created_at=now, expires_at=now + timedelta(seconds=ttl_s),
+        intent_id=intent_id,
+        event_id=f"e-{intent_id}",
+        kind=EventKind.GOAL,
+        sport=Sport.SOCCER,
+        game_id="g1",
+        team_id="t1",
+        priority=9,
+        segments=("team:t1:followers",),
+        template="goal",
+        data={
+            "team": "NYC",
+            "home_team": "NYC",
+            "away_team": "NY",
+            "home_score": "1",
+            "away_score": "0",
+            "clock": "12'",
+        },
+        event_at=now,
+        created_at=now,
+        expires_at=now + timedelta(seconds=ttl_s),
     )
 
 
 def make_batch(n: int, intent: Intent | None = None) -> DeliveryBatch:
-    devices = tuple(Device(device_id=f"d{i:04d}", user_id=f"u{i:04d}", platform="fcm", address=f"tok{i}")
-                    for i in range(n))
+    devices = tuple(
+        Device(device_id=f"d{i:04d}", user_id=f"u{i:04d}", platform="fcm", address=f"tok{i}")
+        for i in range(n)
+    )
     return DeliveryBatch(batch_id="b-1", platform="fcm", intent=intent or make_intent(), devices=devices)
 
 
@@ -64,12 +82,14 @@ def pushes(out: io.StringIO) -> Counter[tuple[str, str]]:
     """(intent_id, device_id) of every console line."""
     seen: Counter[tuple[str, str]] = Counter()
     for line in out.getvalue().splitlines():
-        platform, device_id, intent_id = line.split(" | ", 1)[0].split()
+        _, device_id, intent_id = line.split(" | ", 1)[0].split()
         seen[(intent_id, device_id)] += 1
     return seen
 
 
-async def run_stage(settings: Settings, provider: Provider, batches: list[DeliveryBatch], timeout_s: float = 30):
+async def run_stage(
+    settings: Settings, provider: Provider, batches: list[DeliveryBatch], timeout_s: float = 30
+):
     stage = DeliveryStage(settings, make_broker(settings), lambda platform: provider)
     keys = Keys(settings.namespace)
     from goalhorn.redis_client import make_redis
@@ -148,8 +168,8 @@ async def test_unreadable_batch_is_quarantined(backend: str) -> None:
         async with asyncio.timeout(10):
             while not await redis.xlen(Keys(settings.namespace).dead_letters()):
                 await asyncio.sleep(0.05)
-        entry = (await redis.xrange(Keys(settings.namespace).dead_letters()))[0][1]
-        assert entry[b"reason"].startswith(b"invalid batch")
+        entries: Any = await redis.xrange(Keys(settings.namespace).dead_letters())
+        assert entries[0][1][b"reason"].startswith(b"invalid batch")
     finally:
         await asyncio.to_thread(worker.stop)
         stage.close()

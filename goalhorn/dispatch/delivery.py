@@ -71,8 +71,9 @@ class Deliverer:
 
     async def quarantine(self, payload: str, reason: str) -> None:
         """Keep an unreadable batch message in the dead letters, with why."""
-        await self._redis.xadd(self._keys.dead_letters(), {"batch": payload, "reason": reason},
-                               maxlen=100_000, approximate=True)
+        await self._redis.xadd(
+            self._keys.dead_letters(), {"batch": payload, "reason": reason}, maxlen=100_000, approximate=True
+        )
 
     async def process(self, batch: DeliveryBatch) -> None:
         tally = _Tally()
@@ -83,8 +84,10 @@ class Deliverer:
             claims = await self._markers.claim(batch.intent.intent_id, batch.devices)
             tally.counts["duplicates_skipped"] += len(claims.already_sent)
             tally.held, tally.held_for_s = claims.held, claims.held_for_s
-            slices = [claims.claimed[i : i + self._slice_size]
-                      for i in range(0, len(claims.claimed), self._slice_size)]
+            slices = [
+                claims.claimed[i : i + self._slice_size]
+                for i in range(0, len(claims.claimed), self._slice_size)
+            ]
             await asyncio.gather(*(self._send_slice(batch, devices, tally) for devices in slices))
         await self._follow_up(batch, tally)
         tally.counts["batches_done"] += 1
@@ -114,7 +117,9 @@ class Deliverer:
         tally.latencies_ms.extend(latency for _ in sent_ids)
         for result in results:
             if result.outcome == "failed" and result.retryable:
-                self._schedule_retry(tally, [by_id[result.device_id]], result.reason or "failed", result.retry_after)
+                self._schedule_retry(
+                    tally, [by_id[result.device_id]], result.reason or "failed", result.retry_after
+                )
             else:
                 tally.counts[f"delivery:{batch.platform}:{result.outcome}"] += 1
 
@@ -129,8 +134,10 @@ class Deliverer:
 
     def backoff_s(self, attempt: int) -> float:
         """Exponential backoff with full jitter around the nominal delay."""
-        nominal = min(self._settings.retry_max_delay_s, self._settings.retry_base_delay_s * 2 ** (attempt - 1))
-        return nominal * random.uniform(0.5, 1.5)
+        nominal = min(
+            self._settings.retry_max_delay_s, self._settings.retry_base_delay_s * 2 ** (attempt - 1)
+        )
+        return float(nominal * random.uniform(0.5, 1.5))
 
     async def _follow_up(self, batch: DeliveryBatch, tally: _Tally) -> None:
         if tally.held:
@@ -153,5 +160,3 @@ class Deliverer:
         await self._enqueue(again, max(tally.retry_after_s, self.backoff_s(batch.attempt)))
         tally.counts["batches_published"] += 1
         tally.counts["retries"] += len(tally.retry)
-
-

@@ -40,8 +40,13 @@ class DeliveryMarkers:
         """Claim every device not yet claimed or sent, in one round trip (two if any are held)."""
         pipe = self._redis.pipeline(transaction=False)
         for device in devices:
-            pipe.set(self._keys.delivery_marker(intent_id, device.device_id), IN_FLIGHT,
-                     nx=True, get=True, ex=self._lease_s)
+            pipe.set(
+                self._keys.delivery_marker(intent_id, device.device_id),
+                IN_FLIGHT,
+                nx=True,
+                get=True,
+                ex=self._lease_s,
+            )
         previous: list[bytes | None] = await pipe.execute()
         claims = Claims()
         for device, old in zip(devices, previous, strict=True):

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from goalhorn.counters import PipelineCounters
 from goalhorn.intents.bus import BusMessage
 from goalhorn.models import DeliveryBatch, Intent
-from goalhorn.segmenter.expander import ExpansionStats, Expander
+from goalhorn.segmenter.expander import Expander, ExpansionStats
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import cast
 
 from goalhorn.errors import ConfigError
 from goalhorn.keys import PLATFORMS, Keys, Platform
@@ -45,7 +46,9 @@ class Expander:
         self._chunk = chunk
         self._batch_size = batch_size
 
-    async def expand(self, intent: Intent, stats: ExpansionStats | None = None) -> AsyncIterator[DeliveryBatch]:
+    async def expand(
+        self, intent: Intent, stats: ExpansionStats | None = None
+    ) -> AsyncIterator[DeliveryBatch]:
         """Yield the intent's batches; ``stats`` (if given) is filled in as it goes."""
         stats = stats if stats is not None else ExpansionStats()
         seen: set[bytes] = set()
@@ -64,7 +67,8 @@ class Expander:
         for key in [source_key(self._keys, segment) for segment in intent.segments]:
             cursor = 0
             while True:
-                cursor, members = await self._redis.sscan(key, cursor, count=self._chunk)
+                cursor, raw = await self._redis.sscan(key, cursor, count=self._chunk)
+                members = cast(list[bytes], raw)  # the client does not decode responses
                 fresh = [m for m in members if m not in seen]
                 seen.update(fresh)
                 if fresh:

@@ -1,0 +1,1 @@
+"""The ``goalhorn`` command line: parses, calls library code, renders."""

@@ -1,0 +1,59 @@
+"""``goalhorn``: run, inspect and demo the pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import typer
+from rich.console import Console
+
+from goalhorn import __version__
+from goalhorn.settings import load_settings
+
+app = typer.Typer(
+    help="goalhorn: notification fan-out and alerting for live sports.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.command()
+def demo(
+    real: bool = typer.Option(
+        False, "--real", help="Use RabbitMQ and Redis on 127.0.0.1 instead of the embedded default."
+    ),
+    users: int = typer.Option(10_000, min=100, help="Size of the generated audience."),
+    duration: float = typer.Option(8.0, min=0.0, help="Seconds the night's snapshots are spread over."),
+    show_pushes: bool = typer.Option(False, "--show-pushes", help="Print every console push as it is sent."),
+) -> None:
+    """Replay the recorded game night through the whole pipeline and print a summary."""
+    from goalhorn.ops.render import render_night
+    from goalhorn.sandbox.night import run_night
+
+    settings = load_settings()
+    if real:
+        settings = settings.with_real_services()
+    if settings.namespace == "goalhorn":
+        settings = settings.model_copy(update={"namespace": "goalhorn-demo"})
+    backend = (
+        "real (RabbitMQ + Redis)" if settings.uses_real_services else "embedded (in-process bus, fakeredis)"
+    )
+    console = Console()
+    console.print(f"[bold]goalhorn demo[/] - replaying the recorded game night on the {backend} backend")
+    report = asyncio.run(
+        run_night(settings, users=users, duration_s=duration, out=sys.stdout if show_pushes else None)
+    )
+    render_night(report, backend, console)
+
+
+@app.command()
+def version() -> None:
+    """Print goalhorn's version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app()

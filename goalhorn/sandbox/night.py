@@ -1,0 +1,117 @@
+"""Replay the recorded game night through the whole pipeline: what ``goalhorn demo`` runs.
+
+The audience is generated and loaded first; phones get the console provider (a dry run) and bots'
+webhooks go, signed, to a local receiver that verifies them. Snapshots are fed in their recorded
+order, time compressed by ``speed``; the summary is read from the shared pipeline counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+from goalhorn.counters import CounterSnapshot
+from goalhorn.ingest.espn import parse_scoreboard
+from goalhorn.keys import Keys, Platform
+from goalhorn.models import utcnow
+from goalhorn.pipeline import Pipeline
+from goalhorn.preferences.store import PreferenceStore
+from goalhorn.providers import Provider
+from goalhorn.providers.console import ConsoleProvider
+from goalhorn.providers.webhook import WebhookProvider
+from goalhorn.redis_client import Redis, make_redis
+from goalhorn.sandbox.audience import Audience, generate_audience
+from goalhorn.sandbox.gamenight import Snapshot, load_gamenight
+from goalhorn.sandbox.webhook_receiver import WebhookReceiver
+from goalhorn.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class NightReport:
+    snapshots: int
+    games: int
+    users: int
+    devices: int
+    webhooks_received: int
+    elapsed_s: float
+    counters: CounterSnapshot
+
+
+def teams_of(snapshots: list[Snapshot]) -> list[str]:
+    """Every team id playing in the night."""
+    teams: set[str] = set()
+    for snap in snapshots:
+        for state in parse_scoreboard(snap.body, observed_at=utcnow()).states:
+            teams.update((state.home_team_id, state.away_team_id))
+    return sorted(teams)
+
+
+def games_of(snapshots: list[Snapshot]) -> int:
+    return len(
+        {s.game_id for snap in snapshots for s in parse_scoreboard(snap.body, observed_at=utcnow()).states}
+    )
+
+
+async def clear_namespace(redis: Redis, namespace: str) -> None:
+    """Delete every key of the namespace, so a rerun starts from nothing."""
+    batch: list[bytes] = []
+    async for key in redis.scan_iter(match=Keys(namespace).pattern(), count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            await redis.delete(*batch)
+            batch.clear()
+    if batch:
+        await redis.delete(*batch)
+
+
+async def run_night(
+    settings: Settings,
+    *,
+    users: int = 10_000,
+    duration_s: float = 8.0,
+    out: TextIO | None = None,
+    seed: int = 7,
+    on_audience: Callable[[Audience], None] | None = None,
+) -> NightReport:
+    """Replay the night over ``settings``' backends; the replay itself takes about ``duration_s``."""
+    snapshots = load_gamenight()
+    secrets: dict[str, str] = {}
+    async with WebhookReceiver(secret_for=secrets.get) as receiver:
+        audience = generate_audience(
+            teams_of(snapshots), users=users, webhook_base_url=receiver.url, seed=seed
+        )
+        secrets.update(audience.webhook_secrets)
+        if on_audience is not None:
+            on_audience(audience)
+        settings = settings.model_copy(update={"webhook_allowlist": "127.0.0.1"})
+        redis = make_redis(settings)
+        try:
+            await clear_namespace(redis, settings.namespace)
+            await audience.load(PreferenceStore(redis, Keys(settings.namespace)))
+        finally:
+            await redis.aclose()
+
+        def provider(platform: Platform) -> Provider:
+            return WebhookProvider(settings) if platform == "webhook" else ConsoleProvider(platform, out)
+
+        started = time.monotonic()
+        async with Pipeline(settings, provider) as pipeline:
+            span = max(snapshots[-1].t - snapshots[0].t, 1e-9)
+            for snap in snapshots:
+                due = started + (snap.t - snapshots[0].t) / span * duration_s
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                await pipeline.ingest_scoreboard(snap.body)
+            counters = await pipeline.wait_idle(timeout_s=120)
+        elapsed = time.monotonic() - started
+        return NightReport(
+            snapshots=len(snapshots),
+            games=games_of(snapshots),
+            users=audience.user_count,
+            devices=len(audience.devices),
+            webhooks_received=len(receiver.deliveries),
+            elapsed_s=elapsed,
+            counters=counters,
+        )
