@@ -72,7 +72,11 @@ class Pipeline:
     ) -> list[GameEvent]:
         """Parse one ESPN scoreboard, turn changes into events and publish their intents."""
         parsed = parse_scoreboard(body, sport=sport, league=league, observed_at=utcnow())
-        events = [event for state in parsed.states for event in self._differ.update(state)]
+        events = [
+            event
+            for state in parsed.states
+            for event in self._differ.update(state, parsed.incidents.get(state.game_id, ()))
+        ]
         await self.counters.add({"feed_rejected": len(parsed.rejected)})
         return await self.publish_events(events)
 
