@@ -57,9 +57,7 @@ class Pipeline:
         await self.bus.start([self.keys.intent_queue])
         self._worker.start()
         consumer = IntentConsumer(
-            Expander(
-                self.redis, self.keys, chunk=self.settings.expand_chunk, batch_size=self.settings.batch_size
-            ),
+            Expander(self.redis, self.keys, chunk=self.settings.expand_chunk, batch_size=self.settings.batch_size),
             self.stage.enqueue,
             self.counters,
         )

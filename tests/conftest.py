@@ -9,10 +9,14 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
+import aio_pika
+import aiormq.exceptions
 import pytest
 
+from goalhorn.intents.bus import Bus, make_bus
+from goalhorn.keys import Keys
 from goalhorn.redis_client import Redis, make_redis
 from goalhorn.settings import LOCAL_AMQP_URL, LOCAL_REDIS_URL, Settings
 
@@ -70,3 +74,29 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
     finally:
         await delete_namespace(client, settings.namespace)
         await client.aclose()
+
+
+async def delete_amqp_namespace(settings: Settings, queues: Iterable[str]) -> None:
+    """Delete these queues and the namespace's intent exchange, over a connection of the test's own."""
+    assert settings.amqp_url is not None
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for name in list(queues):
+            try:
+                await channel.queue_delete(name)
+            except aiormq.exceptions.ChannelClosed:
+                channel = await connection.channel()
+        await channel.exchange_delete(Keys(settings.namespace).intent_exchange)
+
+
+@pytest.fixture
+async def bus(settings: Settings) -> AsyncIterator[Bus]:
+    """The backend's bus, not started (a test starts it with its queues); its AMQP names are deleted after."""
+    instance = make_bus(settings)
+    try:
+        yield instance
+    finally:
+        await instance.aclose()
+        if settings.amqp_url:
+            await delete_amqp_namespace(settings, getattr(instance, "queues", ()))

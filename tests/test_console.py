@@ -10,15 +10,11 @@ from tests.test_webhook import make_intent
 
 
 def phone(device_id: str, locale: str = "en") -> Device:
-    return Device(
-        device_id=device_id, user_id="u-1", platform="fcm", address=f"tok-{device_id}", locale=locale
-    )
+    return Device(device_id=device_id, user_id="u-1", platform="fcm", address=f"tok-{device_id}", locale=locale)
 
 
 def batch(*devices: Device, template: str = "goal") -> DeliveryBatch:
-    return DeliveryBatch(
-        batch_id="b-1", platform="fcm", intent=make_intent(template=template), devices=devices
-    )
+    return DeliveryBatch(batch_id="b-1", platform="fcm", intent=make_intent(template=template), devices=devices)
 
 
 async def test_writes_one_line_per_delivery():

@@ -49,8 +49,7 @@ def make_intent(intent_id: str = "i-1", ttl_s: float = 300) -> Intent:
 
 def make_batch(n: int, intent: Intent | None = None) -> DeliveryBatch:
     devices = tuple(
-        Device(device_id=f"d{i:04d}", user_id=f"u{i:04d}", platform="fcm", address=f"tok{i}")
-        for i in range(n)
+        Device(device_id=f"d{i:04d}", user_id=f"u{i:04d}", platform="fcm", address=f"tok{i}") for i in range(n)
     )
     return DeliveryBatch(batch_id="b-1", platform="fcm", intent=intent or make_intent(), devices=devices)
 
@@ -87,9 +86,7 @@ def pushes(out: io.StringIO) -> Counter[tuple[str, str]]:
     return seen
 
 
-async def run_stage(
-    settings: Settings, provider: Provider, batches: list[DeliveryBatch], timeout_s: float = 30
-):
+async def run_stage(settings: Settings, provider: Provider, batches: list[DeliveryBatch], timeout_s: float = 30):
     stage = DeliveryStage(settings, make_broker(settings), lambda platform: provider)
     keys = Keys(settings.namespace)
     from goalhorn.redis_client import make_redis

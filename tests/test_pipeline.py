@@ -99,13 +99,10 @@ async def test_every_follower_with_a_device_gets_each_goal_once(settings: Settin
         follows[user].add(team)
     devices: dict[str, Device] = {d.device_id: d for d in audience.devices}
     expected = {
-        device_id: sum(scoring_teams[team] for team in follows[device.user_id])
-        for device_id, device in devices.items()
+        device_id: sum(scoring_teams[team] for team in follows[device.user_id]) for device_id, device in devices.items()
     }
 
-    deliveries = console_pushes(out) + [
-        (w.endpoint, w.body["data"]["intent_id"]) for w in receiver.deliveries
-    ]
+    deliveries = console_pushes(out) + [(w.endpoint, w.body["data"]["intent_id"]) for w in receiver.deliveries]
     per_pair = Counter(deliveries)
     assert per_pair, "somebody got something"
     assert max(per_pair.values()) == 1, "no device got the same goal twice"

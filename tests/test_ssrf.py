@@ -69,9 +69,7 @@ def test_public_addresses_pass(address):
     assert ipaddress.ip_address(checked.raw_host or "") == ipaddress.ip_address(address)
 
 
-@pytest.mark.parametrize(
-    "url", ["ftp://8.8.8.8/x", "file:///etc/passwd", "gopher://8.8.8.8/", "http:///x", "/x"]
-)
+@pytest.mark.parametrize("url", ["ftp://8.8.8.8/x", "file:///etc/passwd", "gopher://8.8.8.8/", "http:///x", "/x"])
 def test_only_http_urls_with_a_host_are_allowed(url):
     with pytest.raises(AddressRefused):
         NO_ALLOWLIST.check_url(url)

@@ -219,9 +219,7 @@ async def test_429_is_retryable_after_retry_after_seconds(receiver, provider, se
 
 
 async def test_429_with_an_http_date_retry_after(receiver, provider, secrets):
-    receiver.fail_next(
-        1, 429, retry_after=format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
-    )
+    receiver.fail_next(1, 429, retry_after=format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True))
     results = await provider.send(batch(hook("d-a", receiver.endpoint_url("a"), secrets["a"])))
 
     assert results[0].retryable
@@ -291,9 +289,7 @@ async def test_response_body_is_read_only_up_to_the_cap(secrets):
         port = runner.addresses[0][1]
         started = time.monotonic()
         async with WebhookProvider(settings(webhook_timeout_s=3.0)) as provider:
-            results = await provider.send(
-                batch(hook("d-a", f"http://127.0.0.1:{port}/hooks/a", secrets["a"]))
-            )
+            results = await provider.send(batch(hook("d-a", f"http://127.0.0.1:{port}/hooks/a", secrets["a"])))
         assert results[0].outcome == "sent"
         assert time.monotonic() - started < 2.0
     finally:
@@ -378,9 +374,7 @@ def test_provider_is_built_without_a_running_loop():
 
 
 def test_template_data_cannot_override_the_intent_fields():
-    intent = make_intent("int-9").model_copy(
-        update={"data": {**GOAL_DATA, "intent_id": "spoofed", "extra": "yes"}}
-    )
+    intent = make_intent("int-9").model_copy(update={"data": {**GOAL_DATA, "intent_id": "spoofed", "extra": "yes"}})
     body = webhook_body(intent, Rendered("t", "b"))
     assert b'"intent_id":"int-9"' in body
     assert b"spoofed" not in body

@@ -84,10 +84,7 @@ class Deliverer:
             claims = await self._markers.claim(batch.intent.intent_id, batch.devices)
             tally.counts["duplicates_skipped"] += len(claims.already_sent)
             tally.held, tally.held_for_s = claims.held, claims.held_for_s
-            slices = [
-                claims.claimed[i : i + self._slice_size]
-                for i in range(0, len(claims.claimed), self._slice_size)
-            ]
+            slices = [claims.claimed[i : i + self._slice_size] for i in range(0, len(claims.claimed), self._slice_size)]
             await asyncio.gather(*(self._send_slice(batch, devices, tally) for devices in slices))
         await self._follow_up(batch, tally)
         tally.counts["batches_done"] += 1
@@ -117,16 +114,12 @@ class Deliverer:
         tally.latencies_ms.extend(latency for _ in sent_ids)
         for result in results:
             if result.outcome == "failed" and result.retryable:
-                self._schedule_retry(
-                    tally, [by_id[result.device_id]], result.reason or "failed", result.retry_after
-                )
+                self._schedule_retry(tally, [by_id[result.device_id]], result.reason or "failed", result.retry_after)
             else:
                 tally.counts[f"delivery:{batch.platform}:{result.outcome}"] += 1
 
     @staticmethod
-    def _schedule_retry(
-        tally: _Tally, devices: Sequence[Device], reason: str, retry_after: float | None
-    ) -> None:
+    def _schedule_retry(tally: _Tally, devices: Sequence[Device], reason: str, retry_after: float | None) -> None:
         tally.retry.extend(devices)
         tally.retry_reasons[reason] += len(devices)
         if retry_after:
@@ -134,9 +127,7 @@ class Deliverer:
 
     def backoff_s(self, attempt: int) -> float:
         """Exponential backoff with full jitter around the nominal delay."""
-        nominal = min(
-            self._settings.retry_max_delay_s, self._settings.retry_base_delay_s * 2 ** (attempt - 1)
-        )
+        nominal = min(self._settings.retry_max_delay_s, self._settings.retry_base_delay_s * 2 ** (attempt - 1))
         return float(nominal * random.uniform(0.5, 1.5))
 
     async def _follow_up(self, batch: DeliveryBatch, tally: _Tally) -> None:

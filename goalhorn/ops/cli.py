@@ -37,14 +37,10 @@ def demo(
         settings = settings.with_real_services()
     if settings.namespace == "goalhorn":
         settings = settings.model_copy(update={"namespace": "goalhorn-demo"})
-    backend = (
-        "real (RabbitMQ + Redis)" if settings.uses_real_services else "embedded (in-process bus, fakeredis)"
-    )
+    backend = "real (RabbitMQ + Redis)" if settings.uses_real_services else "embedded (in-process bus, fakeredis)"
     console = Console()
     console.print(f"[bold]goalhorn demo[/] - replaying the recorded game night on the {backend} backend")
-    report = asyncio.run(
-        run_night(settings, users=users, duration_s=duration, out=sys.stdout if show_pushes else None)
-    )
+    report = asyncio.run(run_night(settings, users=users, duration_s=duration, out=sys.stdout if show_pushes else None))
     render_night(report, backend, console)
 
 

@@ -37,9 +37,7 @@ class ConsoleProvider(Provider):
                 message = render(intent, device.locale)
             except ConfigError as exc:
                 results.append(
-                    DeliveryResult(
-                        device_id=device.device_id, outcome="failed", reason=f"render_failed: {exc}"
-                    )
+                    DeliveryResult(device_id=device.device_id, outcome="failed", reason=f"render_failed: {exc}")
                 )
                 continue
             lines.append(

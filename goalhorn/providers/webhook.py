@@ -71,9 +71,7 @@ def signing_keys(secret: str) -> list[bytes]:
 def sign(keys: Sequence[bytes], msg_id: str, timestamp: int, body: bytes) -> str:
     """The ``webhook-signature`` header: a space-separated ``v1,<base64>`` per key."""
     signed = f"{msg_id}.{timestamp}.".encode() + body
-    return " ".join(
-        "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode() for key in keys
-    )
+    return " ".join("v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode() for key in keys)
 
 
 def webhook_body(intent: Intent, message: Rendered) -> bytes:
@@ -109,9 +107,7 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
-def _failed(
-    device: Device, reason: str, *, retryable: bool, retry_after: float | None = None
-) -> DeliveryResult:
+def _failed(device: Device, reason: str, *, retryable: bool, retry_after: float | None = None) -> DeliveryResult:
     return DeliveryResult(
         device_id=device.device_id,
         outcome="failed",
@@ -169,9 +165,7 @@ class WebhookProvider(Provider):
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                resolver=self._resolver, limit=self._settings.webhook_concurrency
-            )
+            connector = aiohttp.TCPConnector(resolver=self._resolver, limit=self._settings.webhook_concurrency)
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(
@@ -187,9 +181,7 @@ class WebhookProvider(Provider):
         deliveries = (self._deliver(session, batch.intent, device) for device in batch.devices)
         return list(await asyncio.gather(*deliveries))
 
-    async def _deliver(
-        self, session: aiohttp.ClientSession, intent: Intent, device: Device
-    ) -> DeliveryResult:
+    async def _deliver(self, session: aiohttp.ClientSession, intent: Intent, device: Device) -> DeliveryResult:
         try:
             body = webhook_body(intent, render(intent, device.locale))
         except ConfigError as exc:

@@ -77,9 +77,7 @@ def generate_audience(
         if roll < 0.60 or roll >= 0.90:
             token = base64.urlsafe_b64encode(rng.randbytes(96)).decode().rstrip("=")
             devices.append(
-                Device(
-                    device_id=f"{user_id}-a", user_id=user_id, platform="fcm", address=token, locale=locale
-                )
+                Device(device_id=f"{user_id}-a", user_id=user_id, platform="fcm", address=token, locale=locale)
             )
         if roll >= 0.60:
             devices.append(

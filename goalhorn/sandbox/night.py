@@ -50,9 +50,7 @@ def teams_of(snapshots: list[Snapshot]) -> list[str]:
 
 
 def games_of(snapshots: list[Snapshot]) -> int:
-    return len(
-        {s.game_id for snap in snapshots for s in parse_scoreboard(snap.body, observed_at=utcnow()).states}
-    )
+    return len({s.game_id for snap in snapshots for s in parse_scoreboard(snap.body, observed_at=utcnow()).states})
 
 
 async def clear_namespace(redis: Redis, namespace: str) -> None:
@@ -80,9 +78,7 @@ async def run_night(
     snapshots = load_gamenight()
     secrets: dict[str, str] = {}
     async with WebhookReceiver(secret_for=secrets.get) as receiver:
-        audience = generate_audience(
-            teams_of(snapshots), users=users, webhook_base_url=receiver.url, seed=seed
-        )
+        audience = generate_audience(teams_of(snapshots), users=users, webhook_base_url=receiver.url, seed=seed)
         secrets.update(audience.webhook_secrets)
         if on_audience is not None:
             on_audience(audience)

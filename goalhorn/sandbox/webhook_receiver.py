@@ -84,9 +84,7 @@ class WebhookReceiver:
     ``attempts`` holds every request with the status it was answered with.
     """
 
-    def __init__(
-        self, secret_for: Callable[[str], str | None], host: str = "127.0.0.1", port: int = 0
-    ) -> None:
+    def __init__(self, secret_for: Callable[[str], str | None], host: str = "127.0.0.1", port: int = 0) -> None:
         self.secret_for = secret_for
         self.host = host
         self.port = port

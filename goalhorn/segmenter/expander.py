@@ -46,9 +46,7 @@ class Expander:
         self._chunk = chunk
         self._batch_size = batch_size
 
-    async def expand(
-        self, intent: Intent, stats: ExpansionStats | None = None
-    ) -> AsyncIterator[DeliveryBatch]:
+    async def expand(self, intent: Intent, stats: ExpansionStats | None = None) -> AsyncIterator[DeliveryBatch]:
         """Yield the intent's batches; ``stats`` (if given) is filled in as it goes."""
         stats = stats if stats is not None else ExpansionStats()
         seen: set[bytes] = set()

@@ -50,7 +50,13 @@ class Bus(abc.ABC):
 
     @abc.abstractmethod
     async def publish(
-        self, queue: str, body: bytes, *, priority: int = 0, message_id: str, headers: dict[str, str] | None = None
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        priority: int = 0,
+        message_id: str,
+        headers: dict[str, str] | None = None,
     ) -> None:
         """Publish persistently; returns once the broker has confirmed (raises ``PublishNotConfirmed``)."""
 

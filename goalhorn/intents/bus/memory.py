@@ -7,6 +7,7 @@ message requeued at its original position with ``redelivered`` set, as RabbitMQ 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -43,10 +44,8 @@ class _MemorySubscription(Subscription):
 
     async def cancel(self) -> None:
         self._task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        except asyncio.CancelledError:
-            pass
         if self._handlers:
             await asyncio.gather(*self._handlers, return_exceptions=True)
 
@@ -73,24 +72,41 @@ class MemoryBus(Bus):
             raise UnknownQueue(f"queue {name!r} was not declared") from None
 
     async def publish(
-        self, queue: str, body: bytes, *, priority: int = 0, message_id: str, headers: dict[str, str] | None = None
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        priority: int = 0,
+        message_id: str,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        message = BusMessage(bytes(body), check_priority(priority), message_id, False, dict(headers or {}))
+        check_priority(priority)
+        if not message_id:
+            # RabbitMQ clients put a random id on a message without one; refuse it on both backends.
+            raise ValueError("message_id must not be empty")
+        message = BusMessage(bytes(body), priority, message_id, False, dict(headers or {}))
         await self._queue(queue).put((-priority, next(self._seq), message))
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription:
+        if prefetch < 1:
+            # A zero-slot semaphore would never deliver; on RabbitMQ, prefetch 0 means unbounded.
+            raise ValueError(f"prefetch must be at least 1, not {prefetch}")
         q = self._queue(queue)
         slots = asyncio.Semaphore(prefetch)
         handlers: set[asyncio.Task[None]] = set()
 
         async def handle(entry: _Entry) -> None:
             neg_priority, seq, message = entry
+            redelivery = BusMessage(message.body, message.priority, message.message_id, True, message.headers)
             try:
                 await handler(message)
             except Exception:
                 log.exception("handler failed on %s message %s; requeued", queue, message.message_id)
-                redelivery = BusMessage(message.body, message.priority, message.message_id, True, message.headers)
                 await q.put((neg_priority, seq, redelivery))
+            except BaseException:
+                # A cancelled handler did not finish its effect: requeue, as the broker does when unacked.
+                await q.put((neg_priority, seq, redelivery))
+                raise
             finally:
                 slots.release()
 
