@@ -84,10 +84,13 @@ class Bus(abc.ABC):
         await self.aclose()
 
 
-def check_priority(priority: int) -> int:
+def check_publish(priority: int, message_id: str) -> None:
+    """Arguments both backends refuse alike."""
     if not 0 <= priority < MAX_PRIORITY:
         raise ValueError(f"priority {priority} is outside 0..{MAX_PRIORITY - 1}")
-    return priority
+    if not message_id:
+        # RabbitMQ clients put a random id on a message without one, which would defeat dedup.
+        raise ValueError("message_id must not be empty")
 
 
 def make_bus(settings: Settings) -> Bus:

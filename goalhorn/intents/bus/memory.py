@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable
 
 from goalhorn.errors import BusError, UnknownQueue
-from goalhorn.intents.bus import Bus, BusMessage, Handler, Subscription, check_priority
+from goalhorn.intents.bus import Bus, BusMessage, Handler, Subscription, check_publish
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +80,7 @@ class MemoryBus(Bus):
         message_id: str,
         headers: dict[str, str] | None = None,
     ) -> None:
-        check_priority(priority)
-        if not message_id:
-            # RabbitMQ clients put a random id on a message without one; refuse it on both backends.
-            raise ValueError("message_id must not be empty")
+        check_publish(priority, message_id)
         message = BusMessage(bytes(body), priority, message_id, False, dict(headers or {}))
         await self._queue(queue).put((-priority, next(self._seq), message))
 

@@ -33,7 +33,7 @@ from aio_pika.abc import (
 )
 
 from goalhorn.errors import BusError, BusUnavailable, ConfigError, PublishNotConfirmed, UnknownQueue
-from goalhorn.intents.bus import MAX_PRIORITY, Bus, BusMessage, Handler, Subscription, check_priority
+from goalhorn.intents.bus import MAX_PRIORITY, Bus, BusMessage, Handler, Subscription, check_publish
 from goalhorn.keys import Keys
 from goalhorn.settings import Settings
 
@@ -112,9 +112,7 @@ class RabbitBus(Bus):
         message_id: str,
         headers: dict[str, str] | None = None,
     ) -> None:
-        check_priority(priority)
-        if not message_id:
-            raise ValueError("message_id must not be empty")
+        check_publish(priority, message_id)
         self._check_open()
         self._check_queue(queue)
         message = aio_pika.Message(
