@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -218,9 +218,3 @@ class DeliveryResult(Model):
             raise ValueError("only a failed delivery can be retryable")
         return self
 
-
-def json_default(value: Any) -> Any:
-    """``json.dumps`` default for datetimes in ad-hoc payloads."""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
