@@ -217,4 +217,3 @@ class DeliveryResult(Model):
         if self.retryable and self.outcome != "failed":
             raise ValueError("only a failed delivery can be retryable")
         return self
-
