@@ -39,10 +39,12 @@ class FeedError(GoalhornError):
 class PayloadRejected(FeedError):
     """One malformed payload, with the source it came from and a short machine-readable reason."""
 
-    def __init__(self, source: str, reason: str, detail: str = "") -> None:
+    def __init__(self, source: str, reason: str, detail: str = "", payload: bytes = b"") -> None:
         self.source = source
         self.reason = reason
         self.detail = detail
+        self.payload = payload
+        """The part of the input that was rejected, when it is smaller than what was fed."""
         super().__init__(f"{source}: {reason}" + (f" ({detail})" if detail else ""))
 
 

@@ -39,9 +39,13 @@ class Keys:
         """STRING set NX once an event id has been turned into intents."""
         return f"{self.namespace}:event:{event_id}:seen"
 
-    def game_state(self, game_id: str) -> str:
-        """STRING with the last GameState JSON of a game."""
-        return f"{self.namespace}:game:{game_id}:state"
+    def game_state(self, game_key: str) -> str:
+        """HASH ``state`` (GameState JSON), ``observed_at_ms``, ``updated_at_ms`` of one game.
+
+        ``game_key`` is ``<source>:<game id>`` (see ``goalhorn.ingest.live``); every live-state key
+        shares the ``{live}`` hash tag, as one script writes a game's state and its indexes.
+        """
+        return f"{self.namespace}:{{live}}:game:{game_key}"
 
     # --- Redis: delivery ----------------------------------------------------------------------
     def delivery_marker(self, intent_id: str, device_id: str) -> str:
@@ -79,3 +83,16 @@ class Keys:
 
     def delivery_actor(self, platform: Platform) -> str:
         return f"{self.namespace.replace('-', '_')}_deliver_{platform}"
+
+    # --- Redis: live state (ingest) ----------------------------------------------------------
+    def live_games(self) -> str:
+        """ZSET game key -> updated_at ms of every game not final."""
+        return f"{self.namespace}:{{live}}:games:live"
+
+    def games_by_sport(self, sport: str) -> str:
+        """ZSET game key -> updated_at ms of one sport's games."""
+        return f"{self.namespace}:{{live}}:games:sport:{sport}"
+
+    def games_by_status(self, status: str) -> str:
+        """ZSET game key -> updated_at ms of the games in one status (scheduled, live, final)."""
+        return f"{self.namespace}:{{live}}:games:status:{status}"

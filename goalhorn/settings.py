@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         description="Comma-separated hosts and CIDRs a webhook may reach even though they are local or private.",
     )
 
+    # --- ingest and fusion (issue 3) ---------------------------------------------------------
+    live_state_retention_s: int = Field(
+        default=48 * 3600, ge=60, description="How long a final game's live state and index entries are kept."
+    )
+
     @property
     def uses_real_services(self) -> bool:
         return self.amqp_url is not None or self.redis_url is not None

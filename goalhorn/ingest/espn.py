@@ -27,7 +27,9 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from goalhorn.errors import PayloadRejected
+from goalhorn.ingest.adapter import FeedAdapter, Parsed
 from goalhorn.ingest.events import Incident
+from goalhorn.ingest.quarantine import Quarantine
 from goalhorn.models import GameState, GameStatus, Sport
 
 SOURCE = "espn"
@@ -70,6 +72,23 @@ class _Bad(Exception):
         super().__init__(reason)
         self.reason = reason
         self.detail = detail
+
+
+class EspnAdapter(FeedAdapter):
+    """:func:`parse_scoreboard` behind the adapter contract: one ``feed`` is one scoreboard body."""
+
+    source = SOURCE
+
+    def __init__(
+        self, *, sport: Sport | None = None, league: str | None = None, quarantine: Quarantine | None = None
+    ) -> None:
+        super().__init__(quarantine)
+        self._sport = sport
+        self._league = league
+
+    def _parse(self, data: bytes, received_at: datetime) -> Parsed:
+        board = parse_scoreboard(data, sport=self._sport, league=self._league, observed_at=received_at)
+        return Parsed(states=board.states, rejected=board.rejected, incidents=board.incidents)
 
 
 def sport_of(league: str, uid: object = None) -> Sport | None:
