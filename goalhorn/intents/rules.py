@@ -91,7 +91,7 @@ def parse_rules(
             problems.add((*where, "ttl_s"), f"ttl_s {ttl!r} must be a positive number of seconds")
         collapse = body.get("collapse_key")
         if collapse is not None:
-            check_template(str(collapse), (*where, "collapse_key"), problems, "collapse_key")
+            check_template(str(collapse), (*where, "collapse_key"), problems, f"collapse_key {collapse!r}")
         for flag in ("bypass_quiet_hours", "opt_in_required"):
             if not isinstance(body.get(flag, False), bool):
                 problems.add((*where, flag), f"{flag} must be true or false")

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from goalhorn import __version__
+from goalhorn.ops.segments import app as segments_app
 from goalhorn.settings import load_settings
 
 app = typer.Typer(
@@ -17,6 +18,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(segments_app, name="segments")
 
 
 @app.command()

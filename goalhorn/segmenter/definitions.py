@@ -105,14 +105,15 @@ def template_fields(text: str) -> list[str]:
 
 
 def check_template(text: str, path: Path, problems: Problems, what: str) -> None:
+    """Report a malformed template or one using a field outside ``FIELDS``; ``what`` names it."""
     try:
         names = template_fields(text)
     except ValueError as exc:
-        problems.add(path, f"{what} {text!r} is not a valid template: {exc}")
+        problems.add(path, f"{what} is not a valid template: {exc}")
         return
     for name in names:
         if name not in FIELDS:
-            problems.add(path, f"{what} {text!r} uses unknown field {{{name}}} (known: {', '.join(FIELDS)})")
+            problems.add(path, f"{what} uses unknown field {{{name}}} (known: {', '.join(FIELDS)})")
 
 
 def parse_expression(raw: Any, path: Path, problems: Problems, *, top: bool = False) -> Expr | None:
@@ -156,7 +157,7 @@ def _parse_source(value: Any, path: Path, problems: Problems) -> Source | None:
         known = ", ".join(f"{k}:<id>:{s}" for k, s in _SUFFIX.items())
         problems.add(path, f"unknown source {value!r} (expected {known})")
         return None
-    check_template(match["id"], path, problems, "source")
+    check_template(match["id"], path, problems, f"source {value!r}")
     return Source(match["kind"], match["id"])
 
 
