@@ -96,3 +96,41 @@ class Keys:
     def games_by_status(self, status: str) -> str:
         """ZSET game key -> updated_at ms of the games in one status (scheduled, live, final)."""
         return f"{self.namespace}:{{live}}:games:status:{status}"
+
+    # --- Redis: preferences and segments (issue 4) ---------------------------------------------
+    def match_watchers(self, game_id: str) -> str:
+        """SET of user ids watching a match."""
+        return f"{self.namespace}:match:{game_id}:watching"
+
+    def market_watchers(self, token_id: str) -> str:
+        """SET of user ids watching a market."""
+        return f"{self.namespace}:market:{token_id}:watchers"
+
+    def sport_fans(self, sport: str) -> str:
+        """SET of user ids following a whole sport."""
+        return f"{self.namespace}:sport:{sport}:all"
+
+    def device_bucket(self, bucket: int) -> str:
+        """HASH user id -> the user's devices in compact form; users are spread over a fixed number of
+        buckets so a chunk of users costs one HMGET per bucket."""
+        return f"{self.namespace}:devices:{{b{bucket}}}"
+
+    def preference_bucket(self, bucket: int) -> str:
+        """HASH user id -> non-default preferences (compact JSON); same bucket and slot as the devices."""
+        return f"{self.namespace}:prefs:{{b{bucket}}}"
+
+    def bloom_version(self) -> str:
+        """STRING: the current version of the "has non-default preferences" Bloom filter."""
+        return f"{self.namespace}:bloom:{{prefs}}:version"
+
+    def bloom_blob(self, version: int) -> str:
+        """STRING: one version of the Bloom filter, serialized by pybloom-live."""
+        return f"{self.namespace}:bloom:{{prefs}}:v{version}"
+
+    def bloom_pending(self) -> str:
+        """SET of users whose preferences changed since the current Bloom filter was built."""
+        return f"{self.namespace}:bloom:{{prefs}}:pending"
+
+    def caps(self, game_id: str) -> str:
+        """HASH user id -> "ms:intent_id,..." of the alerts a capped user got about one match."""
+        return f"{self.namespace}:caps:{{{game_id}}}"

@@ -153,6 +153,8 @@ class Intent(Model):
     event_at: datetime
     created_at: datetime
     expires_at: datetime
+    bypass_quiet_hours: bool = False
+    opt_in_required: bool = False
 
     @model_validator(mode="after")
     def _expiry_after_creation(self) -> Self:

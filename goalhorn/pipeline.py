@@ -21,7 +21,8 @@ from goalhorn.ingest.dedup import EventDedup
 from goalhorn.ingest.espn import parse_scoreboard
 from goalhorn.ingest.events import GameDiffer
 from goalhorn.intents.bus import Bus, Subscription, make_bus
-from goalhorn.intents.rules import DEFAULT_RULES, Rule, intents_for
+from goalhorn.intents.catalog import CatalogFile
+from goalhorn.intents.rules import intents_for
 from goalhorn.keys import Keys
 from goalhorn.models import GameEvent, Sport, utcnow
 from goalhorn.redis_client import Redis, make_redis
@@ -39,11 +40,11 @@ class PipelineTimeout(GoalhornError):
 class Pipeline:
     """Every stage of goalhorn wired together over the configured backends."""
 
-    def __init__(self, settings: Settings, providers: ProviderFactory, rules: Sequence[Rule] = DEFAULT_RULES):
+    def __init__(self, settings: Settings, providers: ProviderFactory):
         self.settings = settings
         self.keys = Keys(settings.namespace)
         self._providers = providers
-        self._rules = tuple(rules)
+        self.catalog = CatalogFile(settings.rules_file)
         self._differ = GameDiffer()
         self.redis: Redis = make_redis(settings)
         self.counters = PipelineCounters(self.redis, self.keys)
@@ -57,7 +58,16 @@ class Pipeline:
         await self.bus.start([self.keys.intent_queue])
         self._worker.start()
         consumer = IntentConsumer(
-            Expander(self.redis, self.keys, chunk=self.settings.expand_chunk, batch_size=self.settings.batch_size),
+            Expander(
+                self.redis,
+                self.keys,
+                self.catalog.current,
+                chunk=self.settings.expand_chunk,
+                batch_size=self.settings.batch_size,
+                buckets=self.settings.preference_buckets,
+                bloom=self.settings.bloom_enabled,
+                bloom_error_rate=self.settings.bloom_error_rate,
+            ),
             self.stage.enqueue,
             self.counters,
         )
@@ -83,7 +93,7 @@ class Pipeline:
         fresh = await self._dedup.first_seen(events)
         published = 0
         for event in fresh:
-            for intent in intents_for(event, self._rules, utcnow()):
+            for intent in intents_for(event, self.catalog.current().rules, utcnow()):
                 await self.bus.publish(
                     self.keys.intent_queue,
                     intent.to_json(),
@@ -122,6 +132,7 @@ class Pipeline:
         await asyncio.to_thread(self._worker.stop)
         self.stage.close()
         self.stage.broker.close()
+        self.catalog.release()
         await self.bus.aclose()
         await self.redis.aclose()
 

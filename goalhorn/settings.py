@@ -54,6 +54,15 @@ class Settings(BaseSettings):
         default="",
         description="Comma-separated hosts and CIDRs a webhook may reach even though they are local or private.",
     )
+    # --- segments and preferences (issue 4) ---
+    rules_file: str | None = Field(
+        default=None, description="YAML file of rules, segments and templates; unset: the packaged default."
+    )
+    preference_buckets: int = Field(
+        default=16, ge=1, le=4096, description="Hashes users' devices and preferences are spread over."
+    )
+    bloom_enabled: bool = Field(default=True, description="Skip preference lookups for users a Bloom filter rules out.")
+    bloom_error_rate: float = Field(default=0.01, gt=0, lt=0.5)
 
     # --- ingest and fusion (issue 3) ---------------------------------------------------------
     live_state_retention_s: int = Field(

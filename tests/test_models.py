@@ -7,7 +7,8 @@ from datetime import timedelta
 import pytest
 from pydantic import ValidationError
 
-from goalhorn.intents.rules import DEFAULT_RULES, intents_for
+from goalhorn.intents.catalog import default_catalog
+from goalhorn.intents.rules import intents_for
 from goalhorn.models import DeliveryBatch, DeliveryResult, Device, EventKind, GameEvent, Intent, Sport, utcnow
 
 
@@ -33,22 +34,22 @@ def goal_event() -> GameEvent:
 
 
 def test_a_goal_intent_serializes_under_one_kib_and_round_trips() -> None:
-    (intent,) = intents_for(goal_event(), DEFAULT_RULES, utcnow())
+    (intent,) = intents_for(goal_event(), default_catalog().rules, utcnow())
     wire = intent.to_json()
     assert len(wire) < 1024
     assert Intent.from_json(wire) == intent
     assert intent.priority == 9
-    assert intent.segments == ("team:12011:followers",)
+    assert intent.segments == ("scoring_team_followers", "match_watchers")
 
 
 def test_models_are_frozen() -> None:
-    (intent,) = intents_for(goal_event(), DEFAULT_RULES, utcnow())
+    (intent,) = intents_for(goal_event(), default_catalog().rules, utcnow())
     with pytest.raises(ValidationError):
         intent.priority = 1  # type: ignore[misc]
 
 
 def test_intent_rejects_priority_out_of_range_and_expiry_before_creation() -> None:
-    (intent,) = intents_for(goal_event(), DEFAULT_RULES, utcnow())
+    (intent,) = intents_for(goal_event(), default_catalog().rules, utcnow())
     data = intent.model_dump()
     with pytest.raises(ValidationError, match="priority"):
         Intent.model_validate({**data, "priority": 10})
@@ -57,7 +58,7 @@ def test_intent_rejects_priority_out_of_range_and_expiry_before_creation() -> No
 
 
 def test_batch_holds_at_most_500_devices_of_one_platform() -> None:
-    (intent,) = intents_for(goal_event(), DEFAULT_RULES, utcnow())
+    (intent,) = intents_for(goal_event(), default_catalog().rules, utcnow())
     phones = [Device(device_id=f"d{i}", user_id=f"u{i}", platform="fcm", address=f"t{i}") for i in range(501)]
     DeliveryBatch(batch_id="b", platform="fcm", intent=intent, devices=tuple(phones[:500]))
     with pytest.raises(ValidationError, match="500"):

@@ -9,10 +9,14 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter, defaultdict
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 from goalhorn.keys import Keys, Platform
 from goalhorn.models import Device
 from goalhorn.pipeline import Pipeline
+from goalhorn.preferences.bloom import PreferenceBloom
+from goalhorn.preferences.model import Preferences
 from goalhorn.preferences.store import PreferenceStore
 from goalhorn.providers import Provider
 from goalhorn.providers.console import ConsoleProvider
@@ -70,22 +74,66 @@ async def replay(settings: Settings, snapshots: list[Snapshot], out: io.StringIO
         return await pipeline.wait_idle(timeout_s=90)
 
 
-async def test_every_follower_with_a_device_gets_each_goal_once(settings: Settings) -> None:
-    settings = settings.model_copy(update={"webhook_allowlist": "127.0.0.1", "batch_size": 200})
+GOAL_ONLY_RULES = """
+segments:
+  scoring_team_followers: {source: "team:{team_id}:followers"}
+  match_watchers: {source: "match:{game_id}:watching"}
+rules:
+  goal:
+    kinds: [GOAL]
+    priority: 9
+    segments: [scoring_team_followers, match_watchers]
+    template: goal
+templates:
+  goal:
+    en: {title: "GOAL! {team}", body: "{away_team} {away_score} - {home_score} {home_team} ({clock})"}
+"""
+
+
+def is_quiet_now(prefs: Preferences) -> bool:
+    """Whether the user's quiet hours cover this moment, computed here from the wall clock."""
+    if prefs.quiet_hours is None:
+        return False
+    local = datetime.now(UTC).astimezone(ZoneInfo(prefs.time_zone))
+    start, end = prefs.quiet_hours.start, prefs.quiet_hours.end
+    minute = local.hour * 60 + local.minute
+    return start <= minute < end if start <= end else not end <= minute < start
+
+
+def goals_owed(prefs: Preferences, goals_reaching_user: list[tuple[str, str]]) -> int:
+    """How many of the (game, scoring team) goals reaching a user their preferences let through."""
+    if "GOAL" in prefs.opted_out or is_quiet_now(prefs):
+        return 0
+    per_game = Counter(game for game, team in goals_reaching_user if team not in prefs.muted_teams)
+    if prefs.cap is None:
+        return sum(per_game.values())
+    return sum(min(prefs.cap.max_alerts, n) for n in per_game.values())
+
+
+async def test_every_follower_with_a_device_gets_each_goal_once(settings: Settings, tmp_path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(GOAL_ONLY_RULES)
+    settings = settings.model_copy(
+        update={"webhook_allowlist": "127.0.0.1", "batch_size": 200, "rules_file": str(rules)}
+    )
     snapshots = load_gamenight()
     goals = goals_in(snapshots)
     assert len(goals) >= 10
-    scoring_teams = Counter(team for _, team, _, _ in goals)
     teams = sorted({t for _, t, _, _ in goals} | {"idle-team"})
+    games = sorted({g for g, _, _, _ in goals} | {"idle-game"})
 
     secrets: dict[str, str] = {}
     out = io.StringIO()
     async with WebhookReceiver(secret_for=secrets.get) as receiver:
-        audience = generate_audience(teams, users=3000, webhook_base_url=receiver.url, seed=11)
+        audience = generate_audience(teams, users=3000, webhook_base_url=receiver.url, seed=11, game_ids=games)
         secrets.update(audience.webhook_secrets)
         redis = make_redis(settings)
         try:
-            await audience.load(PreferenceStore(redis, Keys(settings.namespace)))
+            keys = Keys(settings.namespace)
+            await audience.load(
+                PreferenceStore(redis, keys, buckets=settings.preference_buckets),
+                PreferenceBloom(redis, keys, buckets=settings.preference_buckets),
+            )
             snap = await replay(settings, snapshots, out, receiver)
             # A restart that re-polls the whole night must not notify anyone again.
             again = await replay(settings, snapshots, out, receiver)
@@ -97,10 +145,21 @@ async def test_every_follower_with_a_device_gets_each_goal_once(settings: Settin
     follows: dict[str, set[str]] = defaultdict(set)
     for user, team in audience.follows:
         follows[user].add(team)
+    watches: dict[str, set[str]] = defaultdict(set)
+    for user, game in audience.watches:
+        watches[user].add(game)
     devices: dict[str, Device] = {d.device_id: d for d in audience.devices}
-    expected = {
-        device_id: sum(scoring_teams[team] for team in follows[device.user_id]) for device_id, device in devices.items()
-    }
+    owed: dict[str, int] = {}
+    for user in {d.user_id for d in devices.values()}:
+        reaching = [(g, t) for g, t, _, _ in goals if t in follows[user] or g in watches[user]]
+        owed[user] = goals_owed(audience.preferences.get(user, Preferences()), reaching)
+    expected = {device_id: owed[device.user_id] for device_id, device in devices.items()}
+    suppressed = snap.counts
+    assert all(suppressed.get(f"suppressed:{r}", 0) > 0 for r in ("opted_out", "muted", "quiet_hours", "capped"))
+    both = [u for u in owed if any(t in follows[u] and g in watches[u] for g, t, _, _ in goals)]
+    only_watching = [u for u in owed if any(t not in follows[u] and g in watches[u] for g, t, _, _ in goals)]
+    assert both, "some users are reached through both segments (and must get each goal once)"
+    assert only_watching, "some users are reached only by watching the match"
 
     deliveries = console_pushes(out) + [(w.endpoint, w.body["data"]["intent_id"]) for w in receiver.deliveries]
     per_pair = Counter(deliveries)

@@ -1,26 +1,24 @@
 """Message templates: an intent's template key and data rendered to a title and body in a locale.
 
-A locale falls back to its language (``pt-BR`` -> ``pt``) and then to English.
+Templates come from the catalog's ``templates:`` section (name -> locale -> title and body). A
+locale falls back to its language (``pt-BR`` -> ``pt``) and then to English, which every template
+must have. Rendering uses the templates of the process's active catalog (the packaged default until a
+pipeline loads another file).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from string import Formatter
+from typing import Any
 
 from goalhorn.errors import ConfigError
+from goalhorn.intents.located import Path, Problems
 from goalhorn.models import Intent
 
 FALLBACK_LOCALE = "en"
 
-TEMPLATES: dict[str, dict[str, tuple[str, str]]] = {
-    "goal": {
-        "en": ("GOAL! {team}", "{away_team} {away_score} - {home_score} {home_team} ({clock})"),
-        "es": ("¡GOL! {team}", "{away_team} {away_score} - {home_score} {home_team} ({clock})"),
-        "pt": ("GOL! {team}", "{away_team} {away_score} - {home_score} {home_team} ({clock})"),
-        "fr": ("BUT ! {team}", "{away_team} {away_score} - {home_score} {home_team} ({clock})"),
-    },
-}
+Templates = Mapping[str, Mapping[str, tuple[str, str]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,19 +27,39 @@ class Rendered:
     body: str
 
 
-def template_fields(key: str) -> set[str]:
-    """The data fields a template needs, over all its locales."""
-    fields: set[str] = set()
-    for title, body in TEMPLATES[key].values():
-        for text in (title, body):
-            fields.update(name for _, name, _, _ in Formatter().parse(text) if name)
-    return fields
+def parse_templates(raw: Any, path: Path, problems: Problems) -> dict[str, dict[str, tuple[str, str]]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        problems.add(path, "templates must be a mapping of name -> locale -> {title, body}")
+        return {}
+    out: dict[str, dict[str, tuple[str, str]]] = {}
+    for name, locales in raw.items():
+        where = (*path, name)
+        if not isinstance(locales, dict) or FALLBACK_LOCALE not in locales:
+            problems.add(where, f"template {name!r} needs a mapping of locales including {FALLBACK_LOCALE!r}")
+            continue
+        out[name] = {}
+        for locale, text in locales.items():
+            at = (*where, locale)
+            if not isinstance(text, dict) or set(text) != {"title", "body"}:
+                problems.add(at, f"template {name!r} locale {locale!r} needs exactly title and body")
+                continue
+            if not all(isinstance(v, str) for v in text.values()):
+                problems.add(at, f"template {name!r} locale {locale!r}: title and body must be strings")
+                continue
+            out[name][str(locale)] = (text["title"], text["body"])
+    return out
 
 
-def render(intent: Intent, locale: str) -> Rendered:
+def render(intent: Intent, locale: str, templates: Templates | None = None) -> Rendered:
     """Render ``intent`` for ``locale``; raises ConfigError for an unknown template or missing field."""
+    if templates is None:
+        from goalhorn.intents.catalog import active_catalog
+
+        templates = active_catalog().templates
     try:
-        by_locale = TEMPLATES[intent.template]
+        by_locale = templates[intent.template]
     except KeyError:
         raise ConfigError(f"unknown message template {intent.template!r}") from None
     language = locale.split("-", 1)[0].split("_", 1)[0].lower()

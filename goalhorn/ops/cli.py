@@ -11,6 +11,7 @@ from rich.console import Console
 
 from goalhorn import __version__
 from goalhorn.ops import feeds
+from goalhorn.ops.segments import app as segments_app
 from goalhorn.settings import load_settings
 
 app = typer.Typer(
@@ -19,6 +20,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(feeds.app, name="feeds")
+app.add_typer(segments_app, name="segments")
 
 
 @app.command()

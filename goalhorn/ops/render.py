@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from goalhorn.preferences.eligibility import REASONS
 from goalhorn.sandbox.night import NightReport
 
 OUTCOMES = ("sent", "invalid_token", "failed", "expired", "suppressed", "dead_lettered")
@@ -32,6 +33,10 @@ def render_night(report: NightReport, backend: str, console: Console) -> None:
         ),
         ("batches", f"{c.get('batches_published'):,} ({c.get('retries'):,} device retries)"),
         ("suppressed", f"{c.get('duplicates_skipped'):,} duplicates"),
+        (
+            "suppressed by preferences",
+            ", ".join(f"{c.get('suppressed:' + reason):,} {reason.replace('_', ' ')}" for reason in REASONS),
+        ),
         ("dead letters", f"{c.get('dead_letters'):,}"),
         ("webhooks verified by receiver", f"{report.webhooks_received:,}"),
         ("latency score change -> delivery", f"p50 {_ms(c.percentile(50))}, p99 {_ms(c.percentile(99))}"),

@@ -1,59 +1,254 @@
-"""Read and write users, devices and follows in Redis.
+"""Read and write users' devices, follows and preferences in Redis.
 
-Layout (names in ``goalhorn.keys``): a SET of user ids per followed team, a HASH of compact
-``Device`` JSON per user, and a SET of every user id. Writes keep these in step; reads for
-expansion fetch the devices of a whole chunk of users in one pipelined round trip.
+Layout (names in ``goalhorn.keys``): a SET of user ids per followed team, watched match or market and
+followed sport; and, per user, a compact device list and (only when not on the defaults) a compact
+preferences record, each in one of ``buckets`` HASHes chosen by a hash of the user id. So the expander
+reads the devices and preferences of a whole chunk of users with one HMGET per bucket, in one round
+trip, whatever the chunk size. Every preference write also adds the user to the Bloom filter's
+pending set, so a filter built before the write can never hide it (see ``goalhorn.preferences.bloom``).
+
+Writes to one user's record read, modify and write it back; concurrent writers of the *same* user
+are last-writer-wins (the sidecar serializes a user's own edits).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, cast
 
 from goalhorn.keys import Keys
-from goalhorn.models import Device
+from goalhorn.models import Device, utcnow
+from goalhorn.preferences.model import (
+    DEFAULT_PREFERENCES,
+    Preferences,
+    decode_devices,
+    encode_devices,
+    last_seen_of,
+)
 from goalhorn.redis_client import Redis
+
+
+def bucket_of(user_id: str, buckets: int) -> int:
+    """The bucket holding a user's devices and preferences."""
+    return zlib.crc32(user_id.encode()) % buckets
+
+
+class ChunkRecords:
+    """Raw device lists and preference records of one chunk of users, as read in one round trip."""
+
+    __slots__ = ("devices", "preferences")
+
+    def __init__(self, devices: dict[str, bytes], preferences: dict[str, bytes]) -> None:
+        self.devices = devices
+        self.preferences = preferences
 
 
 class PreferenceStore:
     """The subscriber side of goalhorn, over one Redis."""
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, keys: Keys, *, buckets: int = 16) -> None:
         self._redis = redis
         self._keys = keys
+        self.buckets = buckets
 
-    async def add_devices(self, devices: Iterable[Device]) -> int:
-        """Register (or replace) devices; returns how many were written."""
+    def _by_bucket(self, user_ids: Iterable[str]) -> dict[int, list[str]]:
+        grouped: dict[int, list[str]] = defaultdict(list)
+        for user_id in user_ids:
+            grouped[bucket_of(user_id, self.buckets)].append(user_id)
+        return grouped
+
+    # --- devices ------------------------------------------------------------------------------
+    async def _rewrite_devices(
+        self, user_ids: Iterable[str], change: Callable[[str, bytes | None], bytes | None]
+    ) -> None:
+        grouped = self._by_bucket(set(user_ids))
         pipe = self._redis.pipeline(transaction=False)
-        count = 0
-        for device in devices:
-            pipe.hset(self._keys.user_devices(device.user_id), device.device_id, device.to_json())
-            pipe.sadd(self._keys.users(), device.user_id)
-            count += 1
+        for bucket, users in grouped.items():
+            pipe.hmget(self._keys.device_bucket(bucket), users)
+        rows = cast(list[list[bytes | None]], await pipe.execute())
+        pipe = self._redis.pipeline(transaction=False)
+        for (bucket, users), raws in zip(grouped.items(), rows, strict=True):
+            key = self._keys.device_bucket(bucket)
+            updates: dict[str, bytes] = {}
+            for user_id, raw in zip(users, raws, strict=True):
+                new = change(user_id, raw)
+                if new is None:
+                    pipe.hdel(key, user_id)
+                elif new != raw:
+                    updates[user_id] = new
+            if updates:
+                pipe.hset(key, mapping=cast(dict[Any, Any], updates))
         await pipe.execute()
-        return count
+
+    async def add_devices(self, devices: Iterable[Device], now: datetime | None = None) -> int:
+        """Register (or replace) devices, stamping ``added_at`` on new ones; returns how many."""
+        now = now or utcnow()
+        per_user: dict[str, list[Device]] = defaultdict(list)
+        for device in devices:
+            per_user[device.user_id].append(device)
+
+        def change(user_id: str, raw: bytes | None) -> bytes:
+            current = {d.device_id: d for d in decode_devices(user_id, raw)} if raw else {}
+            seen = last_seen_of(raw) if raw else {}
+            for device in per_user[user_id]:
+                old = current.get(device.device_id)
+                added = device.added_at or (old.added_at if old else None) or now
+                current[device.device_id] = device.model_copy(update={"added_at": added})
+                seen[device.device_id] = now
+            return encode_devices(list(current.values()), seen)
+
+        await self._rewrite_devices(per_user, change)
+        return sum(len(v) for v in per_user.values())
 
     async def remove_device(self, user_id: str, device_id: str) -> bool:
         """Forget a device (e.g. its token was unregistered); True if it existed."""
-        return bool(await self._redis.hdel(self._keys.user_devices(user_id), device_id))
+        found = False
+
+        def change(uid: str, raw: bytes | None) -> bytes | None:
+            nonlocal found
+            if raw is None:
+                return None
+            devices = decode_devices(uid, raw)
+            kept = [d for d in devices if d.device_id != device_id]
+            found = len(kept) != len(devices)
+            return encode_devices(kept, last_seen_of(raw)) if kept else None
+
+        await self._rewrite_devices([user_id], change)
+        return found
+
+    async def touch_device(self, user_id: str, device_id: str, at: datetime | None = None) -> bool:
+        """Record that a device was seen (the app opened); False if it is not registered."""
+        found = False
+
+        def change(uid: str, raw: bytes | None) -> bytes | None:
+            nonlocal found
+            if raw is None:
+                return None
+            seen = last_seen_of(raw)
+            devices = decode_devices(uid, raw)
+            found = any(d.device_id == device_id for d in devices)
+            if found:
+                seen[device_id] = at or utcnow()
+            return encode_devices(devices, seen)
+
+        await self._rewrite_devices([user_id], change)
+        return found
+
+    async def devices_of(self, user_id: str) -> list[Device]:
+        raw = await self._redis.hget(self._keys.device_bucket(bucket_of(user_id, self.buckets)), user_id)
+        return decode_devices(user_id, raw) if raw else []
+
+    async def last_seen(self, user_id: str) -> dict[str, datetime]:
+        raw = await self._redis.hget(self._keys.device_bucket(bucket_of(user_id, self.buckets)), user_id)
+        return last_seen_of(raw) if raw else {}
+
+    # --- follows ------------------------------------------------------------------------------
+    async def _add_members(self, key: Callable[[str], str], pairs: Iterable[tuple[str, str]]) -> None:
+        members: dict[str, list[str]] = defaultdict(list)
+        for user_id, target in pairs:
+            members[key(target)].append(user_id)
+        if members:
+            pipe = self._redis.pipeline(transaction=False)
+            for set_key, users in members.items():
+                pipe.sadd(set_key, *users)
+            await pipe.execute()
 
     async def follow_teams(self, follows: Iterable[tuple[str, str]]) -> None:
         """Record ``(user_id, team_id)`` follows."""
-        pipe = self._redis.pipeline(transaction=False)
-        for user_id, team_id in follows:
-            pipe.sadd(self._keys.team_followers(team_id), user_id)
-            pipe.sadd(self._keys.users(), user_id)
-        await pipe.execute()
+        await self._add_members(self._keys.team_followers, follows)
 
     async def unfollow_team(self, user_id: str, team_id: str) -> None:
         await self._redis.srem(self._keys.team_followers(team_id), user_id)
 
-    async def devices_of(self, user_id: str) -> list[Device]:
-        return (await self.devices_of_many([user_id]))[0]
+    async def watch_matches(self, watches: Iterable[tuple[str, str]]) -> None:
+        """Record ``(user_id, game_id)`` watches."""
+        await self._add_members(self._keys.match_watchers, watches)
 
-    async def devices_of_many(self, user_ids: Sequence[str]) -> list[list[Device]]:
-        """Each user's devices, in the order of ``user_ids``, in one round trip."""
+    async def unwatch_match(self, user_id: str, game_id: str) -> None:
+        await self._redis.srem(self._keys.match_watchers(game_id), user_id)
+
+    async def watch_markets(self, watches: Iterable[tuple[str, str]]) -> None:
+        """Record ``(user_id, token_id)`` market watches."""
+        await self._add_members(self._keys.market_watchers, watches)
+
+    async def unwatch_market(self, user_id: str, token_id: str) -> None:
+        await self._redis.srem(self._keys.market_watchers(token_id), user_id)
+
+    async def follow_sports(self, follows: Iterable[tuple[str, str]]) -> None:
+        """Record ``(user_id, sport)`` follows of a whole sport."""
+        await self._add_members(self._keys.sport_fans, follows)
+
+    # --- preferences --------------------------------------------------------------------------
+    async def preferences_of(self, user_id: str) -> Preferences:
+        raw = await self._redis.hget(self._keys.preference_bucket(bucket_of(user_id, self.buckets)), user_id)
+        return Preferences.decode(raw) if raw else DEFAULT_PREFERENCES
+
+    async def set_preferences(self, preferences: Mapping[str, Preferences]) -> None:
+        """Replace users' preferences; a user back on the defaults loses the record altogether."""
+        if not preferences:
+            return
         pipe = self._redis.pipeline(transaction=False)
-        for user_id in user_ids:
-            pipe.hvals(self._keys.user_devices(user_id))
-        rows: list[list[bytes]] = await pipe.execute()
-        return [[Device.from_json(raw) for raw in row] for row in rows]
+        for bucket, users in self._by_bucket(preferences).items():
+            key = self._keys.preference_bucket(bucket)
+            custom = {u: preferences[u].encode() for u in users if not preferences[u].is_default()}
+            default = [u for u in users if preferences[u].is_default()]
+            if custom:
+                pipe.hset(key, mapping=cast(dict[Any, Any], custom))
+            if default:
+                pipe.hdel(key, *default)
+        pipe.sadd(self._keys.bloom_pending(), *preferences)
+        await pipe.execute()
+
+    async def update_preferences(self, user_id: str, **changes: Any) -> Preferences:
+        """Change some of a user's preferences (fields of ``Preferences``); returns the result."""
+        updated = (await self.preferences_of(user_id)).with_changes(**changes)
+        await self.set_preferences({user_id: updated})
+        return updated
+
+    async def mute_team(self, user_id: str, team_id: str) -> Preferences:
+        prefs = await self.preferences_of(user_id)
+        return await self.update_preferences(user_id, muted_teams=prefs.muted_teams | {team_id})
+
+    async def unmute_team(self, user_id: str, team_id: str) -> Preferences:
+        prefs = await self.preferences_of(user_id)
+        return await self.update_preferences(user_id, muted_teams=prefs.muted_teams - {team_id})
+
+    async def mute_match(self, user_id: str, game_id: str) -> Preferences:
+        prefs = await self.preferences_of(user_id)
+        return await self.update_preferences(user_id, muted_matches=prefs.muted_matches | {game_id})
+
+    async def opt_in(self, user_id: str, kind: str) -> Preferences:
+        prefs = await self.preferences_of(user_id)
+        return await self.update_preferences(
+            user_id, opted_in=prefs.opted_in | {kind}, opted_out=prefs.opted_out - {kind}
+        )
+
+    async def opt_out(self, user_id: str, kind: str) -> Preferences:
+        prefs = await self.preferences_of(user_id)
+        return await self.update_preferences(
+            user_id, opted_out=prefs.opted_out | {kind}, opted_in=prefs.opted_in - {kind}
+        )
+
+    # --- what the expander reads ---------------------------------------------------------------
+    async def read_chunk(self, user_ids: Sequence[str], with_preferences: Sequence[str]) -> ChunkRecords:
+        """Devices of ``user_ids`` and preference records of ``with_preferences``, in one round trip."""
+        device_groups = self._by_bucket(user_ids)
+        pref_groups = self._by_bucket(with_preferences)
+        pipe = self._redis.pipeline(transaction=False)
+        for bucket, users in device_groups.items():
+            pipe.hmget(self._keys.device_bucket(bucket), users)
+        for bucket, users in pref_groups.items():
+            pipe.hmget(self._keys.preference_bucket(bucket), users)
+        rows = cast(list[list[bytes | None]], await pipe.execute())
+        devices: dict[str, bytes] = {}
+        preferences: dict[str, bytes] = {}
+        groups = [*((users, devices) for users in device_groups.values())]
+        groups += [(users, preferences) for users in pref_groups.values()]
+        for (users, into), raws in zip(groups, rows, strict=True):
+            for user_id, raw in zip(users, raws, strict=True):
+                if raw is not None:
+                    into[user_id] = raw
+        return ChunkRecords(devices, preferences)

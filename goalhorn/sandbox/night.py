@@ -18,6 +18,7 @@ from goalhorn.ingest.espn import parse_scoreboard
 from goalhorn.keys import Keys, Platform
 from goalhorn.models import utcnow
 from goalhorn.pipeline import Pipeline
+from goalhorn.preferences.bloom import PreferenceBloom
 from goalhorn.preferences.store import PreferenceStore
 from goalhorn.providers import Provider
 from goalhorn.providers.console import ConsoleProvider
@@ -49,8 +50,12 @@ def teams_of(snapshots: list[Snapshot]) -> list[str]:
     return sorted(teams)
 
 
+def game_ids_of(snapshots: list[Snapshot]) -> list[str]:
+    return sorted({s.game_id for snap in snapshots for s in parse_scoreboard(snap.body, observed_at=utcnow()).states})
+
+
 def games_of(snapshots: list[Snapshot]) -> int:
-    return len({s.game_id for snap in snapshots for s in parse_scoreboard(snap.body, observed_at=utcnow()).states})
+    return len(game_ids_of(snapshots))
 
 
 async def clear_namespace(redis: Redis, namespace: str) -> None:
@@ -78,7 +83,9 @@ async def run_night(
     snapshots = load_gamenight()
     secrets: dict[str, str] = {}
     async with WebhookReceiver(secret_for=secrets.get) as receiver:
-        audience = generate_audience(teams_of(snapshots), users=users, webhook_base_url=receiver.url, seed=seed)
+        audience = generate_audience(
+            teams_of(snapshots), users=users, webhook_base_url=receiver.url, seed=seed, game_ids=game_ids_of(snapshots)
+        )
         secrets.update(audience.webhook_secrets)
         if on_audience is not None:
             on_audience(audience)
@@ -86,7 +93,12 @@ async def run_night(
         redis = make_redis(settings)
         try:
             await clear_namespace(redis, settings.namespace)
-            await audience.load(PreferenceStore(redis, Keys(settings.namespace)))
+            keys = Keys(settings.namespace)
+            buckets = settings.preference_buckets
+            await audience.load(
+                PreferenceStore(redis, keys, buckets=buckets),
+                PreferenceBloom(redis, keys, buckets=buckets, error_rate=settings.bloom_error_rate),
+            )
         finally:
             await redis.aclose()
 

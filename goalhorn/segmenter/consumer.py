@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pydantic import ValidationError
 
 from goalhorn.counters import PipelineCounters
+from goalhorn.errors import ConfigError
 from goalhorn.intents.bus import BusMessage
 from goalhorn.models import DeliveryBatch, Intent
 from goalhorn.segmenter.expander import Expander, ExpansionStats
@@ -41,7 +42,13 @@ class IntentConsumer:
             await self._counters.add({"intents_done": 1, "intents_expired": 1})
             return
         stats = ExpansionStats()
-        async for batch in self._expander.expand(intent, stats):
+        try:
+            segments = self._expander.segments_of(intent)
+        except ConfigError as exc:
+            log.error("dropping intent %s: %s", intent.intent_id, exc)
+            await self._counters.add({"intents_done": 1, "intents_rejected": 1})
+            return
+        async for batch in self._expander.expand(intent, stats, segments=segments):
             await self._enqueue(batch)
             await self._counters.add({"batches_published": 1})
         await self._counters.add(
@@ -51,5 +58,6 @@ class IntentConsumer:
                 "followers": stats.users,
                 "followers_without_devices": stats.users_without_devices,
                 "intents_redelivered": int(message.redelivered),
+                **{f"suppressed:{reason}": n for reason, n in stats.suppressed.items()},
             }
         )

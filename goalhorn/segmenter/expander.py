@@ -1,31 +1,33 @@
-"""Streaming audience expansion: segment sets are read with SSCAN in chunks and turned into batches
-of at most ``batch_size`` devices of one platform as they fill, so the first batch can go out before
-the last member is read. A user reached through two segments (or returned twice by SSCAN, which may
-repeat members) is expanded once.
+"""Streaming audience expansion: an intent's segments become delivery batches of at most
+``batch_size`` devices of one platform, cut as they fill, so the first batch goes out before the last
+member is read.
+
+Per chunk of members (SSCAN ``COUNT chunk``) the expander makes a constant number of round trips:
+membership in the intent's earlier segments (one SMISMEMBER per set), the devices of every member
+plus the preference records of the members the Bloom filter cannot rule out (one HMGET per bucket),
+and, only when capped users remain, one Lua call for the caps. A device reached through two segments
+is sent once: a member of an earlier segment only gets the devices that segment's filters left out.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import cast
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from goalhorn.errors import ConfigError
+from goalhorn.intents.catalog import Catalog
+from goalhorn.intents.rules import intent_fields
 from goalhorn.keys import PLATFORMS, Keys, Platform
-from goalhorn.models import DeliveryBatch, Device, Intent
+from goalhorn.models import DeliveryBatch, Device, Intent, utcnow
+from goalhorn.preferences.bloom import PreferenceBloom, PreferenceFilter
+from goalhorn.preferences.caps import CapCounter
+from goalhorn.preferences.eligibility import REASONS, Reason, suppression
+from goalhorn.preferences.model import Cap, Preferences, decode_devices
 from goalhorn.preferences.store import PreferenceStore
 from goalhorn.redis_client import Redis
-
-_TEAM_FOLLOWERS = re.compile(r"^team:(?P<team_id>[^:\s]+):followers$")
-
-
-def source_key(keys: Keys, segment: str) -> str:
-    """The Redis set behind a resolved segment name."""
-    match = _TEAM_FOLLOWERS.match(segment)
-    if match is None:
-        raise ConfigError(f"unknown segment source {segment!r} (expected team:<id>:followers)")
-    return keys.team_followers(match["team_id"])
+from goalhorn.segmenter.algebra import SetAlgebra
+from goalhorn.segmenter.definitions import Resolved, Segment, resolve
 
 
 @dataclass(slots=True)
@@ -34,22 +36,61 @@ class ExpansionStats:
     users_without_devices: int = 0
     devices: int = 0
     batches: int = 0
+    suppressed: dict[Reason, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+    preference_lookups: int = 0
 
 
 class Expander:
     """Expands intents into delivery batches."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, chunk: int = 1000, batch_size: int = 500) -> None:
-        self._redis = redis
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        catalog: Callable[[], Catalog],
+        *,
+        chunk: int = 1000,
+        batch_size: int = 500,
+        buckets: int = 16,
+        bloom: bool = True,
+        bloom_error_rate: float = 0.01,
+    ) -> None:
+        self._catalog = catalog
+        self._store = PreferenceStore(redis, keys, buckets=buckets)
+        self._algebra = SetAlgebra(redis, chunk=chunk)
+        self._caps = CapCounter(redis, keys)
+        self._bloom = PreferenceBloom(redis, keys, buckets=buckets, error_rate=bloom_error_rate) if bloom else None
         self._keys = keys
-        self._store = PreferenceStore(redis, keys)
-        self._chunk = chunk
         self._batch_size = batch_size
 
-    async def expand(self, intent: Intent, stats: ExpansionStats | None = None) -> AsyncIterator[DeliveryBatch]:
-        """Yield the intent's batches; ``stats`` (if given) is filled in as it goes."""
+    def segments_of(self, intent: Intent) -> list[tuple[Segment, Resolved]]:
+        catalog = self._catalog()
+        fields = intent_fields(intent)
+        out = []
+        for name in intent.segments:
+            segment = catalog.segments.get(name)
+            if segment is None:
+                raise ConfigError(f"intent {intent.intent_id} names unknown segment {name!r}")
+            out.append((segment, resolve(segment, catalog.segments, fields, self._keys)))
+        return out
+
+    async def expand(
+        self,
+        intent: Intent,
+        stats: ExpansionStats | None = None,
+        *,
+        now: datetime | None = None,
+        dry_run: bool = False,
+        segments: list[tuple[Segment, Resolved]] | None = None,
+    ) -> AsyncIterator[DeliveryBatch]:
+        """Yield the intent's batches; ``stats`` (if given) is filled in as it goes. ``dry_run`` checks
+        caps without counting the alert against them (for previews); ``segments`` are the intent's,
+        if already resolved with :meth:`segments_of`."""
         stats = stats if stats is not None else ExpansionStats()
-        seen: set[bytes] = set()
+        now = now or utcnow()
+        segments = segments if segments is not None else self.segments_of(intent)
+        prefilter = await self._bloom.snapshot() if self._bloom else PreferenceFilter(0, None)
+        sizes = await self._algebra.sizes([expr for _, expr in segments])
         buffers: dict[Platform, list[Device]] = {platform: [] for platform in PLATFORMS}
 
         def cut(platform: Platform) -> DeliveryBatch:
@@ -62,27 +103,75 @@ class Expander:
                 devices=tuple(devices),
             )
 
-        for key in [source_key(self._keys, segment) for segment in intent.segments]:
-            cursor = 0
-            while True:
-                cursor, raw = await self._redis.sscan(key, cursor, count=self._chunk)
-                members = cast(list[bytes], raw)  # the client does not decode responses
-                fresh = [m for m in members if m not in seen]
-                seen.update(fresh)
-                if fresh:
-                    per_user = await self._store.devices_of_many([m.decode() for m in fresh])
-                    stats.users += len(fresh)
-                    for devices in per_user:
-                        if not devices:
-                            stats.users_without_devices += 1
-                        for device in devices:
-                            stats.devices += 1
-                            buffer = buffers[device.platform]
-                            buffer.append(device)
-                            if len(buffer) >= self._batch_size:
-                                yield cut(device.platform)
-                if cursor == 0:
-                    break
+        for index, (segment, expr) in enumerate(segments):
+            earlier = [s for s, _ in segments[:index]]
+            earlier_exprs = [e for _, e in segments[:index]]
+            async for users in self._algebra.stream(expr, sizes):
+                inside = await self._algebra.membership(earlier_exprs, users) if earlier_exprs else []
+                chosen = await self._chunk(intent, segment, earlier, inside, users, prefilter, stats, now, dry_run)
+                for device in chosen:
+                    buffer = buffers[device.platform]
+                    buffer.append(device)
+                    if len(buffer) >= self._batch_size:
+                        yield cut(device.platform)
         for platform in PLATFORMS:
             if buffers[platform]:
                 yield cut(platform)
+
+    async def _chunk(
+        self,
+        intent: Intent,
+        segment: Segment,
+        earlier: list[Segment],
+        inside: list[list[bool]],
+        users: list[str],
+        prefilter: PreferenceFilter,
+        stats: ExpansionStats,
+        now: datetime,
+        dry_run: bool,
+    ) -> list[Device]:
+        maybes = prefilter.maybes(users)
+        records = await self._store.read_chunk(users, maybes)
+        stats.preference_lookups += len(maybes)
+        picked: list[tuple[str, list[Device], bool]] = []
+        capped: list[tuple[str, Cap]] = []
+        for position, user_id in enumerate(users):
+            seen_before = [s for s, hits in zip(earlier, inside, strict=True) if hits[position]]
+            first = not seen_before
+            raw_devices = records.devices.get(user_id)
+            if first:
+                stats.users += 1
+            if raw_devices is None:
+                stats.users_without_devices += first
+                continue
+            devices = [
+                d
+                for d in decode_devices(user_id, raw_devices)
+                if segment.admits(d.platform, d.locale) and not any(s.admits(d.platform, d.locale) for s in seen_before)
+            ]
+            if not devices:
+                continue
+            raw_prefs = records.preferences.get(user_id)
+            if raw_prefs is not None:
+                prefs = Preferences.decode(raw_prefs)
+                reason = suppression(prefs, intent, now)
+                if reason is not None:
+                    if first:
+                        stats.suppressed[reason] += 1
+                    continue
+                if prefs.cap is not None:
+                    capped.append((user_id, prefs.cap))
+            picked.append((user_id, devices, first))
+        refused: set[str] = set()
+        if capped:
+            admitted = await self._caps.admit(intent.game_id, intent.intent_id, capped, now, record=not dry_run)
+            refused = {user_id for (user_id, _), ok in zip(capped, admitted, strict=True) if not ok}
+        chosen: list[Device] = []
+        for user_id, devices, first in picked:
+            if user_id in refused:
+                if first:
+                    stats.suppressed["capped"] += 1
+                continue
+            chosen.extend(devices)
+        stats.devices += len(chosen)
+        return chosen

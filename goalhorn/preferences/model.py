@@ -1,0 +1,132 @@
+"""A subscriber's preferences and devices in the compact forms the expander reads.
+
+Both are stored as short JSON values in bucketed Redis hashes (see ``goalhorn.preferences.store``):
+a device is ``[device_id, platform, address, locale, secret, added_s, last_seen_s]`` and preferences
+are an object with short keys that is absent altogether for a user on the defaults, which is most.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from goalhorn.errors import ConfigError
+from goalhorn.models import Device
+
+
+@dataclass(frozen=True, slots=True)
+class QuietHours:
+    """Local ``start``-``end`` in minutes after midnight; an ``end`` before ``start`` wraps midnight."""
+
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        for name, value in (("start", self.start), ("end", self.end)):
+            if not 0 <= value < 24 * 60:
+                raise ConfigError(f"quiet hours {name} {value} is not a minute of the day (0..1439)")
+
+
+@dataclass(frozen=True, slots=True)
+class Cap:
+    """At most ``max_alerts`` alerts per match within any ``window_s`` seconds."""
+
+    max_alerts: int
+    window_s: int = 600
+
+    def __post_init__(self) -> None:
+        if self.max_alerts < 0 or self.window_s < 1:
+            raise ConfigError(f"a cap needs max_alerts >= 0 and window_s >= 1, not {self.max_alerts}/{self.window_s}")
+
+
+@dataclass(frozen=True, slots=True)
+class Preferences:
+    """What a user wants besides the defaults (every default kind, any hour, no cap)."""
+
+    time_zone: str = "UTC"
+    quiet_hours: QuietHours | None = None
+    muted_teams: frozenset[str] = field(default_factory=frozenset)
+    muted_matches: frozenset[str] = field(default_factory=frozenset)
+    opted_in: frozenset[str] = field(default_factory=frozenset)
+    opted_out: frozenset[str] = field(default_factory=frozenset)
+    cap: Cap | None = None
+
+    def is_default(self) -> bool:
+        return self == DEFAULT_PREFERENCES
+
+    def with_changes(self, **changes: Any) -> Preferences:
+        return replace(self, **changes)
+
+    def encode(self) -> bytes:
+        out: dict[str, Any] = {}
+        if self.time_zone != "UTC":
+            out["tz"] = self.time_zone
+        if self.quiet_hours is not None:
+            out["q"] = [self.quiet_hours.start, self.quiet_hours.end]
+        for key, values in (
+            ("mt", self.muted_teams),
+            ("mm", self.muted_matches),
+            ("in", self.opted_in),
+            ("out", self.opted_out),
+        ):
+            if values:
+                out[key] = sorted(values)
+        if self.cap is not None:
+            out["cap"] = [self.cap.max_alerts, self.cap.window_s]
+        return json.dumps(out, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Preferences:
+        data = cast(dict[str, Any], json.loads(raw))
+        quiet, cap = data.get("q"), data.get("cap")
+        return cls(
+            time_zone=data.get("tz", "UTC"),
+            quiet_hours=QuietHours(quiet[0], quiet[1]) if quiet else None,
+            muted_teams=frozenset(data.get("mt", ())),
+            muted_matches=frozenset(data.get("mm", ())),
+            opted_in=frozenset(data.get("in", ())),
+            opted_out=frozenset(data.get("out", ())),
+            cap=Cap(cap[0], cap[1]) if cap else None,
+        )
+
+
+DEFAULT_PREFERENCES = Preferences()
+
+
+def _epoch(value: datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp())
+
+
+def encode_devices(devices: list[Device], last_seen: dict[str, datetime] | None = None) -> bytes:
+    """One user's devices as a compact JSON list."""
+    seen = last_seen or {}
+    rows = [
+        [d.device_id, d.platform, d.address, d.locale, d.secret, _epoch(d.added_at), _epoch(seen.get(d.device_id))]
+        for d in devices
+    ]
+    return json.dumps(rows, separators=(",", ":")).encode()
+
+
+def decode_devices(user_id: str, raw: bytes | str) -> list[Device]:
+    """Devices from their compact form, without re-validating what the store validated on write."""
+    devices = []
+    for device_id, platform, address, locale, secret, added_s, _ in json.loads(raw):
+        devices.append(
+            Device.model_construct(
+                device_id=device_id,
+                user_id=user_id,
+                platform=platform,
+                address=address,
+                locale=locale,
+                secret=secret,
+                added_at=None if added_s is None else datetime.fromtimestamp(added_s, UTC),
+            )
+        )
+    return devices
+
+
+def last_seen_of(raw: bytes | str) -> dict[str, datetime]:
+    """``device_id -> last seen`` from the compact form."""
+    return {row[0]: datetime.fromtimestamp(row[6], UTC) for row in json.loads(raw) if row[6] is not None}

@@ -1,0 +1,128 @@
+"""Set algebra over Redis follower sets, chunk by chunk.
+
+``stream`` yields the members of a resolved expression in chunks without ever loading a whole set:
+a source is read with SSCAN; a union streams each child and drops members of the children before it;
+an intersection streams its smallest child and keeps members of all the others; a difference streams
+its first child and drops members of the rest. Membership of a chunk in any expression costs one
+pipelined round trip (one SMISMEMBER per set involved).
+
+SSCAN may return a member twice only when the set is resized during the scan; such a repeat reaches
+the delivery markers, which keep the device from a second push.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import cast
+
+from goalhorn.redis_client import Redis
+from goalhorn.segmenter.definitions import Members, Op, Resolved, SetKey
+
+
+def set_keys(expr: Resolved) -> list[str]:
+    if isinstance(expr, SetKey):
+        return [expr.key]
+    if isinstance(expr, Op):
+        return [key for child in expr.children for key in set_keys(child)]
+    return []
+
+
+class SetAlgebra:
+    """Streams and tests membership of resolved segment expressions over one Redis."""
+
+    def __init__(self, redis: Redis, *, chunk: int = 1000) -> None:
+        self._redis = redis
+        self._chunk = chunk
+
+    async def sizes(self, exprs: Sequence[Resolved]) -> dict[str, int]:
+        """SCARD of every set in ``exprs``, in one round trip."""
+        keys = sorted({key for expr in exprs for key in set_keys(expr)})
+        if not keys:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.scard(key)
+        return dict(zip(keys, cast(list[int], await pipe.execute()), strict=True))
+
+    async def membership(self, exprs: Sequence[Resolved], users: Sequence[str]) -> list[list[bool]]:
+        """For each expression, whether each of ``users`` is in it (one round trip)."""
+        keys = sorted({key for expr in exprs for key in set_keys(expr)})
+        found: dict[str, list[bool]] = {}
+        if keys and users:
+            pipe = self._redis.pipeline(transaction=False)
+            for key in keys:
+                pipe.smismember(key, list(users))
+            rows = cast(list[list[int]], await pipe.execute())
+            found = {key: [bool(v) for v in row] for key, row in zip(keys, rows, strict=True)}
+
+        def evaluate(expr: Resolved) -> list[bool]:
+            if isinstance(expr, SetKey):
+                return found.get(expr.key, [False] * len(users))
+            if isinstance(expr, Members):
+                return [u in expr.users for u in users]
+            parts = [evaluate(child) for child in expr.children]
+            if expr.op == "union":
+                return [any(col) for col in zip(*parts, strict=True)]
+            if expr.op == "intersection":
+                return [all(col) for col in zip(*parts, strict=True)]
+            return [col[0] and not any(col[1:]) for col in zip(*parts, strict=True)]
+
+        return [evaluate(expr) for expr in exprs]
+
+    async def stream(self, expr: Resolved, sizes: dict[str, int]) -> AsyncIterator[list[str]]:
+        """The members of ``expr`` in chunks; ``sizes`` (from :meth:`sizes`) picks intersection drivers."""
+        if isinstance(expr, SetKey):
+            cursor = 0
+            while True:
+                cursor, raw = await self._redis.sscan(expr.key, cursor, count=self._chunk)
+                if raw:
+                    yield [m.decode() for m in cast(list[bytes], raw)]
+                if cursor == 0:
+                    return
+        elif isinstance(expr, Members):
+            ordered = sorted(expr.users)
+            for start in range(0, len(ordered), self._chunk):
+                yield ordered[start : start + self._chunk]
+        elif expr.op == "union":
+            for index, child in enumerate(expr.children):
+                earlier = None if index == 0 else expr.children[0] if index == 1 else Op("union", expr.children[:index])
+                async for chunk in self.stream(child, sizes):
+                    if earlier is None:
+                        yield chunk
+                        continue
+                    (inside,) = await self.membership([earlier], chunk)
+                    kept = [u for u, hit in zip(chunk, inside, strict=True) if not hit]
+                    if kept:
+                        yield kept
+        else:
+            children = list(expr.children)
+            if expr.op == "intersection":
+                children.sort(key=lambda child: estimate(child, sizes))
+                driver, rest = (
+                    children[0],
+                    Op("intersection", tuple(children[1:])) if len(children) > 2 else children[1],
+                )
+                keep_if = True
+            else:
+                driver = children[0]
+                rest = Op("union", tuple(children[1:])) if len(children) > 2 else children[1]
+                keep_if = False
+            async for chunk in self.stream(driver, sizes):
+                (inside,) = await self.membership([rest], chunk)
+                kept = [u for u, hit in zip(chunk, inside, strict=True) if hit is keep_if]
+                if kept:
+                    yield kept
+
+
+def estimate(expr: Resolved, sizes: dict[str, int]) -> int:
+    """An upper bound of the expression's size, to stream the cheaper side of an intersection."""
+    if isinstance(expr, SetKey):
+        return sizes.get(expr.key, 0)
+    if isinstance(expr, Members):
+        return len(expr.users)
+    parts = [estimate(child, sizes) for child in expr.children]
+    if expr.op == "union":
+        return sum(parts)
+    if expr.op == "intersection":
+        return min(parts)
+    return parts[0]
