@@ -20,6 +20,7 @@ TEMPLATES: dict[str, dict[str, tuple[str, str]]] = {
         "pt": ("GOL! {team}", "{away_team} {away_score} - {home_score} {home_team} ({clock})"),
         "fr": ("BUT ! {team}", "{away_team} {away_score} - {home_score} {home_team} ({clock})"),
     },
+    "message": {"en": ("{title}", "{body}")},
 }
 
 

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from goalhorn import __version__
+from goalhorn.ops import delivery
 from goalhorn.settings import load_settings
 
 app = typer.Typer(
@@ -48,6 +49,9 @@ def demo(
 def version() -> None:
     """Print goalhorn's version."""
     typer.echo(__version__)
+
+
+delivery.register(app)
 
 
 def main() -> None:
