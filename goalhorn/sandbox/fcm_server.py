@@ -121,6 +121,8 @@ class FcmSandbox:
         self.delay_s = 0.0
         self.requests = 0
         self.tokens_issued = 0
+        self.stalled = 0
+        """Sends held by :meth:`stall_after` right now."""
         self._keys: dict[str, Any] = {}
         self._tokens: dict[str, float] = {}
         self._failures: deque[_Failure] = deque()
@@ -248,7 +250,11 @@ class FcmSandbox:
         if target in self.unregistered:
             return self._error(404, "Requested entity was not found.", "UNREGISTERED")
         if self._stall_after is not None and self.delivered >= self._stall_after:
-            await self._unstalled.wait()
+            self.stalled += 1
+            try:
+                await self._unstalled.wait()  # cancelled, unrecorded, if the client goes away
+            finally:
+                self.stalled -= 1
         self.received[target] += 1
         self.messages.append(message)  # type: ignore[arg-type]
         return web.json_response({"name": f"projects/{self.project_id}/messages/0:{next(self._ids)}"})
