@@ -213,6 +213,9 @@ class DeliveryResult(Model):
     reason: str | None = None
     retry_after: float | None = None
     provider_message_id: str | None = None
+    invalid_since: datetime | None = Field(
+        default=None, description="For invalid_token: since when the provider says so (APNs 410 timestamp)."
+    )
 
     @model_validator(mode="after")
     def _only_failures_retry(self) -> Self:

@@ -69,6 +69,33 @@ class Settings(BaseSettings):
         default=48 * 3600, ge=60, description="How long a final game's live state and index entries are kept."
     )
 
+    # --- providers and dispatch (issue 5) ---------------------------------------------------------
+    fcm_credentials_file: str | None = Field(
+        default=None, description="FCM service-account JSON; unset: the console provider stands in for FCM."
+    )
+    fcm_project_id: str | None = Field(default=None, description="FCM project; unset: the service account's.")
+    fcm_base_url: str = Field(default="https://fcm.googleapis.com", description="FCM v1 API root (sandbox, tests).")
+    fcm_concurrency: int = Field(default=500, ge=1, description="FCM requests in flight per worker process.")
+    fcm_timeout_s: float = Field(default=10.0, gt=0)
+    apns_key_file: str | None = Field(
+        default=None, description="APNs token-auth key (.p8); unset: the console provider stands in for APNs."
+    )
+    apns_key_id: str = ""
+    apns_team_id: str = ""
+    apns_topic: str = Field(default="", description="The app's bundle id (apns-topic).")
+    apns_host: str = "api.push.apple.com"
+    apns_port: int = Field(default=443, ge=1, le=65535)
+    apns_ca_file: str | None = Field(default=None, description="Extra CA certificate to trust (the sandbox's).")
+    apns_max_connections: int = Field(default=4, ge=1)
+    apns_timeout_s: float = Field(default=10.0, gt=0)
+    breaker_failure_threshold: int = Field(
+        default=20, ge=1, description="Consecutive provider-side failures that open a circuit."
+    )
+    breaker_open_s: float = Field(default=5.0, gt=0, description="How long an open circuit rejects before a probe.")
+    fcm_rate_per_s: float = Field(default=10_000.0, ge=0, description="FCM sends/s per worker (0: unpaced).")
+    apns_rate_per_s: float = Field(default=0.0, ge=0, description="APNs sends/s per worker (0: unpaced).")
+    webhook_rate_per_s: float = Field(default=0.0, ge=0, description="Webhook posts/s per worker (0: unpaced).")
+
     @property
     def uses_real_services(self) -> bool:
         return self.amqp_url is not None or self.redis_url is not None

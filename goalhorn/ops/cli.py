@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from goalhorn import __version__
-from goalhorn.ops import feeds
+from goalhorn.ops import delivery, feeds
 from goalhorn.ops.segments import app as segments_app
 from goalhorn.settings import load_settings
 
@@ -52,6 +52,9 @@ def demo(
 def version() -> None:
     """Print goalhorn's version."""
     typer.echo(__version__)
+
+
+delivery.register(app)
 
 
 def main() -> None:

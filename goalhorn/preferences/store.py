@@ -141,6 +141,14 @@ class PreferenceStore:
         raw = await self._redis.hget(self._keys.device_bucket(bucket_of(user_id, self.buckets)), user_id)
         return decode_devices(user_id, raw) if raw else []
 
+    async def devices_of_many(self, user_ids: Sequence[str]) -> list[list[Device]]:
+        """Each user's devices, in the order of ``user_ids``, in one round trip."""
+        records = await self.read_chunk(user_ids, ())
+        return [
+            decode_devices(user_id, records.devices[user_id]) if user_id in records.devices else []
+            for user_id in user_ids
+        ]
+
     async def last_seen(self, user_id: str) -> dict[str, datetime]:
         raw = await self._redis.hget(self._keys.device_bucket(bucket_of(user_id, self.buckets)), user_id)
         return last_seen_of(raw) if raw else {}

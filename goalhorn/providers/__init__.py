@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import Self
 
 from goalhorn.keys import Platform
-from goalhorn.models import DeliveryBatch, DeliveryResult
+from goalhorn.models import DeliveryBatch, DeliveryResult, Device
 
 
 class Provider(abc.ABC):
@@ -23,6 +23,11 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     async def send(self, batch: DeliveryBatch) -> list[DeliveryResult]:
         """Deliver to every device of the batch; exactly one result per device, in batch order."""
+
+    def circuit(self, device: Device) -> str:
+        """The circuit breaker a device's sends count against: per provider and credential by default,
+        per endpoint where one endpoint can fail alone (webhooks)."""
+        return self.platform
 
     async def aclose(self) -> None:
         """Release connections; the default has none."""

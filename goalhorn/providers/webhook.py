@@ -163,6 +163,10 @@ class WebhookProvider(Provider):
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(settings.webhook_concurrency)
 
+    def circuit(self, device: Device) -> str:
+        """Each endpoint has its own breaker: one bot's outage must not hold back the others."""
+        return f"webhook:{device.address}"
+
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(resolver=self._resolver, limit=self._settings.webhook_concurrency)

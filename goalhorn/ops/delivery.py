@@ -1,0 +1,133 @@
+"""CLI commands of the delivery side: ``goalhorn sandbox``, ``goalhorn send``, ``goalhorn worker``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import threading
+import uuid
+from datetime import timedelta
+from functools import partial
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from goalhorn.errors import ConfigError, GoalhornError
+from goalhorn.keys import Platform
+from goalhorn.models import DeliveryBatch, DeliveryResult, Device, EventKind, Intent, Sport, utcnow
+from goalhorn.providers.factory import make_provider
+from goalhorn.settings import load_settings
+
+console = Console()
+
+
+def sandbox(
+    directory: str = typer.Option(".goalhorn-sandbox", "--dir", help="Where credentials and the cert go."),
+    fcm_port: int = typer.Option(8470, help="FCM v1 server port."),
+    apns_port: int = typer.Option(8471, help="APNs (HTTP/2 + TLS) server port."),
+    webhook_port: int = typer.Option(8472, help="Webhook receiver port."),
+) -> None:
+    """Run the sandbox FCM, APNs and webhook servers on 127.0.0.1 until Ctrl-C."""
+    from goalhorn.sandbox.servers import SandboxServers
+
+    async def run() -> None:
+        servers = SandboxServers(Path(directory), fcm_port=fcm_port, apns_port=apns_port, webhook_port=webhook_port)
+        async with servers:
+            typer.echo(f"FCM      {servers.fcm.url}/v1/projects/{servers.fcm.project_id}/messages:send")
+            typer.echo(f"APNs     https://{servers.apns.host}:{servers.apns.port}/3/device/<token>")
+            typer.echo(f"webhooks {servers.webhooks.url}/hooks/<endpoint>")
+            typer.echo(f"webhook secret {servers.webhook_secret}")
+            typer.echo("Point goalhorn at them with:")
+            for name, value in servers.settings_env().items():
+                typer.echo(f"export {name}={value}")
+            await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
+def _one_off_intent(title: str, body: str, data: dict[str, str]) -> Intent:
+    now = utcnow()
+    return Intent(
+        intent_id=f"send-{uuid.uuid4().hex[:12]}",
+        event_id="manual",
+        kind=EventKind.SCORE,
+        sport=Sport.SOCCER,
+        game_id="manual",
+        priority=9,
+        segments=("manual",),
+        template="message",
+        data={**data, "title": title, "body": body},
+        event_at=now,
+        created_at=now,
+        expires_at=now + timedelta(hours=1),
+    )
+
+
+async def send_one(provider_name: Platform, to: str, secret: str | None, intent: Intent) -> DeliveryResult:
+    """Send one notification through the configured provider code."""
+    settings = load_settings()
+    if provider_name == "fcm" and not settings.fcm_credentials_file:
+        raise ConfigError("FCM is not configured: set GOALHORN_FCM_CREDENTIALS_FILE")
+    if provider_name == "apns" and not settings.apns_key_file:
+        raise ConfigError("APNs is not configured: set GOALHORN_APNS_KEY_FILE and friends")
+    device = Device(device_id="cli", user_id="cli", platform=provider_name, address=to, secret=secret)
+    batch = DeliveryBatch(batch_id="cli", platform=provider_name, intent=intent, devices=(device,))
+    async with make_provider(settings, provider_name) as provider:
+        return (await provider.send(batch))[0]
+
+
+def send(
+    provider: str = typer.Option(..., "--provider", help="fcm, apns or webhook."),
+    to: str = typer.Option(..., "--to", help="FCM/APNs token or webhook URL."),
+    secret: str | None = typer.Option(None, "--secret", help="whsec_ signing secret (webhooks)."),
+    title: str = typer.Option(..., "--title"),
+    body: str = typer.Option(..., "--body"),
+    data: str = typer.Option("{}", "--data", help="Extra string fields as a JSON object."),
+) -> None:
+    """Send one notification through goalhorn's provider code (to check a setup)."""
+    if provider not in ("fcm", "apns", "webhook"):
+        raise typer.BadParameter("must be fcm, apns or webhook", param_hint="--provider")
+    try:
+        extra = json.loads(data)
+        if not isinstance(extra, dict) or not all(isinstance(v, str) for v in extra.values()):
+            raise ValueError("not an object of strings")
+    except ValueError as exc:
+        raise typer.BadParameter(f"needs a JSON object of strings ({exc})", param_hint="--data") from None
+    try:
+        result = asyncio.run(send_one(provider, to, secret, _one_off_intent(title, body, extra)))  # type: ignore[arg-type]
+    except (GoalhornError, ValueError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    detail = result.reason or result.provider_message_id or ""
+    console.print(f"{provider} {result.outcome} {detail}")
+    raise typer.Exit(0 if result.outcome == "sent" else 1)
+
+
+def worker() -> None:
+    """Run a delivery worker (dramatiq) on RabbitMQ and Redis until SIGTERM or Ctrl-C."""
+    from goalhorn.dispatch.stage import DeliveryStage, DeliveryWorker, make_broker
+
+    settings = load_settings()
+    if not (settings.amqp_url and settings.redis_url):
+        console.print("[red]error:[/] goalhorn worker needs GOALHORN_AMQP_URL and GOALHORN_REDIS_URL")
+        raise typer.Exit(2)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stage = DeliveryStage(settings, make_broker(settings), partial(make_provider, settings))
+    delivery = DeliveryWorker(stage)
+    delivery.start()
+    console.print(f"delivery worker started (namespace {settings.namespace}, {settings.worker_threads} threads)")
+    stop.wait()
+    delivery.stop()
+    stage.close()
+    stage.broker.close()
+
+
+def register(app: typer.Typer) -> None:
+    for command in (sandbox, send, worker):
+        app.command()(command)

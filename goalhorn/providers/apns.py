@@ -1,0 +1,151 @@
+"""APNs provider on aioapns: token auth (.p8, ES256) over HTTP/2.
+
+aioapns has no host or port parameter; a protocol subclass carrying ``APNS_SERVER``/``APNS_PORT``
+on ``pool.protocol_class`` points it at the sandbox (or any APNs host). Its pool binds to the
+event loop it is made in, so the client is built on the first ``send``, inside the running loop.
+Per intent: ``apns-priority`` 10 for urgent intents (priority >= 5) and 5 otherwise,
+``apns-expiration`` at the intent's expiry, ``apns-collapse-id`` from its collapse key; the push
+type (alert, background, liveactivity) comes from the intent's ``apns_push_type`` data field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aioapns import APNs, NotificationRequest, PushType
+from aioapns.common import NotificationResult
+from aioapns.connection import APNsProductionClientProtocol
+from aioapns.exceptions import ConnectionError as ApnsConnectionError
+from aioapns.exceptions import MaxAttemptsExceeded
+
+from goalhorn.errors import ConfigError
+from goalhorn.intents.templates import render
+from goalhorn.keys import Platform
+from goalhorn.models import DeliveryBatch, DeliveryResult, Device, Intent
+from goalhorn.providers import Provider
+from goalhorn.settings import Settings
+
+_TOKEN_REASONS = {"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered"}
+_RETRYABLE_REASONS = {
+    "TooManyRequests",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "Shutdown",
+    "InvalidProviderToken",
+    "ExpiredProviderToken",
+    "MissingProviderToken",
+    "TooManyProviderTokenUpdates",
+}
+
+
+def result_for_notification(device: Device, result: NotificationResult) -> DeliveryResult:
+    """Map an APNs answer to the device's outcome (per-token errors are never retryable)."""
+    if result.is_successful:
+        return DeliveryResult(device_id=device.device_id, outcome="sent", provider_message_id=result.notification_id)
+    reason = result.description or f"http_{result.status}"
+    if reason in _TOKEN_REASONS or result.status == "410":
+        since = datetime.fromtimestamp(result.timestamp / 1000, UTC) if result.timestamp else None
+        return DeliveryResult(device_id=device.device_id, outcome="invalid_token", reason=reason, invalid_since=since)
+    retryable = reason in _RETRYABLE_REASONS or result.status in ("429", "500", "503")
+    return DeliveryResult(device_id=device.device_id, outcome="failed", retryable=retryable, reason=reason)
+
+
+def payload_for(intent: Intent, locale: str, push_type: PushType) -> dict[str, Any]:
+    extra = {k: v for k, v in intent.data.items() if k != "apns_push_type"}
+    extra |= {"intent_id": intent.intent_id, "event_id": intent.event_id}
+    if push_type is PushType.BACKGROUND:
+        return {"aps": {"content-available": 1}, **extra}
+    message = render(intent, locale)
+    if push_type is PushType.LIVEACTIVITY:
+        state = {"title": message.title, "body": message.body, **extra}
+        return {"aps": {"timestamp": int(time.time()), "event": "update", "content-state": state}}
+    return {"aps": {"alert": {"title": message.title, "body": message.body}, "sound": "default"}, **extra}
+
+
+async def _quiet(request: NotificationRequest, result: NotificationResult) -> None:
+    """aioapns logs every failed notification unless given a handler; goalhorn counts them instead."""
+
+
+class ApnsProvider(Provider):
+    """Sends through APNs (or the sandbox at ``apns_host``:``apns_port``) with a .p8 signing key."""
+
+    platform: Platform = "apns"
+
+    def __init__(self, settings: Settings) -> None:
+        if not (settings.apns_key_file and settings.apns_key_id and settings.apns_team_id and settings.apns_topic):
+            raise ConfigError("APNs needs GOALHORN_APNS_KEY_FILE, _KEY_ID, _TEAM_ID and _TOPIC")
+        try:
+            self._key = Path(settings.apns_key_file).read_text()
+        except OSError as exc:
+            raise ConfigError(f"APNs key file unreadable: {exc}") from exc
+        self._settings = settings
+        self._client: APNs | None = None
+
+    def circuit(self, device: Device) -> str:
+        return f"apns:{self._settings.apns_team_id}:{self._settings.apns_key_id}"
+
+    def _apns(self) -> APNs:
+        if self._client is None:
+            settings = self._settings
+            context = ssl.create_default_context(cafile=settings.apns_ca_file)
+            client = APNs(
+                key=self._key,
+                key_id=settings.apns_key_id,
+                team_id=settings.apns_team_id,
+                topic=settings.apns_topic,
+                max_connections=settings.apns_max_connections,
+                ssl_context=context,
+                err_func=_quiet,
+            )
+            endpoint = {"APNS_SERVER": settings.apns_host, "APNS_PORT": settings.apns_port}
+            client.pool.protocol_class = type("ApnsEndpoint", (APNsProductionClientProtocol,), endpoint)
+            self._client = client
+        return self._client
+
+    async def send(self, batch: DeliveryBatch) -> list[DeliveryResult]:
+        client = self._apns()
+        intent = batch.intent
+        push_type = PushType(intent.data.get("apns_push_type", "alert"))
+        topic = self._settings.apns_topic + (".push-type.liveactivity" if push_type is PushType.LIVEACTIVITY else "")
+        urgent = intent.priority >= 5 and push_type is not PushType.BACKGROUND
+        ttl = max(0, int(intent.expires_at.timestamp() - time.time()))
+        payloads: dict[str, dict[str, Any]] = {}
+
+        async def deliver(device: Device) -> DeliveryResult:
+            if device.locale not in payloads:
+                try:
+                    payloads[device.locale] = payload_for(intent, device.locale, push_type)
+                except ConfigError as exc:
+                    return DeliveryResult(device_id=device.device_id, outcome="failed", reason=f"render_failed: {exc}")
+            request = NotificationRequest(
+                device_token=device.address,
+                message=payloads[device.locale],
+                notification_id=str(uuid.uuid4()),
+                time_to_live=ttl,
+                priority=10 if urgent else 5,
+                collapse_key=intent.collapse_key,
+                push_type=push_type,
+                apns_topic=topic,
+            )
+            try:
+                async with asyncio.timeout(self._settings.apns_timeout_s):
+                    result = await client.send_notification(request)
+            except TimeoutError:
+                return DeliveryResult(device_id=device.device_id, outcome="failed", retryable=True, reason="timeout")
+            except (ApnsConnectionError, MaxAttemptsExceeded, ConnectionError, OSError) as exc:
+                reason = f"connection_error: {type(exc).__name__}"
+                return DeliveryResult(device_id=device.device_id, outcome="failed", retryable=True, reason=reason)
+            return result_for_notification(device, result)
+
+        return list(await asyncio.gather(*(deliver(d) for d in batch.devices)))
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            self._client.pool.close()
+            self._client = None

@@ -1,0 +1,203 @@
+"""FCM provider: firebase-admin for credentials and message building, aiohttp for sending.
+
+firebase-admin's ``send_each_for_multicast`` spends a thread per message over a small connection
+pool, and its async path runs on httpx; both are several times slower than aiohttp under
+concurrency. So firebase-admin does what it is good at (service-account or application-default
+credentials with token refresh, and building and validating the ``Message``), and each device's
+request goes out on one shared aiohttp session with ``fcm_concurrency`` in flight. The message is
+built once per (intent, locale) and only the target changes per device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import OrderedDict
+from datetime import timedelta
+from typing import Any
+
+import aiohttp
+import google.auth.exceptions
+import google.auth.transport.requests
+from firebase_admin import credentials, messaging
+
+from goalhorn.errors import ConfigError, ProviderAuthError, ProviderUnavailable
+from goalhorn.intents.templates import render
+from goalhorn.keys import Platform
+from goalhorn.models import DeliveryBatch, DeliveryResult, Device, Intent, utcnow
+from goalhorn.providers import Provider
+from goalhorn.providers.webhook import retry_after_seconds
+from goalhorn.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_RESPONSE_BYTES = 16 * 1024
+_PLACEHOLDER = "goalhorn-placeholder"
+_CACHED_MESSAGES = 256
+_TOKEN_ERRORS = {"UNREGISTERED", "SENDER_ID_MISMATCH"}
+
+
+def build_message(intent: Intent, locale: str) -> dict[str, Any]:
+    """The v1 ``message`` for an intent in one locale, built and validated by firebase-admin.
+
+    Android priority is high for urgent intents (priority >= 5), ``ttl`` is what is left of the
+    intent's life, and ``collapse_key`` (android) / ``apns-collapse-id`` come from its collapse key.
+    """
+    rendered = render(intent, locale)
+    ttl = max(0.0, (intent.expires_at - utcnow()).total_seconds())
+    urgent = intent.priority >= 5
+    data = {**intent.data, "intent_id": intent.intent_id, "event_id": intent.event_id, "kind": str(intent.kind)}
+    apns_headers = {
+        "apns-priority": "10" if urgent else "5",
+        "apns-expiration": str(int(intent.expires_at.timestamp())),
+    }
+    if intent.collapse_key:
+        apns_headers["apns-collapse-id"] = intent.collapse_key
+    message = messaging.Message(
+        notification=messaging.Notification(title=rendered.title, body=rendered.body),
+        data=data,
+        android=messaging.AndroidConfig(
+            priority="high" if urgent else "normal",
+            collapse_key=intent.collapse_key,
+            ttl=timedelta(seconds=int(ttl)),
+        ),
+        apns=messaging.APNSConfig(headers=apns_headers),
+        fid=_PLACEHOLDER,
+    )
+    encoded: dict[str, Any] = messaging._MessagingService.encode_message(message)  # the SDK's encoder and checks
+    del encoded["fid"]
+    return encoded
+
+
+def _error_fields(payload: Any) -> tuple[str, str | None, list[str]]:
+    """(status, FCM errorCode, violated fields) from an FCM v1 error body."""
+    error = payload.get("error", {}) if isinstance(payload, dict) else {}
+    if not isinstance(error, dict):
+        return "", None, []
+    code: str | None = None
+    fields: list[str] = []
+    for detail in error.get("details", []) if isinstance(error.get("details"), list) else []:
+        if not isinstance(detail, dict):
+            continue
+        code = detail.get("errorCode", code)
+        fields += [v.get("field", "") for v in detail.get("fieldViolations", []) if isinstance(v, dict)]
+    return str(error.get("status", "")), code, fields
+
+
+def result_for_response(device: Device, status: int, payload: Any, retry_after: str | None) -> DeliveryResult:
+    """Map an FCM v1 answer to the device's outcome (per-token errors are never retryable)."""
+    if status == 200:
+        name = payload.get("name") if isinstance(payload, dict) else None
+        return DeliveryResult(device_id=device.device_id, outcome="sent", provider_message_id=name)
+    grpc_status, code, fields = _error_fields(payload)
+    reason = code or grpc_status or f"http_{status}"
+    if code in _TOKEN_ERRORS or (status == 400 and any(f in ("message.token", "message.fid") for f in fields)):
+        return DeliveryResult(device_id=device.device_id, outcome="invalid_token", reason=reason)
+    if status in (401, 429) or status >= 500 or code == "THIRD_PARTY_AUTH_ERROR":
+        return DeliveryResult(
+            device_id=device.device_id,
+            outcome="failed",
+            retryable=True,
+            reason=reason,
+            retry_after=retry_after_seconds(retry_after),
+        )
+    return DeliveryResult(device_id=device.device_id, outcome="failed", reason=reason)
+
+
+class FcmProvider(Provider):
+    """Sends through FCM's HTTP v1 API (or the sandbox at ``fcm_base_url``)."""
+
+    platform: Platform = "fcm"
+
+    def __init__(self, settings: Settings, credential: credentials.Base | None = None) -> None:
+        self._settings = settings
+        try:
+            if credential is None:
+                path = settings.fcm_credentials_file
+                credential = credentials.Certificate(path) if path else credentials.ApplicationDefault()
+            project = settings.fcm_project_id or getattr(credential, "project_id", None)
+            self._google = credential.get_credential()
+        except (ValueError, OSError, google.auth.exceptions.GoogleAuthError) as exc:
+            raise ConfigError(f"FCM credentials unusable: {exc}") from exc
+        if not project:
+            raise ConfigError("FCM project id unknown: set GOALHORN_FCM_PROJECT_ID or use a service-account file")
+        self.project_id: str = project
+        self.url = f"{settings.fcm_base_url.rstrip('/')}/v1/projects/{project}/messages:send"
+        self._session: aiohttp.ClientSession | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._refresh = asyncio.Lock()
+        self._messages: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+
+    def circuit(self, device: Device) -> str:
+        return f"fcm:{self.project_id}"
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            limit = self._settings.fcm_concurrency
+            self._slots = asyncio.Semaphore(limit)
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=limit),
+                timeout=aiohttp.ClientTimeout(total=self._settings.fcm_timeout_s),
+                trust_env=False,
+            )
+        return self._session
+
+    async def access_token(self) -> str:
+        """A valid OAuth access token from the credential, refreshed off the loop when stale."""
+        if not self._google.valid:
+            async with self._refresh:
+                if not self._google.valid:
+                    try:
+                        await asyncio.to_thread(self._google.refresh, google.auth.transport.requests.Request())
+                    except google.auth.exceptions.TransportError as exc:
+                        raise ProviderUnavailable(f"FCM token endpoint unreachable: {exc}") from exc
+                    except google.auth.exceptions.RefreshError as exc:
+                        raise ProviderAuthError(f"FCM credentials rejected: {exc}") from exc
+        return str(self._google.token)
+
+    def _message(self, intent: Intent, locale: str) -> dict[str, Any]:
+        key = (intent.intent_id, locale)
+        message = self._messages.get(key)
+        if message is None:
+            message = self._messages[key] = build_message(intent, locale)
+            if len(self._messages) > _CACHED_MESSAGES:
+                self._messages.popitem(last=False)
+        return message
+
+    async def send(self, batch: DeliveryBatch) -> list[DeliveryResult]:
+        session = self._client()
+        token = await self.access_token()
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json; charset=UTF-8"}
+        return list(await asyncio.gather(*(self._deliver(session, headers, batch.intent, d) for d in batch.devices)))
+
+    async def _deliver(
+        self, session: aiohttp.ClientSession, headers: dict[str, str], intent: Intent, device: Device
+    ) -> DeliveryResult:
+        try:
+            message = self._message(intent, device.locale)
+        except (ConfigError, ValueError) as exc:
+            return DeliveryResult(device_id=device.device_id, outcome="failed", reason=f"invalid_message: {exc}")
+        body = json.dumps({"message": {**message, "token": device.address}}, separators=(",", ":")).encode()
+        assert self._slots is not None
+        async with self._slots:
+            try:
+                async with session.post(self.url, data=body, headers=headers) as response:
+                    raw = await response.content.read(MAX_RESPONSE_BYTES)
+                    try:
+                        payload = json.loads(raw) if raw else None
+                    except ValueError:
+                        payload = None
+                    if response.status == 401:
+                        self._google.token = None  # force a refresh on the next batch
+                    return result_for_response(device, response.status, payload, response.headers.get("Retry-After"))
+            except TimeoutError:
+                return DeliveryResult(device_id=device.device_id, outcome="failed", retryable=True, reason="timeout")
+            except aiohttp.ClientError as exc:
+                reason = f"connection_error: {type(exc).__name__}"
+                return DeliveryResult(device_id=device.device_id, outcome="failed", retryable=True, reason=reason)
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

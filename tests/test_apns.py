@@ -1,0 +1,128 @@
+"""The APNs provider (aioapns) against the HTTP/2 + TLS sandbox, errors included."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from goalhorn.models import DeliveryBatch, Device
+from goalhorn.providers.apns import ApnsProvider, result_for_notification
+from goalhorn.sandbox.apns_server import ApnsSandbox
+from goalhorn.settings import Settings
+from tests.test_delivery import make_intent
+
+FIXTURES = Path(__file__).parent / "fixtures" / "push"
+
+
+def token(i: int) -> str:
+    return f"{i:064x}"
+
+
+def apns_batch(n: int, **intent_update) -> DeliveryBatch:
+    devices = tuple(Device(device_id=f"d{i}", user_id=f"u{i}", platform="apns", address=token(i)) for i in range(n))
+    intent = make_intent("i-apns").model_copy(update=intent_update)
+    return DeliveryBatch(batch_id="b", platform="apns", intent=intent, devices=devices)
+
+
+@pytest.fixture
+async def sandbox(tmp_path: Path):
+    async with ApnsSandbox(tmp_path) as server:
+        yield server
+
+
+def settings_for(sandbox: ApnsSandbox, key_id: str = "KEY1", *, trusted: bool = True) -> Settings:
+    return Settings(
+        apns_key_file=str(sandbox.signing_key(key_id, trusted=trusted)),
+        apns_key_id=key_id,
+        apns_team_id=sandbox.team_id,
+        apns_topic=sandbox.topic,
+        apns_host=sandbox.host,
+        apns_port=sandbox.port,
+        apns_ca_file=str(sandbox.cert_path),
+        apns_timeout_s=2.0,
+    )
+
+
+async def test_sends_each_device_once_with_the_intents_headers(sandbox) -> None:
+    batch = apns_batch(40, collapse_key="g1-score")
+    async with ApnsProvider(settings_for(sandbox)) as provider:
+        results = await provider.send(batch)
+    assert [r.outcome for r in results] == ["sent"] * 40
+    assert sandbox.received == {token(i): 1 for i in range(40)}
+    request = sandbox.requests[0]
+    assert request.headers["apns-priority"] == "10"
+    assert request.headers["apns-push-type"] == "alert"
+    assert request.headers["apns-collapse-id"] == "g1-score"
+    assert request.headers["apns-topic"] == sandbox.topic
+    assert abs(int(request.headers["apns-expiration"]) - batch.intent.expires_at.timestamp()) <= 2
+    assert request.payload["aps"]["alert"]["title"] == "GOAL! NYC"
+    assert results[0].provider_message_id == next(r.headers["apns-id"] for r in sandbox.requests if r.token == token(0))
+
+
+async def test_low_priority_background_and_live_activity(sandbox) -> None:
+    async with ApnsProvider(settings_for(sandbox)) as provider:
+        low = await provider.send(apns_batch(1, priority=2))
+        background = await provider.send(apns_batch(1, data={"apns_push_type": "background"}))
+        live = await provider.send(apns_batch(1, data={**make_intent().data, "apns_push_type": "liveactivity"}))
+    assert [r[0].outcome for r in (low, background, live)] == ["sent"] * 3
+    low_req, background_req, live_req = sandbox.requests
+    assert low_req.headers["apns-priority"] == "5"
+    assert background_req.headers["apns-push-type"] == "background"
+    assert background_req.headers["apns-priority"] == "5"
+    assert background_req.payload["aps"] == {"content-available": 1}
+    assert live_req.headers["apns-topic"] == sandbox.topic + ".push-type.liveactivity"
+    assert live_req.payload["aps"]["event"] == "update"
+
+
+async def test_per_token_errors_carry_the_410_timestamp(sandbox) -> None:
+    sandbox.unregistered[token(1)] = 1637679125000
+    batch = apns_batch(3)
+    bad = Device(device_id="d-bad", user_id="u", platform="apns", address="not-hex")
+    batch = batch.model_copy(update={"devices": (*batch.devices, bad)})
+    async with ApnsProvider(settings_for(sandbox)) as provider:
+        results = {r.device_id: r for r in await provider.send(batch)}
+    assert results["d1"].outcome == "invalid_token"
+    assert results["d1"].invalid_since is not None
+    assert results["d1"].invalid_since.timestamp() == 1637679125.0
+    assert results["d-bad"].outcome == "invalid_token"
+    assert results["d-bad"].reason == "BadDeviceToken"
+    assert {results["d0"].outcome, results["d2"].outcome} == {"sent"}
+
+
+async def test_throttling_outages_and_bad_credentials_are_retryable(sandbox) -> None:
+    sandbox.fail_next(1, 429, "TooManyRequests")
+    async with ApnsProvider(settings_for(sandbox)) as provider:
+        throttled = (await provider.send(apns_batch(1)))[0]
+        sandbox.unavailable_for(30)
+        unavailable = (await provider.send(apns_batch(1)))[0]
+    async with ApnsProvider(settings_for(sandbox, "KEY2", trusted=False)) as provider:
+        rejected = (await provider.send(apns_batch(1)))[0]
+    assert (throttled.outcome, throttled.retryable, throttled.reason) == ("failed", True, "TooManyRequests")
+    assert (unavailable.retryable, unavailable.reason) == (True, "ServiceUnavailable")
+    assert (rejected.retryable, rejected.reason) == (True, "InvalidProviderToken")
+    assert sandbox.received == {}
+
+
+async def test_a_slow_server_times_out_as_retryable(sandbox) -> None:
+    sandbox.delay_s = 5
+    settings = settings_for(sandbox).model_copy(update={"apns_timeout_s": 0.3})
+    async with ApnsProvider(settings) as provider:
+        result = (await provider.send(apns_batch(1)))[0]
+    assert (result.outcome, result.retryable, result.reason) == ("failed", True, "timeout")
+
+
+def test_recorded_apns_errors_map_to_outcomes() -> None:
+    from aioapns.common import NotificationResult
+
+    samples = json.loads((FIXTURES / "apns_error_bodies.json").read_text())
+    device = Device(device_id="d", user_id="u", platform="apns", address="t")
+    for name, body in samples.items():
+        status = name.split("_", 1)[0]
+        result = result_for_notification(
+            device, NotificationResult("id", status, body["reason"], body.get("timestamp"))
+        )
+        expected = "failed" if body["reason"] == "MissingDeviceToken" else "invalid_token"
+        assert result.outcome == expected, name
+        assert not result.retryable
