@@ -23,7 +23,7 @@ from goalhorn.models import DeliveryBatch, Device, Intent, utcnow
 from goalhorn.preferences.bloom import PreferenceBloom, PreferenceFilter
 from goalhorn.preferences.caps import CapCounter
 from goalhorn.preferences.eligibility import REASONS, Reason, suppression
-from goalhorn.preferences.model import Cap, Preferences, decode_devices
+from goalhorn.preferences.model import DEFAULT_PREFERENCES, Cap, Preferences, decode_devices
 from goalhorn.preferences.store import PreferenceStore
 from goalhorn.redis_client import Redis
 from goalhorn.segmenter.algebra import SetAlgebra
@@ -130,6 +130,7 @@ class Expander:
         now: datetime,
         dry_run: bool,
     ) -> list[Device]:
+        default_reason = suppression(DEFAULT_PREFERENCES, intent, now)  # an opt-in the defaults lack
         maybes = prefilter.maybes(users)
         records = await self._store.read_chunk(users, maybes)
         stats.preference_lookups += len(maybes)
@@ -152,15 +153,14 @@ class Expander:
             if not devices:
                 continue
             raw_prefs = records.preferences.get(user_id)
-            if raw_prefs is not None:
-                prefs = Preferences.decode(raw_prefs)
-                reason = suppression(prefs, intent, now)
-                if reason is not None:
-                    if first:
-                        stats.suppressed[reason] += 1
-                    continue
-                if prefs.cap is not None:
-                    capped.append((user_id, prefs.cap))
+            prefs = DEFAULT_PREFERENCES if raw_prefs is None else Preferences.decode(raw_prefs)
+            reason = default_reason if raw_prefs is None else suppression(prefs, intent, now)
+            if reason is not None:
+                if first:
+                    stats.suppressed[reason] += 1
+                continue
+            if prefs.cap is not None:
+                capped.append((user_id, prefs.cap))
             picked.append((user_id, devices, first))
         refused: set[str] = set()
         if capped:
