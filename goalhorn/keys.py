@@ -98,6 +98,10 @@ class Keys:
         buckets so a chunk of users costs one HMGET per bucket."""
         return f"{self.namespace}:devices:{{b{bucket}}}"
 
+    def last_seen_bucket(self, bucket: int) -> str:
+        """HASH user id -> JSON {device_id: last seen epoch seconds}."""
+        return f"{self.namespace}:seen:{{b{bucket}}}"
+
     def preference_bucket(self, bucket: int) -> str:
         """HASH user id -> non-default preferences (compact JSON); same bucket and slot as the devices."""
         return f"{self.namespace}:prefs:{{b{bucket}}}"

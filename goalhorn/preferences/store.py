@@ -25,10 +25,13 @@ from goalhorn.preferences.model import (
     DEFAULT_PREFERENCES,
     Preferences,
     decode_devices,
+    decode_last_seen,
     encode_devices,
-    last_seen_of,
+    encode_last_seen,
 )
 from goalhorn.redis_client import Redis
+
+Change = Callable[[str, bytes | None], bytes | None]
 
 
 def bucket_of(user_id: str, buckets: int) -> int:
@@ -61,46 +64,55 @@ class PreferenceStore:
         return grouped
 
     # --- devices ------------------------------------------------------------------------------
-    async def _rewrite_devices(
-        self, user_ids: Iterable[str], change: Callable[[str, bytes | None], bytes | None]
+    async def _rewrite(
+        self,
+        bucket_key: Callable[[int], str],
+        user_ids: Iterable[str],
+        change: Callable[[str, bytes | None], bytes | None],
     ) -> None:
+        """Read each user's value in ``bucket_key`` buckets, apply ``change``, write back (None deletes)."""
         grouped = self._by_bucket(set(user_ids))
         pipe = self._redis.pipeline(transaction=False)
         for bucket, users in grouped.items():
-            pipe.hmget(self._keys.device_bucket(bucket), users)
+            pipe.hmget(bucket_key(bucket), users)
         rows = cast(list[list[bytes | None]], await pipe.execute())
         pipe = self._redis.pipeline(transaction=False)
         for (bucket, users), raws in zip(grouped.items(), rows, strict=True):
-            key = self._keys.device_bucket(bucket)
+            key = bucket_key(bucket)
             updates: dict[str, bytes] = {}
             for user_id, raw in zip(users, raws, strict=True):
                 new = change(user_id, raw)
-                if new is None:
+                if new is None and raw is not None:
                     pipe.hdel(key, user_id)
-                elif new != raw:
+                elif new is not None and new != raw:
                     updates[user_id] = new
             if updates:
                 pipe.hset(key, mapping=cast(dict[Any, Any], updates))
         await pipe.execute()
 
     async def add_devices(self, devices: Iterable[Device], now: datetime | None = None) -> int:
-        """Register (or replace) devices, stamping ``added_at`` on new ones; returns how many."""
+        """Register (or replace) devices, stamping ``added_at`` on new ones and marking them seen now;
+        returns how many."""
         now = now or utcnow()
         per_user: dict[str, list[Device]] = defaultdict(list)
         for device in devices:
             per_user[device.user_id].append(device)
 
         def change(user_id: str, raw: bytes | None) -> bytes:
-            current = {d.device_id: d for d in decode_devices(user_id, raw)} if raw else {}
-            seen = last_seen_of(raw) if raw else {}
+            current = {d.device_id: d for d in decode_devices(raw)} if raw else {}
             for device in per_user[user_id]:
                 old = current.get(device.device_id)
                 added = device.added_at or (old.added_at if old else None) or now
                 current[device.device_id] = device.model_copy(update={"added_at": added})
-                seen[device.device_id] = now
-            return encode_devices(list(current.values()), seen)
+            return encode_devices(list(current.values()))
 
-        await self._rewrite_devices(per_user, change)
+        def seen(user_id: str, raw: bytes | None) -> bytes:
+            times = decode_last_seen(raw) if raw else {}
+            times.update(dict.fromkeys((d.device_id for d in per_user[user_id]), now))
+            return encode_last_seen(times)
+
+        await self._rewrite(self._keys.device_bucket, per_user, change)
+        await self._rewrite(self._keys.last_seen_bucket, per_user, seen)
         return sum(len(v) for v in per_user.values())
 
     async def remove_device(self, user_id: str, device_id: str) -> bool:
@@ -109,41 +121,40 @@ class PreferenceStore:
 
         def change(uid: str, raw: bytes | None) -> bytes | None:
             nonlocal found
-            if raw is None:
-                return None
-            devices = decode_devices(uid, raw)
+            devices = decode_devices(raw) if raw else []
             kept = [d for d in devices if d.device_id != device_id]
             found = len(kept) != len(devices)
-            return encode_devices(kept, last_seen_of(raw)) if kept else None
+            return encode_devices(kept) if kept else None
 
-        await self._rewrite_devices([user_id], change)
+        def unseen(uid: str, raw: bytes | None) -> bytes | None:
+            times = decode_last_seen(raw) if raw else {}
+            times.pop(device_id, None)
+            return encode_last_seen(times) if times else None
+
+        await self._rewrite(self._keys.device_bucket, [user_id], change)
+        await self._rewrite(self._keys.last_seen_bucket, [user_id], unseen)
         return found
 
     async def touch_device(self, user_id: str, device_id: str, at: datetime | None = None) -> bool:
         """Record that a device was seen (the app opened); False if it is not registered."""
-        found = False
+        if not any(d.device_id == device_id for d in await self.devices_of(user_id)):
+            return False
 
-        def change(uid: str, raw: bytes | None) -> bytes | None:
-            nonlocal found
-            if raw is None:
-                return None
-            seen = last_seen_of(raw)
-            devices = decode_devices(uid, raw)
-            found = any(d.device_id == device_id for d in devices)
-            if found:
-                seen[device_id] = at or utcnow()
-            return encode_devices(devices, seen)
+        def seen(uid: str, raw: bytes | None) -> bytes:
+            times = decode_last_seen(raw) if raw else {}
+            times[device_id] = at or utcnow()
+            return encode_last_seen(times)
 
-        await self._rewrite_devices([user_id], change)
-        return found
+        await self._rewrite(self._keys.last_seen_bucket, [user_id], seen)
+        return True
 
     async def devices_of(self, user_id: str) -> list[Device]:
         raw = await self._redis.hget(self._keys.device_bucket(bucket_of(user_id, self.buckets)), user_id)
-        return decode_devices(user_id, raw) if raw else []
+        return decode_devices(raw) if raw else []
 
     async def last_seen(self, user_id: str) -> dict[str, datetime]:
-        raw = await self._redis.hget(self._keys.device_bucket(bucket_of(user_id, self.buckets)), user_id)
-        return last_seen_of(raw) if raw else {}
+        raw = await self._redis.hget(self._keys.last_seen_bucket(bucket_of(user_id, self.buckets)), user_id)
+        return decode_last_seen(raw) if raw else {}
 
     # --- follows ------------------------------------------------------------------------------
     async def _add_members(self, key: Callable[[str], str], pairs: Iterable[tuple[str, str]]) -> None:

@@ -23,7 +23,7 @@ from goalhorn.models import DeliveryBatch, Device, Intent, utcnow
 from goalhorn.preferences.bloom import PreferenceBloom, PreferenceFilter
 from goalhorn.preferences.caps import CapCounter
 from goalhorn.preferences.eligibility import REASONS, Reason, suppression
-from goalhorn.preferences.model import DEFAULT_PREFERENCES, Cap, Preferences, decode_devices
+from goalhorn.preferences.model import DEFAULT_PREFERENCES, Cap, Preferences, decode_device_lists
 from goalhorn.preferences.store import PreferenceStore
 from goalhorn.redis_client import Redis
 from goalhorn.segmenter.algebra import SetAlgebra
@@ -134,34 +134,45 @@ class Expander:
         maybes = prefilter.maybes(users)
         records = await self._store.read_chunk(users, maybes)
         stats.preference_lookups += len(maybes)
-        picked: list[tuple[str, list[Device], bool]] = []
-        capped: list[tuple[str, Cap]] = []
+        # 1. preferences, for every member with devices
+        candidates: list[tuple[str, bytes, list[Segment], Cap | None]] = []
         for position, user_id in enumerate(users):
-            seen_before = [s for s, hits in zip(earlier, inside, strict=True) if hits[position]]
+            seen_before = [s for s, hits in zip(earlier, inside, strict=True) if hits[position]] if earlier else []
             first = not seen_before
+            stats.users += first
             raw_devices = records.devices.get(user_id)
-            if first:
-                stats.users += 1
             if raw_devices is None:
                 stats.users_without_devices += first
                 continue
-            devices = [
-                d
-                for d in decode_devices(user_id, raw_devices)
-                if segment.admits(d.platform, d.locale) and not any(s.admits(d.platform, d.locale) for s in seen_before)
-            ]
-            if not devices:
-                continue
             raw_prefs = records.preferences.get(user_id)
-            prefs = DEFAULT_PREFERENCES if raw_prefs is None else Preferences.decode(raw_prefs)
-            reason = default_reason if raw_prefs is None else suppression(prefs, intent, now)
+            if raw_prefs is None:
+                reason, cap = default_reason, None
+            else:
+                prefs = Preferences.decode(raw_prefs)
+                reason, cap = suppression(prefs, intent, now), prefs.cap
             if reason is not None:
-                if first:
-                    stats.suppressed[reason] += 1
+                stats.suppressed[reason] += first
                 continue
-            if prefs.cap is not None:
-                capped.append((user_id, prefs.cap))
-            picked.append((user_id, devices, first))
+            candidates.append((user_id, raw_devices, seen_before, cap))
+        # 2. the candidates' devices, parsed in one call, through the segment's filters
+        per_user = decode_device_lists([raw for _, raw, _, _ in candidates])
+        filtering = segment.platforms is not None or segment.locales is not None
+        picked: list[tuple[str, list[Device], bool]] = []
+        capped: list[tuple[str, Cap]] = []
+        for (user_id, _, seen_before, cap), devices in zip(candidates, per_user, strict=True):
+            if filtering or seen_before:
+                devices = [
+                    d
+                    for d in devices
+                    if segment.admits(d.platform, d.locale)
+                    and not any(s.admits(d.platform, d.locale) for s in seen_before)
+                ]
+                if not devices:
+                    continue
+            if cap is not None:
+                capped.append((user_id, cap))
+            picked.append((user_id, devices, not seen_before))
+        # 3. caps, for the capped users still in, in one call
         refused: set[str] = set()
         if capped:
             admitted = await self._caps.admit(intent.game_id, intent.intent_id, capped, now, record=not dry_run)
@@ -169,8 +180,7 @@ class Expander:
         chosen: list[Device] = []
         for user_id, devices, first in picked:
             if user_id in refused:
-                if first:
-                    stats.suppressed["capped"] += 1
+                stats.suppressed["capped"] += first
                 continue
             chosen.extend(devices)
         stats.devices += len(chosen)
