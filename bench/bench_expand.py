@@ -172,8 +172,8 @@ async def expand(expander: Expander, intent: Intent, *, trace: bool = False) -> 
     }
 
 
-async def run(users: int, chunk: int, buckets: int, sample: int) -> int:
-    settings = Settings(redis_url=LOCAL_REDIS_URL, namespace=f"bench-expand-{uuid.uuid4().hex[:8]}")
+async def run(users: int, chunk: int, buckets: int, sample: int, namespace: str) -> int:
+    settings = Settings(redis_url=LOCAL_REDIS_URL, namespace=namespace)
     keys = Keys(settings.namespace)
     redis = make_redis(settings)
     now = datetime.now(UTC)
@@ -240,8 +240,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--chunk", type=int, default=2000, help="SSCAN COUNT per round trip (both sides)")
     parser.add_argument("--buckets", type=int, default=16)
     parser.add_argument("--naive-sample", type=int, default=20_000)
+    parser.add_argument("--namespace", default=f"bench-expand-{uuid.uuid4().hex[:8]}")
     args = parser.parse_args(argv)
-    return asyncio.run(run(args.users, args.chunk, args.buckets, args.naive_sample))
+    return asyncio.run(run(args.users, args.chunk, args.buckets, args.naive_sample, args.namespace))
 
 
 if __name__ == "__main__":

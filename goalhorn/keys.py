@@ -26,14 +26,6 @@ class Keys:
         """SET of user ids following a team."""
         return f"{self.namespace}:team:{team_id}:followers"
 
-    def user_devices(self, user_id: str) -> str:
-        """HASH device_id -> compact Device JSON."""
-        return f"{self.namespace}:user:{user_id}:devices"
-
-    def users(self) -> str:
-        """SET of every known user id."""
-        return f"{self.namespace}:users"
-
     # --- Redis: ingest ------------------------------------------------------------------------
     def event_seen(self, event_id: str) -> str:
         """STRING set NX once an event id has been turned into intents."""

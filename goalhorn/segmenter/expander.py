@@ -26,7 +26,7 @@ from goalhorn.preferences.eligibility import REASONS, Reason, suppression
 from goalhorn.preferences.model import DEFAULT_PREFERENCES, Cap, Preferences, decode_device_lists
 from goalhorn.preferences.store import PreferenceStore
 from goalhorn.redis_client import Redis
-from goalhorn.segmenter.algebra import SetAlgebra
+from goalhorn.segmenter.algebra import SetAlgebra, read_ahead
 from goalhorn.segmenter.definitions import Resolved, Segment, resolve
 
 
@@ -106,7 +106,7 @@ class Expander:
         for index, (segment, expr) in enumerate(segments):
             earlier = [s for s, _ in segments[:index]]
             earlier_exprs = [e for _, e in segments[:index]]
-            async for users in self._algebra.stream(expr, sizes):
+            async for users in read_ahead(self._algebra.stream(expr, sizes)):
                 inside = await self._algebra.membership(earlier_exprs, users) if earlier_exprs else []
                 chosen = await self._chunk(intent, segment, earlier, inside, users, prefilter, stats, now, dry_run)
                 for device in chosen:
