@@ -111,6 +111,15 @@ def test_quiet_hours_follow_the_users_wall_clock(zone, quiet, at, expected) -> N
     assert is_quiet(QuietHours(*quiet), zone, at) is expected
 
 
+async def test_an_unknown_time_zone_is_refused_and_nothing_is_written(redis: Redis, settings: Settings) -> None:
+    store = PreferenceStore(redis, Keys(settings.namespace))
+    with pytest.raises(ConfigError, match="unknown time zone 'Nowhere/Land'"):
+        await store.set_preferences(
+            {"a": Preferences(muted_teams=frozenset({"t"})), "b": Preferences(time_zone="Nowhere/Land")}
+        )
+    assert await store.preferences_of("a") == DEFAULT_PREFERENCES
+
+
 def test_bad_quiet_hours_and_zones_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="minute of the day"):
         QuietHours(0, 1440)

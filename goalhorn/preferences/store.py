@@ -29,6 +29,7 @@ from goalhorn.preferences.model import (
     encode_devices,
     encode_last_seen,
 )
+from goalhorn.preferences.quiet_hours import zone
 from goalhorn.redis_client import Redis
 
 Change = Callable[[str, bytes | None], bytes | None]
@@ -198,9 +199,13 @@ class PreferenceStore:
         return Preferences.decode(raw) if raw else DEFAULT_PREFERENCES
 
     async def set_preferences(self, preferences: Mapping[str, Preferences]) -> None:
-        """Replace users' preferences; a user back on the defaults loses the record altogether."""
+        """Replace users' preferences; a user back on the defaults loses the record altogether.
+
+        ConfigError (and nothing written) when a time zone is unknown."""
         if not preferences:
             return
+        for prefs in preferences.values():
+            zone(prefs.time_zone)
         pipe = self._redis.pipeline(transaction=False)
         for bucket, users in self._by_bucket(preferences).items():
             key = self._keys.preference_bucket(bucket)
