@@ -168,3 +168,12 @@ async def test_the_bloom_filter_is_versioned_sized_and_never_hides_a_later_write
     assert (snap.version, snap.pending) == (v2, set())
     assert snap.maybe("late")
     assert 0 < await redis.ttl(keys.bloom_blob(v1)) <= 300, "the superseded version expires"
+
+
+async def test_user_ids_with_whitespace_or_control_characters_are_refused(redis: Redis, settings: Settings) -> None:
+    store = PreferenceStore(redis, Keys(settings.namespace))
+    with pytest.raises(ConfigError, match="invalid user id 'a b'"):
+        await store.follow_teams([("ok", "t1"), ("a b", "t1")])
+    with pytest.raises(ConfigError, match="invalid user id"):
+        await store.add_devices([phone("x\n")])
+    assert await redis.scard(Keys(settings.namespace).team_followers("t1")) == 0, "nothing of the batch written"

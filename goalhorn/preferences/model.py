@@ -100,7 +100,6 @@ DEFAULT_PREFERENCES = Preferences()
 
 
 _DEVICE_LIST = TypeAdapter(list[Device])
-_DEVICE_LISTS = TypeAdapter(list[list[Device]])
 
 
 def encode_devices(devices: list[Device]) -> bytes:
@@ -111,11 +110,6 @@ def encode_devices(devices: list[Device]) -> bytes:
 def decode_devices(raw: bytes | str) -> list[Device]:
     """Devices from their compact form, parsed and validated in one pass by pydantic-core."""
     return _DEVICE_LIST.validate_json(raw)
-
-
-def decode_device_lists(raws: list[bytes]) -> list[list[Device]]:
-    """Many users' devices in one pydantic-core call (the per-call overhead dominates small lists)."""
-    return _DEVICE_LISTS.validate_json(b"[" + b",".join(raws) + b"]") if raws else []
 
 
 def encode_last_seen(seen: dict[str, datetime]) -> bytes:

@@ -3,9 +3,10 @@
 Layout (names in ``goalhorn.keys``): a SET of user ids per followed team, watched match or market and
 followed sport; and, per user, a compact device list and (only when not on the defaults) a compact
 preferences record, each in one of ``buckets`` HASHes chosen by a hash of the user id. So the expander
-reads the devices and preferences of a whole chunk of users with one HMGET per bucket, in one round
-trip, whatever the chunk size. Every preference write also adds the user to the Bloom filter's
-pending set, so a filter built before the write can never hide it (see ``goalhorn.preferences.bloom``).
+reads the devices and preferences of a whole chunk of users with one call per bucket, in one round
+trip, whatever the chunk size (``goalhorn.preferences.reader``). Every preference write also adds the
+user to the Bloom filter's pending set, so a filter built before the write can never hide it (see
+``goalhorn.preferences.bloom``).
 
 Writes to one user's record read, modify and write it back; concurrent writers of the *same* user
 are last-writer-wins (the sidecar serializes a user's own edits).
@@ -15,10 +16,11 @@ from __future__ import annotations
 
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, cast
 
+from goalhorn.errors import ConfigError
 from goalhorn.keys import Keys
 from goalhorn.models import Device, utcnow
 from goalhorn.preferences.model import (
@@ -40,14 +42,12 @@ def bucket_of(user_id: str, buckets: int) -> int:
     return zlib.crc32(user_id.encode()) % buckets
 
 
-class ChunkRecords:
-    """Raw device lists and preference records of one chunk of users, as read in one round trip."""
-
-    __slots__ = ("devices", "preferences")
-
-    def __init__(self, devices: dict[str, bytes], preferences: dict[str, bytes]) -> None:
-        self.devices = devices
-        self.preferences = preferences
+def check_user_id(user_id: str) -> str:
+    """A user id goalhorn can store: non-empty, printable, without whitespace (ids end up in keys,
+    logs and CLI output)."""
+    if not user_id or not user_id.isprintable() or any(c.isspace() for c in user_id):
+        raise ConfigError(f"invalid user id {user_id!r}: it must be non-empty, printable and without whitespace")
+    return user_id
 
 
 class PreferenceStore:
@@ -97,7 +97,7 @@ class PreferenceStore:
         now = now or utcnow()
         per_user: dict[str, list[Device]] = defaultdict(list)
         for device in devices:
-            per_user[device.user_id].append(device)
+            per_user[check_user_id(device.user_id)].append(device)
 
         def change(user_id: str, raw: bytes | None) -> bytes:
             current = {d.device_id: d for d in decode_devices(raw)} if raw else {}
@@ -161,7 +161,7 @@ class PreferenceStore:
     async def _add_members(self, key: Callable[[str], str], pairs: Iterable[tuple[str, str]]) -> None:
         members: dict[str, list[str]] = defaultdict(list)
         for user_id, target in pairs:
-            members[key(target)].append(user_id)
+            members[key(target)].append(check_user_id(user_id))
         if members:
             pipe = self._redis.pipeline(transaction=False)
             for set_key, users in members.items():
@@ -204,7 +204,8 @@ class PreferenceStore:
         ConfigError (and nothing written) when a time zone is unknown."""
         if not preferences:
             return
-        for prefs in preferences.values():
+        for user_id, prefs in preferences.items():
+            check_user_id(user_id)
             zone(prefs.time_zone)
         pipe = self._redis.pipeline(transaction=False)
         for bucket, users in self._by_bucket(preferences).items():
@@ -247,24 +248,3 @@ class PreferenceStore:
         return await self.update_preferences(
             user_id, opted_out=prefs.opted_out | {kind}, opted_in=prefs.opted_in - {kind}
         )
-
-    # --- what the expander reads ---------------------------------------------------------------
-    async def read_chunk(self, user_ids: Sequence[str], with_preferences: Sequence[str]) -> ChunkRecords:
-        """Devices of ``user_ids`` and preference records of ``with_preferences``, in one round trip."""
-        device_groups = self._by_bucket(user_ids)
-        pref_groups = self._by_bucket(with_preferences)
-        pipe = self._redis.pipeline(transaction=False)
-        for bucket, users in device_groups.items():
-            pipe.hmget(self._keys.device_bucket(bucket), users)
-        for bucket, users in pref_groups.items():
-            pipe.hmget(self._keys.preference_bucket(bucket), users)
-        rows = cast(list[list[bytes | None]], await pipe.execute())
-        devices: dict[str, bytes] = {}
-        preferences: dict[str, bytes] = {}
-        groups = [*((users, devices) for users in device_groups.values())]
-        groups += [(users, preferences) for users in pref_groups.values()]
-        for (users, into), raws in zip(groups, rows, strict=True):
-            for user_id, raw in zip(users, raws, strict=True):
-                if raw is not None:
-                    into[user_id] = raw
-        return ChunkRecords(devices, preferences)

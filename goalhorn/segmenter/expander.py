@@ -23,8 +23,8 @@ from goalhorn.models import DeliveryBatch, Device, Intent, utcnow
 from goalhorn.preferences.bloom import PreferenceBloom, PreferenceFilter
 from goalhorn.preferences.caps import CapCounter
 from goalhorn.preferences.eligibility import REASONS, Reason, suppression
-from goalhorn.preferences.model import DEFAULT_PREFERENCES, Cap, Preferences, decode_device_lists
-from goalhorn.preferences.store import PreferenceStore
+from goalhorn.preferences.model import DEFAULT_PREFERENCES, Cap, Preferences
+from goalhorn.preferences.reader import ChunkReader
 from goalhorn.redis_client import Redis
 from goalhorn.segmenter.algebra import SetAlgebra, read_ahead
 from goalhorn.segmenter.definitions import Resolved, Segment, resolve
@@ -56,7 +56,7 @@ class Expander:
         bloom_error_rate: float = 0.01,
     ) -> None:
         self._catalog = catalog
-        self._store = PreferenceStore(redis, keys, buckets=buckets)
+        self._reader = ChunkReader(redis, keys, buckets=buckets)
         self._algebra = SetAlgebra(redis, chunk=chunk)
         self._caps = CapCounter(redis, keys)
         self._bloom = PreferenceBloom(redis, keys, buckets=buckets, error_rate=bloom_error_rate) if bloom else None
@@ -132,16 +132,16 @@ class Expander:
     ) -> list[Device]:
         default_reason = suppression(DEFAULT_PREFERENCES, intent, now)  # an opt-in the defaults lack
         maybes = prefilter.maybes(users)
-        records = await self._store.read_chunk(users, maybes)
+        records = await self._reader.read(users, maybes)
         stats.preference_lookups += len(maybes)
         # 1. preferences, for every member with devices
-        candidates: list[tuple[str, bytes, list[Segment], Cap | None]] = []
+        candidates: list[tuple[str, list[Device], list[Segment], Cap | None]] = []
         for position, user_id in enumerate(users):
             seen_before = [s for s, hits in zip(earlier, inside, strict=True) if hits[position]] if earlier else []
             first = not seen_before
             stats.users += first
-            raw_devices = records.devices.get(user_id)
-            if raw_devices is None:
+            user_devices = records.devices.get(user_id)
+            if user_devices is None:
                 stats.users_without_devices += first
                 continue
             raw_prefs = records.preferences.get(user_id)
@@ -153,13 +153,12 @@ class Expander:
             if reason is not None:
                 stats.suppressed[reason] += first
                 continue
-            candidates.append((user_id, raw_devices, seen_before, cap))
-        # 2. the candidates' devices, parsed in one call, through the segment's filters
-        per_user = decode_device_lists([raw for _, raw, _, _ in candidates])
+            candidates.append((user_id, user_devices, seen_before, cap))
+        # 2. the candidates' devices through the segment's filters
         filtering = segment.platforms is not None or segment.locales is not None
         picked: list[tuple[str, list[Device], bool]] = []
         capped: list[tuple[str, Cap]] = []
-        for (user_id, _, seen_before, cap), devices in zip(candidates, per_user, strict=True):
+        for user_id, devices, seen_before, cap in candidates:
             if filtering or seen_before:
                 devices = [
                     d
