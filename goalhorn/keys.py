@@ -106,6 +106,10 @@ class Keys:
         """STRING: one version of the Bloom filter, serialized by pybloom-live."""
         return f"{self.namespace}:bloom:{{prefs}}:v{version}"
 
+    def bloom_rebuild_lock(self) -> str:
+        """STRING set NX while one process rebuilds the Bloom filter."""
+        return f"{self.namespace}:bloom:{{prefs}}:rebuilding"
+
     def bloom_pending(self) -> str:
         """SET of users whose preferences changed since the current Bloom filter was built."""
         return f"{self.namespace}:bloom:{{prefs}}:pending"

@@ -177,3 +177,24 @@ async def test_user_ids_with_whitespace_or_control_characters_are_refused(redis:
     with pytest.raises(ConfigError, match="invalid user id"):
         await store.add_devices([phone("x\n")])
     assert await redis.scard(Keys(settings.namespace).team_followers("t1")) == 0, "nothing of the batch written"
+
+
+async def test_the_expander_rebuilds_the_filter_once_enough_users_are_pending(redis: Redis, settings: Settings) -> None:
+    from goalhorn.intents.catalog import default_catalog
+    from goalhorn.segmenter.expander import Expander
+    from tests.test_consumer import intent
+
+    keys = Keys(settings.namespace)
+    store = PreferenceStore(redis, keys, buckets=4)
+    bloom = PreferenceBloom(redis, keys, buckets=4)
+    first = await bloom.rebuild()
+    await store.set_preferences({f"m{i}": Preferences(muted_teams=frozenset({"t1"})) for i in range(5)})
+    expander = Expander(redis, keys, default_catalog, buckets=4, bloom_rebuild_pending=5)
+    assert [b async for b in expander.expand(intent(("scoring_team_followers",)))] == []
+    assert expander.rebuilding is not None
+    assert await expander.rebuilding
+    snap = await bloom.snapshot()
+    assert snap.version > first
+    assert snap.pending == set()
+    assert snap.maybe("m3")
+    assert not await redis.exists(keys.bloom_rebuild_lock())

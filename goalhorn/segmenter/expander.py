@@ -11,6 +11,7 @@ is sent once: a member of an earlier segment only gets the devices that segment'
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -54,6 +55,7 @@ class Expander:
         buckets: int = 16,
         bloom: bool = True,
         bloom_error_rate: float = 0.01,
+        bloom_rebuild_pending: int = 10_000,
     ) -> None:
         self._catalog = catalog
         self._reader = ChunkReader(redis, keys, buckets=buckets)
@@ -62,6 +64,8 @@ class Expander:
         self._bloom = PreferenceBloom(redis, keys, buckets=buckets, error_rate=bloom_error_rate) if bloom else None
         self._keys = keys
         self._batch_size = batch_size
+        self._rebuild_pending = bloom_rebuild_pending
+        self.rebuilding: asyncio.Task[bool] | None = None
 
     def segments_of(self, intent: Intent) -> list[tuple[Segment, Resolved]]:
         catalog = self._catalog()
@@ -90,6 +94,7 @@ class Expander:
         now = now or utcnow()
         segments = segments if segments is not None else self.segments_of(intent)
         prefilter = await self._bloom.snapshot() if self._bloom else PreferenceFilter(0, None)
+        self._rebuild_when_due(prefilter)
         sizes = await self._algebra.sizes([expr for _, expr in segments])
         buffers: dict[Platform, list[Device]] = {platform: [] for platform in PLATFORMS}
 
@@ -117,6 +122,12 @@ class Expander:
         for platform in PLATFORMS:
             if buffers[platform]:
                 yield cut(platform)
+
+    def _rebuild_when_due(self, prefilter: PreferenceFilter) -> None:
+        """Start a background rebuild of the Bloom filter when too many users are pending."""
+        idle = self.rebuilding is None or self.rebuilding.done()
+        if self._bloom is not None and idle and len(prefilter.pending) >= self._rebuild_pending:
+            self.rebuilding = asyncio.create_task(self._bloom.rebuild_if_due(prefilter, self._rebuild_pending))
 
     async def _chunk(
         self,
