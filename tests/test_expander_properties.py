@@ -183,7 +183,7 @@ def build_devices(specs: dict[str, list[tuple[str, str]]]) -> dict[str, list[Dev
 
 @pytest.mark.parametrize("bloom", [True, False], ids=["bloom", "no-bloom"])
 @hsettings(
-    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )
 @given(pop=population, intents=intent_specs)
 async def test_expander_equals_the_naive_reference(backend: str, bloom: bool, pop: dict, intents: list) -> None:
