@@ -26,14 +26,6 @@ class Keys:
         """SET of user ids following a team."""
         return f"{self.namespace}:team:{team_id}:followers"
 
-    def user_devices(self, user_id: str) -> str:
-        """HASH device_id -> compact Device JSON."""
-        return f"{self.namespace}:user:{user_id}:devices"
-
-    def users(self) -> str:
-        """SET of every known user id."""
-        return f"{self.namespace}:users"
-
     # --- Redis: ingest ------------------------------------------------------------------------
     def event_seen(self, event_id: str) -> str:
         """STRING set NX once an event id has been turned into intents."""
@@ -115,6 +107,10 @@ class Keys:
         buckets so a chunk of users costs one HMGET per bucket."""
         return f"{self.namespace}:devices:{{b{bucket}}}"
 
+    def last_seen_bucket(self, bucket: int) -> str:
+        """HASH user id -> JSON {device_id: last seen epoch seconds}."""
+        return f"{self.namespace}:seen:{{b{bucket}}}"
+
     def preference_bucket(self, bucket: int) -> str:
         """HASH user id -> non-default preferences (compact JSON); same bucket and slot as the devices."""
         return f"{self.namespace}:prefs:{{b{bucket}}}"
@@ -126,6 +122,10 @@ class Keys:
     def bloom_blob(self, version: int) -> str:
         """STRING: one version of the Bloom filter, serialized by pybloom-live."""
         return f"{self.namespace}:bloom:{{prefs}}:v{version}"
+
+    def bloom_rebuild_lock(self) -> str:
+        """STRING set NX while one process rebuilds the Bloom filter."""
+        return f"{self.namespace}:bloom:{{prefs}}:rebuilding"
 
     def bloom_pending(self) -> str:
         """SET of users whose preferences changed since the current Bloom filter was built."""

@@ -67,6 +67,7 @@ class Pipeline:
                 buckets=self.settings.preference_buckets,
                 bloom=self.settings.bloom_enabled,
                 bloom_error_rate=self.settings.bloom_error_rate,
+                bloom_rebuild_pending=self.settings.bloom_rebuild_pending,
             ),
             self.stage.enqueue,
             self.counters,

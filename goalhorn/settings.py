@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     )
     bloom_enabled: bool = Field(default=True, description="Skip preference lookups for users a Bloom filter rules out.")
     bloom_error_rate: float = Field(default=0.01, gt=0, lt=0.5)
+    bloom_rebuild_pending: int = Field(
+        default=10_000, ge=1, description="Rebuild the Bloom filter once this many users changed preferences."
+    )
 
     # --- ingest and fusion (issue 3) ---------------------------------------------------------
     live_state_retention_s: int = Field(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from goalhorn.preferences.store import PreferenceStore
 from goalhorn.redis_client import make_redis
 from goalhorn.segmenter.definitions import Members, Op, SetKey, resolve
 from goalhorn.settings import Settings
+from tests.conftest import delete_namespace
 
 GOOD = """\
 segments:
@@ -206,3 +208,33 @@ def test_the_default_catalog_has_the_product_rules_and_renders_with_fallback():
     assert render(intent, "pt-BR").title == "GOL! Arsenal"
     assert render(intent, "es").title == "¡GOL! Arsenal"
     assert render(intent, "de-AT").title == "GOAL! Arsenal"
+
+
+async def test_a_running_pipeline_follows_edits_of_its_rules_file(settings: Settings, tmp_path) -> None:
+    from goalhorn.pipeline import Pipeline
+    from goalhorn.providers.console import ConsoleProvider
+    from tests.queues import delete_delivery_queues
+
+    path = tmp_path / "rules.yaml"
+    path.write_text(GOOD)
+    settings = settings.model_copy(update={"rules_file": str(path)})
+    out = io.StringIO()
+    try:
+        async with Pipeline(settings, lambda platform: ConsoleProvider(platform, out)) as pipeline:
+            await pipeline.publish_events([goal_event(event_id="e1")])
+            assert (await pipeline.wait_idle(timeout_s=30)).get("intents") == 1
+            path.write_text(GOOD.replace("kinds: [GOAL]", "kinds: [RED_CARD]"))
+            os.utime(path, ns=(1, 1))
+            await pipeline.publish_events([goal_event(event_id="e2")])
+            assert (await pipeline.wait_idle(timeout_s=30)).get("intents") == 1, "goals no longer make intents"
+            path.write_text("rules: [broken")
+            os.utime(path, ns=(2, 2))
+            await pipeline.publish_events([goal_event(event_id="e3")])
+            assert (await pipeline.wait_idle(timeout_s=30)).get("intents") == 1, "the last good version serves"
+            assert pipeline.catalog.rejected == 1
+    finally:
+        if settings.amqp_url:
+            await delete_delivery_queues(settings)
+        redis = make_redis(settings)
+        await delete_namespace(redis, settings.namespace)
+        await redis.aclose()

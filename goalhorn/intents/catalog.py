@@ -40,8 +40,7 @@ def parse_catalog(text: str, filename: str) -> Catalog:
     problems.raise_if_any()
     if not isinstance(raw, dict):
         problems.add((), "expected a mapping with segments, rules and templates")
-        problems.raise_if_any()
-        raise AssertionError("unreachable")
+        raise CatalogInvalid(problems.messages())
     for key in raw:
         if key not in TOP_KEYS:
             problems.add((key,), f"unknown key {key!r} (expected {', '.join(TOP_KEYS)})")

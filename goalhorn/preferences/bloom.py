@@ -4,7 +4,8 @@ It is a prefilter only: the expander skips the preference lookup of every user t
 and confirms every "maybe" exactly against the preference records. Correctness never depends on the
 filter being fresh: every preference write adds the user to a pending SET, which readers treat as
 "maybe" too, and a rebuild folds the pending users in, sized to the population it was built from
-(pybloom-live's default capacity would silently raise its error rate as users are added).
+(pybloom-live's default capacity would silently raise its error rate as users are added). The
+expander starts a rebuild in the background once the pending set grows past a limit.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from goalhorn.redis_client import Redis
 MIN_CAPACITY = 1024
 HEADROOM = 1.25
 OLD_VERSION_TTL_S = 300
+REBUILD_LOCK_S = 300
 
 
 @dataclass(slots=True)
@@ -77,6 +79,20 @@ class PreferenceBloom:
         await pipe.execute()
         self._cached = (version, bloom)
         return version
+
+    async def rebuild_if_due(self, snapshot: PreferenceFilter, pending_limit: int) -> bool:
+        """Rebuild when ``snapshot`` has at least ``pending_limit`` pending users and no other process is
+        rebuilding; True if this call rebuilt."""
+        if len(snapshot.pending) < pending_limit:
+            return False
+        lock = self._keys.bloom_rebuild_lock()
+        if not await self._redis.set(lock, "1", nx=True, ex=REBUILD_LOCK_S):
+            return False
+        try:
+            await self.rebuild()
+        finally:
+            await self._redis.delete(lock)
+        return True
 
     async def snapshot(self) -> PreferenceFilter:
         """The current filter and pending users, in one round trip (plus one to fetch a new version)."""

@@ -3,9 +3,10 @@
 Layout (names in ``goalhorn.keys``): a SET of user ids per followed team, watched match or market and
 followed sport; and, per user, a compact device list and (only when not on the defaults) a compact
 preferences record, each in one of ``buckets`` HASHes chosen by a hash of the user id. So the expander
-reads the devices and preferences of a whole chunk of users with one HMGET per bucket, in one round
-trip, whatever the chunk size. Every preference write also adds the user to the Bloom filter's
-pending set, so a filter built before the write can never hide it (see ``goalhorn.preferences.bloom``).
+reads the devices and preferences of a whole chunk of users with one call per bucket, in one round
+trip, whatever the chunk size (``goalhorn.preferences.reader``). Every preference write also adds the
+user to the Bloom filter's pending set, so a filter built before the write can never hide it (see
+``goalhorn.preferences.bloom``).
 
 Writes to one user's record read, modify and write it back; concurrent writers of the *same* user
 are last-writer-wins (the sidecar serializes a user's own edits).
@@ -13,37 +14,35 @@ are last-writer-wins (the sidecar serializes a user's own edits).
 
 from __future__ import annotations
 
-import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
+from goalhorn.errors import ConfigError
 from goalhorn.keys import Keys
 from goalhorn.models import Device, utcnow
 from goalhorn.preferences.model import (
     DEFAULT_PREFERENCES,
     Preferences,
     decode_devices,
+    decode_last_seen,
     encode_devices,
-    last_seen_of,
+    encode_last_seen,
 )
+from goalhorn.preferences.quiet_hours import zone
+from goalhorn.preferences.reader import ChunkReader, bucket_of
 from goalhorn.redis_client import Redis
 
-
-def bucket_of(user_id: str, buckets: int) -> int:
-    """The bucket holding a user's devices and preferences."""
-    return zlib.crc32(user_id.encode()) % buckets
+Change = Callable[[str, bytes | None], bytes | None]
 
 
-class ChunkRecords:
-    """Raw device lists and preference records of one chunk of users, as read in one round trip."""
-
-    __slots__ = ("devices", "preferences")
-
-    def __init__(self, devices: dict[str, bytes], preferences: dict[str, bytes]) -> None:
-        self.devices = devices
-        self.preferences = preferences
+def check_user_id(user_id: str) -> str:
+    """A user id goalhorn can store: non-empty, printable, without whitespace (ids end up in keys,
+    logs and CLI output)."""
+    if not user_id or not user_id.isprintable() or any(c.isspace() for c in user_id):
+        raise ConfigError(f"invalid user id {user_id!r}: it must be non-empty, printable and without whitespace")
+    return user_id
 
 
 class PreferenceStore:
@@ -61,46 +60,55 @@ class PreferenceStore:
         return grouped
 
     # --- devices ------------------------------------------------------------------------------
-    async def _rewrite_devices(
-        self, user_ids: Iterable[str], change: Callable[[str, bytes | None], bytes | None]
+    async def _rewrite(
+        self,
+        bucket_key: Callable[[int], str],
+        user_ids: Iterable[str],
+        change: Callable[[str, bytes | None], bytes | None],
     ) -> None:
+        """Read each user's value in ``bucket_key`` buckets, apply ``change``, write back (None deletes)."""
         grouped = self._by_bucket(set(user_ids))
         pipe = self._redis.pipeline(transaction=False)
         for bucket, users in grouped.items():
-            pipe.hmget(self._keys.device_bucket(bucket), users)
+            pipe.hmget(bucket_key(bucket), users)
         rows = cast(list[list[bytes | None]], await pipe.execute())
         pipe = self._redis.pipeline(transaction=False)
         for (bucket, users), raws in zip(grouped.items(), rows, strict=True):
-            key = self._keys.device_bucket(bucket)
+            key = bucket_key(bucket)
             updates: dict[str, bytes] = {}
             for user_id, raw in zip(users, raws, strict=True):
                 new = change(user_id, raw)
-                if new is None:
+                if new is None and raw is not None:
                     pipe.hdel(key, user_id)
-                elif new != raw:
+                elif new is not None and new != raw:
                     updates[user_id] = new
             if updates:
                 pipe.hset(key, mapping=cast(dict[Any, Any], updates))
         await pipe.execute()
 
     async def add_devices(self, devices: Iterable[Device], now: datetime | None = None) -> int:
-        """Register (or replace) devices, stamping ``added_at`` on new ones; returns how many."""
+        """Register (or replace) devices, stamping ``added_at`` on new ones and marking them seen now;
+        returns how many."""
         now = now or utcnow()
         per_user: dict[str, list[Device]] = defaultdict(list)
         for device in devices:
-            per_user[device.user_id].append(device)
+            per_user[check_user_id(device.user_id)].append(device)
 
         def change(user_id: str, raw: bytes | None) -> bytes:
-            current = {d.device_id: d for d in decode_devices(user_id, raw)} if raw else {}
-            seen = last_seen_of(raw) if raw else {}
+            current = {d.device_id: d for d in decode_devices(raw)} if raw else {}
             for device in per_user[user_id]:
                 old = current.get(device.device_id)
                 added = device.added_at or (old.added_at if old else None) or now
                 current[device.device_id] = device.model_copy(update={"added_at": added})
-                seen[device.device_id] = now
-            return encode_devices(list(current.values()), seen)
+            return encode_devices(list(current.values()))
 
-        await self._rewrite_devices(per_user, change)
+        def seen(user_id: str, raw: bytes | None) -> bytes:
+            times = decode_last_seen(raw) if raw else {}
+            times.update(dict.fromkeys((d.device_id for d in per_user[user_id]), now))
+            return encode_last_seen(times)
+
+        await self._rewrite(self._keys.device_bucket, per_user, change)
+        await self._rewrite(self._keys.last_seen_bucket, per_user, seen)
         return sum(len(v) for v in per_user.values())
 
     async def remove_device(self, user_id: str, device_id: str) -> bool:
@@ -109,55 +117,51 @@ class PreferenceStore:
 
         def change(uid: str, raw: bytes | None) -> bytes | None:
             nonlocal found
-            if raw is None:
-                return None
-            devices = decode_devices(uid, raw)
+            devices = decode_devices(raw) if raw else []
             kept = [d for d in devices if d.device_id != device_id]
             found = len(kept) != len(devices)
-            return encode_devices(kept, last_seen_of(raw)) if kept else None
+            return encode_devices(kept) if kept else None
 
-        await self._rewrite_devices([user_id], change)
+        def unseen(uid: str, raw: bytes | None) -> bytes | None:
+            times = decode_last_seen(raw) if raw else {}
+            times.pop(device_id, None)
+            return encode_last_seen(times) if times else None
+
+        await self._rewrite(self._keys.device_bucket, [user_id], change)
+        await self._rewrite(self._keys.last_seen_bucket, [user_id], unseen)
         return found
 
     async def touch_device(self, user_id: str, device_id: str, at: datetime | None = None) -> bool:
         """Record that a device was seen (the app opened); False if it is not registered."""
-        found = False
+        if not any(d.device_id == device_id for d in await self.devices_of(user_id)):
+            return False
 
-        def change(uid: str, raw: bytes | None) -> bytes | None:
-            nonlocal found
-            if raw is None:
-                return None
-            seen = last_seen_of(raw)
-            devices = decode_devices(uid, raw)
-            found = any(d.device_id == device_id for d in devices)
-            if found:
-                seen[device_id] = at or utcnow()
-            return encode_devices(devices, seen)
+        def seen(uid: str, raw: bytes | None) -> bytes:
+            times = decode_last_seen(raw) if raw else {}
+            times[device_id] = at or utcnow()
+            return encode_last_seen(times)
 
-        await self._rewrite_devices([user_id], change)
-        return found
+        await self._rewrite(self._keys.last_seen_bucket, [user_id], seen)
+        return True
 
     async def devices_of(self, user_id: str) -> list[Device]:
         raw = await self._redis.hget(self._keys.device_bucket(bucket_of(user_id, self.buckets)), user_id)
-        return decode_devices(user_id, raw) if raw else []
+        return decode_devices(raw) if raw else []
 
     async def devices_of_many(self, user_ids: Sequence[str]) -> list[list[Device]]:
-        """Each user's devices, in the order of ``user_ids``, in one round trip."""
-        records = await self.read_chunk(user_ids, ())
-        return [
-            decode_devices(user_id, records.devices[user_id]) if user_id in records.devices else []
-            for user_id in user_ids
-        ]
+        """Each user's devices, in the order of ``user_ids``, in one round trip per bucket."""
+        records = await ChunkReader(self._redis, self._keys, buckets=self.buckets).read(user_ids, ())
+        return [records.devices.get(user_id, []) for user_id in user_ids]
 
     async def last_seen(self, user_id: str) -> dict[str, datetime]:
-        raw = await self._redis.hget(self._keys.device_bucket(bucket_of(user_id, self.buckets)), user_id)
-        return last_seen_of(raw) if raw else {}
+        raw = await self._redis.hget(self._keys.last_seen_bucket(bucket_of(user_id, self.buckets)), user_id)
+        return decode_last_seen(raw) if raw else {}
 
     # --- follows ------------------------------------------------------------------------------
     async def _add_members(self, key: Callable[[str], str], pairs: Iterable[tuple[str, str]]) -> None:
         members: dict[str, list[str]] = defaultdict(list)
         for user_id, target in pairs:
-            members[key(target)].append(user_id)
+            members[key(target)].append(check_user_id(user_id))
         if members:
             pipe = self._redis.pipeline(transaction=False)
             for set_key, users in members.items():
@@ -195,9 +199,14 @@ class PreferenceStore:
         return Preferences.decode(raw) if raw else DEFAULT_PREFERENCES
 
     async def set_preferences(self, preferences: Mapping[str, Preferences]) -> None:
-        """Replace users' preferences; a user back on the defaults loses the record altogether."""
+        """Replace users' preferences; a user back on the defaults loses the record altogether.
+
+        ConfigError (and nothing written) when a time zone is unknown."""
         if not preferences:
             return
+        for user_id, prefs in preferences.items():
+            check_user_id(user_id)
+            zone(prefs.time_zone)
         pipe = self._redis.pipeline(transaction=False)
         for bucket, users in self._by_bucket(preferences).items():
             key = self._keys.preference_bucket(bucket)
@@ -239,24 +248,3 @@ class PreferenceStore:
         return await self.update_preferences(
             user_id, opted_out=prefs.opted_out | {kind}, opted_in=prefs.opted_in - {kind}
         )
-
-    # --- what the expander reads ---------------------------------------------------------------
-    async def read_chunk(self, user_ids: Sequence[str], with_preferences: Sequence[str]) -> ChunkRecords:
-        """Devices of ``user_ids`` and preference records of ``with_preferences``, in one round trip."""
-        device_groups = self._by_bucket(user_ids)
-        pref_groups = self._by_bucket(with_preferences)
-        pipe = self._redis.pipeline(transaction=False)
-        for bucket, users in device_groups.items():
-            pipe.hmget(self._keys.device_bucket(bucket), users)
-        for bucket, users in pref_groups.items():
-            pipe.hmget(self._keys.preference_bucket(bucket), users)
-        rows = cast(list[list[bytes | None]], await pipe.execute())
-        devices: dict[str, bytes] = {}
-        preferences: dict[str, bytes] = {}
-        groups = [*((users, devices) for users in device_groups.values())]
-        groups += [(users, preferences) for users in pref_groups.values()]
-        for (users, into), raws in zip(groups, rows, strict=True):
-            for user_id, raw in zip(users, raws, strict=True):
-                if raw is not None:
-                    into[user_id] = raw
-        return ChunkRecords(devices, preferences)

@@ -12,11 +12,34 @@ the delivery markers, which keep the device from a second push.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
-from typing import cast
+from typing import TypeVar, cast
 
 from goalhorn.redis_client import Redis
 from goalhorn.segmenter.definitions import Members, Op, Resolved, SetKey
+
+T = TypeVar("T")
+
+
+async def read_ahead(chunks: AsyncIterator[T]) -> AsyncIterator[T]:
+    """Yield ``chunks`` while the next one is already being read, so Redis round trips overlap the
+    work done on the current chunk."""
+    pending: asyncio.Future[T] = asyncio.ensure_future(anext(chunks))
+    try:
+        while True:
+            try:
+                item = await pending
+            except StopAsyncIteration:
+                return
+            pending = asyncio.ensure_future(anext(chunks))
+            yield item
+    finally:
+        if not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await pending
 
 
 def set_keys(expr: Resolved) -> list[str]:

@@ -11,6 +11,7 @@ is sent once: a member of an earlier segment only gets the devices that segment'
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,10 +24,10 @@ from goalhorn.models import DeliveryBatch, Device, Intent, utcnow
 from goalhorn.preferences.bloom import PreferenceBloom, PreferenceFilter
 from goalhorn.preferences.caps import CapCounter
 from goalhorn.preferences.eligibility import REASONS, Reason, suppression
-from goalhorn.preferences.model import Cap, Preferences, decode_devices
-from goalhorn.preferences.store import PreferenceStore
+from goalhorn.preferences.model import DEFAULT_PREFERENCES, Cap, Preferences
+from goalhorn.preferences.reader import ChunkReader
 from goalhorn.redis_client import Redis
-from goalhorn.segmenter.algebra import SetAlgebra
+from goalhorn.segmenter.algebra import SetAlgebra, read_ahead
 from goalhorn.segmenter.definitions import Resolved, Segment, resolve
 
 
@@ -54,14 +55,17 @@ class Expander:
         buckets: int = 16,
         bloom: bool = True,
         bloom_error_rate: float = 0.01,
+        bloom_rebuild_pending: int = 10_000,
     ) -> None:
         self._catalog = catalog
-        self._store = PreferenceStore(redis, keys, buckets=buckets)
+        self._reader = ChunkReader(redis, keys, buckets=buckets)
         self._algebra = SetAlgebra(redis, chunk=chunk)
         self._caps = CapCounter(redis, keys)
         self._bloom = PreferenceBloom(redis, keys, buckets=buckets, error_rate=bloom_error_rate) if bloom else None
         self._keys = keys
         self._batch_size = batch_size
+        self._rebuild_pending = bloom_rebuild_pending
+        self.rebuilding: asyncio.Task[bool] | None = None
 
     def segments_of(self, intent: Intent) -> list[tuple[Segment, Resolved]]:
         catalog = self._catalog()
@@ -90,6 +94,7 @@ class Expander:
         now = now or utcnow()
         segments = segments if segments is not None else self.segments_of(intent)
         prefilter = await self._bloom.snapshot() if self._bloom else PreferenceFilter(0, None)
+        self._rebuild_when_due(prefilter)
         sizes = await self._algebra.sizes([expr for _, expr in segments])
         buffers: dict[Platform, list[Device]] = {platform: [] for platform in PLATFORMS}
 
@@ -106,7 +111,7 @@ class Expander:
         for index, (segment, expr) in enumerate(segments):
             earlier = [s for s, _ in segments[:index]]
             earlier_exprs = [e for _, e in segments[:index]]
-            async for users in self._algebra.stream(expr, sizes):
+            async for users in read_ahead(self._algebra.stream(expr, sizes)):
                 inside = await self._algebra.membership(earlier_exprs, users) if earlier_exprs else []
                 chosen = await self._chunk(intent, segment, earlier, inside, users, prefilter, stats, now, dry_run)
                 for device in chosen:
@@ -117,6 +122,12 @@ class Expander:
         for platform in PLATFORMS:
             if buffers[platform]:
                 yield cut(platform)
+
+    def _rebuild_when_due(self, prefilter: PreferenceFilter) -> None:
+        """Start a background rebuild of the Bloom filter when too many users are pending."""
+        idle = self.rebuilding is None or self.rebuilding.done()
+        if self._bloom is not None and idle and len(prefilter.pending) >= self._rebuild_pending:
+            self.rebuilding = asyncio.create_task(self._bloom.rebuild_if_due(prefilter, self._rebuild_pending))
 
     async def _chunk(
         self,
@@ -130,38 +141,48 @@ class Expander:
         now: datetime,
         dry_run: bool,
     ) -> list[Device]:
+        default_reason = suppression(DEFAULT_PREFERENCES, intent, now)  # an opt-in the defaults lack
         maybes = prefilter.maybes(users)
-        records = await self._store.read_chunk(users, maybes)
+        records = await self._reader.read(users, maybes)
         stats.preference_lookups += len(maybes)
-        picked: list[tuple[str, list[Device], bool]] = []
-        capped: list[tuple[str, Cap]] = []
+        # 1. preferences, for every member with devices
+        candidates: list[tuple[str, list[Device], list[Segment], Cap | None]] = []
         for position, user_id in enumerate(users):
-            seen_before = [s for s, hits in zip(earlier, inside, strict=True) if hits[position]]
+            seen_before = [s for s, hits in zip(earlier, inside, strict=True) if hits[position]] if earlier else []
             first = not seen_before
-            raw_devices = records.devices.get(user_id)
-            if first:
-                stats.users += 1
-            if raw_devices is None:
+            stats.users += first
+            user_devices = records.devices.get(user_id)
+            if user_devices is None:
                 stats.users_without_devices += first
                 continue
-            devices = [
-                d
-                for d in decode_devices(user_id, raw_devices)
-                if segment.admits(d.platform, d.locale) and not any(s.admits(d.platform, d.locale) for s in seen_before)
-            ]
-            if not devices:
-                continue
             raw_prefs = records.preferences.get(user_id)
-            if raw_prefs is not None:
+            if raw_prefs is None:
+                reason, cap = default_reason, None
+            else:
                 prefs = Preferences.decode(raw_prefs)
-                reason = suppression(prefs, intent, now)
-                if reason is not None:
-                    if first:
-                        stats.suppressed[reason] += 1
+                reason, cap = suppression(prefs, intent, now), prefs.cap
+            if reason is not None:
+                stats.suppressed[reason] += first
+                continue
+            candidates.append((user_id, user_devices, seen_before, cap))
+        # 2. the candidates' devices through the segment's filters
+        filtering = segment.platforms is not None or segment.locales is not None
+        picked: list[tuple[str, list[Device], bool]] = []
+        capped: list[tuple[str, Cap]] = []
+        for user_id, devices, seen_before, cap in candidates:
+            if filtering or seen_before:
+                devices = [
+                    d
+                    for d in devices
+                    if segment.admits(d.platform, d.locale)
+                    and not any(s.admits(d.platform, d.locale) for s in seen_before)
+                ]
+                if not devices:
                     continue
-                if prefs.cap is not None:
-                    capped.append((user_id, prefs.cap))
-            picked.append((user_id, devices, first))
+            if cap is not None:
+                capped.append((user_id, cap))
+            picked.append((user_id, devices, not seen_before))
+        # 3. caps, for the capped users still in, in one call
         refused: set[str] = set()
         if capped:
             admitted = await self._caps.admit(intent.game_id, intent.intent_id, capped, now, record=not dry_run)
@@ -169,8 +190,7 @@ class Expander:
         chosen: list[Device] = []
         for user_id, devices, first in picked:
             if user_id in refused:
-                if first:
-                    stats.suppressed["capped"] += 1
+                stats.suppressed["capped"] += first
                 continue
             chosen.extend(devices)
         stats.devices += len(chosen)

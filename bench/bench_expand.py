@@ -1,0 +1,251 @@
+"""Audience expansion on real Redis: a large follower segment with preferences, expanded into batches.
+
+Loads N followers (default 1,000,000) of one team in a fresh namespace with bulk writes: devices
+(most users one phone, some two), 10 % muting the team, 5 % in quiet hours now, 3 % with a
+non-default opt-in; builds the Bloom filter; then measures, in the same run:
+
+- a bare SSCAN iteration of the follower set (the baseline: members/s);
+- the expander (Bloom on, and off) turning the segment into <=500-device batches: recipients/s and
+  members/s against the baseline, time to the first batch, peak traced memory of the expansion;
+- the naive approach (per member, one round trip for its devices and its preferences), on a sample.
+
+Everything it wrote is deleted afterwards. ``python -m bench expand`` or ``python -m bench.bench_expand
+--users 200000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+import tracemalloc
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import cast
+
+from goalhorn.intents.catalog import default_catalog
+from goalhorn.intents.rules import intent_id_for
+from goalhorn.keys import Keys
+from goalhorn.models import EventKind, Intent, Sport
+from goalhorn.preferences.bloom import PreferenceBloom
+from goalhorn.preferences.model import Preferences, QuietHours
+from goalhorn.preferences.quiet_hours import local_minute
+from goalhorn.preferences.reader import bucket_of
+from goalhorn.redis_client import Redis, make_redis
+from goalhorn.segmenter.expander import Expander, ExpansionStats
+from goalhorn.settings import LOCAL_REDIS_URL, Settings
+
+TEAM, GAME = "bench-team", "bench-game"
+WRITE_SLICE = 5000
+
+
+def user_records(n: int, now: datetime, rng: random.Random) -> tuple[str, bytes, bytes | None]:
+    user = f"u{n:07d}"
+    added = '"added_at":"2026-01-01T00:00:00Z"'
+    rows = [
+        f'{{"device_id":"{user}-a","user_id":"{user}","platform":"fcm","address":"{rng.randbytes(48).hex()}",{added}}}'
+    ]
+    if rng.random() < 0.3:
+        token = rng.randbytes(32).hex()
+        rows.append(
+            f'{{"device_id":"{user}-i","user_id":"{user}","platform":"apns","address":"{token}","locale":"es",{added}}}'
+        )
+    devices = ("[" + ",".join(rows) + "]").encode()
+    roll = rng.random()
+    prefs: Preferences | None = None
+    if roll < 0.10:
+        prefs = Preferences(muted_teams=frozenset({TEAM}))
+    elif roll < 0.15:
+        zone = "Europe/Paris"
+        prefs = Preferences(
+            time_zone=zone,
+            quiet_hours=QuietHours(
+                local_minute(now - timedelta(hours=2), zone), local_minute(now + timedelta(hours=2), zone)
+            ),
+        )
+    elif roll < 0.18:
+        prefs = Preferences(opted_in=frozenset({"GAME_END"}))
+    return user, devices, None if prefs is None else prefs.encode()
+
+
+async def load(redis: Redis, keys: Keys, users: int, buckets: int, now: datetime) -> dict[str, int]:
+    """Bulk writes: one SADD and one HSET per bucket per slice of users, pipelined."""
+    rng = random.Random(42)
+    counts: dict[str, int] = defaultdict(int)
+    for start in range(0, users, WRITE_SLICE):
+        members: list[str] = []
+        devices: dict[int, dict[str, bytes]] = defaultdict(dict)
+        prefs: dict[int, dict[str, bytes]] = defaultdict(dict)
+        for n in range(start, min(users, start + WRITE_SLICE)):
+            user, device_row, pref_row = user_records(n, now, rng)
+            members.append(user)
+            bucket = bucket_of(user, buckets)
+            devices[bucket][user] = device_row
+            if pref_row is not None:
+                prefs[bucket][user] = pref_row
+                counts["with_preferences"] += 1
+        pipe = redis.pipeline(transaction=False)
+        pipe.sadd(keys.team_followers(TEAM), *members)
+        for bucket, mapping in devices.items():
+            pipe.hset(keys.device_bucket(bucket), mapping=mapping)  # type: ignore[arg-type]
+        for bucket, mapping in prefs.items():
+            pipe.hset(keys.preference_bucket(bucket), mapping=mapping)  # type: ignore[arg-type]
+        await pipe.execute()
+    return counts
+
+
+async def bare_sscan(redis: Redis, key: str, chunk: int) -> tuple[int, float]:
+    started = time.perf_counter()
+    cursor, seen = 0, 0
+    while True:
+        cursor, raw = await redis.sscan(key, cursor, count=chunk)
+        seen += len([m.decode() for m in cast(list[bytes], raw)])
+        if cursor == 0:
+            return seen, time.perf_counter() - started
+
+
+async def naive(redis: Redis, keys: Keys, key: str, sample: int, buckets: int) -> tuple[int, float]:
+    """Per member: SISMEMBER of the set, then one round trip for its devices and preferences."""
+    _, raw = await redis.sscan(key, 0, count=sample)
+    members = [m.decode() for m in cast(list[bytes], raw)][:sample]
+    started = time.perf_counter()
+    devices = 0
+    for user in members:
+        if not await redis.sismember(key, user):
+            continue
+        bucket = bucket_of(user, buckets)
+        pipe = redis.pipeline(transaction=False)
+        pipe.hget(keys.device_bucket(bucket), user)
+        pipe.hget(keys.preference_bucket(bucket), user)
+        raw_devices, raw_prefs = await pipe.execute()
+        if raw_prefs is not None and TEAM in Preferences.decode(raw_prefs).muted_teams:
+            continue
+        devices += len(json.loads(raw_devices)) if raw_devices else 0
+    return len(members), time.perf_counter() - started
+
+
+def goal_intent(now: datetime) -> Intent:
+    return Intent(
+        intent_id=intent_id_for(uuid.uuid4().hex, "goal"),
+        event_id="bench",
+        kind=EventKind.GOAL,
+        sport=Sport.SOCCER,
+        game_id=GAME,
+        team_id=TEAM,
+        priority=9,
+        segments=("scoring_team_followers",),
+        template="goal",
+        data={"team": "Bench FC"},
+        event_at=now,
+        created_at=now,
+        expires_at=now + timedelta(minutes=5),
+    )
+
+
+async def expand(expander: Expander, intent: Intent, *, trace: bool = False) -> dict[str, float]:
+    stats = ExpansionStats()
+    if trace:
+        tracemalloc.start()
+    started = time.perf_counter()
+    first = None
+    async for batch in expander.expand(intent, stats):
+        if first is None:
+            first = time.perf_counter() - started
+        assert len(batch.devices) <= 500
+    elapsed = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1] if trace else 0
+    if trace:
+        tracemalloc.stop()
+    return {
+        "elapsed": elapsed,
+        "first": first or elapsed,
+        "members": stats.users,
+        "recipients": stats.devices,
+        "batches": stats.batches,
+        "muted": stats.suppressed["muted"],
+        "quiet": stats.suppressed["quiet_hours"],
+        "lookups": stats.preference_lookups,
+        "peak": peak,
+    }
+
+
+async def run(users: int, chunk: int, buckets: int, sample: int, namespace: str) -> int:
+    settings = Settings(redis_url=LOCAL_REDIS_URL, namespace=namespace)
+    keys = Keys(settings.namespace)
+    redis = make_redis(settings)
+    now = datetime.now(UTC)
+    try:
+        started = time.perf_counter()
+        counts = await load(redis, keys, users, buckets, now)
+        bloom_started = time.perf_counter()
+        await PreferenceBloom(redis, keys, buckets=buckets).rebuild()
+        print(
+            f"loaded {users:,} followers ({counts['with_preferences']:,} with preferences) in "
+            f"{bloom_started - started:.1f} s; Bloom filter built in {time.perf_counter() - bloom_started:.1f} s"
+        )
+        key = keys.team_followers(TEAM)
+        catalog = default_catalog()
+        results: dict[str, dict[str, float]] = {}
+        scans = []
+        for bloom in (True, False):
+            scans.append(await bare_sscan(redis, key, chunk))
+            expander = Expander(redis, keys, lambda: catalog, chunk=chunk, buckets=buckets, bloom=bloom)
+            cold = await expand(expander, goal_intent(now))
+            warm = await expand(expander, goal_intent(now))
+            results["bloom" if bloom else "no-bloom"] = warm | {"cold_first": cold["first"]}
+        scans.append(await bare_sscan(redis, key, chunk))
+        scan_members, scan_s = min(scans, key=lambda s: s[1])
+        scan_rate = scan_members / scan_s
+        traced = await expand(
+            Expander(redis, keys, lambda: catalog, chunk=chunk, buckets=buckets), goal_intent(now), trace=True
+        )
+        naive_members, naive_s = await naive(redis, keys, key, sample, buckets)
+        naive_rate = naive_members / naive_s
+
+        print(f"bare SSCAN (COUNT {chunk}): {scan_members:,} members in {scan_s:.2f} s = {scan_rate:,.0f} members/s")
+        for name, r in results.items():
+            member_rate = r["members"] / r["elapsed"]
+            recipient_rate = r["recipients"] / r["elapsed"]
+            print(
+                f"expander, {name}: {int(r['members']):,} members -> {int(r['recipients']):,} recipients in "
+                f"{int(r['batches']):,} batches in {r['elapsed']:.2f} s; {recipient_rate:,.0f} recipients/s "
+                f"({recipient_rate / scan_rate:.2f}x SSCAN), {member_rate:,.0f} members/s "
+                f"({member_rate / scan_rate:.2f}x SSCAN, {member_rate / naive_rate:.1f}x naive); "
+                f"first batch after {r['first'] * 1000:.1f} ms (cold {r['cold_first'] * 1000:.1f} ms); "
+                f"suppressed {int(r['muted']):,} muted, {int(r['quiet']):,} quiet; "
+                f"{int(r['lookups']):,} preference lookups"
+            )
+        print(f"naive per-member round trips: {naive_rate:,.0f} members/s (sample of {naive_members:,})")
+        print(f"peak traced memory of one expansion: {traced['peak'] / 2**20:.1f} MiB")
+        return 0
+    finally:
+        await cleanup(redis, keys)
+        await redis.aclose()
+
+
+async def cleanup(redis: Redis, keys: Keys) -> None:
+    batch: list[bytes] = []
+    async for key in redis.scan_iter(match=keys.pattern(), count=1000):
+        batch.append(key)
+    for start in range(0, len(batch), 500):
+        await redis.unlink(*batch[start : start + 500])
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench_expand", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--users", type=int, default=1_000_000)
+    parser.add_argument("--chunk", type=int, default=2000, help="SSCAN COUNT per round trip (both sides)")
+    parser.add_argument("--buckets", type=int, default=16)
+    parser.add_argument("--naive-sample", type=int, default=20_000)
+    parser.add_argument("--namespace", default=f"bench-expand-{uuid.uuid4().hex[:8]}")
+    args = parser.parse_args(argv)
+    return asyncio.run(run(args.users, args.chunk, args.buckets, args.naive_sample, args.namespace))
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))
