@@ -139,6 +139,9 @@ class FcmProvider(Provider):
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=limit),
                 timeout=aiohttp.ClientTimeout(total=self._settings.fcm_timeout_s),
+                headers={"Content-Type": "application/json; charset=UTF-8"},
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+                auto_decompress=False,
                 trust_env=False,
             )
         return self._session
@@ -168,7 +171,7 @@ class FcmProvider(Provider):
     async def send(self, batch: DeliveryBatch) -> list[DeliveryResult]:
         session = self._client()
         token = await self.access_token()
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json; charset=UTF-8"}
+        headers = {"Authorization": f"Bearer {token}"}
         return list(await asyncio.gather(*(self._deliver(session, headers, batch.intent, d) for d in batch.devices)))
 
     async def _deliver(

@@ -8,9 +8,12 @@ order, time compressed by ``speed``; the summary is read from the shared pipelin
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 from goalhorn.counters import CounterSnapshot
@@ -20,11 +23,11 @@ from goalhorn.models import utcnow
 from goalhorn.pipeline import Pipeline
 from goalhorn.preferences.store import PreferenceStore
 from goalhorn.providers import Provider
-from goalhorn.providers.console import ConsoleProvider
-from goalhorn.providers.webhook import WebhookProvider
+from goalhorn.providers.factory import make_provider
 from goalhorn.redis_client import Redis, make_redis
 from goalhorn.sandbox.audience import Audience, generate_audience
 from goalhorn.sandbox.gamenight import Snapshot, load_gamenight
+from goalhorn.sandbox.servers import SandboxServers
 from goalhorn.sandbox.webhook_receiver import WebhookReceiver
 from goalhorn.settings import Settings
 
@@ -38,6 +41,7 @@ class NightReport:
     webhooks_received: int
     elapsed_s: float
     counters: CounterSnapshot
+    pushes_received: int = 0
 
 
 def teams_of(snapshots: list[Snapshot]) -> list[str]:
@@ -73,11 +77,15 @@ async def run_night(
     out: TextIO | None = None,
     seed: int = 7,
     on_audience: Callable[[Audience], None] | None = None,
+    dry_run: bool = False,
 ) -> NightReport:
-    """Replay the night over ``settings``' backends; the replay itself takes about ``duration_s``."""
+    """Replay the night over ``settings``' backends; the replay itself takes about ``duration_s``.
+
+    Phones get the real FCM and APNs providers talking to the sandbox servers, or with ``dry_run``
+    the console provider."""
     snapshots = load_gamenight()
     secrets: dict[str, str] = {}
-    async with WebhookReceiver(secret_for=secrets.get) as receiver:
+    async with WebhookReceiver(secret_for=secrets.get) as receiver, contextlib.AsyncExitStack() as stack:
         audience = generate_audience(teams_of(snapshots), users=users, webhook_base_url=receiver.url, seed=seed)
         secrets.update(audience.webhook_secrets)
         if on_audience is not None:
@@ -90,8 +98,13 @@ async def run_night(
         finally:
             await redis.aclose()
 
+        phones = None
+        if not dry_run:
+            credentials_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="goalhorn-demo-")))
+            phones = await stack.enter_async_context(SandboxServers(credentials_dir))
+
         def provider(platform: Platform) -> Provider:
-            return WebhookProvider(settings) if platform == "webhook" else ConsoleProvider(platform, out)
+            return make_provider(phones.apply(settings) if phones else settings, platform, out)
 
         started = time.monotonic()
         async with Pipeline(settings, provider) as pipeline:
@@ -108,6 +121,7 @@ async def run_night(
             users=audience.user_count,
             devices=len(audience.devices),
             webhooks_received=len(receiver.deliveries),
+            pushes_received=phones.fcm.delivered + phones.apns.delivered if phones else 0,
             elapsed_s=elapsed,
             counters=counters,
         )
