@@ -326,14 +326,35 @@ def _line(name: str, ours: float, theirs: float, target: float) -> bool:
     return ok
 
 
+async def best_of(rounds: int, measure: Callable[[], Awaitable[tuple[float | None, ...]]]) -> list[float | None]:
+    """Each figure's best over ``rounds`` alternating runs: the machine is shared, noise only slows."""
+    best: list[float | None] = []
+    for _ in range(rounds):
+        figures = await measure()
+        best = (
+            list(figures)
+            if not best
+            else [max(b, f) if b and f else (b or f) for b, f in zip(best, figures, strict=True)]
+        )
+    return best
+
+
 async def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="goalhorn-bench-") as tmp, SandboxProcess(Path(tmp)) as sandbox:
         results = []
-        ours, theirs = await bench_fcm(sandbox, args.fcm_n)
+        ours, theirs = await best_of(args.rounds, lambda: bench_fcm(sandbox, args.fcm_n))
+        assert ours
+        assert theirs
         results.append(_line("FCM vs send_each_for_multicast", ours, theirs, 5.0))
-        ours, theirs = await bench_apns(sandbox, args.apns_n)
+        ours, theirs = await best_of(args.rounds, lambda: bench_apns(sandbox, args.apns_n))
+        assert ours
+        assert theirs
         results.append(_line("APNs vs bare aioapns (500 in flight)", ours, theirs, 0.8))
-        ours, bare, apprise_rate = await bench_webhooks(sandbox, args.webhook_n, args.apprise_n)
+        ours, bare, apprise_rate = await best_of(
+            args.rounds, lambda: bench_webhooks(sandbox, args.webhook_n, args.apprise_n)
+        )
+        assert ours
+        assert bare
         if apprise_rate is None:
             print("webhooks vs Apprise json://: skipped (--apprise-n 0, or pip install -e '.[bench]')")
         else:
@@ -344,7 +365,7 @@ async def run(args: argparse.Namespace) -> int:
             ok = peak < 150
             print(
                 f"worker RSS sending {args.worker_n:,} FCM pushes: peak {peak:.0f} MB at {rate:,.0f} msg/s"
-                f" (target < 150 MB) {'ok' if ok else 'MISSED'}"
+                f" (< 150 MB {'ok' if ok else 'MISSED'})"
             )
             results.append(ok)
     return 0 if all(results) else 1
@@ -357,11 +378,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--webhook-n", type=int, default=5000)
     parser.add_argument("--apprise-n", type=int, default=300)
     parser.add_argument("--worker-n", type=int, default=100_000, help="0 skips the worker memory run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs; each figure's best counts")
     parser.add_argument("--small", action="store_true", help="a smoke run with tiny sizes")
     args = parser.parse_args(argv)
     if args.small:
         args.fcm_n = args.apns_n = args.webhook_n = 50
         args.apprise_n = args.worker_n = 0
+        args.rounds = 1
     return asyncio.run(run(args))
 
 

@@ -116,6 +116,8 @@ def test_breaker_opens_probes_half_open_and_closes() -> None:
     assert state_of(breaker) is State.OPEN, "a failed probe re-opens"
     now[0] = 20.0
     assert breaker.admit() == 0
+    now[0] = 31.0
+    assert breaker.admit() == 0, "a probe that never answered is replaced after the open time"
     breaker.record(ok=True)
     assert state_of(breaker) is State.CLOSED
     assert breaker.admit() == 0

@@ -21,6 +21,7 @@ import aiohttp
 import google.auth.exceptions
 import google.auth.transport.requests
 from firebase_admin import credentials, messaging
+from yarl import URL
 
 from goalhorn.errors import ConfigError, ProviderAuthError, ProviderUnavailable
 from goalhorn.intents.templates import render
@@ -123,7 +124,7 @@ class FcmProvider(Provider):
         if not project:
             raise ConfigError("FCM project id unknown: set GOALHORN_FCM_PROJECT_ID or use a service-account file")
         self.project_id: str = project
-        self.url = f"{settings.fcm_base_url.rstrip('/')}/v1/projects/{project}/messages:send"
+        self.url = URL(f"{settings.fcm_base_url.rstrip('/')}/v1/projects/{project}/messages:send")
         self._session: aiohttp.ClientSession | None = None
         self._slots: asyncio.Semaphore | None = None
         self._refresh = asyncio.Lock()
@@ -141,6 +142,7 @@ class FcmProvider(Provider):
                 timeout=aiohttp.ClientTimeout(total=self._settings.fcm_timeout_s),
                 headers={"Content-Type": "application/json; charset=UTF-8"},
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+                cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,
                 trust_env=False,
             )

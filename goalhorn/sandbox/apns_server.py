@@ -37,8 +37,9 @@ from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 
 MAX_PAYLOAD_BYTES = 4096
-MAX_CONCURRENT_STREAMS = 100
+MAX_CONCURRENT_STREAMS = 1000
 """What Apple's servers advertise once a connection is established."""
+CONNECTION_WINDOW = 16 * 1024 * 1024
 PUSH_TYPES = {"alert", "background", "voip", "complication", "fileprovider", "mdm", "liveactivity", "location"}
 _TOKEN = re.compile(r"^[0-9a-fA-F]{16,200}$")
 _PATH = re.compile(r"^/3/device/([^/]+)$")
@@ -273,6 +274,8 @@ class _H2Server(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
         self._conn.initiate_connection()
         self._conn.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS})
+        # A connection window for every stream at once: aioapns sleeps a second when it runs dry.
+        self._conn.increment_flow_control_window(CONNECTION_WINDOW)
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:

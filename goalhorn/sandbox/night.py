@@ -1,7 +1,8 @@
 """Replay the recorded game night through the whole pipeline: what ``goalhorn demo`` runs.
 
-The audience is generated and loaded first; phones get the console provider (a dry run) and bots'
-webhooks go, signed, to a local receiver that verifies them. Snapshots are fed in their recorded
+The audience is generated and loaded first; phones get the real FCM and APNs providers talking to
+the sandbox servers (the console provider with ``dry_run``) and bots' webhooks go, signed, to a
+local receiver that verifies them. Snapshots are fed in their recorded
 order, time compressed by ``speed``; the summary is read from the shared pipeline counters.
 """
 
