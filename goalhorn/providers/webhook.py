@@ -194,7 +194,10 @@ class WebhookProvider(Provider):
                 timeout=aiohttp.ClientTimeout(
                     total=self._settings.webhook_timeout_s, connect=self._settings.webhook_connect_timeout_s
                 ),
-                headers={"User-Agent": USER_AGENT},
+                headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
+                skip_auto_headers=("Accept", "Accept-Encoding"),
+                cookie_jar=aiohttp.DummyCookieJar(),  # one bot's cookies are nobody else's business
+                auto_decompress=False,  # answers are only drained
                 trust_env=False,  # an environment proxy would connect on our behalf, past the guard
             )
         return self._session
@@ -250,7 +253,6 @@ class WebhookProvider(Provider):
     ) -> DeliveryResult:
         timestamp = int(time.time())
         headers = {
-            "Content-Type": "application/json",
             "webhook-id": msg_id,
             "webhook-timestamp": str(timestamp),
             "webhook-signature": sign(keys, msg_id, timestamp, body),

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from firebase_admin import credentials
 
 MAX_PAYLOAD_BYTES = 4096
+MAX_REQUEST_BYTES = 64 * 1024
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 _SEND_PATH = re.compile(r"^/v1/projects/([^/]+)/messages:send$")
 _TTL = re.compile(r"^\d+(\.\d{1,9})?s$")
@@ -179,7 +180,7 @@ class FcmSandbox:
     # --- lifecycle --------------------------------------------------------------------------
     async def start(self) -> str:
         # aiohttp's low-level server: no router or middleware between a request and its answer.
-        server = web.Server(self._route, handler_cancellation=True, access_log=None, client_max_size=64 * 1024)
+        server = web.Server(self._route, handler_cancellation=True)
         runner = web.ServerRunner(server, shutdown_timeout=1.0)
         await runner.setup()
         await web.TCPSite(runner, self.host, self.port, backlog=1024).start()
@@ -206,6 +207,8 @@ class FcmSandbox:
     async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method != "POST":
             return web.Response(status=405)
+        if (request.content_length or 0) > MAX_REQUEST_BYTES:
+            return web.Response(status=413)
         if request.path == "/token":
             return await self._token(request)
         match = _SEND_PATH.match(request.path)
