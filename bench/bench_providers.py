@@ -378,7 +378,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--webhook-n", type=int, default=5000)
     parser.add_argument("--apprise-n", type=int, default=300)
     parser.add_argument("--worker-n", type=int, default=100_000, help="0 skips the worker memory run")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating runs; each figure's best counts")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating runs; each figure's best counts")
     parser.add_argument("--small", action="store_true", help="a smoke run with tiny sizes")
     args = parser.parse_args(argv)
     if args.small:
