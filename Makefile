@@ -90,6 +90,7 @@ test: install services lint typecheck pytest ## install, services, lint, typeche
 
 bench: $(STAMP) ## run the benchmarks (bench/)
 	@if [ -f bench/__main__.py ]; then \
+	  $(PIP) install --progress-bar off -q -c constraints.txt -e '.[dev,bench]'; \
 	  echo "$(BIN)/python -m bench"; \
 	  $(BIN)/python -m bench; \
 	else \

@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     )
     fcm_project_id: str | None = Field(default=None, description="FCM project; unset: the service account's.")
     fcm_base_url: str = Field(default="https://fcm.googleapis.com", description="FCM v1 API root (sandbox, tests).")
-    fcm_concurrency: int = Field(default=500, ge=1, description="FCM requests in flight per worker process.")
+    fcm_concurrency: int = Field(default=100, ge=1, description="FCM requests in flight per worker process.")
     fcm_timeout_s: float = Field(default=10.0, gt=0)
     apns_key_file: str | None = Field(
         default=None, description="APNs token-auth key (.p8); unset: the console provider stands in for APNs."
@@ -89,7 +89,10 @@ class Settings(BaseSettings):
     apns_host: str = "api.push.apple.com"
     apns_port: int = Field(default=443, ge=1, le=65535)
     apns_ca_file: str | None = Field(default=None, description="Extra CA certificate to trust (the sandbox's).")
-    apns_max_connections: int = Field(default=4, ge=1)
+    apns_max_connections: int = Field(default=5, ge=1)
+    apns_concurrency: int = Field(
+        default=500, ge=1, description="APNs requests in flight per worker (below what the pool's streams allow)."
+    )
     apns_timeout_s: float = Field(default=10.0, gt=0)
     breaker_failure_threshold: int = Field(
         default=20, ge=1, description="Consecutive provider-side failures that open a circuit."

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,19 @@ def devices(n: int, platform: Platform = "fcm", **extra: Any) -> tuple[Device, .
     )
 
 
+@dataclass
+class Run:
+    """What a ``deliver`` run left behind."""
+
+    counters: CounterSnapshot
+    breakers: Breakers
+    stored_devices: int
+    dead_letters: list[Any]
+
+
 async def deliver(
     settings: Settings, provider: Provider, batches: list[DeliveryBatch], *, seed: tuple[Device, ...] = ()
-) -> tuple[CounterSnapshot, Breakers, PreferenceStore]:
+) -> Run:
     """Run batches through a real delivery stage and worker until every batch is done."""
     stage = DeliveryStage(settings, make_broker(settings), lambda platform: provider)
     redis = make_redis(settings)
@@ -60,10 +71,10 @@ async def deliver(
                 if snap.get("batches_done") >= snap.get("batches_published") > 0:
                     break
                 await asyncio.sleep(0.05)
-        snap.counts["_stored_devices"] = sum(len(d) for d in await store.devices_of_many([d.user_id for d in seed]))
+        stored = sum(len(d) for d in await store.devices_of_many([d.user_id for d in seed]))
         assert stage._deliverer is not None
-        DEAD_LETTERS[:] = await redis.xrange(keys.dead_letters()) or []
-        return snap, stage._deliverer.breakers, store
+        dead_letters = await redis.xrange(keys.dead_letters()) or []
+        return Run(snap, stage._deliverer.breakers, stored, list(dead_letters))
     finally:
         await asyncio.to_thread(worker.stop)
         stage.close()
@@ -72,10 +83,6 @@ async def deliver(
         await redis.aclose()
         if settings.amqp_url:
             await delete_delivery_queues(settings)
-
-
-DEAD_LETTERS: list[Any] = []
-"""The dead-letter entries of the last ``deliver`` call."""
 
 
 def batch_of(devs: tuple[Device, ...], platform: Platform = "fcm", intent_id: str = "i-1") -> DeliveryBatch:
@@ -116,6 +123,8 @@ def test_breaker_opens_probes_half_open_and_closes() -> None:
     assert state_of(breaker) is State.OPEN, "a failed probe re-opens"
     now[0] = 20.0
     assert breaker.admit() == 0
+    now[0] = 31.0
+    assert breaker.admit() == 0, "a probe that never answered is replaced after the open time"
     breaker.record(ok=True)
     assert state_of(breaker) is State.CLOSED
     assert breaker.admit() == 0
@@ -134,7 +143,8 @@ async def test_breaker_opens_on_a_503_burst_and_every_device_still_gets_one_push
         delivery_max_attempts=20,
     )
     fcm.unavailable_for(1.0)
-    snap, breakers, _ = await deliver(settings, FcmProvider(settings), [batch_of(devices(60))])
+    run = await deliver(settings, FcmProvider(settings), [batch_of(devices(60))])
+    snap, breakers = run.counters, run.breakers
 
     assert fcm.received == {f"tok-{i}": 1 for i in range(60)}
     assert snap.get("delivery:fcm:sent") == 60
@@ -148,12 +158,13 @@ async def test_unregistered_tokens_are_pruned_and_never_trip_the_breaker(backend
     settings = fcm_settings(backend, fcm, tmp_path, breaker_failure_threshold=3)
     seed = devices(20)
     fcm.unregistered.update(f"tok-{i}" for i in range(10))
-    snap, breakers, _ = await deliver(settings, FcmProvider(settings), [batch_of(seed)], seed=seed)
+    run = await deliver(settings, FcmProvider(settings), [batch_of(seed)], seed=seed)
+    snap, breakers = run.counters, run.breakers
 
     assert snap.get("delivery:fcm:invalid_token") == 10
     assert snap.get("delivery:fcm:sent") == 10
     assert snap.get("tokens_removed") == 10
-    assert snap.get("_stored_devices") == 10, "the dead tokens' devices are gone, the others stay"
+    assert run.stored_devices == 10, "the dead tokens' devices are gone, the others stay"
     assert snap.get("breaker_deferred") == 0
     assert breakers[f"fcm:{fcm.project_id}"].opened_count == 0
 
@@ -177,13 +188,12 @@ async def test_apns_410_removes_only_devices_registered_before_the_token_died(ba
         apns.unregistered.update(
             {old.address: int(died.timestamp() * 1000), fresh.address: int(died.timestamp() * 1000)}
         )
-        snap, _, _ = await deliver(
-            settings, ApnsProvider(settings), [batch_of((old, fresh), "apns")], seed=(old, fresh)
-        )
+        run = await deliver(settings, ApnsProvider(settings), [batch_of((old, fresh), "apns")], seed=(old, fresh))
+    snap = run.counters
     assert snap.get("delivery:apns:invalid_token") == 2
     assert snap.get("tokens_removed") == 1
     assert snap.get("tokens_kept_reregistered") == 1
-    assert snap.get("_stored_devices") == 1
+    assert run.stored_devices == 1
 
 
 async def test_dead_letters_after_the_last_retry_with_the_reason(backend, fcm, tmp_path) -> None:
@@ -191,8 +201,8 @@ async def test_dead_letters_after_the_last_retry_with_the_reason(backend, fcm, t
         backend, fcm, tmp_path, delivery_max_attempts=2, retry_base_delay_s=0.05, breaker_failure_threshold=1000
     )
     fcm.unavailable_for(60)
-    snap, _, _ = await deliver(settings, FcmProvider(settings), [batch_of(devices(7))])
-    seen = list(DEAD_LETTERS)
+    run = await deliver(settings, FcmProvider(settings), [batch_of(devices(7))])
+    snap, seen = run.counters, run.dead_letters
     assert snap.get("dead_letters") == 7
     assert snap.get("delivery:fcm:dead_lettered") == 7
     assert snap.get("retries") == 7

@@ -60,6 +60,7 @@ async def test_worker_killed_mid_batch_delivers_every_device_exactly_once(tmp_pa
             "GOALHORN_FCM_CREDENTIALS_FILE": str(credentials),
             "GOALHORN_FCM_BASE_URL": fcm.url,
             "GOALHORN_WORKER_THREADS": "2",
+            "GOALHORN_FCM_CONCURRENCY": "500",  # the whole batch in flight when the worker dies
         }
         devices = tuple(
             Device(device_id=f"d{i:03d}", user_id=f"u{i}", platform="fcm", address=f"tok-{i}") for i in range(400)

@@ -33,6 +33,7 @@ class CircuitBreaker:
     failures: int = 0
     opened_at: float = 0.0
     probing: bool = False
+    probe_at: float = 0.0
     opened_count: int = field(default=0)
 
     def admit(self) -> float:
@@ -44,9 +45,10 @@ class CircuitBreaker:
                 return left
             self.state, self.probing = State.HALF_OPEN, False
         if self.state is State.HALF_OPEN:
-            if self.probing:
+            # A probe that never reported (its send was cancelled) does not block the circuit for good.
+            if self.probing and now - self.probe_at < self.open_s:
                 return min(PROBE_WAIT_S, self.open_s)
-            self.probing = True
+            self.probing, self.probe_at = True, now
         return 0.0
 
     def record(self, ok: bool) -> None:

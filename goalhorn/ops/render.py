@@ -39,6 +39,7 @@ def render_night(report: NightReport, backend: str, console: Console) -> None:
         ),
         ("dead letters", f"{c.get('dead_letters'):,}"),
         ("webhooks verified by receiver", f"{report.webhooks_received:,}"),
+        ("pushes accepted by sandbox FCM/APNs", f"{report.pushes_received:,}"),
         ("latency score change -> delivery", f"p50 {_ms(c.percentile(50))}, p99 {_ms(c.percentile(99))}"),
         ("wall time", f"{report.elapsed_s:.1f} s"),
     ]

@@ -86,6 +86,8 @@ class ApnsProvider(Provider):
             raise ConfigError(f"APNs key file unreadable: {exc}") from exc
         self._settings = settings
         self._client: APNs | None = None
+        # aioapns polls every 10 ms for a free stream when its pool is full; waiting here is free.
+        self._slots = asyncio.Semaphore(settings.apns_concurrency)
 
     def circuit(self, device: Device) -> str:
         return f"apns:{self._settings.apns_team_id}:{self._settings.apns_key_id}"
@@ -134,7 +136,7 @@ class ApnsProvider(Provider):
                 apns_topic=topic,
             )
             try:
-                async with asyncio.timeout(self._settings.apns_timeout_s):
+                async with self._slots, asyncio.timeout(self._settings.apns_timeout_s):
                     result = await client.send_notification(request)
             except TimeoutError:
                 return DeliveryResult(device_id=device.device_id, outcome="failed", retryable=True, reason="timeout")

@@ -21,6 +21,7 @@ import aiohttp
 import google.auth.exceptions
 import google.auth.transport.requests
 from firebase_admin import credentials, messaging
+from yarl import URL
 
 from goalhorn.errors import ConfigError, ProviderAuthError, ProviderUnavailable
 from goalhorn.intents.templates import render
@@ -123,7 +124,7 @@ class FcmProvider(Provider):
         if not project:
             raise ConfigError("FCM project id unknown: set GOALHORN_FCM_PROJECT_ID or use a service-account file")
         self.project_id: str = project
-        self.url = f"{settings.fcm_base_url.rstrip('/')}/v1/projects/{project}/messages:send"
+        self.url = URL(f"{settings.fcm_base_url.rstrip('/')}/v1/projects/{project}/messages:send")
         self._session: aiohttp.ClientSession | None = None
         self._slots: asyncio.Semaphore | None = None
         self._refresh = asyncio.Lock()
@@ -139,6 +140,10 @@ class FcmProvider(Provider):
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=limit),
                 timeout=aiohttp.ClientTimeout(total=self._settings.fcm_timeout_s),
+                headers={"Content-Type": "application/json; charset=UTF-8"},
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
                 trust_env=False,
             )
         return self._session
@@ -168,7 +173,7 @@ class FcmProvider(Provider):
     async def send(self, batch: DeliveryBatch) -> list[DeliveryResult]:
         session = self._client()
         token = await self.access_token()
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json; charset=UTF-8"}
+        headers = {"Authorization": f"Bearer {token}"}
         return list(await asyncio.gather(*(self._deliver(session, headers, batch.intent, d) for d in batch.devices)))
 
     async def _deliver(

@@ -17,10 +17,10 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
@@ -40,6 +40,9 @@ MAX_RESPONSE_BYTES = 64 * 1024
 """A receiver's answer is read up to this much (to reuse the connection), never more."""
 SECRET_PREFIX = "whsec_"
 USER_AGENT = "goalhorn-webhooks/1"
+MEMO_SIZE = 4096
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 def webhook_id(intent_id: str, device_id: str) -> str:
@@ -107,6 +110,16 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+def _memo(cache: dict[K, V], key: K, make: Callable[[], V]) -> V:
+    """``cache[key]``, made on a miss; the cache is emptied when full (failures are never kept)."""
+    value = cache.get(key)
+    if value is None:
+        if len(cache) >= MEMO_SIZE:
+            cache.clear()
+        value = cache[key] = make()
+    return value
+
+
 def _failed(device: Device, reason: str, *, retryable: bool, retry_after: float | None = None) -> DeliveryResult:
     return DeliveryResult(
         device_id=device.device_id,
@@ -134,6 +147,8 @@ def result_for_status(device: Device, msg_id: str, status: int, headers: Mapping
 
 async def _drain(response: aiohttp.ClientResponse) -> None:
     """Read at most MAX_RESPONSE_BYTES of the answer; drop the connection if more is coming."""
+    if response.content.at_eof():
+        return
     received = 0
     try:
         while received < MAX_RESPONSE_BYTES:
@@ -162,6 +177,10 @@ class WebhookProvider(Provider):
         self._resolver = VettingResolver(self._policy, resolver)
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(settings.webhook_concurrency)
+        # Per device only the signature differs: bodies, keys and vetted URLs are computed once.
+        self._bodies: dict[tuple[str, str], bytes] = {}
+        self._keys: dict[str, list[bytes]] = {}
+        self._urls: dict[str, URL] = {}
 
     def circuit(self, device: Device) -> str:
         """Each endpoint has its own breaker: one bot's outage must not hold back the others."""
@@ -175,7 +194,10 @@ class WebhookProvider(Provider):
                 timeout=aiohttp.ClientTimeout(
                     total=self._settings.webhook_timeout_s, connect=self._settings.webhook_connect_timeout_s
                 ),
-                headers={"User-Agent": USER_AGENT},
+                headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
+                skip_auto_headers=("Accept", "Accept-Encoding"),
+                cookie_jar=aiohttp.DummyCookieJar(),  # one bot's cookies are nobody else's business
+                auto_decompress=False,  # answers are only drained
                 trust_env=False,  # an environment proxy would connect on our behalf, past the guard
             )
         return self._session
@@ -187,15 +209,19 @@ class WebhookProvider(Provider):
 
     async def _deliver(self, session: aiohttp.ClientSession, intent: Intent, device: Device) -> DeliveryResult:
         try:
-            body = webhook_body(intent, render(intent, device.locale))
+            body = _memo(
+                self._bodies,
+                (intent.intent_id, device.locale),
+                lambda: webhook_body(intent, render(intent, device.locale)),
+            )
         except ConfigError as exc:
             return _failed(device, f"render_failed: {exc}", retryable=False)
         try:
-            keys = signing_keys(device.secret or "")
+            keys = _memo(self._keys, device.secret or "", lambda: signing_keys(device.secret or ""))
         except ValueError as exc:
             return _failed(device, f"bad_secret: {exc}", retryable=False)
         try:
-            url = self._policy.check_url(device.address)
+            url = _memo(self._urls, device.address, lambda: self._policy.check_url(device.address))
         except AddressRefused as exc:
             return _failed(device, f"ssrf_refused: {exc}", retryable=False)
         except ValueError as exc:
@@ -227,7 +253,6 @@ class WebhookProvider(Provider):
     ) -> DeliveryResult:
         timestamp = int(time.time())
         headers = {
-            "Content-Type": "application/json",
             "webhook-id": msg_id,
             "webhook-timestamp": str(timestamp),
             "webhook-signature": sign(keys, msg_id, timestamp, body),

@@ -34,8 +34,12 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import ConnectionTerminated, DataReceived, RequestReceived, StreamEnded, StreamReset
 from h2.exceptions import ProtocolError
+from h2.settings import SettingCodes
 
 MAX_PAYLOAD_BYTES = 4096
+MAX_CONCURRENT_STREAMS = 1000
+"""What Apple's servers advertise once a connection is established."""
+CONNECTION_WINDOW = 16 * 1024 * 1024
 PUSH_TYPES = {"alert", "background", "voip", "complication", "fileprovider", "mdm", "liveactivity", "location"}
 _TOKEN = re.compile(r"^[0-9a-fA-F]{16,200}$")
 _PATH = re.compile(r"^/3/device/([^/]+)$")
@@ -105,6 +109,7 @@ class ApnsSandbox:
         """token -> ms timestamp since when it is invalid (410)."""
         self.delay_s = 0.0
         self._keys: dict[str, Any] = {}
+        self._verified: dict[str, dict[str, Any]] = {}
         self._failures: deque[_Failure] = deque()
         self._unavailable_until = 0.0
         self._stall_after: int | None = None
@@ -238,11 +243,16 @@ class ApnsSandbox:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
             return "MissingProviderToken"
-        try:
-            key = self._keys[jwt.get_unverified_header(token).get("kid", "")]
-            claims = jwt.decode(token, key, algorithms=["ES256"], options={"require": ["iss", "iat"]})
-        except (KeyError, jwt.PyJWTError):
-            return "InvalidProviderToken"
+        claims = self._verified.get(token)
+        if claims is None:
+            try:
+                key = self._keys[jwt.get_unverified_header(token).get("kid", "")]
+                claims = jwt.decode(token, key, algorithms=["ES256"], options={"require": ["iss", "iat"]})
+            except (KeyError, jwt.PyJWTError):
+                return "InvalidProviderToken"
+            if len(self._verified) > 1000:
+                self._verified.clear()
+            self._verified[token] = claims  # a provider token is reused for up to an hour; verify it once
         if claims["iss"] != self.team_id:
             return "InvalidProviderToken"
         if time.time() - float(claims["iat"]) > 3600:
@@ -263,6 +273,9 @@ class _H2Server(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         self._conn.initiate_connection()
+        self._conn.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS})
+        # A connection window for every stream at once: aioapns sleeps a second when it runs dry.
+        self._conn.increment_flow_control_window(CONNECTION_WINDOW)
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -31,7 +31,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from firebase_admin import credentials
 
 MAX_PAYLOAD_BYTES = 4096
+MAX_REQUEST_BYTES = 64 * 1024
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
+_SEND_PATH = re.compile(r"^/v1/projects/([^/]+)/messages:send$")
 _TTL = re.compile(r"^\d+(\.\d{1,9})?s$")
 _TARGETS = ("token", "fid", "topic", "condition")
 _FCM_ERROR = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
@@ -130,7 +132,7 @@ class FcmSandbox:
         self._stall_after: int | None = None
         self._unstalled = asyncio.Event()
         self._ids = itertools.count(1)
-        self._runner: web.AppRunner | None = None
+        self._runner: web.BaseRunner | None = None
         self.url = ""
 
     # --- steering ---------------------------------------------------------------------------
@@ -177,10 +179,9 @@ class FcmSandbox:
 
     # --- lifecycle --------------------------------------------------------------------------
     async def start(self) -> str:
-        app = web.Application(client_max_size=64 * 1024)
-        app.router.add_post("/token", self._token)
-        app.router.add_post("/v1/projects/{project}/messages:send", self._send)
-        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None)
+        # aiohttp's low-level server: no router or middleware between a request and its answer.
+        server = web.Server(self._route, handler_cancellation=True)
+        runner = web.ServerRunner(server, shutdown_timeout=1.0)
         await runner.setup()
         await web.TCPSite(runner, self.host, self.port, backlog=1024).start()
         self._runner = runner
@@ -203,7 +204,19 @@ class FcmSandbox:
         await self.stop()
 
     # --- handlers ---------------------------------------------------------------------------
-    async def _token(self, request: web.Request) -> web.Response:
+    async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method != "POST":
+            return web.Response(status=405)
+        if (request.content_length or 0) > MAX_REQUEST_BYTES:
+            return web.Response(status=413)
+        if request.path == "/token":
+            return await self._token(request)
+        match = _SEND_PATH.match(request.path)
+        if match is None:
+            return self._error(404, "Requested entity was not found.")
+        return await self._send(request, match.group(1))
+
+    async def _token(self, request: web.BaseRequest) -> web.Response:
         form = await request.post()
         assertion = form.get("assertion")
         if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer" or not isinstance(assertion, str):
@@ -223,7 +236,7 @@ class FcmSandbox:
     def _error(self, status: int, message: str, fcm_code: str | None = None, **headers: str) -> web.Response:
         return web.json_response(error_body(status, message, fcm_code), status=status, headers=headers)
 
-    async def _send(self, request: web.Request) -> web.Response:
+    async def _send(self, request: web.BaseRequest, project: str) -> web.Response:
         self.requests += 1
         raw = await request.read()
         if self.delay_s > 0:
@@ -231,7 +244,7 @@ class FcmSandbox:
         bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
         if self._tokens.get(bearer, 0.0) < time.time():
             return self._error(401, "Request had invalid authentication credentials.")
-        if request.match_info["project"] != self.project_id:
+        if project != self.project_id:
             return self._error(403, "Permission denied on project.", "SENDER_ID_MISMATCH")
         if time.monotonic() < self._unavailable_until:
             return self._error(503, "The service is currently unavailable.", "UNAVAILABLE")

@@ -1,16 +1,20 @@
 """Replay the recorded game night through the whole pipeline: what ``goalhorn demo`` runs.
 
-The audience is generated and loaded first; phones get the console provider (a dry run) and bots'
-webhooks go, signed, to a local receiver that verifies them. Snapshots are fed in their recorded
+The audience is generated and loaded first; phones get the real FCM and APNs providers talking to
+the sandbox servers (the console provider with ``dry_run``) and bots' webhooks go, signed, to a
+local receiver that verifies them. Snapshots are fed in their recorded
 order, time compressed by ``speed``; the summary is read from the shared pipeline counters.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 from goalhorn.counters import CounterSnapshot
@@ -21,11 +25,11 @@ from goalhorn.pipeline import Pipeline
 from goalhorn.preferences.bloom import PreferenceBloom
 from goalhorn.preferences.store import PreferenceStore
 from goalhorn.providers import Provider
-from goalhorn.providers.console import ConsoleProvider
-from goalhorn.providers.webhook import WebhookProvider
+from goalhorn.providers.factory import make_provider
 from goalhorn.redis_client import Redis, make_redis
 from goalhorn.sandbox.audience import Audience, generate_audience
 from goalhorn.sandbox.gamenight import Snapshot, load_gamenight
+from goalhorn.sandbox.servers import SandboxServers
 from goalhorn.sandbox.webhook_receiver import WebhookReceiver
 from goalhorn.settings import Settings
 
@@ -39,6 +43,7 @@ class NightReport:
     webhooks_received: int
     elapsed_s: float
     counters: CounterSnapshot
+    pushes_received: int = 0
 
 
 def teams_of(snapshots: list[Snapshot]) -> list[str]:
@@ -78,11 +83,15 @@ async def run_night(
     out: TextIO | None = None,
     seed: int = 7,
     on_audience: Callable[[Audience], None] | None = None,
+    dry_run: bool = False,
 ) -> NightReport:
-    """Replay the night over ``settings``' backends; the replay itself takes about ``duration_s``."""
+    """Replay the night over ``settings``' backends; the replay itself takes about ``duration_s``.
+
+    Phones get the real FCM and APNs providers talking to the sandbox servers, or with ``dry_run``
+    the console provider."""
     snapshots = load_gamenight()
     secrets: dict[str, str] = {}
-    async with WebhookReceiver(secret_for=secrets.get) as receiver:
+    async with WebhookReceiver(secret_for=secrets.get) as receiver, contextlib.AsyncExitStack() as stack:
         audience = generate_audience(
             teams_of(snapshots), users=users, webhook_base_url=receiver.url, seed=seed, game_ids=game_ids_of(snapshots)
         )
@@ -102,8 +111,13 @@ async def run_night(
         finally:
             await redis.aclose()
 
+        phones = None
+        if not dry_run:
+            credentials_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="goalhorn-demo-")))
+            phones = await stack.enter_async_context(SandboxServers(credentials_dir))
+
         def provider(platform: Platform) -> Provider:
-            return WebhookProvider(settings) if platform == "webhook" else ConsoleProvider(platform, out)
+            return make_provider(phones.apply(settings) if phones else settings, platform, out)
 
         started = time.monotonic()
         async with Pipeline(settings, provider) as pipeline:
@@ -120,6 +134,7 @@ async def run_night(
             users=audience.user_count,
             devices=len(audience.devices),
             webhooks_received=len(receiver.deliveries),
+            pushes_received=phones.fcm.delivered + phones.apns.delivered if phones else 0,
             elapsed_s=elapsed,
             counters=counters,
         )

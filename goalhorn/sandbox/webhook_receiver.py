@@ -93,7 +93,7 @@ class WebhookReceiver:
         self.delay_s = 0.0
         self.gone: set[str] = set()
         self._failures: deque[_Failure] = deque()
-        self._runner: web.AppRunner | None = None
+        self._runner: web.BaseRunner | None = None
         self._url = ""
 
     def fail_next(
@@ -112,10 +112,9 @@ class WebhookReceiver:
 
     async def start(self) -> str:
         """Start listening; returns the base URL (``http://host:port``)."""
-        app = web.Application()
-        app.router.add_post("/hooks/{endpoint}", self._handle)
-        # handler_cancellation: a client that gave up (timeout) ends its delayed handler at once.
-        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None)
+        # aiohttp's low-level server (no router or middleware); handler_cancellation: a client that
+        # gave up (timeout) ends its delayed handler at once.
+        runner = web.ServerRunner(web.Server(self._route, handler_cancellation=True), shutdown_timeout=1.0)
         await runner.setup()
         await web.TCPSite(runner, self.host, self.port).start()
         self._runner = runner
@@ -138,8 +137,13 @@ class WebhookReceiver:
     ) -> None:
         await self.stop()
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        endpoint = request.match_info["endpoint"]
+    async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
+        endpoint = request.path.removeprefix("/hooks/")
+        if request.method != "POST" or endpoint == request.path or not endpoint or "/" in endpoint:
+            return web.Response(status=404)
+        return await self._handle(request, endpoint)
+
+    async def _handle(self, request: web.BaseRequest, endpoint: str) -> web.StreamResponse:
         raw = await request.read()
         if self.delay_s > 0:
             await asyncio.sleep(self.delay_s)
