@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     live_state_retention_s: int = Field(
         default=48 * 3600, ge=60, description="How long a final game's live state and index entries are kept."
     )
+    wp_params_path: str | None = Field(default=None, description="League win-probability parameters YAML.")
+    market_map_path: str | None = Field(default=None, description="Market map YAML (token -> game, side).")
+    edge_min_cents: float = Field(default=3.0, ge=0, description="Smallest edge (fair - ask, cents) signalled.")
+    edge_max_book_age_s: float = Field(default=5.0, gt=0, description="A book older than this is stale.")
+    edge_max_state_age_s: float = Field(default=30.0, gt=0, description="A game state older than this is stale.")
 
     @property
     def uses_real_services(self) -> bool:

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from goalhorn import __version__
-from goalhorn.ops import feeds
+from goalhorn.ops import feeds, model
 from goalhorn.settings import load_settings
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(feeds.app, name="feeds")
+app.add_typer(model.app, name="model")
 
 
 @app.command()
