@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from goalhorn import __version__
-from goalhorn.ops import feeds, model
+from goalhorn.ops import feeds, ingest, model
 from goalhorn.settings import load_settings
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app = typer.Typer(
 )
 app.add_typer(feeds.app, name="feeds")
 app.add_typer(model.app, name="model")
+app.command("ingest")(ingest.ingest)
 
 
 @app.command()
