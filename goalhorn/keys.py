@@ -96,3 +96,7 @@ class Keys:
     def games_by_status(self, status: str) -> str:
         """ZSET game key -> updated_at ms of the games in one status (scheduled, live, final)."""
         return f"{self.namespace}:{{live}}:games:status:{status}"
+
+    def ingest_quarantine(self) -> str:
+        """LIST of the newest rejected feed payloads (JSON), capped."""
+        return f"{self.namespace}:ingest:quarantine"

@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     poll_fast_s: float = Field(default=5.0, gt=0, description="Poll interval while a game of the league is live.")
     poll_slow_s: float = Field(default=30.0, gt=0, description="Poll interval otherwise.")
     poll_timeout_s: float = Field(default=10.0, gt=0)
+    poll_backoff_base_s: float = Field(default=1.0, gt=0, description="First backoff after a failed poll.")
     poll_backoff_max_s: float = Field(default=60.0, gt=0)
     espn_budget_requests: int = Field(default=5000, ge=1, description="Requests to ESPN allowed per budget window.")
     espn_budget_window_s: float = Field(default=3600.0, gt=0)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import pytest
@@ -8,6 +9,7 @@ from aiohttp import web
 
 from goalhorn.errors import ConfigError
 from goalhorn.ingest.live import LiveState
+from goalhorn.ingest.quarantine import QuarantineStore
 from goalhorn.ingest.service import leagues_of, run_ingest
 from goalhorn.intents.bus import Bus, BusMessage
 from goalhorn.keys import Keys
@@ -35,10 +37,21 @@ def market_app() -> web.Application:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         await ws.receive_str()
-        book = {"event_type": "book", "asset_id": "ana", "bids": [], "timestamp": "1"}
-        for ts in range(2, 200):
-            await ws.send_str(json.dumps(book | {"asks": [{"price": ".50", "size": "9"}], "timestamp": str(ts)}))
-            await asyncio.sleep(0.05)
+        book = {"event_type": "book", "asset_id": "ana", "bids": [], "asks": [{"price": ".50", "size": "9"}]}
+
+        async def pump() -> None:
+            for ts in range(2, 1000):
+                await ws.send_str(json.dumps(book | {"timestamp": str(ts)}))
+                await asyncio.sleep(0.05)
+
+        sending = asyncio.create_task(pump())
+        try:
+            async for _ in ws:  # reading is what answers the client's close
+                pass
+        finally:
+            sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await sending
         return ws
 
     app = web.Application()
@@ -51,7 +64,9 @@ async def test_pollers_and_market_stream_feed_live_state_and_the_bus(
 ) -> None:
     queue = Keys(settings.namespace).intent_queue
     await bus.start([queue])
-    script = Script([body(scoreboard_with_home_score("1")), body(scoreboard_with_home_score("2"))])
+    script = Script(
+        [body(scoreboard_with_home_score("1")), body(b'{"events": [tr'), body(scoreboard_with_home_score("2"))]
+    )
     market_map = tmp_path / "markets.yaml"
     market_map.write_text(f"markets:\n  - {{token_id: ana, game: 'espn:{GAME}', side: away}}\n")
     async with serve(script.app()) as espn, serve(market_app()) as market:
@@ -61,6 +76,7 @@ async def test_pollers_and_market_stream_feed_live_state_and_the_bus(
                 "espn_leagues": "hockey/nhl",
                 "poll_fast_s": 0.05,
                 "poll_slow_s": 0.05,
+                "poll_backoff_base_s": 0.01,
                 "market_map_path": str(market_map),
                 "polymarket_ws_url": market.replace("http", "ws") + "/ws/market",
                 "market_ping_s": 0.5,
@@ -68,9 +84,13 @@ async def test_pollers_and_market_stream_feed_live_state_and_the_bus(
         )
         summary = await run_ingest(configured, bus=bus, duration_s=1.5)
 
-    assert summary.polls >= 2
+    assert summary.polls >= 3
+    assert summary.poll_failures == {"malformed": 1}
+    assert summary.rejected == 1
     assert summary.connections == 1
     assert summary.events >= 1
+    (kept,) = await QuarantineStore(redis, Keys(settings.namespace)).recent()
+    assert (kept["source"], kept["reason"], kept["payload"]) == ("espn", "not_json", b'{"events": [tr')
     seen: list[BusMessage] = []
 
     async def handler(message: BusMessage) -> None:

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 DISCONNECTS = Counter("goalhorn_market_stream_disconnects", "Market-channel connections lost.", ["reason"])
 PING = "PING"
+CLOSE_TIMEOUT_S = 2.0
+"""How long a closing handshake may take before the connection is simply dropped."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +86,10 @@ class MarketStream:
             await asyncio.sleep(delay)
 
     async def _connection(self) -> str:
-        timeout = aiohttp.ClientWSTimeout(ws_close=self.options.connect_timeout_s)
-        async with self._session.ws_connect(self.url, timeout=timeout, autoping=True) as ws:
+        timeout = aiohttp.ClientWSTimeout(ws_close=CLOSE_TIMEOUT_S)
+        async with asyncio.timeout(self.options.connect_timeout_s):
+            ws = await self._session.ws_connect(self.url, timeout=timeout, autoping=True)
+        async with ws:
             self.connections += 1
             await ws.send_str(self.subscription())
             pinger = asyncio.create_task(self._ping(ws))
@@ -99,7 +103,9 @@ class MarketStream:
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> str:
         while True:
             try:
-                message = await asyncio.wait_for(ws.receive(), timeout=self.options.silence_s)
+                # Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation that races
+                # with a frame arriving, and the stream would never stop.
+                message = await ws.receive(timeout=self.options.silence_s)
             except TimeoutError:
                 return "silent"
             if message.type is aiohttp.WSMsgType.TEXT:
