@@ -8,7 +8,8 @@
   game's market — adapter, live-state write, differ, dedup, model, signal, intent published on the
   embedded backend — p50/p99, against ``json.loads`` of the same body.
 
-``python -m bench ingest`` (or ``main(["--quick"])`` for a smoke run).
+``python -m bench ingest`` (or ``main(["--quick"])`` for a smoke run); ``--real`` also measures the
+fusion latency with live state and dedup on the local Redis.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from goalhorn.intents.bus.memory import MemoryBus
 from goalhorn.keys import Keys
 from goalhorn.redis_client import make_redis
 from goalhorn.sandbox.gamenight import load_gamenight
-from goalhorn.settings import Settings
+from goalhorn.settings import LOCAL_REDIS_URL, Settings
 
 BOOK = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "polymarket" / "ws_market_book_nautilus_py.json"
 
@@ -123,7 +124,7 @@ def _with_goals(body: bytes, game_id: str, goals: int) -> bytes:
     return json.dumps(board).encode()
 
 
-async def _fusion(samples: int) -> dict[str, float]:
+async def _fusion(samples: int, redis_url: str | None = None) -> dict[str, float]:
     night = load_gamenight()
     snap = next(s for s in night if s.league == "nhl" and b'"state":"in"' in s.body)
     board = json.loads(snap.body)
@@ -132,7 +133,7 @@ async def _fusion(samples: int) -> dict[str, float]:
     bodies = [_with_goals(snap.body, game_id, n) for n in range(samples + 1)]
     markets = MarketMap.from_yaml(f"markets: [{{token_id: tok, game: 'espn:{game_id}', side: home}}]")
     engine = EdgeEngine(markets, WinModel(), EdgeOptions(min_edge_cents=0.0, max_book_age_s=3600))
-    settings = Settings(namespace=f"bench{random.randrange(1 << 30):x}")
+    settings = Settings(namespace=f"bench{random.randrange(1 << 30):x}", redis_url=redis_url)
     bus, redis = MemoryBus(), make_redis(settings)
     await bus.start([Keys(settings.namespace).intent_queue])
     ingestor = Ingestor(settings, bus, redis, engine=engine)
@@ -163,6 +164,9 @@ async def _fusion(samples: int) -> dict[str, float]:
         if not done.signals:
             raise RuntimeError("a score change produced no edge signal")
         latencies.append(elapsed)
+    stale = [key async for key in redis.scan_iter(match=f"{settings.namespace}:*")]
+    if stale:
+        await redis.delete(*stale)
     await redis.aclose()
     await bus.aclose()
     q = statistics.quantiles(latencies, n=100, method="inclusive")
@@ -179,6 +183,7 @@ async def _fusion(samples: int) -> dict[str, float]:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench ingest")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument("--real", action="store_true", help=f"also measure fusion with live state on {LOCAL_REDIS_URL}")
     args = parser.parse_args(argv)
     repeats, updates, samples = (1, 500, 20) if args.quick else (5, 100_000, 400)
     espn = bench_espn(repeats)
@@ -191,10 +196,12 @@ def main(argv: list[str]) -> int:
         f"book updates: {book['per_s']:,.0f}/s applied vs json.loads {book['json_per_s']:,.0f}/s "
         f"-> {book['ratio']:.2f}x json.loads  [{book['updates']:.0f} price_change frames]"
     )
-    fusion = asyncio.run(_fusion(samples))
-    print(
-        f"fusion latency (scoreboard bytes -> edge signal, embedded backend): p50 {fusion['p50_ms']:.2f} ms, "
-        f"p99 {fusion['p99_ms']:.2f} ms; json.loads of the body {fusion['json_ms']:.2f} ms "
-        f"-> p50 {fusion['ratio_p50']:.1f}x  [{fusion['samples']:.0f} score changes]"
-    )
+    for backend, url in [("fakeredis", None), *([("redis", LOCAL_REDIS_URL)] if args.real else [])]:
+        fusion = asyncio.run(_fusion(samples, url))
+        print(
+            f"fusion latency (scoreboard bytes -> edge signal, live state on {backend}): "
+            f"p50 {fusion['p50_ms']:.2f} ms, p99 {fusion['p99_ms']:.2f} ms; "
+            f"json.loads of the body {fusion['json_ms']:.2f} ms "
+            f"-> p50 {fusion['ratio_p50']:.1f}x  [{fusion['samples']:.0f} score changes]"
+        )
     return 0
