@@ -122,3 +122,17 @@ def test_bad_league_configuration_is_refused(leagues: str) -> None:
 async def test_nothing_configured_is_refused() -> None:
     with pytest.raises(ConfigError, match="nothing to ingest"):
         await run_ingest(Settings(namespace="tnothing"))
+
+
+def test_the_ingest_command_says_what_is_missing(monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from goalhorn.ops.cli import app
+
+    for name in ("GOALHORN_ESPN_LEAGUES", "GOALHORN_MARKET_MAP_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    result = CliRunner().invoke(app, ["ingest", "--duration", "0"])
+    assert result.exit_code == 2
+    assert "GOALHORN_ESPN_LEAGUES" in result.stderr
+    monkeypatch.setenv("GOALHORN_ESPN_LEAGUES", "cricket/ipl")
+    assert "not <sport>/<league>" in CliRunner().invoke(app, ["ingest"]).stderr

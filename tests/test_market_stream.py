@@ -35,15 +35,22 @@ def move(side: str, price: str, size: str, ts: str) -> str:
     return json.dumps([{"event_type": "price_change", "price_changes": [change], "timestamp": ts}])
 
 
+CUT = book(".1", ".9", "9")[:40]  # a frame cut short
+
+
 class ReplayServer:
     """Replays one script of frames per connection; then closes it, or stays and answers PING."""
 
-    def __init__(self, scripts: list[tuple[list[str], bool]]) -> None:
+    def __init__(self, scripts: list[tuple[list[str], bool]], refusals: int = 0) -> None:
         self.scripts = scripts
         self.subscriptions: list[dict] = []
         self.pings = 0
+        self.refusals = refusals
 
-    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.refusals:
+            self.refusals -= 1
+            return web.Response(status=503, text="upstream unavailable")
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         index = len(self.subscriptions)
@@ -77,7 +84,10 @@ async def test_reconnects_resubscribes_and_rebuilds_the_book_from_the_next_snaps
     before = rejected_count("polymarket", "not_json")
     server = ReplayServer(
         [
-            ([book(".40", ".60", "1"), move("BUY", ".45", "5", "2"), "{oops", move("SELL", ".55", "5", "3")], True),
+            (
+                [book(".40", ".60", "1"), move("BUY", ".45", "5", "2"), "{oops", CUT, move("SELL", ".55", "5", "3")],
+                True,
+            ),
             ([move("BUY", ".50", "5", "4"), book(".30", ".70", "5"), move("SELL", ".65", "1", "6")], False),
         ]
     )
@@ -106,7 +116,7 @@ async def test_reconnects_resubscribes_and_rebuilds_the_book_from_the_next_snaps
     assert sum(stream.disconnects.values()) == 1
     assert tops == [(0.4, 0.6, 1), (0.45, 0.6, 2), (0.45, 0.55, 3), (0.3, 0.7, 5), (0.3, 0.65, 6)]
     assert stream.adapter.stats["no_book"] == 1  # the update that came before the new snapshot
-    assert rejected_count("polymarket", "not_json") == before + 1
+    assert rejected_count("polymarket", "not_json") == before + 2  # the malformed and the truncated frame
     assert server.pings >= 1
 
 
@@ -130,6 +140,26 @@ async def test_a_refused_connection_is_retried_with_backoff() -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
     assert stream.backoff.failures >= 3
+
+
+async def test_a_5xx_on_the_upgrade_is_retried_until_the_server_accepts() -> None:
+    server = ReplayServer([([book(".40", ".60", "1")], False)], refusals=2)
+    tops: list[float | None] = []
+
+    async def on_parsed(parsed: Parsed) -> None:
+        tops.extend(b.best_bid for b in parsed.books)
+
+    async with serve(server.app()) as base, aiohttp.ClientSession() as session:
+        options = StreamOptions(ping_s=1, silence_s=5, backoff_base_s=0.01, backoff_cap_s=0.05)
+        stream = MarketStream(session, base.replace("http", "ws") + "/ws/market", TOKENS, on_parsed, options=options)
+        task = asyncio.create_task(stream.run())
+        await until(lambda: tops == [0.4])
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert sum(stream.disconnects.values()) == 2
+    assert stream.connections == 1
+    assert len(server.subscriptions) == 1
 
 
 async def test_a_silent_connection_is_dropped_and_replaced() -> None:
