@@ -134,3 +134,7 @@ class Keys:
     def caps(self, game_id: str) -> str:
         """HASH user id -> "ms:intent_id,..." of the alerts a capped user got about one match."""
         return f"{self.namespace}:caps:{{{game_id}}}"
+
+    def ingest_quarantine(self) -> str:
+        """LIST of the newest rejected feed payloads (JSON), capped."""
+        return f"{self.namespace}:ingest:quarantine"

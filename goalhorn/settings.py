@@ -71,6 +71,25 @@ class Settings(BaseSettings):
     live_state_retention_s: int = Field(
         default=48 * 3600, ge=60, description="How long a final game's live state and index entries are kept."
     )
+    wp_params_path: str | None = Field(default=None, description="League win-probability parameters YAML.")
+    market_map_path: str | None = Field(default=None, description="Market map YAML (token -> game, side).")
+    edge_min_cents: float = Field(default=3.0, ge=0, description="Smallest edge (fair - ask, cents) signalled.")
+    edge_max_book_age_s: float = Field(default=5.0, gt=0, description="A book older than this is stale.")
+    edge_max_state_age_s: float = Field(default=30.0, gt=0, description="A game state older than this is stale.")
+    espn_base_url: str = Field(default="https://site.api.espn.com", description="ESPN site API base URL.")
+    espn_leagues: str = Field(
+        default="", description="Comma-separated <sport>/<league> scoreboards to poll, e.g. hockey/nhl,soccer/usa.1."
+    )
+    poll_fast_s: float = Field(default=5.0, gt=0, description="Poll interval while a game of the league is live.")
+    poll_slow_s: float = Field(default=30.0, gt=0, description="Poll interval otherwise.")
+    poll_timeout_s: float = Field(default=10.0, gt=0)
+    poll_backoff_base_s: float = Field(default=1.0, gt=0, description="First backoff after a failed poll.")
+    poll_backoff_max_s: float = Field(default=60.0, gt=0)
+    espn_budget_requests: int = Field(default=5000, ge=1, description="Requests to ESPN allowed per budget window.")
+    espn_budget_window_s: float = Field(default=3600.0, gt=0)
+    polymarket_ws_url: str = Field(default="wss://ws-subscriptions-clob.polymarket.com/ws/market")
+    market_ping_s: float = Field(default=10.0, gt=0, description="PING interval on the market channel.")
+    market_silence_s: float = Field(default=30.0, gt=0, description="Silence after which the channel is redialled.")
 
     # --- providers and dispatch (issue 5) ---------------------------------------------------------
     fcm_credentials_file: str | None = Field(

@@ -143,3 +143,11 @@ def test_an_oversized_partial_object_is_given_up_and_the_next_one_parses() -> No
 def test_malformed_payloads_are_rejected_with_a_reason(body: bytes, reason: str) -> None:
     _, _, rejected = run(SportradarAdapter(), [body])
     assert [r.reason for r in rejected] == [reason]
+
+
+def test_a_game_score_that_goes_back_without_a_delete_is_a_correction_not_a_basket() -> None:
+    adapter = SportradarAdapter()
+    events, _, _ = run(adapter, [payload("twopointmade", 10, 1, 4), payload("rebound", 11, 2, 2)])
+    assert [(e.kind, e.home_score) for e in events] == [(EventKind.BASKET, 4), (EventKind.SCORE_CORRECTION, 2)]
+    assert events[1].event_id == "sportradar:g1:SCORE_CORRECTION:e2"
+    assert events[1].team == "MIL"

@@ -7,7 +7,8 @@ so the tail is buffered until the object completes. Every payload gives the game
 becomes a typed :class:`GameEvent` when it is one goalhorn knows (a made basket, a goal, a period
 end). Sportradar resends an event when it amends it and may send an older one late: payloads are
 ordered by ``(event.sequence, event.number)`` per game, and late or repeated ones are dropped and
-counted. A ``delete`` of a scoring event becomes a ``SCORE_CORRECTION``. Event ids are Sportradar's
+counted. A ``delete`` of a scoring event, or a game score lower than the one before it, becomes a
+``SCORE_CORRECTION``. Event ids are Sportradar's
 own event ids, so a resend can never make a second alert.
 
 Verified against the NBA v7 stream sample; the hockey and football event names follow the same
@@ -66,6 +67,7 @@ SCORING: dict[str, EventKind] = {
     "safety": EventKind.SAFETY,
 }
 _STATUS_EVENTS = {"endperiod": EventKind.PERIOD_END, "opentip": EventKind.GAME_START}
+MAX_GAMES = 10_000
 _RESYNC = re.compile(r'\{\s*"(?:payload|heartbeat|metadata|locale)"')
 _CLOCK = re.compile(r"^(\d{1,3}):(\d{2})(?:\.\d+)?$")
 
@@ -88,8 +90,9 @@ class SportradarAdapter(FeedAdapter):
         super().__init__(quarantine)
         self._league = league.lower() if league else None
         self._splitter = ObjectSplitter(max_bytes=max_object_bytes, resync=_RESYNC)
-        self.gate = SequenceGate(SOURCE)
+        self.gate = SequenceGate(SOURCE, max_games=MAX_GAMES)
         self.heartbeats = 0
+        self._scores: dict[str, tuple[int, int]] = {}
 
     def _parse(self, data: bytes, received_at: datetime) -> Parsed:
         parsed = Parsed()
@@ -139,7 +142,19 @@ class SportradarAdapter(FeedAdapter):
             if not self.gate.admit(state.game_id, order):
                 return
         parsed.states.append(state)
-        typed = _typed(event, state, sequence, deleted=operation == "delete")
+        before = self._scores.pop(state.game_id, None)
+        if state.status is not GameStatus.FINAL:
+            self._scores[state.game_id] = (state.home_score, state.away_score)
+            if len(self._scores) > MAX_GAMES:
+                self._scores.pop(next(iter(self._scores)))
+        deleted = operation == "delete"
+        kind = _kind(event.get("event_type"), state, deleted=deleted)
+        went_back = before is not None and (state.home_score < before[0] or state.away_score < before[1])
+        if kind is None and went_back and not deleted:
+            kind = EventKind.SCORE_CORRECTION
+        typed = _typed(event, state, sequence, kind) if kind is not None else None
+        if typed is not None and kind is EventKind.SCORE_CORRECTION:
+            typed = _credit_correction(typed, state, before)
         if typed is not None:
             parsed.events.append(typed)
 
@@ -193,19 +208,34 @@ def _state(game: dict[str, Any], event: dict[str, Any], sport: Sport, league: st
         raise _Bad("invalid_state", str(exc.errors()[0].get("loc", ""))) from exc
 
 
-def _typed(event: dict[str, Any], state: GameState, sequence: int | None, *, deleted: bool) -> GameEvent | None:
-    kind_name = event.get("event_type")
-    event_id = _text(event.get("id"))
-    if not isinstance(kind_name, str) or event_id is None:
+def _credit_correction(event: GameEvent, state: GameState, before: tuple[int, int] | None) -> GameEvent:
+    """A correction belongs to the side whose score went down (to neither if both or none did)."""
+    home_down = before is not None and state.home_score < before[0]
+    away_down = before is not None and state.away_score < before[1]
+    if home_down == away_down:
+        return event.model_copy(update={"team_id": None, "team": None})
+    if home_down:
+        return event.model_copy(update={"team_id": state.home_team_id, "team": state.home_team})
+    return event.model_copy(update={"team_id": state.away_team_id, "team": state.away_team})
+
+
+def _kind(name: object, state: GameState, *, deleted: bool) -> EventKind | None:
+    """The goalhorn event a Sportradar event type is, if any; a deleted score is a correction."""
+    if not isinstance(name, str):
         return None
-    kind = SCORING.get(kind_name)
+    kind = SCORING.get(name)
     if deleted:
-        kind = EventKind.SCORE_CORRECTION if kind is not None else None
-    elif kind is None:
-        kind = _STATUS_EVENTS.get(kind_name)
+        return EventKind.SCORE_CORRECTION if kind is not None else None
+    if kind is None:
+        kind = _STATUS_EVENTS.get(name)
         if kind is EventKind.GAME_START and state.period > 1:
             kind = None
-    if kind is None:
+    return kind
+
+
+def _typed(event: dict[str, Any], state: GameState, sequence: int | None, kind: EventKind) -> GameEvent | None:
+    event_id = _text(event.get("id"))
+    if event_id is None:
         return None
     attribution = event.get("attribution")
     team_id = _text(attribution.get("id")) if isinstance(attribution, dict) else None

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from goalhorn import __version__
-from goalhorn.ops import delivery, feeds
+from goalhorn.ops import delivery, feeds, ingest, model
 from goalhorn.ops.segments import app as segments_app
 from goalhorn.settings import load_settings
 
@@ -21,6 +21,8 @@ app = typer.Typer(
 )
 app.add_typer(feeds.app, name="feeds")
 app.add_typer(segments_app, name="segments")
+app.add_typer(model.app, name="model")
+app.command("ingest")(ingest.ingest)
 
 
 @app.command()

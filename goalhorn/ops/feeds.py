@@ -127,3 +127,35 @@ def _report(parsed: Parsed) -> int:
     for rejection in parsed.rejected:
         typer.echo(f"rejected: {rejection}", err=True)
     return len(parsed.rejected)
+
+
+@app.command()
+def quarantine(
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="How many, newest first.")] = 20,
+    real: Annotated[
+        bool, typer.Option("--real", help="Read Redis on 127.0.0.1 when GOALHORN_REDIS_URL is unset.")
+    ] = False,
+) -> None:
+    """Print the newest payloads `goalhorn ingest` rejected: source, reason, detail, time, payload."""
+    import asyncio
+
+    from goalhorn.ingest.quarantine import QuarantineStore
+    from goalhorn.keys import Keys
+    from goalhorn.redis_client import make_redis
+    from goalhorn.settings import load_settings
+
+    settings = load_settings()
+    if real:
+        settings = settings.with_real_services()
+
+    async def read() -> list[dict[str, Any]]:
+        redis = make_redis(settings)
+        try:
+            return await QuarantineStore(redis, Keys(settings.namespace)).recent(limit)
+        finally:
+            await redis.aclose()
+
+    for item in asyncio.run(read()):
+        payload = item.pop("payload")
+        item["payload"] = payload.decode("utf-8", "replace")
+        typer.echo(json.dumps(item))

@@ -1,0 +1,168 @@
+"""Polling ESPN's scoreboard: one task per league, adaptive interval, budget, timeouts, backoff.
+
+Each :class:`LeaguePoller` fetches its league's scoreboard, runs it through the ESPN adapter and
+hands the result on. It polls every ``fast_s`` while a game of the league is live (or due to start
+before the slow interval would look again) and every ``slow_s`` otherwise. Every request is taken
+from the upstream's :class:`RequestBudget` first; a spent budget skips polls until a request leaves
+the window. A timeout, a refused connection, a 5xx or 429 (``Retry-After`` honoured), a truncated or
+malformed body counts as a failure (``goalhorn_poll_errors_total{league,reason}``) and the next
+poll waits an exponential backoff with jitter instead. Nothing a poll does raises: the task keeps
+going, and the last good scoreboard stays available, tagged with its age.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import aiohttp
+from prometheus_client import Counter
+
+from goalhorn.ingest.adapter import Parsed
+from goalhorn.ingest.backoff import Backoff
+from goalhorn.ingest.budget import RequestBudget
+from goalhorn.ingest.espn import EspnAdapter
+from goalhorn.ingest.quarantine import Quarantine
+from goalhorn.models import GameState, GameStatus, Sport, utcnow
+
+log = logging.getLogger(__name__)
+
+POLL_ERRORS = Counter("goalhorn_poll_errors", "Failed scoreboard polls.", ["league", "reason"])
+MAX_BODY = 16 << 20
+LATE_START = timedelta(hours=3)
+"""A game still scheduled this long after its start time is taken as postponed, not as about to start."""
+
+
+@dataclass(frozen=True, slots=True)
+class PollOptions:
+    fast_s: float = 5.0
+    slow_s: float = 30.0
+    timeout_s: float = 10.0
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 60.0
+
+
+def scoreboard_url(base: str, sport: str, league: str) -> str:
+    return f"{base.rstrip('/')}/apis/site/v2/sports/{sport}/{league}/scoreboard"
+
+
+class _Failure(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class LeaguePoller:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        sport: Sport,
+        league: str,
+        budget: RequestBudget,
+        on_parsed: Callable[[Parsed], Awaitable[object]],
+        *,
+        options: PollOptions | None = None,
+        quarantine: Quarantine | None = None,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.league = league
+        self.url = scoreboard_url(base_url, sport.value, league)
+        self.options = options or PollOptions()
+        self.adapter = EspnAdapter(sport=sport, league=league, quarantine=quarantine)
+        self.backoff = Backoff(self.options.backoff_base_s, self.options.backoff_cap_s, rng)
+        self._session = session
+        self._budget = budget
+        self._on_parsed = on_parsed
+        self._sleep = sleep
+        self.last_good: list[GameState] = []
+        self.last_good_at: datetime | None = None
+        self.polls = 0
+        self.failures: dict[str, int] = {}
+
+    def last_good_age_s(self, now: datetime | None = None) -> float | None:
+        """Seconds since the last scoreboard that parsed, or None before the first."""
+        if self.last_good_at is None:
+            return None
+        return max(0.0, ((now or utcnow()) - self.last_good_at).total_seconds())
+
+    async def run(self) -> None:
+        """Poll until cancelled."""
+        while True:
+            await self._sleep(await self.poll_once())
+
+    async def poll_once(self) -> float:
+        """One poll (unless the budget is spent); returns the seconds to wait before the next."""
+        wait = self._budget.reserve()
+        if wait > 0:
+            return max(wait, self.options.fast_s)
+        self.polls += 1
+        try:
+            body = await self._fetch()
+            received = utcnow()
+            parsed = self.adapter.feed(body, received_at=received)
+            if not parsed.states and parsed.rejected:
+                raise _Failure("malformed")
+        except _Failure as failure:
+            return self._failed(failure)
+        self.backoff.reset()
+        self.last_good, self.last_good_at = parsed.states, received
+        try:
+            await self._on_parsed(parsed)
+        except Exception:
+            log.exception("%s: handling a scoreboard failed", self.league)
+        return self._interval(parsed.states, received)
+
+    async def _fetch(self) -> bytes:
+        timeout = aiohttp.ClientTimeout(total=self.options.timeout_s)
+        try:
+            async with self._session.get(self.url, timeout=timeout, allow_redirects=False) as response:
+                if response.status == 429:
+                    raise _Failure("http_429", _retry_after(response.headers.get("Retry-After")))
+                if response.status >= 500:
+                    raise _Failure("http_5xx")
+                if response.status != 200:
+                    raise _Failure("http_4xx")
+                body = await response.content.read(MAX_BODY + 1)
+                if len(body) > MAX_BODY:
+                    raise _Failure("oversized")
+                if response.content_length is not None and len(body) != response.content_length:
+                    raise _Failure("truncated")
+                return body
+        except TimeoutError as exc:
+            raise _Failure("timeout") from exc
+        except aiohttp.ClientPayloadError as exc:
+            raise _Failure("truncated") from exc
+        except aiohttp.ClientError as exc:
+            raise _Failure("connection") from exc
+
+    def _failed(self, failure: _Failure) -> float:
+        self.failures[failure.reason] = self.failures.get(failure.reason, 0) + 1
+        POLL_ERRORS.labels(self.league, failure.reason).inc()
+        delay = self.backoff.next_delay()
+        if failure.retry_after is not None:
+            delay = max(delay, failure.retry_after)
+        log.warning("%s: poll failed (%s); next in %.1fs", self.league, failure.reason, delay)
+        return delay
+
+    def _interval(self, states: list[GameState], now: datetime) -> float:
+        soon, late = now + timedelta(seconds=self.options.slow_s), now - LATE_START
+        busy = any(
+            s.status is GameStatus.LIVE
+            or (s.status is GameStatus.SCHEDULED and s.start_time is not None and late <= s.start_time <= soon)
+            for s in states
+        )
+        return self.options.fast_s if busy else self.options.slow_s
+
+
+def _retry_after(raw: str | None) -> float | None:
+    try:
+        return max(0.0, float(raw)) if raw is not None else None
+    except ValueError:
+        return None

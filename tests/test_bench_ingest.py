@@ -1,0 +1,11 @@
+from __future__ import annotations
+
+from bench import bench_ingest
+
+
+def test_the_ingest_benchmark_runs_at_a_tiny_size(capsys) -> None:
+    assert bench_ingest.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "x json.loads" in out
+    assert "fusion latency" in out
+    assert "p99" in out

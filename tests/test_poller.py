@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+import aiohttp
+import pytest
+
+from goalhorn.ingest.adapter import Parsed
+from goalhorn.ingest.backoff import Backoff
+from goalhorn.ingest.budget import RequestBudget
+from goalhorn.ingest.poller import LeaguePoller, PollOptions
+from goalhorn.models import GameStatus, Sport
+from tests.feeds import fixture
+from tests.httpserver import Script, body, serve, stall, truncated
+
+pytestmark = pytest.mark.timeout(30)
+
+LIVE = fixture("espn/nhl_scoreboard.json")
+FINAL = fixture("espn/nba_scoreboard_post.json")
+OPTIONS = PollOptions(fast_s=5, slow_s=30, timeout_s=0.5, backoff_base_s=1, backoff_cap_s=8)
+
+
+async def poller_for(url: str, session, seen: list[Parsed], budget: RequestBudget | None = None) -> LeaguePoller:
+    async def on_parsed(parsed: Parsed) -> None:
+        seen.append(parsed)
+
+    return LeaguePoller(
+        session,
+        url,
+        Sport.HOCKEY,
+        "nhl",
+        budget or RequestBudget("espn", 1000, 60),
+        on_parsed,
+        options=OPTIONS,
+        rng=random.Random(7),
+    )
+
+
+async def test_fast_while_a_game_is_live_slow_otherwise() -> None:
+    script = Script([body(LIVE), body(FINAL)])
+    seen: list[Parsed] = []
+    async with serve(script.app()) as url, aiohttp.ClientSession() as session:
+        poller = await poller_for(url, session, seen)
+        assert await poller.poll_once() == 5
+        assert await poller.poll_once() == 30
+    assert script.paths == ["/apis/site/v2/sports/hockey/nhl/scoreboard"] * 2
+    assert GameStatus.LIVE in {s.status for s in seen[0].states}
+    assert poller.last_good_age_s() is not None
+
+
+async def test_failures_back_off_with_jitter_and_the_last_good_state_is_kept(caplog) -> None:
+    caplog.set_level(logging.ERROR)
+    script = Script(
+        [
+            body(LIVE),
+            body(b"<html>bad gateway</html>", status=502),
+            stall(2.0),
+            truncated(LIVE),
+            body(LIVE[: len(LIVE) // 2]),
+            body(b"slow down", status=429, headers={"Retry-After": "20"}),
+            body(b"nope", status=404),
+            body(LIVE),
+        ]
+    )
+    seen: list[Parsed] = []
+    async with serve(script.app()) as url, aiohttp.ClientSession() as session:
+        poller = await poller_for(url, session, seen)
+        assert await poller.poll_once() == 5
+        good = poller.last_good
+        delays = [await poller.poll_once() for _ in range(6)]
+        assert poller.last_good is good
+        assert poller.failures == {
+            "http_5xx": 1,
+            "timeout": 1,
+            "truncated": 1,
+            "malformed": 1,
+            "http_429": 1,
+            "http_4xx": 1,
+        }
+        assert await poller.poll_once() == 5
+    ceilings = [1, 2, 4, 8, 16, 8]
+    for delay, ceiling, failure in zip(delays, ceilings, range(6), strict=True):
+        if failure == 4:
+            assert delay == 20  # Retry-After beats a shorter backoff
+        else:
+            assert min(ceiling, 8) / 2 <= delay <= min(ceiling, 8)
+    assert poller.backoff.failures == 0
+    assert len(seen) == 2
+    rejected = [r.reason for r in poller.adapter.quarantine.items()]
+    assert rejected == ["not_json"]
+
+
+async def test_a_spent_budget_skips_polls_instead_of_requesting() -> None:
+    script = Script([body(FINAL)])
+    now = [0.0]
+    budget = RequestBudget("espn", 5, 60, clock=lambda: now[0])
+    seen: list[Parsed] = []
+    async with serve(script.app()) as url, aiohttp.ClientSession() as session:
+        poller = await poller_for(url, session, seen, budget)
+        for _ in range(5):
+            await poller.poll_once()
+            now[0] += 1
+        assert budget.warnings == 1
+        wait = await poller.poll_once()
+        assert wait == pytest.approx(55)
+        assert len(script.paths) == 5
+        now[0] = 61
+        await poller.poll_once()
+        assert len(script.paths) == 6
+    assert budget.refusals == 1
+
+
+async def test_run_keeps_polling_through_errors_until_cancelled() -> None:
+    script = Script([body(b"", status=503), body(LIVE)])
+    delays: list[float] = []
+    seen: list[Parsed] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        delays.append(seconds)
+        if len(delays) >= 3:
+            raise asyncio.CancelledError
+        await asyncio.sleep(0)
+
+    async with serve(script.app()) as url, aiohttp.ClientSession() as session:
+        poller = await poller_for(url, session, seen)
+        poller._sleep = fake_sleep
+        with pytest.raises(asyncio.CancelledError):
+            await poller.run()
+    assert delays[1:] == [5, 5]
+    assert 0.5 <= delays[0] <= 1
+    assert len(seen) == 2
+
+
+def test_backoff_grows_to_its_cap_and_resets() -> None:
+    backoff = Backoff(1, 10, random.Random(1))
+    delays = [backoff.next_delay() for _ in range(8)]
+    assert all(min(10, 2**n) / 2 <= d <= min(10, 2**n) for n, d in enumerate(delays))
+    backoff.reset()
+    assert backoff.next_delay() <= 1
