@@ -22,13 +22,18 @@ def figure(output: str, label: str) -> int:
     return int(match[1].replace(",", ""))
 
 
-@pytest.mark.parametrize("real", [False, True], ids=["embedded", "real"])
-async def test_demo_replays_the_night_and_prints_the_summary(real: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("real", "sandbox"), [(False, False), (True, False), (False, True)], ids=["embedded", "real", "sandbox"]
+)
+async def test_demo_replays_the_night_and_prints_the_summary(
+    real: bool, sandbox: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     namespace = f"t{uuid.uuid4().hex[:12]}"
     if real:
         make_settings("real")  # fails under CI, skips locally, when the services are down
     monkeypatch.setenv("GOALHORN_NAMESPACE", namespace)
     args = ["demo", "--users", "400", "--duration", "0.5"] + (["--real"] if real else [])
+    args += ["--sandbox"] if sandbox else []
     try:
         result = await asyncio.to_thread(CliRunner().invoke, app, args)
     finally:
@@ -46,8 +51,20 @@ async def test_demo_replays_the_night_and_prints_the_summary(real: bool, monkeyp
     assert figure(out, "intents") == 31
     assert figure(out, "dead letters") == 0
     assert re.search(r"p50 [\d,.]+ ms, p99 [\d,.]+ ms", out)
+    if sandbox:
+        sent = sum(figure_row(out, p) for p in ("fcm", "apns"))
+        assert figure(out, "phone pushes") == sent, "the sandbox servers accepted every phone push sent"
+    else:
+        assert re.search(r"^phone pushes\s+console \(dry run\)", out, re.MULTILINE)
     for provider in ("fcm", "apns", "webhook"):
         assert re.search(rf"^│ {provider}\s+│\s+[1-9][\d,]*", out, re.MULTILINE), f"no {provider} sends in:\n{out}"
+
+
+def figure_row(output: str, provider: str) -> int:
+    """The ``sent`` column of a provider's row in the deliveries table."""
+    match = re.search(rf"^│ {provider}\s+│\s+([\d,]+)", output, re.MULTILINE)
+    assert match, f"no {provider} row in:\n{output}"
+    return int(match[1].replace(",", ""))
 
 
 def test_help_lists_the_demo() -> None:

@@ -33,7 +33,12 @@ def demo(
     users: int = typer.Option(10_000, min=100, help="Size of the generated audience."),
     duration: float = typer.Option(8.0, min=0.0, help="Seconds the night's snapshots are spread over."),
     show_pushes: bool = typer.Option(False, "--show-pushes", help="Print every console push as it is sent."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Phones get the console provider, not the sandbox FCM/APNs."),
+    sandbox: bool = typer.Option(
+        False,
+        "--sandbox",
+        help="Send phone pushes through the real FCM and APNs providers to sandbox servers started in this "
+        "process (they share its CPU, so latency includes their work); by default phones get the console.",
+    ),
 ) -> None:
     """Replay the recorded game night through the whole pipeline and print a summary."""
     from goalhorn.ops.render import render_night
@@ -48,7 +53,7 @@ def demo(
     console = Console()
     console.print(f"[bold]goalhorn demo[/] - replaying the recorded game night on the {backend} backend")
     out = sys.stdout if show_pushes else None
-    report = asyncio.run(run_night(settings, users=users, duration_s=duration, out=out, dry_run=dry_run))
+    report = asyncio.run(run_night(settings, users=users, duration_s=duration, out=out, sandbox=sandbox))
     render_night(report, backend, console)
 
 

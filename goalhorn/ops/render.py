@@ -32,14 +32,19 @@ def render_night(report: NightReport, backend: str, console: Console) -> None:
             f" ({c.get('followers_without_devices'):,} without a device)",
         ),
         ("batches", f"{c.get('batches_published'):,} ({c.get('retries'):,} device retries)"),
-        ("suppressed", f"{c.get('duplicates_skipped'):,} duplicates"),
+        ("duplicates skipped", f"{c.get('duplicates_skipped'):,} (already delivered)"),
         (
             "suppressed by preferences",
             ", ".join(f"{c.get('suppressed:' + reason):,} {reason.replace('_', ' ')}" for reason in REASONS),
         ),
         ("dead letters", f"{c.get('dead_letters'):,}"),
         ("webhooks verified by receiver", f"{report.webhooks_received:,}"),
-        ("pushes accepted by sandbox FCM/APNs", f"{report.pushes_received:,}"),
+        (
+            "phone pushes",
+            "console (dry run)"
+            if report.pushes_received is None
+            else f"{report.pushes_received:,} accepted by the sandbox FCM/APNs servers",
+        ),
         ("latency score change -> delivery", f"p50 {_ms(c.percentile(50))}, p99 {_ms(c.percentile(99))}"),
         ("wall time", f"{report.elapsed_s:.1f} s"),
     ]

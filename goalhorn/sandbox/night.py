@@ -1,9 +1,9 @@
 """Replay the recorded game night through the whole pipeline: what ``goalhorn demo`` runs.
 
-The audience is generated and loaded first; phones get the real FCM and APNs providers talking to
-the sandbox servers (the console provider with ``dry_run``) and bots' webhooks go, signed, to a
-local receiver that verifies them. Snapshots are fed in their recorded
-order, time compressed by ``speed``; the summary is read from the shared pipeline counters.
+The audience is generated and loaded first; phones get the console provider (a dry run) or, with
+``sandbox``, the real FCM and APNs providers talking to local sandbox servers; bots' webhooks go,
+signed, to a local receiver that verifies them. Snapshots are fed in their recorded order, time
+compressed to ``duration_s``; the summary is read from the shared pipeline counters.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ class NightReport:
     webhooks_received: int
     elapsed_s: float
     counters: CounterSnapshot
-    pushes_received: int = 0
+    pushes_received: int | None = None
+    """Pushes the sandbox FCM and APNs servers accepted; None when phones went to the console."""
 
 
 def teams_of(snapshots: list[Snapshot]) -> list[str]:
@@ -83,12 +84,12 @@ async def run_night(
     out: TextIO | None = None,
     seed: int = 7,
     on_audience: Callable[[Audience], None] | None = None,
-    dry_run: bool = False,
+    sandbox: bool = False,
 ) -> NightReport:
     """Replay the night over ``settings``' backends; the replay itself takes about ``duration_s``.
 
-    Phones get the real FCM and APNs providers talking to the sandbox servers, or with ``dry_run``
-    the console provider."""
+    Phones get the console provider, or with ``sandbox`` the real FCM and APNs providers talking to
+    sandbox servers in this process."""
     snapshots = load_gamenight()
     secrets: dict[str, str] = {}
     async with WebhookReceiver(secret_for=secrets.get) as receiver, contextlib.AsyncExitStack() as stack:
@@ -112,7 +113,7 @@ async def run_night(
             await redis.aclose()
 
         phones = None
-        if not dry_run:
+        if sandbox:
             credentials_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="goalhorn-demo-")))
             phones = await stack.enter_async_context(SandboxServers(credentials_dir))
 
@@ -134,7 +135,7 @@ async def run_night(
             users=audience.user_count,
             devices=len(audience.devices),
             webhooks_received=len(receiver.deliveries),
-            pushes_received=phones.fcm.delivered + phones.apns.delivered if phones else 0,
+            pushes_received=phones.fcm.delivered + phones.apns.delivered if phones else None,
             elapsed_s=elapsed,
             counters=counters,
         )
