@@ -1,6 +1,6 @@
 """The whole pipeline in one process: feed in, pushes out.
 
-ingest (adapter -> differ -> dedup) -> rules -> intent bus -> segmenter consumer -> delivery queues ->
+ingest (adapter -> Ingestor: live state, differ, dedup, rules) -> intent bus -> segmenter consumer -> delivery queues ->
 dramatiq worker -> providers. Each stage can also run in its own process (``goalhorn worker``);
 this composition is what the demo and the end-to-end tests use, on either backend.
 """
@@ -17,12 +17,11 @@ from typing import Self
 from goalhorn.counters import CounterSnapshot, PipelineCounters
 from goalhorn.dispatch.stage import DeliveryStage, DeliveryWorker, ProviderFactory, make_broker
 from goalhorn.errors import GoalhornError
-from goalhorn.ingest.dedup import EventDedup
-from goalhorn.ingest.espn import parse_scoreboard
-from goalhorn.ingest.events import GameDiffer
+from goalhorn.ingest.adapter import Parsed
+from goalhorn.ingest.espn import EspnAdapter
+from goalhorn.ingest.ingestor import Ingestor
 from goalhorn.intents.bus import Bus, Subscription, make_bus
 from goalhorn.intents.catalog import CatalogFile
-from goalhorn.intents.rules import intents_for
 from goalhorn.keys import Keys
 from goalhorn.models import GameEvent, Sport, utcnow
 from goalhorn.redis_client import Redis, make_redis
@@ -45,11 +44,11 @@ class Pipeline:
         self.keys = Keys(settings.namespace)
         self._providers = providers
         self.catalog = CatalogFile(settings.rules_file)
-        self._differ = GameDiffer()
         self.redis: Redis = make_redis(settings)
         self.counters = PipelineCounters(self.redis, self.keys)
-        self._dedup = EventDedup(self.redis, self.keys, ttl_s=settings.event_dedup_ttl_s)
         self.bus: Bus = make_bus(settings)
+        self.ingestor = Ingestor(settings, self.bus, self.redis, catalog=self.catalog)
+        self._espn = EspnAdapter()
         self.stage = DeliveryStage(settings, make_broker(settings), providers)
         self._worker = DeliveryWorker(self.stage)
         self._subscription: Subscription | None = None
@@ -79,33 +78,25 @@ class Pipeline:
     async def ingest_scoreboard(
         self, body: bytes, *, sport: Sport | None = None, league: str | None = None
     ) -> list[GameEvent]:
-        """Parse one ESPN scoreboard, turn changes into events and publish their intents."""
-        parsed = parse_scoreboard(body, sport=sport, league=league, observed_at=utcnow())
-        events = [
-            event
-            for state in parsed.states
-            for event in self._differ.update(state, parsed.incidents.get(state.game_id, ()))
-        ]
-        await self.counters.add({"feed_rejected": len(parsed.rejected)})
-        return await self.publish_events(events)
+        """Parse one ESPN scoreboard, turn its changes into events and publish their intents."""
+        adapter = self._espn if sport is None and league is None else EspnAdapter(sport=sport, league=league)
+        return await self._absorb(adapter.feed(body, received_at=utcnow()), diff=True)
 
     async def publish_events(self, events: Sequence[GameEvent]) -> list[GameEvent]:
-        """Publish the intents of every event not seen before; returns those events."""
-        fresh = await self._dedup.first_seen(events)
-        published = 0
-        for event in fresh:
-            for intent in intents_for(event, self.catalog.current().rules, utcnow()):
-                await self.bus.publish(
-                    self.keys.intent_queue,
-                    intent.to_json(),
-                    priority=intent.priority,
-                    message_id=intent.intent_id,
-                )
-                published += 1
+        """Publish the intents of every event not seen before (e.g. from a push feed); returns those."""
+        return await self._absorb(Parsed(events=list(events)), diff=False)
+
+    async def _absorb(self, parsed: Parsed, *, diff: bool) -> list[GameEvent]:
+        absorbed = await self.ingestor.absorb(parsed, diff=diff)
         await self.counters.add(
-            {"events": len(fresh), "events_duplicate": len(events) - len(fresh), "intents": published}
+            {
+                "events": len(absorbed.events),
+                "events_duplicate": absorbed.duplicates,
+                "intents": len(absorbed.intents),
+                "feed_rejected": len(parsed.rejected),
+            }
         )
-        return fresh
+        return absorbed.events
 
     async def wait_idle(self, timeout_s: float = 60.0, poll_s: float = 0.05) -> CounterSnapshot:
         """Wait until every intent was expanded and every batch finished (twice in a row)."""

@@ -8,7 +8,6 @@ of every event not seen before (alert rules) and an edge intent for every signal
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -33,6 +32,8 @@ class Absorbed:
 
     states_written: int = 0
     events: list[GameEvent] = field(default_factory=list)
+    duplicates: int = 0
+    """Events dropped because their id was seen before."""
     signals: list[EdgeSignal] = field(default_factory=list)
     intents: list[Intent] = field(default_factory=list)
 
@@ -45,7 +46,7 @@ class Ingestor:
         redis: Redis,
         *,
         engine: EdgeEngine | None = None,
-        rules: Sequence[Rule] | None = None,
+        catalog: CatalogFile | None = None,
     ) -> None:
         keys = Keys(settings.namespace)
         self.queue = keys.intent_queue
@@ -54,13 +55,12 @@ class Ingestor:
         self.dedup = EventDedup(redis, keys, ttl_s=settings.event_dedup_ttl_s)
         self.differ = GameDiffer()
         self.engine = engine
-        # Without explicit rules, follow GOALHORN_RULES_FILE (or the packaged default), reloading on edits.
-        self._catalog = CatalogFile(settings.rules_file) if rules is None else None
-        self._rules = tuple(rules or ())
+        # The alert rules of GOALHORN_RULES_FILE (or the packaged default), reloaded when it is edited.
+        self.catalog = catalog if catalog is not None else CatalogFile(settings.rules_file)
 
     @property
     def rules(self) -> tuple[Rule, ...]:
-        return self._catalog.current().rules if self._catalog is not None else self._rules
+        return self.catalog.current().rules
 
     async def absorb(self, parsed: Parsed, *, diff: bool, now: datetime | None = None) -> Absorbed:
         """Take in one adapter result; ``diff`` for polled feeds, whose events come from the differ."""
@@ -71,6 +71,7 @@ class Ingestor:
             for state in parsed.states:
                 events += self.differ.update(state, parsed.incidents.get(state.game_id, ()))
         out.events = await self.dedup.first_seen(events)
+        out.duplicates = len(events) - len(out.events)
         moment = now or utcnow()
         if self.engine is not None:
             for state in parsed.states:
