@@ -9,9 +9,9 @@ the token and the moment the signal was made, so a republish after a crash is re
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from goalhorn.intents.rules import Rule, intent_id_for
+from goalhorn.intents.rules import Rule, intent_of
 from goalhorn.models import EdgeSignal, EventKind, GameState, Intent
 
 
@@ -35,22 +35,17 @@ def edge_intents(signal: EdgeSignal, state: GameState, rules: Iterable[Rule], no
     }
     fields = {"token_id": signal.token_id, "game_id": state.game_id, "sport": state.sport.value}
     return [
-        Intent(
-            intent_id=intent_id_for(event_id, rule.name),
+        intent_of(
+            rule,
             event_id=event_id,
             kind=EventKind.EDGE,
             sport=state.sport,
             game_id=state.game_id,
-            priority=rule.priority,
-            segments=rule.segments,
-            template=rule.template,
+            team_id=None,
             data=data,
-            collapse_key=rule.collapse_key.format_map(fields) if rule.collapse_key else None,
+            fields=fields,
             event_at=signal.created_at,
-            created_at=now,
-            expires_at=now + timedelta(seconds=rule.ttl_s),
-            bypass_quiet_hours=rule.bypass_quiet_hours,
-            opt_in_required=rule.opt_in_required,
+            now=now,
         )
         for rule in rules
         if EventKind.EDGE in rule.kinds
