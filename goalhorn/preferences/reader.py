@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import cast
 
 from pydantic import TypeAdapter
@@ -26,6 +26,14 @@ _DEVICE_LISTS = TypeAdapter(list[list[Device]])
 def bucket_of(user_id: str, buckets: int) -> int:
     """The bucket holding a user's devices and preferences."""
     return zlib.crc32(user_id.encode()) % buckets
+
+
+def group_by_bucket(user_ids: Iterable[str], buckets: int) -> dict[int, list[str]]:
+    """User ids grouped by the bucket that holds them."""
+    grouped: dict[int, list[str]] = defaultdict(list)
+    for user_id in user_ids:
+        grouped[bucket_of(user_id, buckets)].append(user_id)
+    return grouped
 
 
 class ChunkRecords:
@@ -44,16 +52,10 @@ class ChunkReader:
         self._keys = keys
         self._buckets = buckets
 
-    def _by_bucket(self, user_ids: Sequence[str]) -> dict[int, list[str]]:
-        grouped: dict[int, list[str]] = defaultdict(list)
-        for user_id in user_ids:
-            grouped[bucket_of(user_id, self._buckets)].append(user_id)
-        return grouped
-
     async def read(self, user_ids: Sequence[str], with_preferences: Sequence[str]) -> ChunkRecords:
         """Devices of ``user_ids`` and preference records of ``with_preferences``, in one round trip."""
-        device_groups = self._by_bucket(user_ids)
-        pref_groups = self._by_bucket(with_preferences)
+        device_groups = group_by_bucket(user_ids, self._buckets)
+        pref_groups = group_by_bucket(with_preferences, self._buckets)
         pipe = self._redis.pipeline(transaction=False)
         for bucket, users in device_groups.items():
             pipe.hmget(self._keys.device_bucket(bucket), users)

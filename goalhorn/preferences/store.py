@@ -31,7 +31,7 @@ from goalhorn.preferences.model import (
     encode_last_seen,
 )
 from goalhorn.preferences.quiet_hours import zone
-from goalhorn.preferences.reader import ChunkReader, bucket_of
+from goalhorn.preferences.reader import ChunkReader, bucket_of, group_by_bucket
 from goalhorn.redis_client import Redis
 
 Change = Callable[[str, bytes | None], bytes | None]
@@ -53,12 +53,6 @@ class PreferenceStore:
         self._keys = keys
         self.buckets = buckets
 
-    def _by_bucket(self, user_ids: Iterable[str]) -> dict[int, list[str]]:
-        grouped: dict[int, list[str]] = defaultdict(list)
-        for user_id in user_ids:
-            grouped[bucket_of(user_id, self.buckets)].append(user_id)
-        return grouped
-
     # --- devices ------------------------------------------------------------------------------
     async def _rewrite(
         self,
@@ -67,7 +61,7 @@ class PreferenceStore:
         change: Callable[[str, bytes | None], bytes | None],
     ) -> None:
         """Read each user's value in ``bucket_key`` buckets, apply ``change``, write back (None deletes)."""
-        grouped = self._by_bucket(set(user_ids))
+        grouped = group_by_bucket(set(user_ids), self.buckets)
         pipe = self._redis.pipeline(transaction=False)
         for bucket, users in grouped.items():
             pipe.hmget(bucket_key(bucket), users)
@@ -208,7 +202,7 @@ class PreferenceStore:
             check_user_id(user_id)
             zone(prefs.time_zone)
         pipe = self._redis.pipeline(transaction=False)
-        for bucket, users in self._by_bucket(preferences).items():
+        for bucket, users in group_by_bucket(preferences, self.buckets).items():
             key = self._keys.preference_bucket(bucket)
             custom = {u: preferences[u].encode() for u in users if not preferences[u].is_default()}
             default = [u for u in users if preferences[u].is_default()]
