@@ -6,17 +6,19 @@ where a missing service is a broken setup, not a reason to pass.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 
 import aio_pika
 import aiormq.exceptions
 import pytest
+import redis as sync_redis
 
 from goalhorn.intents.bus import Bus, make_bus
-from goalhorn.keys import Keys
+from goalhorn.keys import PLATFORMS, Keys
 from goalhorn.redis_client import Redis, make_redis
 from goalhorn.settings import LOCAL_AMQP_URL, LOCAL_REDIS_URL, Settings
 
@@ -42,10 +44,14 @@ def require_real_services() -> None:
     pytest.skip(message)
 
 
+_real_namespaces: list[str] = []
+
+
 def make_settings(backend: str, **overrides: object) -> Settings:
     namespace = f"t{uuid.uuid4().hex[:12]}"
     if backend == "real":
         require_real_services()
+        _real_namespaces.append(namespace)
         return Settings(amqp_url=LOCAL_AMQP_URL, redis_url=LOCAL_REDIS_URL, namespace=namespace, **overrides)  # type: ignore[arg-type]
     return Settings(namespace=namespace, **overrides)  # type: ignore[arg-type]
 
@@ -90,6 +96,13 @@ async def delete_amqp_namespace(settings: Settings, queues: Iterable[str]) -> No
         await channel.exchange_delete(Keys(settings.namespace).intent_exchange)
 
 
+def pipeline_queues(namespace: str) -> list[str]:
+    """The intent queue and dramatiq's delivery queues (with their delay and dead-letter queues)."""
+    keys = Keys(namespace)
+    delivery = [keys.delivery_queue(p) + suffix for p in PLATFORMS for suffix in ("", ".DQ", ".XQ")]
+    return [keys.intent_queue, *delivery]
+
+
 @pytest.fixture
 async def bus(settings: Settings) -> AsyncIterator[Bus]:
     """The backend's bus, not started (a test starts it with its queues); its AMQP names are deleted after."""
@@ -100,3 +113,26 @@ async def bus(settings: Settings) -> AsyncIterator[Bus]:
         await instance.aclose()
         if settings.amqp_url:
             await delete_amqp_namespace(settings, getattr(instance, "queues", ()))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _forget_real_namespaces() -> Iterator[None]:
+    """After the run, delete what tests left under their namespaces on the shared Redis and RabbitMQ
+    (markers, counters, dedup keys and dramatiq's queues outlive the tests that made them)."""
+    yield
+    if not _real_namespaces:
+        return
+    client = sync_redis.Redis.from_url(LOCAL_REDIS_URL)
+    try:
+        for namespace in _real_namespaces:
+            keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+            for start in range(0, len(keys), 1000):
+                client.delete(*keys[start : start + 1000])
+    finally:
+        client.close()
+
+    async def drop_queues() -> None:
+        for namespace in _real_namespaces:
+            await delete_amqp_namespace(Settings(namespace=namespace).with_real_services(), pipeline_queues(namespace))
+
+    asyncio.run(drop_queues())

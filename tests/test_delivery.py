@@ -17,7 +17,7 @@ from goalhorn.models import DeliveryBatch, Device, EventKind, Intent, Sport, utc
 from goalhorn.providers import Provider
 from goalhorn.providers.console import ConsoleProvider
 from goalhorn.settings import Settings
-from tests.conftest import make_settings
+from tests.conftest import delete_namespace, make_settings
 from tests.queues import delete_delivery_queues
 
 
@@ -171,4 +171,5 @@ async def test_unreadable_batch_is_quarantined(backend: str) -> None:
     finally:
         await asyncio.to_thread(worker.stop)
         stage.close()
+        await delete_namespace(redis, settings.namespace)
         await redis.aclose()

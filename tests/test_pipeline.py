@@ -26,6 +26,7 @@ from goalhorn.sandbox.audience import generate_audience
 from goalhorn.sandbox.gamenight import Snapshot, load_gamenight
 from goalhorn.sandbox.webhook_receiver import WebhookReceiver
 from goalhorn.settings import Settings
+from tests.conftest import delete_namespace
 from tests.queues import delete_delivery_queues
 
 GOAL_SPORTS = {"soccer", "hockey"}
@@ -138,6 +139,7 @@ async def test_every_follower_with_a_device_gets_each_goal_once(settings: Settin
             # A restart that re-polls the whole night must not notify anyone again.
             again = await replay(settings, snapshots, out, receiver)
         finally:
+            await delete_namespace(redis, settings.namespace)
             await redis.aclose()
             if settings.amqp_url:
                 await delete_delivery_queues(settings)
