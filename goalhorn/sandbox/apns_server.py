@@ -19,7 +19,7 @@ import re
 import ssl
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -35,6 +35,8 @@ from h2.connection import H2Connection
 from h2.events import ConnectionTerminated, DataReceived, RequestReceived, StreamEnded, StreamReset
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
+
+from goalhorn.sandbox.steering import Steering
 
 MAX_PAYLOAD_BYTES = 4096
 MAX_CONCURRENT_STREAMS = 1000
@@ -92,18 +94,18 @@ class ApnsRequest:
     payload: dict[str, Any]
 
 
-class ApnsSandbox:
+class ApnsSandbox(Steering):
     """The APNs stand-in; ``received`` counts accepted notifications per device token."""
 
     def __init__(
         self, directory: Path, host: str = "127.0.0.1", port: int = 0, team_id: str = "SANDBOXTM1", topic: str = ""
     ) -> None:
+        super().__init__()
         self.directory = directory
         self.host = host
         self.port = port
         self.team_id = team_id
         self.topic = topic or "com.goalhorn.sandbox"
-        self.received: Counter[str] = Counter()
         self.requests: deque[ApnsRequest] = deque(maxlen=10_000)
         self.unregistered: dict[str, int] = {}
         """token -> ms timestamp since when it is invalid (410)."""
@@ -111,9 +113,6 @@ class ApnsSandbox:
         self._keys: dict[str, Any] = {}
         self._verified: dict[str, dict[str, Any]] = {}
         self._failures: deque[_Failure] = deque()
-        self._unavailable_until = 0.0
-        self._stall_after: int | None = None
-        self._unstalled = asyncio.Event()
         self._server: asyncio.Server | None = None
         self.cert_path, self.key_path = make_tls_certificate(directory, host)
 
@@ -121,21 +120,6 @@ class ApnsSandbox:
     def fail_next(self, n: int, status: int, reason: str) -> None:
         """Answer the next ``n`` notifications with ``status`` and ``reason`` (e.g. 429 TooManyRequests)."""
         self._failures.extend(_Failure(status, reason) for _ in range(n))
-
-    def unavailable_for(self, seconds: float) -> None:
-        self._unavailable_until = time.monotonic() + seconds
-
-    def stall_after(self, n: int | None) -> None:
-        """After ``n`` accepted notifications, hold further ones unanswered until ``stall_after(None)``."""
-        self._stall_after = n
-        if n is None:
-            self._unstalled.set()
-        else:
-            self._unstalled.clear()
-
-    @property
-    def delivered(self) -> int:
-        return sum(self.received.values())
 
     def signing_key(self, key_id: str = "SANDBOXKEY", *, trusted: bool = True) -> Path:
         """Write a fresh ES256 token-auth key (.p8) and, if ``trusted``, accept JWTs signed with it."""
@@ -161,7 +145,7 @@ class ApnsSandbox:
         return self.port
 
     async def stop(self) -> None:
-        self._unstalled.set()
+        self.release_stalled()
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -184,9 +168,7 @@ class ApnsSandbox:
         if status != 200:
             return status, error
         token = _PATH.match(headers[":path"]).group(1)  # type: ignore[union-attr]  # checked above
-        if self._stall_after is not None and self.delivered >= self._stall_after:
-            await self._unstalled.wait()
-        self.received[token] += 1
+        await self.accept(token)
         self.requests.append(ApnsRequest(token, headers, json.loads(body)))
         return 200, None
 
@@ -202,7 +184,7 @@ class ApnsSandbox:
         auth = self._check_token(headers.get("authorization", ""))
         if auth:
             return reject(403, auth)
-        if time.monotonic() < self._unavailable_until:
+        if self.unavailable:
             return reject(503, "ServiceUnavailable")
         if self._failures:
             failure = self._failures.popleft()

@@ -18,7 +18,7 @@ import json
 import re
 import secrets
 import time
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +29,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from firebase_admin import credentials
+
+from goalhorn.sandbox.steering import Steering
 
 MAX_PAYLOAD_BYTES = 4096
 MAX_REQUEST_BYTES = 64 * 1024
@@ -110,27 +112,22 @@ class _Failure:
     retry_after: int | None
 
 
-class FcmSandbox:
+class FcmSandbox(Steering):
     """An aiohttp FCM v1 stand-in. ``received`` counts accepted messages per target."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, project_id: str = "goalhorn-sandbox") -> None:
+        super().__init__()
         self.host = host
         self.port = port
         self.project_id = project_id
-        self.received: Counter[str] = Counter()
         self.messages: deque[dict[str, Any]] = deque(maxlen=10_000)
         self.unregistered: set[str] = set()
         self.delay_s = 0.0
         self.requests = 0
         self.tokens_issued = 0
-        self.stalled = 0
-        """Sends held by :meth:`stall_after` right now."""
         self._keys: dict[str, Any] = {}
         self._tokens: dict[str, float] = {}
         self._failures: deque[_Failure] = deque()
-        self._unavailable_until = 0.0
-        self._stall_after: int | None = None
-        self._unstalled = asyncio.Event()
         self._ids = itertools.count(1)
         self._runner: web.BaseRunner | None = None
         self.url = ""
@@ -139,22 +136,6 @@ class FcmSandbox:
     def fail_next(self, n: int, status: int, retry_after: int | None = None) -> None:
         """Answer the next ``n`` sends with ``status`` (429, 500, 503, 401...)."""
         self._failures.extend(_Failure(status, retry_after) for _ in range(n))
-
-    def unavailable_for(self, seconds: float) -> None:
-        """Answer every send with 503 for the next ``seconds``."""
-        self._unavailable_until = time.monotonic() + seconds
-
-    def stall_after(self, n: int | None) -> None:
-        """After ``n`` accepted messages in total, hold further sends unanswered until ``stall_after(None)``."""
-        self._stall_after = n
-        if n is None:
-            self._unstalled.set()
-        else:
-            self._unstalled.clear()
-
-    @property
-    def delivered(self) -> int:
-        return sum(self.received.values())
 
     def service_account(self, path: Path, *, trusted: bool = True) -> Path:
         """Write a service-account JSON with a fresh RSA key whose ``token_uri`` is this server."""
@@ -189,7 +170,7 @@ class FcmSandbox:
         return self.url
 
     async def stop(self) -> None:
-        self._unstalled.set()
+        self.release_stalled()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -246,7 +227,7 @@ class FcmSandbox:
             return self._error(401, "Request had invalid authentication credentials.")
         if project != self.project_id:
             return self._error(403, "Permission denied on project.", "SENDER_ID_MISMATCH")
-        if time.monotonic() < self._unavailable_until:
+        if self.unavailable:
             return self._error(503, "The service is currently unavailable.", "UNAVAILABLE")
         if self._failures:
             failure = self._failures.popleft()
@@ -262,12 +243,6 @@ class FcmSandbox:
             return web.json_response(error_body(400, text, "INVALID_ARGUMENT", field), status=400)
         if target in self.unregistered:
             return self._error(404, "Requested entity was not found.", "UNREGISTERED")
-        if self._stall_after is not None and self.delivered >= self._stall_after:
-            self.stalled += 1
-            try:
-                await self._unstalled.wait()  # cancelled, unrecorded, if the client goes away
-            finally:
-                self.stalled -= 1
-        self.received[target] += 1
+        await self.accept(target)  # cancelled, unrecorded, if the client goes away while stalled
         self.messages.append(message)  # type: ignore[arg-type]
         return web.json_response({"name": f"projects/{self.project_id}/messages/0:{next(self._ids)}"})
