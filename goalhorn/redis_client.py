@@ -4,15 +4,24 @@ A client is bound to the event loop it first talks on, so each loop (the main on
 event-loop thread) makes its own with :func:`make_redis`. On the embedded default all clients of one
 process and namespace share one in-memory ``FakeServer``, so they see the same data, as they would
 on a real server.
+
+Commands to a real server are packed by hiredis in C. redis-py's synchronous client does this when
+hiredis is installed; its asyncio client packs in Python, re-joining a growing buffer per argument,
+which cost 0.71 µs per argument against hiredis's 0.13 µs: most of the expander's client time on
+its per-chunk HMGETs of thousands of user ids.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import Any, cast
 
+import hiredis
 import redis.asyncio as aioredis
 from fakeredis import FakeServer
 from fakeredis.aioredis import FakeRedis
+from redis.typing import EncodableT
 
 from goalhorn.settings import Settings
 
@@ -31,6 +40,39 @@ def fake_server(namespace: str) -> FakeServer:
         return server
 
 
+class HiredisPacking:
+    """Connection mixin: pack commands with ``hiredis.pack_command``; arguments hiredis refuses
+    (bytearray, memoryview, or a type Redis cannot take) go through redis-py's own encoder, which
+    converts the first and raises redis-py's ``DataError`` for the others."""
+
+    encoder: Any
+
+    def pack_command(self, *args: EncodableT) -> list[bytes]:
+        first = args[0]
+        if isinstance(first, str):
+            args = (*first.encode().split(), *args[1:])
+        elif isinstance(first, bytes) and b" " in first:
+            args = (*first.split(), *args[1:])
+        pack = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)  # its stub types a 1-tuple
+        try:
+            return [pack(args)]
+        except TypeError:
+            return [pack(tuple(bytes(a) for a in map(self.encoder.encode, args)))]
+
+
+Connection = aioredis.connection.AbstractConnection
+_packing_classes: dict[type[Connection], type[Connection]] = {}
+
+
+def hiredis_packing(connection_class: type[Connection]) -> type[Connection]:
+    """``connection_class`` with :class:`HiredisPacking` mixed in (one class per base)."""
+    packing = _packing_classes.get(connection_class)
+    if packing is None:
+        name = f"HiredisPacking{connection_class.__name__}"
+        packing = _packing_classes[connection_class] = type(name, (HiredisPacking, connection_class), {})
+    return packing
+
+
 def make_redis(settings: Settings) -> Redis:
     """A client for ``settings.redis_url``, or for the process's embedded server when it is unset."""
     if settings.redis_url is None:
@@ -40,4 +82,5 @@ def make_redis(settings: Settings) -> Redis:
         max_connections=settings.redis_max_connections,
         timeout=settings.redis_pool_timeout_s,
     )
+    pool.connection_class = hiredis_packing(pool.connection_class)
     return aioredis.Redis.from_pool(pool)
