@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import time
 import tracemalloc
@@ -29,9 +28,9 @@ from typing import cast
 from goalhorn.intents.catalog import default_catalog
 from goalhorn.intents.rules import intent_id_for
 from goalhorn.keys import Keys
-from goalhorn.models import EventKind, Intent, Sport
+from goalhorn.models import Device, EventKind, Intent, Sport
 from goalhorn.preferences.bloom import PreferenceBloom
-from goalhorn.preferences.model import Preferences, QuietHours
+from goalhorn.preferences.model import Preferences, QuietHours, decode_devices, encode_devices
 from goalhorn.preferences.quiet_hours import local_minute
 from goalhorn.preferences.reader import bucket_of
 from goalhorn.redis_client import Redis, make_redis
@@ -42,33 +41,46 @@ TEAM, GAME = "bench-team", "bench-game"
 WRITE_SLICE = 5000
 
 
+ZONES = ("Europe/Paris", "America/New_York", "Asia/Tokyo", "Australia/Sydney", "America/Sao_Paulo", "UTC")
+OTHER_TEAMS = tuple(f"team-{n}" for n in range(40))
+KINDS = ("GAME_END", "PERIOD_END", "RED_CARD", "EDGE")
+
+
 def user_records(n: int, now: datetime, rng: random.Random) -> tuple[str, bytes, bytes | None]:
+    """One follower: a phone (30 % also an iPhone), stored by the store's own encoder; and, for 18 %,
+    a preference record varied like real ones (other muted teams, zones, windows, opt-in sets)."""
     user = f"u{n:07d}"
-    added = '"added_at":"2026-01-01T00:00:00Z"'
-    rows = [
-        f'{{"device_id":"{user}-a","user_id":"{user}","platform":"fcm","address":"{rng.randbytes(48).hex()}",{added}}}'
+    added = datetime(2026, 1, 1, tzinfo=UTC)
+    devices = [
+        Device(device_id=f"{user}-a", user_id=user, platform="fcm", address=rng.randbytes(48).hex(), added_at=added)
     ]
     if rng.random() < 0.3:
-        token = rng.randbytes(32).hex()
-        rows.append(
-            f'{{"device_id":"{user}-i","user_id":"{user}","platform":"apns","address":"{token}","locale":"es",{added}}}'
+        devices.append(
+            Device(
+                device_id=f"{user}-i",
+                user_id=user,
+                platform="apns",
+                address=rng.randbytes(32).hex(),
+                locale="es",
+                added_at=added,
+            )
         )
-    devices = ("[" + ",".join(rows) + "]").encode()
     roll = rng.random()
     prefs: Preferences | None = None
     if roll < 0.10:
-        prefs = Preferences(muted_teams=frozenset({TEAM}))
+        prefs = Preferences(muted_teams=frozenset({TEAM, *rng.sample(OTHER_TEAMS, rng.randrange(4))}))
     elif roll < 0.15:
-        zone = "Europe/Paris"
+        zone = rng.choice(ZONES)
+        before, after = rng.randrange(5, 240), rng.randrange(5, 240)
         prefs = Preferences(
             time_zone=zone,
             quiet_hours=QuietHours(
-                local_minute(now - timedelta(hours=2), zone), local_minute(now + timedelta(hours=2), zone)
+                local_minute(now - timedelta(minutes=before), zone), local_minute(now + timedelta(minutes=after), zone)
             ),
         )
     elif roll < 0.18:
-        prefs = Preferences(opted_in=frozenset({"GAME_END"}))
-    return user, devices, None if prefs is None else prefs.encode()
+        prefs = Preferences(opted_in=frozenset(rng.sample(KINDS, rng.randrange(1, 4))))
+    return user, encode_devices(devices), None if prefs is None else prefs.encode()
 
 
 async def load(redis: Redis, keys: Keys, users: int, buckets: int, now: datetime) -> dict[str, int]:
@@ -123,7 +135,7 @@ async def naive(redis: Redis, keys: Keys, key: str, sample: int, buckets: int) -
         raw_devices, raw_prefs = await pipe.execute()
         if raw_prefs is not None and TEAM in Preferences.decode(raw_prefs).muted_teams:
             continue
-        devices += len(json.loads(raw_devices)) if raw_devices else 0
+        devices += len(decode_devices(raw_devices)) if raw_devices else 0
     return len(members), time.perf_counter() - started
 
 
@@ -154,7 +166,7 @@ async def expand(expander: Expander, intent: Intent, *, trace: bool = False) -> 
     async for batch in expander.expand(intent, stats):
         if first is None:
             first = time.perf_counter() - started
-        assert len(batch.devices) <= 500
+        assert batch.size <= 500
     elapsed = time.perf_counter() - started
     peak = tracemalloc.get_traced_memory()[1] if trace else 0
     if trace:

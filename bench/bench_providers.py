@@ -286,7 +286,7 @@ async def bench_worker_rss(sandbox: SandboxProcess, n: int) -> tuple[float, floa
     counters = PipelineCounters(redis, Keys(namespace))
     work = batches("fcm", n, lambda i: f"w-{i}")
     for batch in work:
-        await stage.enqueue(batch)
+        await stage.enqueue(batch.encode())
     await counters.add({"batches_published": len(work)})
     worker = start_worker(env)
     peak = 0.0

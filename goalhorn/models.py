@@ -2,13 +2,15 @@
 
 ``GameState``/``GameEvent``/``BookUpdate``/``EdgeSignal`` come out of ingest; ``Intent`` is what
 travels on the intent bus; ``Device`` is a recipient endpoint; ``DeliveryBatch`` is at most 500
-devices of one provider carrying their intent; ``DeliveryResult`` is one device's outcome.
+devices of one provider carrying their intent (``EncodedBatch`` is its wire form); ``DeliveryResult``
+is one device's outcome.
 Timestamps are timezone-aware UTC datetimes.
 """
 
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Literal, Self
 
@@ -167,11 +169,14 @@ class Intent(Model):
 
 
 class Device(Model):
-    """One endpoint of one user: an FCM or APNs token, or a webhook URL with its signing secret."""
+    """One endpoint of one user: an FCM or APNs token, or a webhook URL with its signing secret.
 
+    ``platform`` comes first, so its compact JSON starts with ``{"platform":"<platform>"``: the
+    expander tells stored devices apart by that prefix without parsing them."""
+
+    platform: Platform
     device_id: str
     user_id: str
-    platform: Platform
     address: str = Field(min_length=1, description="FCM/APNs token, or webhook URL.")
     secret: str | None = Field(default=None, description="whsec_ secret of a webhook endpoint.")
     locale: str = "en"
@@ -199,6 +204,25 @@ class DeliveryBatch(Model):
         if wrong:
             raise ValueError(f"devices {wrong[:3]} are not {self.platform} devices")
         return self
+
+    def encode(self) -> EncodedBatch:
+        return EncodedBatch(self.batch_id, self.platform, self.intent.priority, len(self.devices), self.to_json())
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedBatch:
+    """A delivery batch as it travels to its provider's queue: the compact JSON of a ``DeliveryBatch``
+    and what routing it needs. The expander writes it from stored device JSON without parsing that
+    (``goalhorn.segmenter.batches``); the delivery worker validates it on the way in."""
+
+    batch_id: str
+    platform: Platform
+    priority: int
+    size: int
+    payload: bytes
+
+    def decode(self) -> DeliveryBatch:
+        return DeliveryBatch.from_json(self.payload)
 
 
 Outcome = Literal["sent", "failed", "invalid_token", "expired", "suppressed"]

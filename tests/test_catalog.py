@@ -100,7 +100,7 @@ def test_a_good_catalog_resolves_its_segments_from_the_intent():
         "difference",
         (
             Op("union", (SetKey("ns:team:t1:followers"), SetKey("ns:match:g1:watching"))),
-            Members(frozenset({"b1", "b2"})),
+            Members(frozenset({b"b1", b"b2"})),
         ),
     )
     assert segment.admits("fcm", "es-MX")

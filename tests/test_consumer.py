@@ -8,7 +8,7 @@ from goalhorn.counters import PipelineCounters
 from goalhorn.intents.bus import BusMessage
 from goalhorn.intents.catalog import default_catalog
 from goalhorn.keys import Keys
-from goalhorn.models import DeliveryBatch, Device, EventKind, Intent, Sport, utcnow
+from goalhorn.models import DeliveryBatch, Device, EncodedBatch, EventKind, Intent, Sport, utcnow
 from goalhorn.preferences.store import PreferenceStore
 from goalhorn.redis_client import Redis
 from goalhorn.segmenter.consumer import IntentConsumer
@@ -48,8 +48,8 @@ async def test_batches_are_enqueued_and_an_unknown_segment_is_counted_not_raised
     counters = PipelineCounters(redis, keys)
     enqueued: list[DeliveryBatch] = []
 
-    async def enqueue(batch: DeliveryBatch) -> None:
-        enqueued.append(batch)
+    async def enqueue(batch: EncodedBatch) -> None:
+        enqueued.append(batch.decode())
 
     consumer = IntentConsumer(Expander(redis, keys, default_catalog, batch_size=2), enqueue, counters)
     good = intent(("scoring_team_followers", "match_watchers"))

@@ -97,7 +97,7 @@ async def run_stage(settings: Settings, provider: Provider, batches: list[Delive
     worker.start()
     try:
         for batch in batches:
-            await stage.enqueue(batch)
+            await stage.enqueue(batch.encode())
         await counters.add({"batches_published": len(batches)})
         async with asyncio.timeout(timeout_s):
             while True:

@@ -63,7 +63,7 @@ async def deliver(
     worker.start()
     try:
         for batch in batches:
-            await stage.enqueue(batch)
+            await stage.enqueue(batch.encode())
         await counters.add({"batches_published": len(batches)})
         async with asyncio.timeout(60):
             while True:

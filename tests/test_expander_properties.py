@@ -229,7 +229,9 @@ async def test_expander_equals_the_naive_reference(backend: str, bloom: bool, po
                 opt_in_required=opt_in,
             )
             stats = ExpansionStats()
-            got = [d.device_id async for batch in expander.expand(intent, stats, now=at) for d in batch.devices]
+            got = [
+                d.device_id async for batch in expander.expand(intent, stats, now=at) for d in batch.decode().devices
+            ]
             assert len(got) == len(set(got)), "no device twice in one intent"
             assert set(got) == reference.expand(intent, at), (intent.segments, kind, team, game)
             assert stats.devices == len(got)

@@ -74,7 +74,7 @@ async def test_worker_killed_mid_batch_delivers_every_device_exactly_once(tmp_pa
 
         try:
             fcm.stall_after(150)
-            await stage.enqueue(batch)
+            await stage.enqueue(batch.encode())
             await counters.add({"batches_published": 1})
             workers.append(start_worker(env, tmp_path / "worker.log"))
 

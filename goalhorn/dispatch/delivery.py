@@ -24,7 +24,7 @@ from goalhorn.dispatch.markers import DeliveryMarkers
 from goalhorn.dispatch.pacing import TokenBucket
 from goalhorn.errors import ProviderError, ProviderRateLimited
 from goalhorn.keys import Keys
-from goalhorn.models import DeliveryBatch, DeliveryResult, Device, utcnow
+from goalhorn.models import DeliveryBatch, DeliveryResult, Device, EncodedBatch, utcnow
 from goalhorn.preferences.store import PreferenceStore
 from goalhorn.providers import Provider
 from goalhorn.redis_client import Redis
@@ -36,7 +36,7 @@ HELD_RECHECK_S = 2.0
 MARK_FLUSH_S = 0.005
 MARK_FLUSH_SIZE = 100
 
-Enqueue = Callable[[DeliveryBatch, float], Awaitable[None]]
+Enqueue = Callable[[EncodedBatch, float], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -208,7 +208,7 @@ class Deliverer:
 
     async def _requeue(self, batch: DeliveryBatch, devices: Sequence[Device], delay_s: float, **update: int) -> None:
         again = batch.model_copy(update={"devices": tuple(devices), **update})
-        await self._enqueue(again, delay_s)
+        await self._enqueue(again.encode(), delay_s)
 
     async def _follow_up(self, batch: DeliveryBatch, tally: _Tally) -> None:
         if tally.held:

@@ -11,6 +11,7 @@ every device itself, so dramatiq's own retries only cover failures outside it (e
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,7 @@ from pydantic import ValidationError
 
 from goalhorn.dispatch.delivery import Deliverer
 from goalhorn.keys import PLATFORMS, Keys, Platform
-from goalhorn.models import DeliveryBatch
+from goalhorn.models import DeliveryBatch, Device, EncodedBatch, Intent
 from goalhorn.providers import Provider
 from goalhorn.redis_client import Redis, make_redis
 from goalhorn.settings import Settings
@@ -35,6 +36,36 @@ from goalhorn.settings import Settings
 log = logging.getLogger(__name__)
 
 ProviderFactory = Callable[[Platform], Provider]
+
+
+def salvage(payload: str, platform: Platform) -> tuple[DeliveryBatch | None, list[tuple[str, str]]]:
+    """A batch that failed validation only because of some of its devices: the batch of the valid
+    ones, and each invalid device's JSON with why. ``(None, [])`` when the batch itself is unreadable
+    or none of its devices is valid."""
+    try:
+        data = json.loads(payload)
+        intent = Intent.model_validate(data["intent"])
+        batch_id, attempt, devices = str(data["batch_id"]), int(data.get("attempt", 1)), list(data["devices"])
+    except (ValueError, TypeError, KeyError, ValidationError):
+        return None, []
+    good: list[Device] = []
+    bad: list[tuple[str, str]] = []
+    for raw in devices:
+        try:
+            device = Device.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            bad.append((json.dumps(raw), f"{'.'.join(map(str, first['loc']))}: {first['msg']}"))
+            continue
+        if device.platform != platform:
+            bad.append((json.dumps(raw), f"a {device.platform} device in a {platform} batch"))
+        else:
+            good.append(device)
+    try:
+        batch = DeliveryBatch(batch_id=batch_id, platform=platform, intent=intent, devices=tuple(good), attempt=attempt)
+    except ValidationError:  # no valid device, too many, or a bad attempt number: nothing to salvage
+        return None, []
+    return batch, bad
 
 
 def make_broker(settings: Settings) -> dramatiq.Broker:
@@ -71,13 +102,13 @@ class DeliveryStage:
             for platform in PLATFORMS
         }
 
-    async def enqueue(self, batch: DeliveryBatch, delay_s: float = 0.0) -> None:
+    async def enqueue(self, batch: EncodedBatch, delay_s: float = 0.0) -> None:
         """Send a batch to its provider's queue at its intent's priority (blocking I/O off the loop)."""
         actor = self.actors[batch.platform]
         send = partial(
             actor.send_with_options,
-            args=(batch.to_json().decode(),),
-            broker_priority=batch.intent.priority,
+            args=(batch.payload.decode(),),
+            broker_priority=batch.priority,
             delay=int(delay_s * 1000) or None,
         )
         await asyncio.get_running_loop().run_in_executor(self._publisher, send)
@@ -94,10 +125,23 @@ class DeliveryStage:
         try:
             batch = DeliveryBatch.from_json(payload)
         except ValidationError as exc:
-            log.error("unreadable %s batch quarantined: %s", platform, exc.errors()[:3])
-            await deliverer.counters.add({"batches_done": 1, "quarantined_batches": 1})
-            await deliverer.quarantine(payload, f"invalid batch: {exc.error_count()} errors")
-            return
+            good, bad = salvage(payload, platform)
+            if good is None:
+                log.error("unreadable %s batch quarantined: %s", platform, exc.errors()[:3])
+                await deliverer.counters.add({"batches_done": 1, "quarantined_batches": 1})
+                await deliverer.quarantine(payload, f"invalid batch: {exc.error_count()} errors")
+                return
+            log.error(
+                "%s batch %s: %d invalid devices quarantined, delivering the other %d",
+                platform,
+                good.batch_id,
+                len(bad),
+                len(good.devices),
+            )
+            await deliverer.counters.add({"quarantined_devices": len(bad)})
+            for raw, reason in bad:
+                await deliverer.quarantine(raw, f"invalid device in batch {good.batch_id}: {reason}")
+            batch = good
         await deliverer.process(batch)
 
     async def _aclose_runtime(self) -> None:

@@ -85,7 +85,7 @@ async def _preview(settings: Settings, catalog: Catalog, event: GameEvent, conso
             stats = ExpansionStats()
             per_platform: Counter[str] = Counter()
             async for batch in expander.expand(intent, stats, dry_run=True):
-                per_platform[batch.platform] += len(batch.devices)
+                per_platform[batch.platform] += batch.size
             console.print(f"[bold]{intent.template}[/] priority {intent.priority} -> {', '.join(intent.segments)}")
             console.print("  recipients: " + ", ".join(f"{p} {per_platform[p]:,}" for p in PLATFORMS))
             console.print(f"  users: {stats.users:,} ({stats.users_without_devices:,} without a device)")

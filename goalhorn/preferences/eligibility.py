@@ -3,29 +3,59 @@
 Checked in this order, the first that applies being the reason: the kind is opted out of (or needs an
 opt-in the user did not give), the team or the match is muted, the user is in quiet hours (unless the
 rule bypasses them). Caps come last and need Redis (``goalhorn.preferences.caps``).
+
+The check reads the compact record Redis holds (``Preferences.record``), as the expander gets it, so
+a preference lookup costs one JSON parse and a few set lookups; an ``Eligibility`` is built once per
+intent and instant and keeps each time zone's local minute.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from goalhorn.models import Intent
 from goalhorn.preferences.model import Preferences
-from goalhorn.preferences.quiet_hours import is_quiet
+from goalhorn.preferences.quiet_hours import in_window, local_minute
 
 Reason = Literal["opted_out", "muted", "quiet_hours", "capped"]
 REASONS: tuple[Reason, ...] = ("opted_out", "muted", "quiet_hours", "capped")
 
 
+class Eligibility:
+    """Why a compact preferences record keeps one intent from its user at one instant."""
+
+    __slots__ = ("_game", "_kind", "_minutes", "_now", "_opt_in", "_quiet_applies", "_team")
+
+    def __init__(self, intent: Intent, now: datetime) -> None:
+        self._kind = intent.kind.value
+        self._opt_in = intent.opt_in_required
+        self._team = intent.team_id
+        self._game = intent.game_id
+        self._quiet_applies = not intent.bypass_quiet_hours
+        self._now = now
+        self._minutes: dict[str, int] = {}
+
+    def reason(self, record: Mapping[str, Any]) -> Reason | None:
+        """The reason ``record`` suppresses the intent, or None when it lets it through."""
+        kind = self._kind
+        if kind in record.get("out", ()) or (self._opt_in and kind not in record.get("in", ())):
+            return "opted_out"
+        if (self._team is not None and self._team in record.get("mt", ())) or self._game in record.get("mm", ()):
+            return "muted"
+        quiet = record.get("q")
+        if quiet and self._quiet_applies and in_window(quiet[0], quiet[1], self._minute(record.get("tz", "UTC"))):
+            return "quiet_hours"
+        return None
+
+    def _minute(self, time_zone: str) -> int:
+        minute = self._minutes.get(time_zone)
+        if minute is None:
+            minute = self._minutes[time_zone] = local_minute(self._now, time_zone)
+        return minute
+
+
 def suppression(prefs: Preferences, intent: Intent, now: datetime) -> Reason | None:
     """Why ``prefs`` keep ``intent`` from its user at ``now``, or None when they let it through."""
-    kind = intent.kind.value
-    if kind in prefs.opted_out or (intent.opt_in_required and kind not in prefs.opted_in):
-        return "opted_out"
-    if (intent.team_id is not None and intent.team_id in prefs.muted_teams) or intent.game_id in prefs.muted_matches:
-        return "muted"
-    quiet = prefs.quiet_hours
-    if not intent.bypass_quiet_hours and quiet is not None and is_quiet(quiet, prefs.time_zone, now):
-        return "quiet_hours"
-    return None
+    return Eligibility(intent, now).reason(prefs.record())

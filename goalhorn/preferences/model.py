@@ -1,10 +1,11 @@
 """A subscriber's preferences and devices in the compact forms the expander reads.
 
-Both are stored as short JSON values in bucketed Redis hashes (see ``goalhorn.preferences.store``):
-a user's devices are one JSON list of compact ``Device`` JSON (parsed by pydantic-core in one call,
-the cheapest way to get validated devices back), and preferences are an object with short keys that
-is absent altogether for a user on the defaults, which is most. Last-seen times live apart, so the
-app opening does not rewrite what the expander reads.
+Both are stored as short values in bucketed Redis hashes (see ``goalhorn.preferences.store``): a
+user's devices are their compact ``Device`` JSON, one per line, each starting with its platform
+(``{"platform":"fcm",...``), so the expander copies them into delivery batches by platform without
+parsing them; preferences are a JSON object with short keys that is absent altogether for a user on
+the defaults, which is most. Last-seen times live apart, so the app opening does not rewrite what the
+expander reads.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from pydantic import TypeAdapter
+from pydantic_core import from_json
 
 from goalhorn.errors import ConfigError
 from goalhorn.models import Device
@@ -63,7 +65,8 @@ class Preferences:
     def with_changes(self, **changes: Any) -> Preferences:
         return replace(self, **changes)
 
-    def encode(self) -> bytes:
+    def record(self) -> dict[str, Any]:
+        """The compact record: short keys, only what differs from the defaults (what Redis holds)."""
         out: dict[str, Any] = {}
         if self.time_zone != "UTC":
             out["tz"] = self.time_zone
@@ -79,12 +82,18 @@ class Preferences:
                 out[key] = sorted(values)
         if self.cap is not None:
             out["cap"] = [self.cap.max_alerts, self.cap.window_s]
-        return json.dumps(out, separators=(",", ":")).encode()
+        return out
+
+    def encode(self) -> bytes:
+        return json.dumps(self.record(), separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Preferences:
-        data = cast(dict[str, Any], json.loads(raw))
-        quiet, cap = data.get("q"), data.get("cap")
+        return cls.from_record(from_json(raw))
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> Preferences:
+        quiet = data.get("q")
         return cls(
             time_zone=data.get("tz", "UTC"),
             quiet_hours=QuietHours(quiet[0], quiet[1]) if quiet else None,
@@ -92,8 +101,14 @@ class Preferences:
             muted_matches=frozenset(data.get("mm", ())),
             opted_in=frozenset(data.get("in", ())),
             opted_out=frozenset(data.get("out", ())),
-            cap=Cap(cap[0], cap[1]) if cap else None,
+            cap=record_cap(data),
         )
+
+
+def record_cap(record: dict[str, Any]) -> Cap | None:
+    """The cap of a compact preferences record, if it has one."""
+    cap = record.get("cap")
+    return Cap(cap[0], cap[1]) if cap else None
 
 
 DEFAULT_PREFERENCES = Preferences()
@@ -103,13 +118,14 @@ _DEVICE_LIST = TypeAdapter(list[Device])
 
 
 def encode_devices(devices: list[Device]) -> bytes:
-    """One user's devices as one compact JSON list."""
-    return b"[" + b",".join(d.to_json() for d in devices) + b"]"
+    """One user's devices: compact JSON lines, platform first (JSON escapes every newline in a string,
+    so a line is always one device)."""
+    return b"\n".join(d.to_json() for d in devices)
 
 
-def decode_devices(raw: bytes | str) -> list[Device]:
-    """Devices from their compact form, parsed and validated in one pass by pydantic-core."""
-    return _DEVICE_LIST.validate_json(raw)
+def decode_devices(raw: bytes) -> list[Device]:
+    """Devices from their stored lines, parsed and validated in one pass by pydantic-core."""
+    return _DEVICE_LIST.validate_json(b"[" + raw.replace(b"\n", b",") + b"]")
 
 
 def encode_last_seen(seen: dict[str, datetime]) -> bytes:

@@ -30,8 +30,12 @@ def local_minute(at: datetime, time_zone: str) -> int:
     return local.hour * 60 + local.minute
 
 
+def in_window(start: int, end: int, minute: int) -> bool:
+    """Whether a local ``minute`` of the day falls in the quiet window ``start``-``end``."""
+    if start <= end:
+        return start <= minute < end
+    return minute >= start or minute < end
+
+
 def is_quiet(quiet: QuietHours, time_zone: str, at: datetime) -> bool:
-    minute = local_minute(at, time_zone)
-    if quiet.start <= quiet.end:
-        return quiet.start <= minute < quiet.end
-    return minute >= quiet.start or minute < quiet.end
+    return in_window(quiet.start, quiet.end, local_minute(at, time_zone))

@@ -140,12 +140,14 @@ class PreferenceStore:
 
     async def devices_of(self, user_id: str) -> list[Device]:
         raw = await self._redis.hget(self._keys.device_bucket(bucket_of(user_id, self.buckets)), user_id)
-        return decode_devices(raw) if raw else []
+        return decode_devices(cast(bytes, raw)) if raw else []
 
     async def devices_of_many(self, user_ids: Sequence[str]) -> list[list[Device]]:
         """Each user's devices, in the order of ``user_ids``, in one round trip per bucket."""
-        records = await ChunkReader(self._redis, self._keys, buckets=self.buckets).read(user_ids, ())
-        return [records.devices.get(user_id, []) for user_id in user_ids]
+        wanted = [user_id.encode() for user_id in user_ids]
+        records = await ChunkReader(self._redis, self._keys, buckets=self.buckets).read(wanted, [False] * len(wanted))
+        found = {user: raw for users, raws in records.buckets for user, raw in zip(users, raws, strict=True) if raw}
+        return [decode_devices(found[user]) if user in found else [] for user in wanted]
 
     async def last_seen(self, user_id: str) -> dict[str, datetime]:
         raw = await self._redis.hget(self._keys.last_seen_bucket(bucket_of(user_id, self.buckets)), user_id)

@@ -67,7 +67,7 @@ class SetAlgebra:
             pipe.scard(key)
         return dict(zip(keys, cast(list[int], await pipe.execute()), strict=True))
 
-    async def membership(self, exprs: Sequence[Resolved], users: Sequence[str]) -> list[list[bool]]:
+    async def membership(self, exprs: Sequence[Resolved], users: Sequence[bytes]) -> list[list[bool]]:
         """For each expression, whether each of ``users`` is in it (one round trip)."""
         keys = sorted({key for expr in exprs for key in set_keys(expr)})
         found: dict[str, list[bool]] = {}
@@ -92,14 +92,15 @@ class SetAlgebra:
 
         return [evaluate(expr) for expr in exprs]
 
-    async def stream(self, expr: Resolved, sizes: dict[str, int]) -> AsyncIterator[list[str]]:
-        """The members of ``expr`` in chunks; ``sizes`` (from :meth:`sizes`) picks intersection drivers."""
+    async def stream(self, expr: Resolved, sizes: dict[str, int]) -> AsyncIterator[list[bytes]]:
+        """The members of ``expr`` (user ids, as the bytes Redis holds) in chunks; ``sizes`` (from
+        :meth:`sizes`) picks intersection drivers."""
         if isinstance(expr, SetKey):
             cursor = 0
             while True:
                 cursor, raw = await self._redis.sscan(expr.key, cursor, count=self._chunk)
                 if raw:
-                    yield [m.decode() for m in cast(list[bytes], raw)]
+                    yield cast(list[bytes], raw)
                 if cursor == 0:
                     return
         elif isinstance(expr, Members):

@@ -15,12 +15,12 @@ from pydantic import ValidationError
 from goalhorn.counters import PipelineCounters
 from goalhorn.errors import ConfigError
 from goalhorn.intents.bus import BusMessage
-from goalhorn.models import DeliveryBatch, Intent
+from goalhorn.models import EncodedBatch, Intent
 from goalhorn.segmenter.expander import Expander, ExpansionStats
 
 log = logging.getLogger(__name__)
 
-EnqueueBatch = Callable[[DeliveryBatch], Awaitable[None]]
+EnqueueBatch = Callable[[EncodedBatch], Awaitable[None]]
 
 
 class IntentConsumer:
@@ -57,6 +57,8 @@ class IntentConsumer:
                 "recipients": stats.devices,
                 "followers": stats.users,
                 "followers_without_devices": stats.users_without_devices,
+                "invalid_device_records": stats.invalid_devices,
+                "invalid_preference_records": stats.invalid_preferences,
                 "intents_redelivered": int(message.redelivered),
                 **{f"suppressed:{reason}": n for reason, n in stats.suppressed.items()},
             }

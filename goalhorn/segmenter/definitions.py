@@ -85,7 +85,7 @@ class SetKey:
 
 @dataclass(frozen=True, slots=True)
 class Members:
-    users: frozenset[str]
+    users: frozenset[bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +263,7 @@ def resolve(segment: Segment, segments: Mapping[str, Segment], fields: Mapping[s
             }[expr.kind](target)
             return SetKey(key)
         if isinstance(expr, Static):
-            return Members(frozenset(expr.members))
+            return Members(frozenset(member.encode() for member in expr.members))
         if isinstance(expr, Ref):
             try:
                 return walk(segments[expr.name].expr, depth + 1)

@@ -5,30 +5,45 @@ member is read.
 Per chunk of members (SSCAN ``COUNT chunk``) the expander makes a constant number of round trips:
 membership in the intent's earlier segments (one SMISMEMBER per set), the devices of every member
 plus the preference records of the members the Bloom filter cannot rule out (one HMGET per bucket),
-and, only when capped users remain, one Lua call for the caps. A device reached through two segments
-is sent once: a member of an earlier segment only gets the devices that segment's filters left out.
+and, only when capped users remain, one Lua call for the caps. The next chunk is read while the
+current one is worked on.
+
+Most members have no preference record and reach no earlier segment: their stored device records go
+into the batches as they are, in bulk (``goalhorn.segmenter.batches``). Only the others are looked at
+one by one: a preference record is parsed and judged (``goalhorn.preferences.eligibility``); a member
+of an earlier segment, or any member when the segment filters by locale, has its devices parsed and
+filtered. A device reached through two segments is sent once: a member of an earlier segment only
+gets the devices that segment's filters left out. Unreadable stored records are counted and skipped,
+never fatal to the expansion.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from pydantic import ValidationError
+from pydantic_core import from_json
+
 from goalhorn.errors import ConfigError
 from goalhorn.intents.catalog import Catalog
 from goalhorn.intents.rules import intent_fields
-from goalhorn.keys import PLATFORMS, Keys, Platform
-from goalhorn.models import DeliveryBatch, Device, Intent, utcnow
+from goalhorn.keys import Keys
+from goalhorn.models import EncodedBatch, Intent, utcnow
 from goalhorn.preferences.bloom import PreferenceBloom, PreferenceFilter
 from goalhorn.preferences.caps import CapCounter
-from goalhorn.preferences.eligibility import REASONS, Reason, suppression
-from goalhorn.preferences.model import DEFAULT_PREFERENCES, Cap, Preferences
-from goalhorn.preferences.reader import ChunkReader
+from goalhorn.preferences.eligibility import REASONS, Eligibility, Reason
+from goalhorn.preferences.model import Cap, decode_devices, encode_devices, record_cap
+from goalhorn.preferences.reader import ChunkReader, ChunkRecords
 from goalhorn.redis_client import Redis
 from goalhorn.segmenter.algebra import SetAlgebra, read_ahead
+from goalhorn.segmenter.batches import BatchCutter
 from goalhorn.segmenter.definitions import Resolved, Segment, resolve
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -39,6 +54,23 @@ class ExpansionStats:
     batches: int = 0
     suppressed: dict[Reason, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     preference_lookups: int = 0
+    invalid_devices: int = 0
+    invalid_preferences: int = 0
+
+
+@dataclass(slots=True)
+class _Chunk:
+    members: list[bytes]
+    inside: list[list[bool]]
+    records: ChunkRecords
+
+
+@dataclass(slots=True)
+class _Selection:
+    """One chunk's outcome: stored device records to batch as they are, and capped users to ask about."""
+
+    records: list[bytes] = field(default_factory=list)
+    capped: list[tuple[bytes, Cap, bytes, bool]] = field(default_factory=list)
 
 
 class Expander:
@@ -86,7 +118,7 @@ class Expander:
         now: datetime | None = None,
         dry_run: bool = False,
         segments: list[tuple[Segment, Resolved]] | None = None,
-    ) -> AsyncIterator[DeliveryBatch]:
+    ) -> AsyncIterator[EncodedBatch]:
         """Yield the intent's batches; ``stats`` (if given) is filled in as it goes. ``dry_run`` checks
         caps without counting the alert against them (for previews); ``segments`` are the intent's,
         if already resolved with :meth:`segments_of`."""
@@ -96,32 +128,39 @@ class Expander:
         prefilter = await self._bloom.snapshot() if self._bloom else PreferenceFilter(0, None)
         self._rebuild_when_due(prefilter)
         sizes = await self._algebra.sizes([expr for _, expr in segments])
-        buffers: dict[Platform, list[Device]] = {platform: [] for platform in PLATFORMS}
-
-        def cut(platform: Platform) -> DeliveryBatch:
-            devices, buffers[platform] = buffers[platform], []
-            stats.batches += 1
-            return DeliveryBatch(
-                batch_id=f"{intent.intent_id}.{platform}.{stats.batches}",
-                platform=platform,
-                intent=intent,
-                devices=tuple(devices),
-            )
-
+        cutter = BatchCutter(intent, self._batch_size)
+        eligibility = Eligibility(intent, now)
         for index, (segment, expr) in enumerate(segments):
-            earlier = [s for s, _ in segments[:index]]
-            earlier_exprs = [e for _, e in segments[:index]]
-            async for users in read_ahead(self._algebra.stream(expr, sizes)):
-                inside = await self._algebra.membership(earlier_exprs, users) if earlier_exprs else []
-                chosen = await self._chunk(intent, segment, earlier, inside, users, prefilter, stats, now, dry_run)
-                for device in chosen:
-                    buffer = buffers[device.platform]
-                    buffer.append(device)
-                    if len(buffer) >= self._batch_size:
-                        yield cut(device.platform)
-        for platform in PLATFORMS:
-            if buffers[platform]:
-                yield cut(platform)
+            earlier = segments[:index]
+            async for chunk in read_ahead(self._chunks(expr, sizes, [e for _, e in earlier], prefilter, stats)):
+                chosen = self._select(chunk, segment, [s for s, _ in earlier], eligibility, stats)
+                if chosen.capped:
+                    chosen.records += await self._admit(intent, chosen.capped, stats, now, dry_run)
+                for batch in cutter.add(chosen.records, segment.platforms):
+                    yield batch
+                stats.devices, stats.batches, stats.invalid_devices = (
+                    cutter.devices,
+                    cutter.batches,
+                    stats.invalid_devices + cutter.take_invalid(),
+                )
+        for batch in cutter.flush():
+            yield batch
+        stats.devices, stats.batches = cutter.devices, cutter.batches
+
+    async def _chunks(
+        self,
+        expr: Resolved,
+        sizes: dict[str, int],
+        earlier: list[Resolved],
+        prefilter: PreferenceFilter,
+        stats: ExpansionStats,
+    ) -> AsyncIterator[_Chunk]:
+        """The members of ``expr`` in chunks, with their membership of ``earlier`` and their records."""
+        async for members in self._algebra.stream(expr, sizes):
+            inside = await self._algebra.membership(earlier, members) if earlier else []
+            maybe = prefilter.maybe_many(members)
+            stats.preference_lookups += sum(maybe)
+            yield _Chunk(members, inside, await self._reader.read(members, maybe))
 
     def _rebuild_when_due(self, prefilter: PreferenceFilter) -> None:
         """Start a background rebuild of the Bloom filter when too many users are pending."""
@@ -129,69 +168,131 @@ class Expander:
         if self._bloom is not None and idle and len(prefilter.pending) >= self._rebuild_pending:
             self.rebuilding = asyncio.create_task(self._bloom.rebuild_if_due(prefilter, self._rebuild_pending))
 
-    async def _chunk(
+    def _select(
         self,
-        intent: Intent,
+        chunk: _Chunk,
         segment: Segment,
         earlier: list[Segment],
-        inside: list[list[bool]],
-        users: list[str],
-        prefilter: PreferenceFilter,
+        eligibility: Eligibility,
+        stats: ExpansionStats,
+    ) -> _Selection:
+        """The device records a chunk contributes: in bulk for members on the defaults and new to this
+        intent, one by one for the others."""
+        out = _Selection()
+        preferences = chunk.records.preferences
+        seen: dict[bytes, list[Segment]] = {}
+        if earlier:
+            for position, user_id in enumerate(chunk.members):
+                hits = [s for s, row in zip(earlier, chunk.inside, strict=True) if row[position]]
+                if hits:
+                    seen[user_id] = hits
+        special = preferences.keys() | seen.keys() if seen else preferences
+        one_by_one = segment.locales is not None  # every device needs parsing for the locale filter
+        default_reason = eligibility.reason({})  # an opt-in the defaults lack
+        for users, raws in chunk.records.buckets:
+            if one_by_one:
+                others = list(zip(users, raws, strict=True))
+            else:
+                bulk = (
+                    [raw for user_id, raw in zip(users, raws, strict=True) if user_id not in special]
+                    if special
+                    else raws
+                )
+                others = [(u, raw) for u, raw in zip(users, raws, strict=True) if u in special] if special else []
+                without = bulk.count(None)
+                stats.users += len(bulk)
+                stats.users_without_devices += without
+                if default_reason is None:
+                    out.records += filter(None, bulk)
+                else:
+                    stats.suppressed[default_reason] += len(bulk) - without
+            for user_id, raw in others:
+                self._select_one(
+                    user_id, raw, preferences.get(user_id), seen.get(user_id), segment, eligibility, out, stats
+                )
+        return out
+
+    def _select_one(
+        self,
+        user_id: bytes,
+        raw: bytes | None,
+        raw_prefs: bytes | None,
+        before: list[Segment] | None,
+        segment: Segment,
+        eligibility: Eligibility,
+        out: _Selection,
+        stats: ExpansionStats,
+    ) -> None:
+        first = before is None
+        stats.users += first
+        if raw is None:
+            stats.users_without_devices += first
+            return
+        cap: Cap | None = None
+        try:
+            if raw_prefs is None:
+                reason = eligibility.reason({})
+            else:
+                record = from_json(raw_prefs)
+                reason, cap = eligibility.reason(record), record_cap(record)
+        except (ValueError, TypeError, LookupError, AttributeError, ConfigError) as exc:
+            stats.invalid_preferences += 1
+            log.error(
+                "user %r: unreadable preferences record skipped with its user (%s)",
+                user_id.decode(errors="replace"),
+                exc,
+            )
+            return
+        if reason is not None:
+            stats.suppressed[reason] += first
+            return
+        if before is not None or segment.locales is not None:
+            filtered = self._filter_devices(user_id, raw, segment, before or [], stats)
+            if filtered is None:
+                return
+            raw = filtered
+        if cap is not None:
+            out.capped.append((user_id, cap, raw, first))
+        else:
+            out.records.append(raw)
+
+    @staticmethod
+    def _filter_devices(
+        user_id: bytes, raw: bytes, segment: Segment, before: list[Segment], stats: ExpansionStats
+    ) -> bytes | None:
+        """The user's devices this segment admits and no earlier one did, re-encoded (None: none)."""
+        try:
+            devices = decode_devices(raw)
+        except ValidationError as exc:
+            stats.invalid_devices += 1
+            log.error(
+                "user %r: unreadable device record skipped (%d errors)",
+                user_id.decode(errors="replace"),
+                exc.error_count(),
+            )
+            return None
+        kept = [
+            d
+            for d in devices
+            if segment.admits(d.platform, d.locale) and not any(s.admits(d.platform, d.locale) for s in before)
+        ]
+        return encode_devices(kept) if kept else None
+
+    async def _admit(
+        self,
+        intent: Intent,
+        capped: list[tuple[bytes, Cap, bytes, bool]],
         stats: ExpansionStats,
         now: datetime,
         dry_run: bool,
-    ) -> list[Device]:
-        default_reason = suppression(DEFAULT_PREFERENCES, intent, now)  # an opt-in the defaults lack
-        maybes = prefilter.maybes(users)
-        records = await self._reader.read(users, maybes)
-        stats.preference_lookups += len(maybes)
-        # 1. preferences, for every member with devices
-        candidates: list[tuple[str, list[Device], list[Segment], Cap | None]] = []
-        for position, user_id in enumerate(users):
-            seen_before = [s for s, hits in zip(earlier, inside, strict=True) if hits[position]] if earlier else []
-            first = not seen_before
-            stats.users += first
-            user_devices = records.devices.get(user_id)
-            if user_devices is None:
-                stats.users_without_devices += first
-                continue
-            raw_prefs = records.preferences.get(user_id)
-            if raw_prefs is None:
-                reason, cap = default_reason, None
+    ) -> list[bytes]:
+        """The device records of the capped users their caps still let through (one Lua call)."""
+        asked = [(user_id.decode(), cap) for user_id, cap, _, _ in capped]
+        admitted = await self._caps.admit(intent.game_id, intent.intent_id, asked, now, record=not dry_run)
+        records: list[bytes] = []
+        for (_, _, raw, first), ok in zip(capped, admitted, strict=True):
+            if ok:
+                records.append(raw)
             else:
-                prefs = Preferences.decode(raw_prefs)
-                reason, cap = suppression(prefs, intent, now), prefs.cap
-            if reason is not None:
-                stats.suppressed[reason] += first
-                continue
-            candidates.append((user_id, user_devices, seen_before, cap))
-        # 2. the candidates' devices through the segment's filters
-        filtering = segment.platforms is not None or segment.locales is not None
-        picked: list[tuple[str, list[Device], bool]] = []
-        capped: list[tuple[str, Cap]] = []
-        for user_id, devices, seen_before, cap in candidates:
-            if filtering or seen_before:
-                devices = [
-                    d
-                    for d in devices
-                    if segment.admits(d.platform, d.locale)
-                    and not any(s.admits(d.platform, d.locale) for s in seen_before)
-                ]
-                if not devices:
-                    continue
-            if cap is not None:
-                capped.append((user_id, cap))
-            picked.append((user_id, devices, not seen_before))
-        # 3. caps, for the capped users still in, in one call
-        refused: set[str] = set()
-        if capped:
-            admitted = await self._caps.admit(intent.game_id, intent.intent_id, capped, now, record=not dry_run)
-            refused = {user_id for (user_id, _), ok in zip(capped, admitted, strict=True) if not ok}
-        chosen: list[Device] = []
-        for user_id, devices, first in picked:
-            if user_id in refused:
                 stats.suppressed["capped"] += first
-                continue
-            chosen.extend(devices)
-        stats.devices += len(chosen)
-        return chosen
+        return records
