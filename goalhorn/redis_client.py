@@ -14,7 +14,7 @@ its per-chunk HMGETs of thousands of user ids.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import hiredis
@@ -71,6 +71,26 @@ def hiredis_packing(connection_class: type[Connection]) -> type[Connection]:
         name = f"HiredisPacking{connection_class.__name__}"
         packing = _packing_classes[connection_class] = type(name, (HiredisPacking, connection_class), {})
     return packing
+
+
+async def hmget_many(redis: Redis, commands: Sequence[tuple[str, Sequence[bytes]]]) -> list[list[bytes | None]]:
+    """``HMGET key fields...`` for each ``(key, fields)``, pipelined on one connection: packed in one
+    call and sent in one write, the replies read straight off the connection (no per-command
+    bookkeeping of redis-py's ``Pipeline``: on the expander's hot path that is a tenth of its time)."""
+    if not commands:
+        return []
+    pack = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)
+    packed = [pack((b"HMGET", key, *fields)) for key, fields in commands]
+    pool = redis.connection_pool
+    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        await connection.send_packed_command(packed, check_health=False)
+        return [cast(list[bytes | None], await connection.read_response()) for _ in packed]
+    except BaseException:
+        await connection.disconnect(nowait=True)  # replies may be left unread: never reuse it
+        raise
+    finally:
+        await pool.release(connection)
 
 
 def make_redis(settings: Settings) -> Redis:

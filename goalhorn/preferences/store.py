@@ -145,9 +145,9 @@ class PreferenceStore:
     async def devices_of_many(self, user_ids: Sequence[str]) -> list[list[Device]]:
         """Each user's devices, in the order of ``user_ids``, in one round trip per bucket."""
         wanted = [user_id.encode() for user_id in user_ids]
-        records = await ChunkReader(self._redis, self._keys, buckets=self.buckets).read(wanted, [False] * len(wanted))
-        found = {user: raw for users, raws in records.buckets for user, raw in zip(users, raws, strict=True) if raw}
-        return [decode_devices(found[user]) if user in found else [] for user in wanted]
+        records = await ChunkReader(self._redis, self._keys, buckets=self.buckets).read(wanted, [True] * len(wanted))
+        found = dict(zip(records.users, records.devices, strict=True))
+        return [decode_devices(raw) if (raw := found.get(user)) else [] for user in wanted]
 
     async def last_seen(self, user_id: str) -> dict[str, datetime]:
         raw = await self._redis.hget(self._keys.last_seen_bucket(bucket_of(user_id, self.buckets)), user_id)

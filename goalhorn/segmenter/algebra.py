@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import TypeVar, cast
 
 from goalhorn.redis_client import Redis
@@ -23,23 +24,54 @@ from goalhorn.segmenter.definitions import Members, Op, Resolved, SetKey
 T = TypeVar("T")
 
 
-async def read_ahead(chunks: AsyncIterator[T]) -> AsyncIterator[T]:
-    """Yield ``chunks`` while the next one is already being read, so Redis round trips overlap the
-    work done on the current chunk."""
-    pending: asyncio.Future[T] = asyncio.ensure_future(anext(chunks))
+async def read_ahead(chunks: AsyncIterator[T], depth: int = 2) -> AsyncIterator[T]:
+    """Yield ``chunks`` while a task reads up to ``depth`` more, so Redis round trips overlap the work
+    done on the current chunk. Stacked, each stage runs ahead of the next (Redis interleaves the
+    stages' connections); the reader's error is raised here, and stopping early cancels it."""
+    queue: asyncio.Queue[tuple[T, None] | tuple[None, BaseException | None]] = asyncio.Queue(depth)
+
+    async def pump() -> None:
+        try:
+            async for item in chunks:
+                await queue.put((item, None))
+        except Exception as exc:  # handed to the consumer, which raises it
+            await queue.put((None, exc))
+        else:
+            await queue.put((None, None))
+
+    task = asyncio.create_task(pump())
     try:
         while True:
-            try:
-                item = await pending
-            except StopAsyncIteration:
+            item, error = await queue.get()
+            if item is None:
+                if error is not None:
+                    raise error
                 return
-            pending = asyncio.ensure_future(anext(chunks))
             yield item
     finally:
-        if not pending.done():
-            pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                await pending
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def overlapped(starts: AsyncIterator[Awaitable[T]], depth: int = 3) -> AsyncIterator[T]:
+    """The results of ``starts`` in order, with up to ``depth`` of them running at once (each round
+    trip on its own connection), so Redis always has the next requests queued while the current
+    result is worked on. Stopping early cancels those still running."""
+    running: deque[asyncio.Future[T]] = deque()
+    try:
+        async for start in starts:
+            running.append(asyncio.ensure_future(start))
+            if len(running) >= depth:
+                yield await running.popleft()
+        while running:
+            yield await running.popleft()
+    finally:
+        for future in running:
+            future.cancel()
+        for future in running:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await future
 
 
 def set_keys(expr: Resolved) -> list[str]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -39,7 +39,7 @@ from goalhorn.preferences.eligibility import REASONS, Eligibility, Reason
 from goalhorn.preferences.model import Cap, decode_devices, encode_devices, record_cap
 from goalhorn.preferences.reader import ChunkReader, ChunkRecords
 from goalhorn.redis_client import Redis
-from goalhorn.segmenter.algebra import SetAlgebra, read_ahead
+from goalhorn.segmenter.algebra import SetAlgebra, overlapped, read_ahead
 from goalhorn.segmenter.batches import BatchCutter
 from goalhorn.segmenter.definitions import Resolved, Segment, resolve
 
@@ -60,9 +60,9 @@ class ExpansionStats:
 
 @dataclass(slots=True)
 class _Chunk:
-    members: list[bytes]
-    inside: list[list[bool]]
     records: ChunkRecords
+    seen: dict[bytes, list[Segment]]
+    """Members of earlier segments of the intent, with those segments."""
 
 
 @dataclass(slots=True)
@@ -131,9 +131,9 @@ class Expander:
         cutter = BatchCutter(intent, self._batch_size)
         eligibility = Eligibility(intent, now)
         for index, (segment, expr) in enumerate(segments):
-            earlier = segments[:index]
-            async for chunk in read_ahead(self._chunks(expr, sizes, [e for _, e in earlier], prefilter, stats)):
-                chosen = self._select(chunk, segment, [s for s, _ in earlier], eligibility, stats)
+            members = read_ahead(self._algebra.stream(expr, sizes), depth=4)
+            async for chunk in overlapped(self._chunks(members, segment, segments[:index], prefilter, stats), 4):
+                chosen = self._select(chunk, segment, eligibility, stats)
                 if chosen.capped:
                     chosen.records += await self._admit(intent, chosen.capped, stats, now, dry_run)
                 for batch in cutter.add(chosen.records, segment.platforms):
@@ -149,18 +149,34 @@ class Expander:
 
     async def _chunks(
         self,
-        expr: Resolved,
-        sizes: dict[str, int],
-        earlier: list[Resolved],
+        chunks: AsyncIterator[list[bytes]],
+        segment: Segment,
+        earlier: list[tuple[Segment, Resolved]],
         prefilter: PreferenceFilter,
         stats: ExpansionStats,
-    ) -> AsyncIterator[_Chunk]:
-        """The members of ``expr`` in chunks, with their membership of ``earlier`` and their records."""
-        async for members in self._algebra.stream(expr, sizes):
-            inside = await self._algebra.membership(earlier, members) if earlier else []
-            maybe = prefilter.maybe_many(members)
-            stats.preference_lookups += sum(maybe)
-            yield _Chunk(members, inside, await self._reader.read(members, maybe))
+    ) -> AsyncIterator[Awaitable[_Chunk]]:
+        """Reads of chunks of members with their records, to be run (:func:`overlapped`): one by one
+        for the Bloom filter's maybes, members of earlier segments, and everyone when the segment
+        filters by locale; in bulk for the rest."""
+        async for members in chunks:
+            seen: dict[bytes, list[Segment]] = {}
+            if earlier:
+                inside = await self._algebra.membership([expr for _, expr in earlier], members)
+                for position, user_id in enumerate(members):
+                    hits = [s for (s, _), row in zip(earlier, inside, strict=True) if row[position]]
+                    if hits:
+                        seen[user_id] = hits
+            if segment.locales is not None:
+                one_by_one = [True] * len(members)
+            else:
+                one_by_one = prefilter.maybe_many(members)
+                stats.preference_lookups += sum(one_by_one)
+                if seen:
+                    one_by_one = [flag or user_id in seen for flag, user_id in zip(one_by_one, members, strict=True)]
+            yield self._read(members, one_by_one, seen)
+
+    async def _read(self, members: list[bytes], one_by_one: list[bool], seen: dict[bytes, list[Segment]]) -> _Chunk:
+        return _Chunk(await self._reader.read(members, one_by_one), seen)
 
     def _rebuild_when_due(self, prefilter: PreferenceFilter) -> None:
         """Start a background rebuild of the Bloom filter when too many users are pending."""
@@ -168,48 +184,22 @@ class Expander:
         if self._bloom is not None and idle and len(prefilter.pending) >= self._rebuild_pending:
             self.rebuilding = asyncio.create_task(self._bloom.rebuild_if_due(prefilter, self._rebuild_pending))
 
-    def _select(
-        self,
-        chunk: _Chunk,
-        segment: Segment,
-        earlier: list[Segment],
-        eligibility: Eligibility,
-        stats: ExpansionStats,
-    ) -> _Selection:
-        """The device records a chunk contributes: in bulk for members on the defaults and new to this
-        intent, one by one for the others."""
+    def _select(self, chunk: _Chunk, segment: Segment, eligibility: Eligibility, stats: ExpansionStats) -> _Selection:
+        """The device records a chunk contributes: those read in bulk as they are, the others' after
+        a look at each."""
         out = _Selection()
-        preferences = chunk.records.preferences
-        seen: dict[bytes, list[Segment]] = {}
-        if earlier:
-            for position, user_id in enumerate(chunk.members):
-                hits = [s for s, row in zip(earlier, chunk.inside, strict=True) if row[position]]
-                if hits:
-                    seen[user_id] = hits
-        special = preferences.keys() | seen.keys() if seen else preferences
-        one_by_one = segment.locales is not None  # every device needs parsing for the locale filter
         default_reason = eligibility.reason({})  # an opt-in the defaults lack
-        for users, raws in chunk.records.buckets:
-            if one_by_one:
-                others = list(zip(users, raws, strict=True))
+        for raws in chunk.records.bulk:
+            without = raws.count(None)
+            stats.users += len(raws)
+            stats.users_without_devices += without
+            if default_reason is None:
+                out.records += filter(None, raws)
             else:
-                bulk = (
-                    [raw for user_id, raw in zip(users, raws, strict=True) if user_id not in special]
-                    if special
-                    else raws
-                )
-                others = [(u, raw) for u, raw in zip(users, raws, strict=True) if u in special] if special else []
-                without = bulk.count(None)
-                stats.users += len(bulk)
-                stats.users_without_devices += without
-                if default_reason is None:
-                    out.records += filter(None, bulk)
-                else:
-                    stats.suppressed[default_reason] += len(bulk) - without
-            for user_id, raw in others:
-                self._select_one(
-                    user_id, raw, preferences.get(user_id), seen.get(user_id), segment, eligibility, out, stats
-                )
+                stats.suppressed[default_reason] += len(raws) - without
+        records, seen = chunk.records, chunk.seen
+        for user_id, raw, raw_prefs in zip(records.users, records.devices, records.preferences, strict=True):
+            self._select_one(user_id, raw, raw_prefs, seen.get(user_id), segment, eligibility, out, stats)
         return out
 
     def _select_one(
