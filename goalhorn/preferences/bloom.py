@@ -60,10 +60,10 @@ class Xxh3BloomFilter(BloomFilter):  # type: ignore[misc]  # pybloom-live is unt
         self._packed = None
         return bool(super().add(key, skip_check))
 
-    def contain_many(self, keys: Sequence[bytes]) -> list[bool]:
+    def contain_many(self, keys: Sequence[bytes]) -> npt.NDArray[np.bool_]:
         """``key in self`` for each of ``keys``, in one vectorized pass."""
         if not keys:
-            return []
+            return np.zeros(0, dtype=np.bool_)
         if self._packed is None:
             self._packed = np.frombuffer(self.bitarray.tobytes(), dtype=np.uint8)
         digests = np.frombuffer(b"".join(map(xxh3_128_digest, keys)), dtype=">u8").reshape(-1, 2)
@@ -72,7 +72,7 @@ class Xxh3BloomFilter(BloomFilter):  # type: ignore[misc]  # pybloom-live is unt
         bits = np.uint64(self.bits_per_slice)
         positions = (h1 + slices * h2) % bits + slices * bits
         hits = (self._packed[positions >> np.uint64(3)] >> (positions & np.uint64(7)).astype(np.uint8)) & 1
-        return cast(list[bool], hits.all(axis=1).tolist())
+        return cast(npt.NDArray[np.bool_], hits.all(axis=1))
 
 
 @dataclass(slots=True)
@@ -84,16 +84,16 @@ class PreferenceFilter:
     pending: set[bytes] = field(default_factory=set)
 
     def maybe(self, user_id: str) -> bool:
-        return self.maybe_many([user_id.encode()])[0]
+        return bool(self.maybe_many([user_id.encode()])[0])
 
-    def maybe_many(self, user_ids: Sequence[bytes]) -> list[bool]:
+    def maybe_many(self, user_ids: Sequence[bytes]) -> npt.NDArray[np.bool_]:
         """Whether each of ``user_ids`` may have preferences (False: it certainly has none)."""
         if self.bloom is None:
-            return [True] * len(user_ids)
+            return np.ones(len(user_ids), dtype=np.bool_)
         found = self.bloom.contain_many(user_ids)
         if self.pending:
             pending = self.pending
-            return [hit or user_id in pending for hit, user_id in zip(found, user_ids, strict=True)]
+            found |= np.fromiter((user_id in pending for user_id in user_ids), dtype=np.bool_, count=len(user_ids))
         return found
 
 

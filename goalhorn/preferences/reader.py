@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from goalhorn.keys import Keys
 from goalhorn.redis_client import Redis, hmget_many
@@ -60,16 +61,16 @@ class ChunkReader:
         self._keys = keys
         self._buckets = buckets
 
-    async def read(self, user_ids: Sequence[bytes], one_by_one: Sequence[bool]) -> ChunkRecords:
+    async def read(self, user_ids: Sequence[bytes], one_by_one: Sequence[bool] | npt.NDArray[np.bool_]) -> ChunkRecords:
         """Device records of ``user_ids``, and the preference records of those marked ``one_by_one``,
-        in one round trip: per bucket, one HMGET of the others' devices, and one of the marked users'
-        devices and one of their preferences."""
+        in one round trip: per bucket, one HMGET of the devices (the others', then the marked users')
+        and, if it has marked users, one of their preferences."""
         if not user_ids:
             return ChunkRecords([], [], [], [])
         buckets = self._buckets
         # Sort the members by (bucket, marked) in numpy: no per-member Python work but the crc32.
         codes = np.fromiter(map(zlib.crc32, user_ids), dtype=np.int64, count=len(user_ids)) % buckets
-        groups = codes * 2 + np.fromiter(one_by_one, dtype=np.int64, count=len(user_ids))
+        groups = codes * 2 + np.asarray(one_by_one, dtype=np.int64)
         order = np.argsort(groups, kind="stable").tolist()
         ordered = [user_ids[i] for i in order]
         ends = np.cumsum(np.bincount(groups, minlength=2 * buckets)).tolist()

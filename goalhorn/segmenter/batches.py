@@ -58,12 +58,9 @@ class BatchCutter:
                 prefix: buffer if PREFIXES[prefix] in platforms else dropped for prefix, buffer in targets.items()
             }
         unknown: list[bytes] = []
+        route = targets.get
         for line in lines:
-            target = targets.get(line[:PREFIX_LENGTH])
-            if target is None:
-                unknown.append(line)
-            else:
-                target.append(line)
+            route(line[:PREFIX_LENGTH], unknown).append(line)
         if unknown:
             self.invalid_lines += len(unknown)
             log.error(

@@ -25,6 +25,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import numpy as np
+import numpy.typing as npt
 from pydantic import ValidationError
 from pydantic_core import from_json
 
@@ -132,7 +134,7 @@ class Expander:
         eligibility = Eligibility(intent, now)
         for index, (segment, expr) in enumerate(segments):
             members = read_ahead(self._algebra.stream(expr, sizes), depth=4)
-            async for chunk in overlapped(self._chunks(members, segment, segments[:index], prefilter, stats), 4):
+            async for chunk in overlapped(self._chunks(members, segment, segments[:index], prefilter, stats), depth=4):
                 chosen = self._select(chunk, segment, eligibility, stats)
                 if chosen.capped:
                     chosen.records += await self._admit(intent, chosen.capped, stats, now, dry_run)
@@ -167,15 +169,17 @@ class Expander:
                     if hits:
                         seen[user_id] = hits
             if segment.locales is not None:
-                one_by_one = [True] * len(members)
+                one_by_one = np.ones(len(members), dtype=np.bool_)
             else:
                 one_by_one = prefilter.maybe_many(members)
-                stats.preference_lookups += sum(one_by_one)
+                stats.preference_lookups += int(one_by_one.sum())
                 if seen:
-                    one_by_one = [flag or user_id in seen for flag, user_id in zip(one_by_one, members, strict=True)]
+                    one_by_one |= np.fromiter((u in seen for u in members), dtype=np.bool_, count=len(members))
             yield self._read(members, one_by_one, seen)
 
-    async def _read(self, members: list[bytes], one_by_one: list[bool], seen: dict[bytes, list[Segment]]) -> _Chunk:
+    async def _read(
+        self, members: list[bytes], one_by_one: npt.NDArray[np.bool_], seen: dict[bytes, list[Segment]]
+    ) -> _Chunk:
         return _Chunk(await self._reader.read(members, one_by_one), seen)
 
     def _rebuild_when_due(self, prefilter: PreferenceFilter) -> None:
@@ -198,8 +202,13 @@ class Expander:
             else:
                 stats.suppressed[default_reason] += len(raws) - without
         records, seen = chunk.records, chunk.seen
+        plain = not seen and segment.locales is None
         for user_id, raw, raw_prefs in zip(records.users, records.devices, records.preferences, strict=True):
-            self._select_one(user_id, raw, raw_prefs, seen.get(user_id), segment, eligibility, out, stats)
+            if plain and raw_prefs is None and raw is not None and default_reason is None:  # a Bloom false positive
+                stats.users += 1
+                out.records.append(raw)
+            else:
+                self._select_one(user_id, raw, raw_prefs, seen.get(user_id), segment, eligibility, out, stats)
         return out
 
     def _select_one(
