@@ -1,15 +1,16 @@
-"""What the expander reads per chunk of users: their stored devices and the preference records it
-asks for.
+"""What the expander reads per chunk of users: their stored devices and the preference records it asks
+for.
 
 Members the Bloom filter rules out (on the defaults, new to the intent) are read in bulk: one HMGET
-per bucket for their device records, which come back without their ids. The others are read one by
-one: per bucket, one HMGET of their devices and one of their preference records. All in one
-pipelined round trip. User ids stay the bytes Redis returned and device records stay unparsed: the
-expander copies them into delivery batches (``goalhorn.segmenter.batches``).
+per bucket for their device records, which come back without their ids. In the same round trip, the
+others' preference records (one HMGET per bucket); the devices of those their preferences let
+through follow in a second one, so no device record of a muted or quiet user is read. User ids stay
+the bytes Redis returned and device records stay unparsed: the expander copies them into delivery
+batches (``goalhorn.segmenter.batches``).
 
 Redis spends longer on these HMGETs than on the SSCAN itself (0.17 s against 0.12 s of server time
-for 200,000 members: lookups in SSCAN order hop around memory), so nothing is moved onto its
-thread: a Lua script joining a bucket's records server-side took 0.68 s of it.
+for 200,000 members: lookups in SSCAN order hop around memory), so nothing is moved onto its thread:
+a Lua script joining a bucket's records server-side took 0.68 s of it.
 """
 
 from __future__ import annotations
@@ -45,13 +46,13 @@ def group_by_bucket(user_ids: Iterable[U], buckets: int) -> dict[int, list[U]]:
 
 @dataclass(slots=True)
 class ChunkRecords:
-    """A chunk's stored records. Members read in bulk: their device records (None: no devices), per
-    bucket, without their ids. Members read one by one: their ids, device records and preference
-    records (None: on the defaults), in the same order."""
+    """A chunk's first read. Members read in bulk: their device records (None: no devices), per
+    bucket, without their ids. Members marked to be looked at one by one: their ids and preference
+    records (None: on the defaults), in the same order; their devices are read afterwards, for
+    those their preferences let through (:meth:`ChunkReader.devices`)."""
 
     bulk: list[list[bytes | None]]
     users: list[bytes]
-    devices: list[bytes | None]
     preferences: list[bytes | None]
 
 
@@ -61,45 +62,43 @@ class ChunkReader:
         self._keys = keys
         self._buckets = buckets
 
-    async def read(self, user_ids: Sequence[bytes], one_by_one: Sequence[bool] | npt.NDArray[np.bool_]) -> ChunkRecords:
-        """Device records of ``user_ids``, and the preference records of those marked ``one_by_one``,
-        in one round trip: per bucket, one HMGET of the devices (the others', then the marked users')
-        and, if it has marked users, one of their preferences."""
+    async def read(self, user_ids: Sequence[bytes], marked: Sequence[bool] | npt.NDArray[np.bool_]) -> ChunkRecords:
+        """Device records of the unmarked ``user_ids`` and preference records of the marked ones, in
+        one round trip of one HMGET per bucket and kind."""
         if not user_ids:
-            return ChunkRecords([], [], [], [])
+            return ChunkRecords([], [], [])
         buckets = self._buckets
         # Sort the members by (bucket, marked) in numpy: no per-member Python work but the crc32.
         codes = np.fromiter(map(zlib.crc32, user_ids), dtype=np.int64, count=len(user_ids)) % buckets
-        groups = codes * 2 + np.asarray(one_by_one, dtype=np.int64)
+        groups = codes * 2 + np.asarray(marked, dtype=np.int64)
         order = np.argsort(groups, kind="stable").tolist()
         ordered = [user_ids[i] for i in order]
         ends = np.cumsum(np.bincount(groups, minlength=2 * buckets)).tolist()
         starts = [0, *ends[:-1]]
         commands: list[tuple[str, list[bytes]]] = []
-        marked: list[bytes] = []
-        bulk_sizes: list[int] = []
+        looked_at: list[bytes] = []
         for bucket in range(buckets):
-            bulk_start, split, end = starts[2 * bucket], ends[2 * bucket], ends[2 * bucket + 1]
-            if end == bulk_start:
-                continue
-            commands.append((self._keys.device_bucket(bucket), ordered[bulk_start:end]))
-            bulk_sizes.append(split - bulk_start)
-            if end > split:
-                users = ordered[split:end]
-                marked += users
+            start, end = starts[2 * bucket], ends[2 * bucket]
+            if end > start:
+                commands.append((self._keys.device_bucket(bucket), ordered[start:end]))
+        bulk_commands = len(commands)
+        for bucket in range(buckets):
+            start, end = starts[2 * bucket + 1], ends[2 * bucket + 1]
+            if end > start:
+                users = ordered[start:end]
+                looked_at += users
                 commands.append((self._keys.preference_bucket(bucket), users))
         rows = await hmget_many(self._redis, commands)
-        bulk: list[list[bytes | None]] = []
-        devices: list[bytes | None] = []
         preferences: list[bytes | None] = []
-        index = 0
-        for size in bulk_sizes:
-            row = rows[index]
-            bulk.append(row[:size] if size < len(row) else row)
-            if size < len(row):
-                devices += row[size:]
-                preferences += rows[index + 1]
-                index += 2
-            else:
-                index += 1
-        return ChunkRecords(bulk, marked, devices, preferences)
+        for row in rows[bulk_commands:]:
+            preferences += row
+        return ChunkRecords(rows[:bulk_commands], looked_at, preferences)
+
+    async def devices(self, user_ids: Sequence[bytes]) -> list[bytes | None]:
+        """The device records of ``user_ids``, in their order (one HMGET per bucket)."""
+        grouped = group_by_bucket(user_ids, self._buckets)
+        rows = await hmget_many(self._redis, [(self._keys.device_bucket(b), users) for b, users in grouped.items()])
+        found: dict[bytes, bytes | None] = {}
+        for users, row in zip(grouped.values(), rows, strict=True):
+            found.update(zip(users, row, strict=True))
+        return [found[user_id] for user_id in user_ids]

@@ -145,9 +145,8 @@ class PreferenceStore:
     async def devices_of_many(self, user_ids: Sequence[str]) -> list[list[Device]]:
         """Each user's devices, in the order of ``user_ids``, in one round trip per bucket."""
         wanted = [user_id.encode() for user_id in user_ids]
-        records = await ChunkReader(self._redis, self._keys, buckets=self.buckets).read(wanted, [True] * len(wanted))
-        found = dict(zip(records.users, records.devices, strict=True))
-        return [decode_devices(raw) if (raw := found.get(user)) else [] for user in wanted]
+        raws = await ChunkReader(self._redis, self._keys, buckets=self.buckets).devices(wanted)
+        return [decode_devices(raw) if raw else [] for raw in raws]
 
     async def last_seen(self, user_id: str) -> dict[str, datetime]:
         raw = await self._redis.hget(self._keys.last_seen_bucket(bucket_of(user_id, self.buckets)), user_id)

@@ -8,10 +8,11 @@ plus the preference records of the members the Bloom filter cannot rule out (one
 and, only when capped users remain, one Lua call for the caps. The next chunk is read while the
 current one is worked on.
 
-Most members have no preference record and reach no earlier segment: their stored device records go
-into the batches as they are, in bulk (``goalhorn.segmenter.batches``). Only the others are looked at
-one by one: a preference record is parsed and judged (``goalhorn.preferences.eligibility``); a member
-of an earlier segment, or any member when the segment filters by locale, has its devices parsed and
+Most members have no preference record and reach no earlier segment: the Bloom filter says so, and
+their stored device records go into the batches as they are, in bulk (``goalhorn.segmenter.batches``).
+Only the others are looked at one by one: their preference records are read and judged first
+(``goalhorn.preferences.eligibility``), then the devices of those let through; a member of an
+earlier segment, or any member when the segment filters by locale, has its devices parsed and
 filtered. A device reached through two segments is sent once: a member of an earlier segment only
 gets the devices that segment's filters left out. Unreadable stored records are counted and skipped,
 never fatal to the expansion.
@@ -39,7 +40,7 @@ from goalhorn.preferences.bloom import PreferenceBloom, PreferenceFilter
 from goalhorn.preferences.caps import CapCounter
 from goalhorn.preferences.eligibility import REASONS, Eligibility, Reason
 from goalhorn.preferences.model import Cap, decode_devices, encode_devices, record_cap
-from goalhorn.preferences.reader import ChunkReader, ChunkRecords
+from goalhorn.preferences.reader import ChunkReader
 from goalhorn.redis_client import Redis
 from goalhorn.segmenter.algebra import SetAlgebra, overlapped, read_ahead
 from goalhorn.segmenter.batches import BatchCutter
@@ -61,10 +62,21 @@ class ExpansionStats:
 
 
 @dataclass(slots=True)
+class _Wanted:
+    """A member looked at one by one whom its preferences let through."""
+
+    user_id: bytes
+    before: list[Segment] | None
+    """The earlier segments of the intent it is in, if any."""
+    cap: Cap | None
+
+
+@dataclass(slots=True)
 class _Chunk:
-    records: ChunkRecords
-    seen: dict[bytes, list[Segment]]
-    """Members of earlier segments of the intent, with those segments."""
+    bulk: list[list[bytes | None]]
+    wanted: list[_Wanted]
+    devices: list[bytes | None]
+    """The device records of ``wanted``, in order."""
 
 
 @dataclass(slots=True)
@@ -134,7 +146,8 @@ class Expander:
         eligibility = Eligibility(intent, now)
         for index, (segment, expr) in enumerate(segments):
             members = read_ahead(self._algebra.stream(expr, sizes), depth=4)
-            async for chunk in overlapped(self._chunks(members, segment, segments[:index], prefilter, stats), depth=4):
+            reads = self._chunks(members, segment, segments[:index], prefilter, stats, eligibility)
+            async for chunk in overlapped(reads, depth=4):
                 chosen = self._select(chunk, segment, eligibility, stats)
                 if chosen.capped:
                     chosen.records += await self._admit(intent, chosen.capped, stats, now, dry_run)
@@ -156,6 +169,7 @@ class Expander:
         earlier: list[tuple[Segment, Resolved]],
         prefilter: PreferenceFilter,
         stats: ExpansionStats,
+        eligibility: Eligibility,
     ) -> AsyncIterator[Awaitable[_Chunk]]:
         """Reads of chunks of members with their records, to be run (:func:`overlapped`): one by one
         for the Bloom filter's maybes, members of earlier segments, and everyone when the segment
@@ -175,12 +189,44 @@ class Expander:
                 stats.preference_lookups += int(one_by_one.sum())
                 if seen:
                     one_by_one |= np.fromiter((u in seen for u in members), dtype=np.bool_, count=len(members))
-            yield self._read(members, one_by_one, seen)
+            yield self._read(members, one_by_one, seen, eligibility, stats)
 
     async def _read(
-        self, members: list[bytes], one_by_one: npt.NDArray[np.bool_], seen: dict[bytes, list[Segment]]
+        self,
+        members: list[bytes],
+        one_by_one: npt.NDArray[np.bool_],
+        seen: dict[bytes, list[Segment]],
+        eligibility: Eligibility,
+        stats: ExpansionStats,
     ) -> _Chunk:
-        return _Chunk(await self._reader.read(members, one_by_one), seen)
+        """Read a chunk: bulk members' devices and the others' preferences, then the devices of
+        those the preferences let through."""
+        records = await self._reader.read(members, one_by_one)
+        wanted: list[_Wanted] = []
+        default_reason = eligibility.reason({})
+        for user_id, raw_prefs in zip(records.users, records.preferences, strict=True):
+            before = seen.get(user_id)
+            first = before is None
+            stats.users += first
+            cap: Cap | None = None
+            try:
+                if raw_prefs is None:
+                    reason = default_reason
+                else:
+                    record = from_json(raw_prefs)
+                    reason, cap = eligibility.reason(record), record_cap(record)
+            except (ValueError, TypeError, LookupError, AttributeError, ConfigError) as exc:
+                stats.invalid_preferences += 1
+                log.error(
+                    "user %r: unreadable preferences record, user skipped (%s)", user_id.decode("utf-8", "replace"), exc
+                )
+                continue
+            if reason is not None:
+                stats.suppressed[reason] += first
+            else:
+                wanted.append(_Wanted(user_id, before, cap))
+        devices = await self._reader.devices([w.user_id for w in wanted]) if wanted else []
+        return _Chunk(records.bulk, wanted, devices)
 
     def _rebuild_when_due(self, prefilter: PreferenceFilter) -> None:
         """Start a background rebuild of the Bloom filter when too many users are pending."""
@@ -189,11 +235,11 @@ class Expander:
             self.rebuilding = asyncio.create_task(self._bloom.rebuild_if_due(prefilter, self._rebuild_pending))
 
     def _select(self, chunk: _Chunk, segment: Segment, eligibility: Eligibility, stats: ExpansionStats) -> _Selection:
-        """The device records a chunk contributes: those read in bulk as they are, the others' after
-        a look at each."""
+        """The device records a chunk contributes: those read in bulk as they are, the others' after a
+        look at each (devices filtered for a member of an earlier segment or a locale filter; caps)."""
         out = _Selection()
         default_reason = eligibility.reason({})  # an opt-in the defaults lack
-        for raws in chunk.records.bulk:
+        for raws in chunk.bulk:
             without = raws.count(None)
             stats.users += len(raws)
             stats.users_without_devices += without
@@ -201,59 +247,22 @@ class Expander:
                 out.records += filter(None, raws)
             else:
                 stats.suppressed[default_reason] += len(raws) - without
-        records, seen = chunk.records, chunk.seen
-        plain = not seen and segment.locales is None
-        for user_id, raw, raw_prefs in zip(records.users, records.devices, records.preferences, strict=True):
-            if plain and raw_prefs is None and raw is not None and default_reason is None:  # a Bloom false positive
-                stats.users += 1
+        filtering = segment.locales is not None
+        for wanted, raw in zip(chunk.wanted, chunk.devices, strict=True):
+            first = wanted.before is None
+            if raw is None:
+                stats.users_without_devices += first
+                continue
+            if wanted.before is not None or filtering:
+                filtered = self._filter_devices(wanted.user_id, raw, segment, wanted.before or [], stats)
+                if filtered is None:
+                    continue
+                raw = filtered
+            if wanted.cap is not None:
+                out.capped.append((wanted.user_id, wanted.cap, raw, first))
+            else:
                 out.records.append(raw)
-            else:
-                self._select_one(user_id, raw, raw_prefs, seen.get(user_id), segment, eligibility, out, stats)
         return out
-
-    def _select_one(
-        self,
-        user_id: bytes,
-        raw: bytes | None,
-        raw_prefs: bytes | None,
-        before: list[Segment] | None,
-        segment: Segment,
-        eligibility: Eligibility,
-        out: _Selection,
-        stats: ExpansionStats,
-    ) -> None:
-        first = before is None
-        stats.users += first
-        if raw is None:
-            stats.users_without_devices += first
-            return
-        cap: Cap | None = None
-        try:
-            if raw_prefs is None:
-                reason = eligibility.reason({})
-            else:
-                record = from_json(raw_prefs)
-                reason, cap = eligibility.reason(record), record_cap(record)
-        except (ValueError, TypeError, LookupError, AttributeError, ConfigError) as exc:
-            stats.invalid_preferences += 1
-            log.error(
-                "user %r: unreadable preferences record skipped with its user (%s)",
-                user_id.decode(errors="replace"),
-                exc,
-            )
-            return
-        if reason is not None:
-            stats.suppressed[reason] += first
-            return
-        if before is not None or segment.locales is not None:
-            filtered = self._filter_devices(user_id, raw, segment, before or [], stats)
-            if filtered is None:
-                return
-            raw = filtered
-        if cap is not None:
-            out.capped.append((user_id, cap, raw, first))
-        else:
-            out.records.append(raw)
 
     @staticmethod
     def _filter_devices(
