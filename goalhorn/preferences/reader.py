@@ -19,6 +19,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import groupby
 from typing import TypeVar
 
 import numpy as np
@@ -54,6 +55,8 @@ class ChunkRecords:
     bulk: list[list[bytes | None]]
     users: list[bytes]
     preferences: list[bytes | None]
+    buckets: list[int]
+    """The bucket of each of ``users``; ``users`` come grouped by bucket."""
 
 
 class ChunkReader:
@@ -66,7 +69,7 @@ class ChunkReader:
         """Device records of the unmarked ``user_ids`` and preference records of the marked ones, in
         one round trip of one HMGET per bucket and kind."""
         if not user_ids:
-            return ChunkRecords([], [], [])
+            return ChunkRecords([], [], [], [])
         buckets = self._buckets
         # Sort the members by (bucket, marked) in numpy: no per-member Python work but the crc32.
         codes = np.fromiter(map(zlib.crc32, user_ids), dtype=np.int64, count=len(user_ids)) % buckets
@@ -77,6 +80,7 @@ class ChunkReader:
         starts = [0, *ends[:-1]]
         commands: list[tuple[str, list[bytes]]] = []
         looked_at: list[bytes] = []
+        looked_at_buckets: list[int] = []
         for bucket in range(buckets):
             start, end = starts[2 * bucket], ends[2 * bucket]
             if end > start:
@@ -87,18 +91,31 @@ class ChunkReader:
             if end > start:
                 users = ordered[start:end]
                 looked_at += users
+                looked_at_buckets += [bucket] * len(users)
                 commands.append((self._keys.preference_bucket(bucket), users))
         rows = await hmget_many(self._redis, commands)
         preferences: list[bytes | None] = []
         for row in rows[bulk_commands:]:
             preferences += row
-        return ChunkRecords(rows[:bulk_commands], looked_at, preferences)
+        return ChunkRecords(rows[:bulk_commands], looked_at, preferences, looked_at_buckets)
 
-    async def devices(self, user_ids: Sequence[bytes]) -> list[bytes | None]:
-        """The device records of ``user_ids``, in their order (one HMGET per bucket)."""
-        grouped = group_by_bucket(user_ids, self._buckets)
-        rows = await hmget_many(self._redis, [(self._keys.device_bucket(b), users) for b, users in grouped.items()])
-        found: dict[bytes, bytes | None] = {}
-        for users, row in zip(grouped.values(), rows, strict=True):
-            found.update(zip(users, row, strict=True))
-        return [found[user_id] for user_id in user_ids]
+    async def devices(self, user_ids: Sequence[bytes], buckets: Sequence[int] | None = None) -> list[bytes | None]:
+        """The device records of ``user_ids``, in their order (one HMGET per bucket). ``buckets``, the
+        bucket of each user with the users grouped by bucket, spares hashing and regrouping them."""
+        if buckets is None:
+            grouped = group_by_bucket(user_ids, self._buckets)
+            rows = await hmget_many(self._redis, [(self._keys.device_bucket(b), us) for b, us in grouped.items()])
+            found: dict[bytes, bytes | None] = {}
+            for users, row in zip(grouped.values(), rows, strict=True):
+                found.update(zip(users, row, strict=True))
+            return [found[user_id] for user_id in user_ids]
+        commands: list[tuple[str, list[bytes]]] = []
+        start = 0
+        for bucket, group in groupby(buckets):
+            end = start + sum(1 for _ in group)
+            commands.append((self._keys.device_bucket(bucket), list(user_ids[start:end])))
+            start = end
+        out: list[bytes | None] = []
+        for row in await hmget_many(self._redis, commands):
+            out += row
+        return out

@@ -147,7 +147,7 @@ class Expander:
         for index, (segment, expr) in enumerate(segments):
             members = read_ahead(self._algebra.stream(expr, sizes), depth=4)
             reads = self._chunks(members, segment, segments[:index], prefilter, stats, eligibility)
-            async for chunk in overlapped(reads, depth=4):
+            async for chunk in overlapped(reads, depth=8):
                 chosen = self._select(chunk, segment, eligibility, stats)
                 if chosen.capped:
                     chosen.records += await self._admit(intent, chosen.capped, stats, now, dry_run)
@@ -204,7 +204,8 @@ class Expander:
         records = await self._reader.read(members, one_by_one)
         wanted: list[_Wanted] = []
         default_reason = eligibility.reason({})
-        for user_id, raw_prefs in zip(records.users, records.preferences, strict=True):
+        wanted_buckets: list[int] = []
+        for user_id, raw_prefs, bucket in zip(records.users, records.preferences, records.buckets, strict=True):
             before = seen.get(user_id)
             first = before is None
             stats.users += first
@@ -225,7 +226,8 @@ class Expander:
                 stats.suppressed[reason] += first
             else:
                 wanted.append(_Wanted(user_id, before, cap))
-        devices = await self._reader.devices([w.user_id for w in wanted]) if wanted else []
+                wanted_buckets.append(bucket)
+        devices = await self._reader.devices([w.user_id for w in wanted], wanted_buckets) if wanted else []
         return _Chunk(records.bulk, wanted, devices)
 
     def _rebuild_when_due(self, prefilter: PreferenceFilter) -> None:
