@@ -57,12 +57,13 @@ async def read_ahead(chunks: AsyncIterator[T], depth: int = 2) -> AsyncIterator[
 async def overlapped(starts: AsyncIterator[Awaitable[T]], depth: int = 3) -> AsyncIterator[T]:
     """The results of ``starts`` in order, with up to ``depth`` of them running at once (each round
     trip on its own connection), so Redis always has the next requests queued while the current
-    result is worked on. Stopping early cancels those still running."""
+    result is worked on. A finished result is yielded at once, not after ``depth`` more were started
+    (the first batch goes out early). Stopping early cancels those still running."""
     running: deque[asyncio.Future[T]] = deque()
     try:
         async for start in starts:
             running.append(asyncio.ensure_future(start))
-            if len(running) >= depth:
+            while running and (running[0].done() or len(running) >= depth):
                 yield await running.popleft()
         while running:
             yield await running.popleft()
