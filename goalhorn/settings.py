@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     intent_prefetch: int = Field(default=32, ge=1, le=1000)
     publish_timeout_s: float = Field(default=10.0, gt=0)
     reconnect_max_delay_s: float = Field(default=10.0, gt=0)
-    expand_chunk: int = Field(default=1000, ge=10, le=100_000, description="SSCAN COUNT per chunk.")
+    expand_chunk: int = Field(default=2000, ge=10, le=100_000, description="SSCAN COUNT per chunk.")
     batch_size: int = Field(default=500, ge=1, le=500)
     worker_threads: int = Field(default=8, ge=1, description="dramatiq worker threads per process.")
     delivery_max_attempts: int = Field(default=5, ge=1)

@@ -86,7 +86,7 @@ def set_keys(expr: Resolved) -> list[str]:
 class SetAlgebra:
     """Streams and tests membership of resolved segment expressions over one Redis."""
 
-    def __init__(self, redis: Redis, *, chunk: int = 1000) -> None:
+    def __init__(self, redis: Redis, *, chunk: int = 2000) -> None:
         self._redis = redis
         self._chunk = chunk
 

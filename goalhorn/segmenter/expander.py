@@ -96,7 +96,7 @@ class Expander:
         keys: Keys,
         catalog: Callable[[], Catalog],
         *,
-        chunk: int = 1000,
+        chunk: int = 2000,
         batch_size: int = 500,
         buckets: int = 16,
         bloom: bool = True,
