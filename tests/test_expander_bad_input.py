@@ -167,12 +167,6 @@ def deliverable(batches: list[EncodedBatch]) -> Counter[str]:
     return seen
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a stored device line with a platform prefix but broken JSON is copied into its batch as it is: "
-    "the whole batch is then unreadable JSON and quarantined whole at delivery, with every other user's "
-    "device in it (goalhorn/segmenter/batches.py BatchCutter.add / _cut, goalhorn/dispatch/stage.py salvage)",
-)
 async def test_a_truncated_device_line_does_not_take_other_users_devices_with_it(
     redis: Redis, settings: Settings
 ) -> None:
@@ -202,13 +196,6 @@ templates: {}
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="on the path that parses devices (a segment with a locale filter, or a member of an earlier "
-    "segment) one bad line makes decode_devices raise and Expander._filter_devices drops all of that "
-    "user's devices (goalhorn/segmenter/expander.py _filter_devices), where the bulk path skips only the "
-    "bad line",
-)
 async def test_a_bad_device_line_skips_only_that_line_when_devices_are_filtered(
     redis: Redis, settings: Settings
 ) -> None:
@@ -226,12 +213,6 @@ async def test_a_bad_device_line_skips_only_that_line_when_devices_are_filtered(
     assert delivered(batches) == Counter(["keep"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a list field of a preferences record holding a string is not rejected: Eligibility.reason "
-    "tests `team in record['mt']`, a substring test on a string (goalhorn/preferences/eligibility.py), "
-    "so the user is neither counted in invalid_preferences nor skipped",
-)
 async def test_a_string_where_a_list_belongs_is_an_invalid_preferences_record(redis: Redis, settings: Settings) -> None:
     keys = Keys(settings.namespace)
     store = PreferenceStore(redis, keys, buckets=BUCKETS)

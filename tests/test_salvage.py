@@ -46,7 +46,7 @@ BAD_WEBHOOKS: list[tuple[dict[str, Any] | int, str]] = [
     (phone(94), "a fcm device in a webhook batch"),
     ({**hook(95), "platform": "sms"}, "platform: Input should be"),
     ({k: v for k, v in hook(96).items() if k != "device_id"}, "device_id: Field required"),
-    (7, "valid dictionary"),
+    (7, "should be an object"),
 ]
 
 

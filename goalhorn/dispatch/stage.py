@@ -41,24 +41,34 @@ ProviderFactory = Callable[[Platform], Provider]
 def salvage(payload: str, platform: Platform) -> tuple[DeliveryBatch | None, list[tuple[str, str]]]:
     """A batch that failed validation only because of some of its devices: the batch of the valid
     ones, and each invalid device's JSON with why. ``(None, [])`` when the batch itself is unreadable
-    or none of its devices is valid."""
+    or none of its devices is valid.
+
+    The expander writes one device per line (``goalhorn.segmenter.batches``), so even a device whose
+    JSON is broken, which makes the whole message unparsable, is cut out line by line."""
     try:
         data = json.loads(payload)
+        raws: list[str] = [json.dumps(raw) for raw in data["devices"]]
+    except (ValueError, TypeError, KeyError):
+        data, raws = _by_lines(payload)
+        if data is None:
+            return None, []
+    try:
         intent = Intent.model_validate(data["intent"])
-        batch_id, attempt, devices = str(data["batch_id"]), int(data.get("attempt", 1)), list(data["devices"])
+        batch_id, attempt = str(data["batch_id"]), int(data.get("attempt", 1))
     except (ValueError, TypeError, KeyError, ValidationError):
         return None, []
     good: list[Device] = []
     bad: list[tuple[str, str]] = []
-    for raw in devices:
+    for raw in raws:
         try:
-            device = Device.model_validate(raw)
+            device = Device.model_validate_json(raw)
         except ValidationError as exc:
             first = exc.errors()[0]
-            bad.append((json.dumps(raw), f"{'.'.join(map(str, first['loc']))}: {first['msg']}"))
+            where = ".".join(map(str, first["loc"]))
+            bad.append((raw, f"{where}: {first['msg']}" if where else first["msg"]))
             continue
         if device.platform != platform:
-            bad.append((json.dumps(raw), f"a {device.platform} device in a {platform} batch"))
+            bad.append((raw, f"a {device.platform} device in a {platform} batch"))
         else:
             good.append(device)
     try:
@@ -66,6 +76,22 @@ def salvage(payload: str, platform: Platform) -> tuple[DeliveryBatch | None, lis
     except ValidationError:  # no valid device, too many, or a bad attempt number: nothing to salvage
         return None, []
     return batch, bad
+
+
+def _by_lines(payload: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """The head of a batch message written by the expander (everything but the devices) and its device
+    lines, when the message is in that shape: ``{...,"devices":[`` / one device per line / ``]}``."""
+    lines = payload.split("\n")
+    if len(lines) < 3 or not lines[0].endswith('"devices":[') or lines[-1] != "]}":
+        return None, []
+    try:
+        head = json.loads(lines[0] + "]}")
+    except ValueError:
+        return None, []
+    if not isinstance(head, dict):
+        return None, []
+    body = lines[1:-1]
+    return head, [line[:-1] if line.endswith(",") and n < len(body) - 1 else line for n, line in enumerate(body)]
 
 
 def make_broker(settings: Settings) -> dramatiq.Broker:
@@ -127,7 +153,8 @@ class DeliveryStage:
         except ValidationError as exc:
             good, bad = salvage(payload, platform)
             if good is None:
-                log.error("unreadable %s batch quarantined: %s", platform, exc.errors()[:3])
+                problems = [(".".join(map(str, e["loc"])), e["msg"]) for e in exc.errors()[:3]]  # no input: secrets
+                log.error("unreadable %s batch quarantined: %s", platform, problems)
                 await deliverer.counters.add({"batches_done": 1, "quarantined_batches": 1})
                 await deliverer.quarantine(payload, f"invalid batch: {exc.error_count()} errors")
                 return

@@ -110,14 +110,13 @@ class PreferenceBloom:
     async def rebuild(self) -> int:
         """Build a filter from every preference record and publish it; returns its version."""
         pending = cast(set[bytes], await self._redis.smembers(self._keys.bloom_pending()))
-        pipe = self._redis.pipeline(transaction=False)
-        for bucket in range(self._buckets):
-            pipe.hlen(self._keys.preference_bucket(bucket))
-        population = sum(cast(list[int], await pipe.execute()))
-        bloom = Xxh3BloomFilter(capacity=max(MIN_CAPACITY, int(population * HEADROOM)), error_rate=self._error_rate)
+        users: list[bytes] = []  # read first, so the filter is sized to what was read (writes go on meanwhile)
         for bucket in range(self._buckets):
             async for user_id, _ in self._redis.hscan_iter(self._keys.preference_bucket(bucket), count=1000):
-                bloom.add(cast(bytes, user_id), skip_check=True)
+                users.append(cast(bytes, user_id))
+        bloom = Xxh3BloomFilter(capacity=max(MIN_CAPACITY, int(len(users) * HEADROOM)), error_rate=self._error_rate)
+        for user_id in users:
+            bloom.add(user_id, skip_check=True)
         blob = io.BytesIO()
         blob.write(FORMAT)
         bloom.tofile(blob)

@@ -38,11 +38,20 @@ class Eligibility:
         self._minutes: dict[str, int] = {}
 
     def reason(self, record: Mapping[str, Any]) -> Reason | None:
-        """The reason ``record`` suppresses the intent, or None when it lets it through."""
+        """The reason ``record`` suppresses the intent, or None when it lets it through. ValueError
+        (or TypeError, LookupError) for a record of the wrong shape."""
         kind = self._kind
-        if kind in record.get("out", ()) or (self._opt_in and kind not in record.get("in", ())):
+        opted_out, opted_in, teams, matches = record.get("out"), record.get("in"), record.get("mt"), record.get("mm")
+        if not (
+            (opted_out is None or type(opted_out) is list)
+            and (opted_in is None or type(opted_in) is list)
+            and (teams is None or type(teams) is list)
+            and (matches is None or type(matches) is list)
+        ):  # a string would turn membership into a substring test
+            raise ValueError("a preferences list field (out, in, mt, mm) is not a list")
+        if (opted_out and kind in opted_out) or (self._opt_in and not (opted_in and kind in opted_in)):
             return "opted_out"
-        if (self._team is not None and self._team in record.get("mt", ())) or self._game in record.get("mm", ()):
+        if (self._team is not None and teams and self._team in teams) or (matches and self._game in matches):
             return "muted"
         quiet = record.get("q")
         if quiet and self._quiet_applies and in_window(quiet[0], quiet[1], self._minute(record.get("tz", "UTC"))):

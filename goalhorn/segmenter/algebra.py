@@ -28,26 +28,26 @@ async def read_ahead(chunks: AsyncIterator[T], depth: int = 2) -> AsyncIterator[
     """Yield ``chunks`` while a task reads up to ``depth`` more, so Redis round trips overlap the work
     done on the current chunk. Stacked, each stage runs ahead of the next (Redis interleaves the
     stages' connections); the reader's error is raised here, and stopping early cancels it."""
-    queue: asyncio.Queue[tuple[T, None] | tuple[None, BaseException | None]] = asyncio.Queue(depth)
+    queue: asyncio.Queue[tuple[bool, T | None, BaseException | None]] = asyncio.Queue(depth)
 
     async def pump() -> None:
         try:
             async for item in chunks:
-                await queue.put((item, None))
+                await queue.put((True, item, None))
         except Exception as exc:  # handed to the consumer, which raises it
-            await queue.put((None, exc))
+            await queue.put((False, None, exc))
         else:
-            await queue.put((None, None))
+            await queue.put((False, None, None))
 
     task = asyncio.create_task(pump())
     try:
         while True:
-            item, error = await queue.get()
-            if item is None:
+            more, item, error = await queue.get()
+            if not more:
                 if error is not None:
                     raise error
                 return
-            yield item
+            yield cast(T, item)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -5,15 +5,17 @@ A user's devices are stored as compact ``Device`` JSON lines that start with the
 it splits their records into lines, sorts the lines by that prefix into one buffer per platform, and
 writes each full buffer as the JSON of a ``DeliveryBatch`` around them. The delivery worker validates
 the batch when it takes it, and quarantines a device that does not validate without losing the rest
-of its batch (``goalhorn.dispatch.stage.salvage``). A line with no known platform prefix is counted
-and skipped here.
+of its batch (``goalhorn.dispatch.stage.salvage``): each device is on its own line of the message
+(JSON allows the newlines; a device's JSON has none), so even a device whose JSON is cut short is
+cut out on its own. A line with no known platform prefix (an empty one too) is counted and skipped
+here.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterator, Sequence
 
 from goalhorn.keys import PLATFORMS, Platform
 from goalhorn.models import EncodedBatch, Intent
@@ -44,13 +46,12 @@ class BatchCutter:
         self.devices = 0
         self.invalid_lines = 0
 
-    def add(self, records: Iterable[bytes], platforms: Collection[str] | None = None) -> Iterator[EncodedBatch]:
+    def add(self, records: Sequence[bytes], platforms: Collection[str] | None = None) -> Iterator[EncodedBatch]:
         """Add the device lines of stored ``records`` (only those of ``platforms``, if given) and yield
         every batch that fills."""
-        joined = b"\n".join(records)
-        if not joined:
+        if not records:
             return
-        lines = joined.split(b"\n")
+        lines = b"\n".join(records).split(b"\n")
         dropped: list[bytes] = []
         targets = self._buffers
         if platforms is not None:
@@ -100,9 +101,9 @@ class BatchCutter:
                 platform.encode(),
                 b'","intent":',
                 self._intent_json,
-                b',"devices":[',
-                b",".join(lines),
-                b"]}",
+                b',"devices":[\n',
+                b",\n".join(lines),
+                b"\n]}",
             )
         )
         return EncodedBatch(batch_id, platform, self._intent.priority, len(lines), payload)

@@ -35,11 +35,11 @@ from goalhorn.errors import ConfigError
 from goalhorn.intents.catalog import Catalog
 from goalhorn.intents.rules import intent_fields
 from goalhorn.keys import Keys
-from goalhorn.models import EncodedBatch, Intent, utcnow
+from goalhorn.models import Device, EncodedBatch, Intent, utcnow
 from goalhorn.preferences.bloom import PreferenceBloom, PreferenceFilter
 from goalhorn.preferences.caps import CapCounter
 from goalhorn.preferences.eligibility import REASONS, Eligibility, Reason
-from goalhorn.preferences.model import Cap, decode_devices, encode_devices, record_cap
+from goalhorn.preferences.model import Cap, record_cap
 from goalhorn.preferences.reader import ChunkReader
 from goalhorn.redis_client import Redis
 from goalhorn.segmenter.algebra import SetAlgebra, overlapped, read_ahead
@@ -242,21 +242,23 @@ class Expander:
         out = _Selection()
         default_reason = eligibility.reason({})  # an opt-in the defaults lack
         for raws in chunk.bulk:
-            without = raws.count(None)
+            without, empty = raws.count(None), raws.count(b"")
             stats.users += len(raws)
-            stats.users_without_devices += without
+            stats.users_without_devices += without + empty
+            stats.invalid_devices += empty
             if default_reason is None:
                 out.records += filter(None, raws)
             else:
-                stats.suppressed[default_reason] += len(raws) - without
+                stats.suppressed[default_reason] += len(raws) - without - empty
         filtering = segment.locales is not None
         for wanted, raw in zip(chunk.wanted, chunk.devices, strict=True):
             first = wanted.before is None
-            if raw is None:
+            if not raw:
                 stats.users_without_devices += first
+                stats.invalid_devices += first and raw == b""
                 continue
             if wanted.before is not None or filtering:
-                filtered = self._filter_devices(wanted.user_id, raw, segment, wanted.before or [], stats)
+                filtered = self._filter_devices(wanted.user_id, raw, segment, wanted.before or [], stats, first)
                 if filtered is None:
                     continue
                 raw = filtered
@@ -268,25 +270,27 @@ class Expander:
 
     @staticmethod
     def _filter_devices(
-        user_id: bytes, raw: bytes, segment: Segment, before: list[Segment], stats: ExpansionStats
+        user_id: bytes, raw: bytes, segment: Segment, before: list[Segment], stats: ExpansionStats, first: bool
     ) -> bytes | None:
-        """The user's devices this segment admits and no earlier one did, re-encoded (None: none)."""
-        try:
-            devices = decode_devices(raw)
-        except ValidationError as exc:
-            stats.invalid_devices += 1
-            log.error(
-                "user %r: unreadable device record skipped (%d errors)",
-                user_id.decode(errors="replace"),
-                exc.error_count(),
-            )
-            return None
-        kept = [
-            d
-            for d in devices
-            if segment.admits(d.platform, d.locale) and not any(s.admits(d.platform, d.locale) for s in before)
-        ]
-        return encode_devices(kept) if kept else None
+        """The user's device lines this segment admits and no earlier one did (None: none). A line that
+        is not a valid device is skipped, and counted the first time the user is met."""
+        kept: list[bytes] = []
+        for line in raw.split(b"\n"):
+            try:
+                device = Device.model_validate_json(line)
+            except ValidationError as exc:
+                if first:
+                    stats.invalid_devices += 1
+                    log.error(
+                        "user %r: unreadable device record line skipped (%s)",
+                        user_id.decode("utf-8", "replace"),
+                        exc.errors()[0]["msg"],
+                    )
+                continue
+            admitted = segment.admits(device.platform, device.locale)
+            if admitted and not any(s.admits(device.platform, device.locale) for s in before):
+                kept.append(device.to_json())
+        return b"\n".join(kept) if kept else None
 
     async def _admit(
         self,
