@@ -4,7 +4,8 @@ for.
 Members the Bloom filter rules out (on the defaults, new to the intent) are read in bulk: one HMGET
 per bucket for their device records, which come back without their ids. In the same round trip, the
 others' preference records (one HMGET per bucket); the devices of those their preferences let
-through follow in a second one, so no device record of a muted or quiet user is read. User ids stay
+through are read with a later chunk, in the same HMGETs, so no device record of a muted or quiet
+user is read and no round trip is added. User ids stay
 the bytes Redis returned and device records stay unparsed: the expander copies them into delivery
 batches (``goalhorn.segmenter.batches``).
 
@@ -19,7 +20,6 @@ import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import groupby
 from typing import TypeVar
 
 import numpy as np
@@ -47,16 +47,18 @@ def group_by_bucket(user_ids: Iterable[U], buckets: int) -> dict[int, list[U]]:
 
 @dataclass(slots=True)
 class ChunkRecords:
-    """A chunk's first read. Members read in bulk: their device records (None: no devices), per
-    bucket, without their ids. Members marked to be looked at one by one: their ids and preference
-    records (None: on the defaults), in the same order; their devices are read afterwards, for
-    those their preferences let through (:meth:`ChunkReader.devices`)."""
+    """What one read of a chunk returns. Members read in bulk: their device records (None: no
+    devices), per bucket, without their ids. Members marked to be looked at one by one: their ids and
+    preference records (None: on the defaults), in the same order, with their buckets; their devices
+    are read with a later chunk (``carried``), once their preferences let them through."""
 
     bulk: list[list[bytes | None]]
     users: list[bytes]
     preferences: list[bytes | None]
     buckets: list[int]
-    """The bucket of each of ``users``; ``users`` come grouped by bucket."""
+    """The bucket of each of ``users``."""
+    carried: list[bytes | None]
+    """The device records of the ``carried`` users asked for, in their order."""
 
 
 class ChunkReader:
@@ -65,12 +67,21 @@ class ChunkReader:
         self._keys = keys
         self._buckets = buckets
 
-    async def read(self, user_ids: Sequence[bytes], marked: Sequence[bool] | npt.NDArray[np.bool_]) -> ChunkRecords:
-        """Device records of the unmarked ``user_ids`` and preference records of the marked ones, in
-        one round trip of one HMGET per bucket and kind."""
-        if not user_ids:
-            return ChunkRecords([], [], [], [])
+    async def read(
+        self,
+        user_ids: Sequence[bytes],
+        marked: Sequence[bool] | npt.NDArray[np.bool_],
+        carried: Sequence[tuple[bytes, int]] = (),
+    ) -> ChunkRecords:
+        """Device records of the unmarked ``user_ids`` and of the ``carried`` ``(user id, bucket)``s,
+        and preference records of the marked ``user_ids``: one round trip of one HMGET per bucket and
+        kind."""
+        if not user_ids and not carried:
+            return ChunkRecords([], [], [], [], [])
         buckets = self._buckets
+        extra: dict[int, list[int]] = defaultdict(list)  # bucket -> positions in carried
+        for position, (_, bucket) in enumerate(carried):
+            extra[bucket].append(position)
         # Sort the members by (bucket, marked) in numpy: no per-member Python work but the crc32.
         codes = np.fromiter(map(zlib.crc32, user_ids), dtype=np.int64, count=len(user_ids)) % buckets
         groups = codes * 2 + np.asarray(marked, dtype=np.int64)
@@ -81,10 +92,14 @@ class ChunkReader:
         commands: list[tuple[str, list[bytes]]] = []
         looked_at: list[bytes] = []
         looked_at_buckets: list[int] = []
+        layout: list[tuple[int, list[int]]] = []  # per device command: bulk members, carried positions
         for bucket in range(buckets):
             start, end = starts[2 * bucket], ends[2 * bucket]
-            if end > start:
-                commands.append((self._keys.device_bucket(bucket), ordered[start:end]))
+            more = extra.get(bucket, [])
+            if end > start or more:
+                fields = ordered[start:end] + [carried[position][0] for position in more]
+                commands.append((self._keys.device_bucket(bucket), fields))
+                layout.append((end - start, more))
         bulk_commands = len(commands)
         for bucket in range(buckets):
             start, end = starts[2 * bucket + 1], ends[2 * bucket + 1]
@@ -94,28 +109,25 @@ class ChunkReader:
                 looked_at_buckets += [bucket] * len(users)
                 commands.append((self._keys.preference_bucket(bucket), users))
         rows = await hmget_many(self._redis, commands)
+        bulk: list[list[bytes | None]] = []
+        carried_devices: list[bytes | None] = [None] * len(carried)
+        for (size, more), row in zip(layout, rows, strict=False):
+            if more:
+                bulk.append(row[:size])
+                for position, raw in zip(more, row[size:], strict=True):
+                    carried_devices[position] = raw
+            else:
+                bulk.append(row)
         preferences: list[bytes | None] = []
         for row in rows[bulk_commands:]:
             preferences += row
-        return ChunkRecords(rows[:bulk_commands], looked_at, preferences, looked_at_buckets)
+        return ChunkRecords(bulk, looked_at, preferences, looked_at_buckets, carried_devices)
 
-    async def devices(self, user_ids: Sequence[bytes], buckets: Sequence[int] | None = None) -> list[bytes | None]:
-        """The device records of ``user_ids``, in their order (one HMGET per bucket). ``buckets``, the
-        bucket of each user with the users grouped by bucket, spares hashing and regrouping them."""
-        if buckets is None:
-            grouped = group_by_bucket(user_ids, self._buckets)
-            rows = await hmget_many(self._redis, [(self._keys.device_bucket(b), us) for b, us in grouped.items()])
-            found: dict[bytes, bytes | None] = {}
-            for users, row in zip(grouped.values(), rows, strict=True):
-                found.update(zip(users, row, strict=True))
-            return [found[user_id] for user_id in user_ids]
-        commands: list[tuple[str, list[bytes]]] = []
-        start = 0
-        for bucket, group in groupby(buckets):
-            end = start + sum(1 for _ in group)
-            commands.append((self._keys.device_bucket(bucket), list(user_ids[start:end])))
-            start = end
-        out: list[bytes | None] = []
-        for row in await hmget_many(self._redis, commands):
-            out += row
-        return out
+    async def devices(self, user_ids: Sequence[bytes]) -> list[bytes | None]:
+        """The device records of ``user_ids``, in their order (one HMGET per bucket)."""
+        grouped = group_by_bucket(user_ids, self._buckets)
+        rows = await hmget_many(self._redis, [(self._keys.device_bucket(b), users) for b, users in grouped.items()])
+        found: dict[bytes, bytes | None] = {}
+        for users, row in zip(grouped.values(), rows, strict=True):
+            found.update(zip(users, row, strict=True))
+        return [found[user_id] for user_id in user_ids]

@@ -66,6 +66,7 @@ class _Wanted:
     """A member looked at one by one whom its preferences let through."""
 
     user_id: bytes
+    bucket: int
     before: list[Segment] | None
     """The earlier segments of the intent it is in, if any."""
     cap: Cap | None
@@ -146,21 +147,39 @@ class Expander:
         eligibility = Eligibility(intent, now)
         for index, (segment, expr) in enumerate(segments):
             members = read_ahead(self._algebra.stream(expr, sizes), depth=4)
-            reads = self._chunks(members, segment, segments[:index], prefilter, stats, eligibility)
+            carry: list[_Wanted] = []  # let through by their preferences, devices not read yet
+            reads = self._chunks(members, segment, segments[:index], prefilter, stats, eligibility, carry)
             async for chunk in overlapped(reads, depth=8):
-                chosen = self._select(chunk, segment, eligibility, stats)
-                if chosen.capped:
-                    chosen.records += await self._admit(intent, chosen.capped, stats, now, dry_run)
-                for batch in cutter.add(chosen.records, segment.platforms):
+                for batch in await self._batches(chunk, segment, intent, eligibility, cutter, stats, now, dry_run):
                     yield batch
-                stats.devices, stats.batches, stats.invalid_devices = (
-                    cutter.devices,
-                    cutter.batches,
-                    stats.invalid_devices + cutter.take_invalid(),
-                )
+            if carry:
+                taken, carry[:] = carry[:], []
+                last = _Chunk([], taken, await self._reader.devices([w.user_id for w in taken]))
+                for batch in await self._batches(last, segment, intent, eligibility, cutter, stats, now, dry_run):
+                    yield batch
         for batch in cutter.flush():
             yield batch
         stats.devices, stats.batches = cutter.devices, cutter.batches
+
+    async def _batches(
+        self,
+        chunk: _Chunk,
+        segment: Segment,
+        intent: Intent,
+        eligibility: Eligibility,
+        cutter: BatchCutter,
+        stats: ExpansionStats,
+        now: datetime,
+        dry_run: bool,
+    ) -> list[EncodedBatch]:
+        """The batches a chunk fills."""
+        chosen = self._select(chunk, segment, eligibility, stats)
+        if chosen.capped:
+            chosen.records += await self._admit(intent, chosen.capped, stats, now, dry_run)
+        batches = list(cutter.add(chosen.records, segment.platforms))
+        stats.devices, stats.batches = cutter.devices, cutter.batches
+        stats.invalid_devices += cutter.take_invalid()
+        return batches
 
     async def _chunks(
         self,
@@ -170,10 +189,12 @@ class Expander:
         prefilter: PreferenceFilter,
         stats: ExpansionStats,
         eligibility: Eligibility,
+        carry: list[_Wanted],
     ) -> AsyncIterator[Awaitable[_Chunk]]:
         """Reads of chunks of members with their records, to be run (:func:`overlapped`): one by one
         for the Bloom filter's maybes, members of earlier segments, and everyone when the segment
-        filters by locale; in bulk for the rest."""
+        filters by locale; in bulk for the rest. Each read also fetches the devices of the users in
+        ``carry`` so far, and adds the users its own preference checks let through."""
         async for members in chunks:
             seen: dict[bytes, list[Segment]] = {}
             if earlier:
@@ -189,7 +210,8 @@ class Expander:
                 stats.preference_lookups += int(one_by_one.sum())
                 if seen:
                     one_by_one |= np.fromiter((u in seen for u in members), dtype=np.bool_, count=len(members))
-            yield self._read(members, one_by_one, seen, eligibility, stats)
+            taken, carry[:] = carry[:], []
+            yield self._read(members, one_by_one, seen, eligibility, stats, taken, carry)
 
     async def _read(
         self,
@@ -198,13 +220,13 @@ class Expander:
         seen: dict[bytes, list[Segment]],
         eligibility: Eligibility,
         stats: ExpansionStats,
+        taken: list[_Wanted],
+        carry: list[_Wanted],
     ) -> _Chunk:
-        """Read a chunk: bulk members' devices and the others' preferences, then the devices of
-        those the preferences let through."""
-        records = await self._reader.read(members, one_by_one)
-        wanted: list[_Wanted] = []
+        """Read a chunk (bulk members' devices, the others' preferences) with the devices of the
+        ``taken`` users; the chunk's users its preference checks let through go to ``carry``."""
+        records = await self._reader.read(members, one_by_one, [(w.user_id, w.bucket) for w in taken])
         default_reason = eligibility.reason({})
-        wanted_buckets: list[int] = []
         for user_id, raw_prefs, bucket in zip(records.users, records.preferences, records.buckets, strict=True):
             before = seen.get(user_id)
             first = before is None
@@ -225,10 +247,8 @@ class Expander:
             if reason is not None:
                 stats.suppressed[reason] += first
             else:
-                wanted.append(_Wanted(user_id, before, cap))
-                wanted_buckets.append(bucket)
-        devices = await self._reader.devices([w.user_id for w in wanted], wanted_buckets) if wanted else []
-        return _Chunk(records.bulk, wanted, devices)
+                carry.append(_Wanted(user_id, bucket, before, cap))
+        return _Chunk(records.bulk, taken, records.carried)
 
     def _rebuild_when_due(self, prefilter: PreferenceFilter) -> None:
         """Start a background rebuild of the Bloom filter when too many users are pending."""
