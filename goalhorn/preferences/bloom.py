@@ -8,10 +8,11 @@ filter being fresh: every preference write adds the user to a pending SET, which
 expander starts a rebuild in the background once the pending set grows past a limit.
 
 pybloom-live sizes the filter (slices and bits per slice from capacity and error rate), holds its
-bits and serializes it. Its keys are hashed here, with xxh3-128 and double hashing
-(``h1 + i*h2`` per slice, Kirsch and Mitzenmacher 2006), instead of its salted SHA-2, which cost
-2.0 µs per key: the expander probes a whole chunk of members at once with numpy, under 0.2 µs per
-key. The stored blob starts with a format tag; a filter stored in any other format is not used.
+bits and serializes it. Its keys are hashed here, with the user ids' xxh3-128
+(``goalhorn.preferences.hashing``, which the storage buckets share) and double hashing (``h1 +
+i*h2`` per slice, Kirsch and Mitzenmacher 2006), instead of its salted SHA-2, which cost 2.0 µs per
+key: the expander probes a whole chunk of members at once with numpy, 0.1 µs per key. The stored
+blob starts with a format tag; a filter stored in any other format is not used.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from typing import cast
 import numpy as np
 import numpy.typing as npt
 from pybloom_live import BloomFilter
-from xxhash import xxh3_128_digest, xxh3_128_intdigest
 
 from goalhorn.keys import Keys
+from goalhorn.preferences.hashing import MASK64, user_hash, user_hashes
 from goalhorn.redis_client import Redis
 
 MIN_CAPACITY = 1024
@@ -36,7 +37,6 @@ HEADROOM = 1.25
 OLD_VERSION_TTL_S = 300
 REBUILD_LOCK_S = 300
 FORMAT = b"goalhorn-bloom/xxh3-dh/1\n"
-_MASK64 = (1 << 64) - 1
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,10 @@ class Xxh3BloomFilter(BloomFilter):  # type: ignore[misc]  # pybloom-live is unt
 
     def _positions(self, key: str | bytes) -> Iterator[int]:
         """The bit of each slice for ``key``, within its slice (pybloom-live adds the slice offsets)."""
-        digest = xxh3_128_intdigest(key.encode() if isinstance(key, str) else key)
-        h1, h2 = digest & _MASK64, (digest >> 64) | 1
+        h1, h2 = user_hash(key.encode() if isinstance(key, str) else key)
+        h2 |= 1
         for i in range(self.num_slices):
-            yield ((h1 + i * h2) & _MASK64) % self.bits_per_slice
+            yield ((h1 + i * h2) & MASK64) % self.bits_per_slice
 
     def add(self, key: str | bytes, skip_check: bool = False) -> bool:
         self._packed = None
@@ -62,12 +62,15 @@ class Xxh3BloomFilter(BloomFilter):  # type: ignore[misc]  # pybloom-live is unt
 
     def contain_many(self, keys: Sequence[bytes]) -> npt.NDArray[np.bool_]:
         """``key in self`` for each of ``keys``, in one vectorized pass."""
-        if not keys:
+        return self.contain_hashes(user_hashes(keys))
+
+    def contain_hashes(self, hashes: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
+        """:meth:`contain_many` of the keys with these :func:`user_hashes`."""
+        if not len(hashes):
             return np.zeros(0, dtype=np.bool_)
         if self._packed is None:
             self._packed = np.frombuffer(self.bitarray.tobytes(), dtype=np.uint8)
-        digests = np.frombuffer(b"".join(map(xxh3_128_digest, keys)), dtype=">u8").reshape(-1, 2)
-        h1, h2 = digests[:, 1:2].astype(np.uint64), digests[:, 0:1] | np.uint64(1)
+        h1, h2 = hashes[:, 0:1], hashes[:, 1:2] | np.uint64(1)
         slices = np.arange(self.num_slices, dtype=np.uint64)
         bits = np.uint64(self.bits_per_slice)
         positions = (h1 + slices * h2) % bits + slices * bits
@@ -86,11 +89,14 @@ class PreferenceFilter:
     def maybe(self, user_id: str) -> bool:
         return bool(self.maybe_many([user_id.encode()])[0])
 
-    def maybe_many(self, user_ids: Sequence[bytes]) -> npt.NDArray[np.bool_]:
-        """Whether each of ``user_ids`` may have preferences (False: it certainly has none)."""
+    def maybe_many(
+        self, user_ids: Sequence[bytes], hashes: npt.NDArray[np.uint64] | None = None
+    ) -> npt.NDArray[np.bool_]:
+        """Whether each of ``user_ids`` may have preferences (False: it certainly has none);
+        ``hashes``, their :func:`user_hashes` if already computed."""
         if self.bloom is None:
             return np.ones(len(user_ids), dtype=np.bool_)
-        found = self.bloom.contain_many(user_ids)
+        found = self.bloom.contain_hashes(user_hashes(user_ids) if hashes is None else hashes)
         if self.pending:
             pending = self.pending
             found |= np.fromiter((user_id in pending for user_id in user_ids), dtype=np.bool_, count=len(user_ids))

@@ -16,7 +16,6 @@ a Lua script joining a bucket's records server-side took 0.68 s of it.
 
 from __future__ import annotations
 
-import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,12 +25,13 @@ import numpy as np
 import numpy.typing as npt
 
 from goalhorn.keys import Keys
+from goalhorn.preferences.hashing import user_hash, user_hashes
 from goalhorn.redis_client import Redis, hmget_many
 
 
 def bucket_of(user_id: str | bytes, buckets: int) -> int:
-    """The bucket holding a user's devices and preferences."""
-    return zlib.crc32(user_id.encode() if isinstance(user_id, str) else user_id) % buckets
+    """The bucket holding a user's devices and preferences: the low half of its xxh3-128, modulo."""
+    return user_hash(user_id.encode() if isinstance(user_id, str) else user_id)[0] % buckets
 
 
 U = TypeVar("U", str, bytes)
@@ -72,18 +72,21 @@ class ChunkReader:
         user_ids: Sequence[bytes],
         marked: Sequence[bool] | npt.NDArray[np.bool_],
         carried: Sequence[tuple[bytes, int]] = (),
+        hashes: npt.NDArray[np.uint64] | None = None,
     ) -> ChunkRecords:
         """Device records of the unmarked ``user_ids`` and of the ``carried`` ``(user id, bucket)``s,
         and preference records of the marked ``user_ids``: one round trip of one HMGET per bucket and
-        kind."""
+        kind. ``hashes``: the ``user_hashes`` of ``user_ids``, if already computed."""
         if not user_ids and not carried:
             return ChunkRecords([], [], [], [], [])
         buckets = self._buckets
         extra: dict[int, list[int]] = defaultdict(list)  # bucket -> positions in carried
         for position, (_, bucket) in enumerate(carried):
             extra[bucket].append(position)
-        # Sort the members by (bucket, marked) in numpy: no per-member Python work but the crc32.
-        codes = np.fromiter(map(zlib.crc32, user_ids), dtype=np.int64, count=len(user_ids)) % buckets
+        # Sort the members by (bucket, marked) in numpy: no per-member Python work.
+        if hashes is None:
+            hashes = user_hashes(user_ids)
+        codes = (hashes[:, 0] % np.uint64(buckets)).astype(np.int64)
         groups = codes * 2 + np.asarray(marked, dtype=np.int64)
         order = np.argsort(groups, kind="stable").tolist()
         ordered = [user_ids[i] for i in order]

@@ -39,6 +39,7 @@ from goalhorn.models import Device, EncodedBatch, Intent, utcnow
 from goalhorn.preferences.bloom import PreferenceBloom, PreferenceFilter
 from goalhorn.preferences.caps import CapCounter
 from goalhorn.preferences.eligibility import REASONS, Eligibility, Reason
+from goalhorn.preferences.hashing import user_hashes
 from goalhorn.preferences.model import Cap, record_cap
 from goalhorn.preferences.reader import ChunkReader
 from goalhorn.redis_client import Redis
@@ -203,19 +204,21 @@ class Expander:
                     hits = [s for (s, _), row in zip(earlier, inside, strict=True) if row[position]]
                     if hits:
                         seen[user_id] = hits
+            hashes = user_hashes(members)
             if segment.locales is not None:
                 one_by_one = np.ones(len(members), dtype=np.bool_)
             else:
-                one_by_one = prefilter.maybe_many(members)
+                one_by_one = prefilter.maybe_many(members, hashes)
                 stats.preference_lookups += int(one_by_one.sum())
                 if seen:
                     one_by_one |= np.fromiter((u in seen for u in members), dtype=np.bool_, count=len(members))
             taken, carry[:] = carry[:], []
-            yield self._read(members, one_by_one, seen, eligibility, stats, taken, carry)
+            yield self._read(members, hashes, one_by_one, seen, eligibility, stats, taken, carry)
 
     async def _read(
         self,
         members: list[bytes],
+        hashes: npt.NDArray[np.uint64],
         one_by_one: npt.NDArray[np.bool_],
         seen: dict[bytes, list[Segment]],
         eligibility: Eligibility,
@@ -225,7 +228,7 @@ class Expander:
     ) -> _Chunk:
         """Read a chunk (bulk members' devices, the others' preferences) with the devices of the
         ``taken`` users; the chunk's users its preference checks let through go to ``carry``."""
-        records = await self._reader.read(members, one_by_one, [(w.user_id, w.bucket) for w in taken])
+        records = await self._reader.read(members, one_by_one, [(w.user_id, w.bucket) for w in taken], hashes)
         default_reason = eligibility.reason({})
         for user_id, raw_prefs, bucket in zip(records.users, records.preferences, records.buckets, strict=True):
             before = seen.get(user_id)
