@@ -4,11 +4,12 @@ Loads N followers (default 1,000,000) of one team in a fresh namespace with bulk
 (most users one phone, some two), 10 % muting the team, 5 % in quiet hours now, 3 % with a
 non-default opt-in; builds the Bloom filter; then measures, in the same run:
 
-- a bare SSCAN iteration of the follower set (the baseline: members/s), best of the rounds;
+- a bare SSCAN iteration of the follower set (the baseline: members/s);
 - the expander (Bloom on, and off) turning the segment into <=500-device batches: recipients/s and
-  members/s against the baseline, time to the first batch, peak traced memory of the expansion;
-  ``--rounds`` warm expansions per mode, alternating with the baseline's SSCANs, the best counting
-  (the median is printed too);
+  members/s against the baseline, time to the first batch, peak traced memory of the expansion.
+  Each mode runs ``--rounds`` warm expansions, each right after an SSCAN of the baseline; the best
+  expansion is compared with the best of those SSCANs, and each round's ratio with its own SSCAN is
+  printed too (the machine's speed drifts between rounds);
 - the naive approach (per member, one round trip for its devices and its preferences), on a sample.
 
 Everything it wrote is deleted afterwards. ``python -m bench expand`` or ``python -m bench.bench_expand
@@ -25,7 +26,7 @@ import tracemalloc
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 from goalhorn.intents.catalog import default_catalog
 from goalhorn.intents.rules import intent_id_for
@@ -202,18 +203,28 @@ async def run(users: int, chunk: int, buckets: int, sample: int, rounds: int, na
         )
         key = keys.team_followers(TEAM)
         catalog = default_catalog()
-        results: dict[str, dict[str, float]] = {}
+        results: dict[str, dict[str, Any]] = {}
         scans = []
         for bloom in (True, False):
             expander = Expander(redis, keys, lambda: catalog, chunk=chunk, buckets=buckets, bloom=bloom)
             cold = await expand(expander, goal_intent(now))
-            warm = []
+            warm, own_scans = [], []
             for _ in range(rounds):  # alternate with the baseline, so both see the same machine
-                scans.append(await bare_sscan(redis, key, chunk))
+                own_scans.append(await bare_sscan(redis, key, chunk))
                 warm.append(await expand(expander, goal_intent(now)))
+            scans += own_scans
             best = min(warm, key=lambda r: r["elapsed"])
             median = sorted(r["elapsed"] for r in warm)[len(warm) // 2]
-            results["bloom" if bloom else "no-bloom"] = best | {"cold_first": cold["first"], "median": median}
+            scan_members, scan_s = min(own_scans, key=lambda s: s[1])
+            per_round = sorted(
+                (r["recipients"] / r["elapsed"]) / (n / s) for r, (n, s) in zip(warm, own_scans, strict=True)
+            )
+            results["bloom" if bloom else "no-bloom"] = best | {
+                "cold_first": cold["first"],
+                "median": median,
+                "scan_rate": scan_members / scan_s,
+                "round_ratios": per_round,
+            }
         scan_members, scan_s = min(scans, key=lambda s: s[1])
         scan_rate = scan_members / scan_s
         traced = await expand(
@@ -226,6 +237,8 @@ async def run(users: int, chunk: int, buckets: int, sample: int, rounds: int, na
         for name, r in results.items():
             member_rate = r["members"] / r["elapsed"]
             recipient_rate = r["recipients"] / r["elapsed"]
+            scan_rate = r["scan_rate"]  # the best SSCAN of the rounds this mode alternated with
+            rounds_text = ", ".join(f"{ratio:.2f}x" for ratio in r["round_ratios"])
             print(
                 f"expander, {name}: {int(r['members']):,} members -> {int(r['recipients']):,} recipients in "
                 f"{int(r['batches']):,} batches in {r['elapsed']:.2f} s (median {r['median']:.2f} s); "
@@ -234,7 +247,7 @@ async def run(users: int, chunk: int, buckets: int, sample: int, rounds: int, na
                 f"({member_rate / scan_rate:.2f}x SSCAN, {member_rate / naive_rate:.1f}x naive); "
                 f"first batch after {r['first'] * 1000:.1f} ms (cold {r['cold_first'] * 1000:.1f} ms); "
                 f"suppressed {int(r['muted']):,} muted, {int(r['quiet']):,} quiet; "
-                f"{int(r['lookups']):,} preference lookups"
+                f"{int(r['lookups']):,} preference lookups; each round against its own SSCAN: {rounds_text}"
             )
         print(f"naive per-member round trips: {naive_rate:,.0f} members/s (sample of {naive_members:,})")
         print(f"peak traced memory of one expansion: {traced['peak'] / 2**20:.1f} MiB")

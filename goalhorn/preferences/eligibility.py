@@ -5,8 +5,8 @@ opt-in the user did not give), the team or the match is muted, the user is in qu
 rule bypasses them). Caps come last and need Redis (``goalhorn.preferences.caps``).
 
 The check reads the compact record Redis holds (``Preferences.record``), as the expander gets it, so
-a preference lookup costs one JSON parse and a few set lookups; an ``Eligibility`` is built once per
-intent and instant and keeps each time zone's local minute.
+a preference lookup costs one JSON parse and a few list lookups; an ``Eligibility`` is built once per
+intent and instant and keeps each time zone's local minute and each distinct record's verdict.
 """
 
 from __future__ import annotations
@@ -15,10 +15,13 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
+from pydantic_core import from_json
+
 from goalhorn.models import Intent
-from goalhorn.preferences.model import Preferences
+from goalhorn.preferences.model import Cap, Preferences, record_cap
 from goalhorn.preferences.quiet_hours import in_window, local_minute
 
+MAX_VERDICTS = 100_000
 Reason = Literal["opted_out", "muted", "quiet_hours", "capped"]
 REASONS: tuple[Reason, ...] = ("opted_out", "muted", "quiet_hours", "capped")
 
@@ -26,7 +29,7 @@ REASONS: tuple[Reason, ...] = ("opted_out", "muted", "quiet_hours", "capped")
 class Eligibility:
     """Why a compact preferences record keeps one intent from its user at one instant."""
 
-    __slots__ = ("_game", "_kind", "_minutes", "_now", "_opt_in", "_quiet_applies", "_team")
+    __slots__ = ("_game", "_kind", "_minutes", "_now", "_opt_in", "_quiet_applies", "_team", "_verdicts")
 
     def __init__(self, intent: Intent, now: datetime) -> None:
         self._kind = intent.kind.value
@@ -36,6 +39,20 @@ class Eligibility:
         self._quiet_applies = not intent.bypass_quiet_hours
         self._now = now
         self._minutes: dict[str, int] = {}
+        self._verdicts: dict[bytes, tuple[Reason | None, Cap | None]] = {}
+
+    def judge(self, raw: bytes) -> tuple[Reason | None, Cap | None]:
+        """The reason a stored preferences record suppresses the intent (None: it lets it through) and
+        its cap. Verdicts are kept per record: users often share one (the same team muted, the same
+        kinds opted out of). ValueError, TypeError or LookupError for a record of the wrong shape."""
+        verdict = self._verdicts.get(raw)
+        if verdict is None:
+            record = from_json(raw)
+            verdict = (self.reason(record), record_cap(record))
+            if len(self._verdicts) >= MAX_VERDICTS:
+                self._verdicts.clear()
+            self._verdicts[raw] = verdict
+        return verdict
 
     def reason(self, record: Mapping[str, Any]) -> Reason | None:
         """The reason ``record`` suppresses the intent, or None when it lets it through. ValueError

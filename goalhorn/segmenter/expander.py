@@ -29,7 +29,6 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
-from pydantic_core import from_json
 
 from goalhorn.errors import ConfigError
 from goalhorn.intents.catalog import Catalog
@@ -40,7 +39,7 @@ from goalhorn.preferences.bloom import PreferenceBloom, PreferenceFilter
 from goalhorn.preferences.caps import CapCounter
 from goalhorn.preferences.eligibility import REASONS, Eligibility, Reason
 from goalhorn.preferences.hashing import user_hashes
-from goalhorn.preferences.model import Cap, record_cap
+from goalhorn.preferences.model import Cap
 from goalhorn.preferences.reader import ChunkReader
 from goalhorn.redis_client import Redis
 from goalhorn.segmenter.algebra import SetAlgebra, overlapped, read_ahead
@@ -239,8 +238,7 @@ class Expander:
                 if raw_prefs is None:
                     reason = default_reason
                 else:
-                    record = from_json(raw_prefs)
-                    reason, cap = eligibility.reason(record), record_cap(record)
+                    reason, cap = eligibility.judge(raw_prefs)
             except (ValueError, TypeError, LookupError, AttributeError, ConfigError) as exc:
                 stats.invalid_preferences += 1
                 log.error(
