@@ -271,7 +271,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--chunk", type=int, default=2000, help="SSCAN COUNT per round trip (both sides)")
     parser.add_argument("--buckets", type=int, default=16)
     parser.add_argument("--naive-sample", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=3, help="warm expansions (and SSCANs) per mode; the best counts")
+    parser.add_argument("--rounds", type=int, default=5, help="warm expansions (and SSCANs) per mode; the best counts")
     parser.add_argument("--namespace", default=f"bench-expand-{uuid.uuid4().hex[:8]}")
     args = parser.parse_args(argv)
     return asyncio.run(run(args.users, args.chunk, args.buckets, args.naive_sample, args.rounds, args.namespace))
