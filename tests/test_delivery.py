@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from goalhorn.counters import PipelineCounters
 from goalhorn.dispatch.stage import DeliveryStage, DeliveryWorker, make_broker
 from goalhorn.keys import Keys, Platform
 from goalhorn.models import DeliveryBatch, Device, EventKind, Intent, Sport, utcnow
@@ -18,7 +17,7 @@ from goalhorn.providers import Provider
 from goalhorn.providers.console import ConsoleProvider
 from goalhorn.settings import Settings
 from tests.conftest import delete_namespace, make_settings
-from tests.queues import delete_delivery_queues
+from tests.stages import deliver_all, delivery_stage
 
 
 def make_intent(intent_id: str = "i-1", ttl_s: float = 300) -> Intent:
@@ -87,31 +86,8 @@ def pushes(out: io.StringIO) -> Counter[tuple[str, str]]:
 
 
 async def run_stage(settings: Settings, provider: Provider, batches: list[DeliveryBatch], timeout_s: float = 30):
-    stage = DeliveryStage(settings, make_broker(settings), lambda platform: provider)
-    keys = Keys(settings.namespace)
-    from goalhorn.redis_client import make_redis
-
-    redis = make_redis(settings)
-    counters = PipelineCounters(redis, keys)
-    worker = DeliveryWorker(stage)
-    worker.start()
-    try:
-        for batch in batches:
-            await stage.enqueue(batch.encode())
-        await counters.add({"batches_published": len(batches)})
-        async with asyncio.timeout(timeout_s):
-            while True:
-                snap = await counters.snapshot()
-                if snap.get("batches_done") >= snap.get("batches_published") > 0:
-                    return snap
-                await asyncio.sleep(0.05)
-    finally:
-        await asyncio.to_thread(worker.stop)
-        stage.close()
-        stage.broker.close()
-        await redis.aclose()
-        if settings.amqp_url:
-            await delete_delivery_queues(settings)
+    async with delivery_stage(settings, provider) as (stage, redis):
+        return await deliver_all(stage, redis, [batch.encode() for batch in batches], timeout_s)
 
 
 async def test_crash_after_half_a_batch_redelivers_without_duplicates(backend: str) -> None:

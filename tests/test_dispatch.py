@@ -12,23 +12,21 @@ from typing import Any
 
 import pytest
 
-from goalhorn.counters import CounterSnapshot, PipelineCounters
+from goalhorn.counters import CounterSnapshot
 from goalhorn.dispatch.breaker import Breakers, CircuitBreaker, State
 from goalhorn.dispatch.pacing import TokenBucket
-from goalhorn.dispatch.stage import DeliveryStage, DeliveryWorker, make_broker
-from goalhorn.keys import Keys, Platform
+from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, Device, utcnow
 from goalhorn.preferences.store import PreferenceStore
 from goalhorn.providers import Provider
 from goalhorn.providers.apns import ApnsProvider
 from goalhorn.providers.fcm import FcmProvider
 from goalhorn.providers.webhook import WebhookProvider
-from goalhorn.redis_client import make_redis
 from goalhorn.sandbox.apns_server import ApnsSandbox
 from goalhorn.sandbox.fcm_server import FcmSandbox
 from goalhorn.settings import Settings
 from tests.conftest import delete_namespace, make_settings
-from tests.queues import delete_delivery_queues
+from tests.stages import deliver_all, delivery_stage
 from tests.test_delivery import make_intent
 
 
@@ -53,36 +51,17 @@ async def deliver(
     settings: Settings, provider: Provider, batches: list[DeliveryBatch], *, seed: tuple[Device, ...] = ()
 ) -> Run:
     """Run batches through a real delivery stage and worker until every batch is done."""
-    stage = DeliveryStage(settings, make_broker(settings), lambda platform: provider)
-    redis = make_redis(settings)
-    keys = Keys(settings.namespace)
-    store = PreferenceStore(redis, keys)
-    await store.add_devices(seed)
-    counters = PipelineCounters(redis, keys)
-    worker = DeliveryWorker(stage)
-    worker.start()
-    try:
-        for batch in batches:
-            await stage.enqueue(batch.encode())
-        await counters.add({"batches_published": len(batches)})
-        async with asyncio.timeout(60):
-            while True:
-                snap = await counters.snapshot()
-                if snap.get("batches_done") >= snap.get("batches_published") > 0:
-                    break
-                await asyncio.sleep(0.05)
-        stored = sum(len(d) for d in await store.devices_of_many([d.user_id for d in seed]))
-        assert stage._deliverer is not None
-        dead_letters = await redis.xrange(keys.dead_letters()) or []
-        return Run(snap, stage._deliverer.breakers, stored, list(dead_letters))
-    finally:
-        await asyncio.to_thread(worker.stop)
-        stage.close()
-        stage.broker.close()
-        await delete_namespace(redis, settings.namespace)
-        await redis.aclose()
-        if settings.amqp_url:
-            await delete_delivery_queues(settings)
+    async with delivery_stage(settings, provider) as (stage, redis):
+        try:
+            store = PreferenceStore(redis, stage.keys)
+            await store.add_devices(seed)
+            snap = await deliver_all(stage, redis, [batch.encode() for batch in batches], 60)
+            stored = sum(len(d) for d in await store.devices_of_many([d.user_id for d in seed]))
+            assert stage._deliverer is not None
+            dead_letters = await redis.xrange(stage.keys.dead_letters()) or []
+            return Run(snap, stage._deliverer.breakers, stored, list(dead_letters))
+        finally:
+            await delete_namespace(redis, settings.namespace)
 
 
 def batch_of(devs: tuple[Device, ...], platform: Platform = "fcm", intent_id: str = "i-1") -> DeliveryBatch:

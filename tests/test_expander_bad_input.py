@@ -21,6 +21,7 @@ from goalhorn.redis_client import Redis
 from goalhorn.segmenter.expander import Expander, ExpansionStats
 from goalhorn.settings import Settings
 from tests.test_consumer import intent
+from tests.test_expander_properties import build_devices
 
 BUCKETS = 4
 PLATFORM_CYCLE: list[Platform] = ["fcm", "apns", "webhook"]
@@ -40,19 +41,7 @@ GARBAGE_LINES = [b"garbage", b'{"device_id":"x","platform":"fcm","user_id":"u","
 
 
 def devices_of(user: str, n: int) -> list[Device]:
-    out = []
-    for i in range(n):
-        platform = PLATFORM_CYCLE[(len(user) + i) % 3]
-        out.append(
-            Device(
-                device_id=f"{user}-{i}",
-                user_id=user,
-                platform=platform,
-                address=f"https://hooks.example/{user}" if platform == "webhook" else f"tok-{user}-{i}",
-                secret="whsec_x" if platform == "webhook" else None,
-            )
-        )
-    return out
+    return build_devices({user: [(PLATFORM_CYCLE[(len(user) + i) % 3], "en") for i in range(n)]})[user]
 
 
 async def corrupt_preferences(redis: Redis, keys: Keys, records: dict[str, bytes]) -> None:

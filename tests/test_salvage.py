@@ -4,7 +4,6 @@ backends."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 from typing import Any
@@ -12,15 +11,14 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from goalhorn.counters import CounterSnapshot, PipelineCounters
-from goalhorn.dispatch.stage import DeliveryStage, DeliveryWorker, make_broker, salvage
-from goalhorn.keys import Keys, Platform
+from goalhorn.counters import CounterSnapshot
+from goalhorn.dispatch.stage import salvage
+from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, Device, EncodedBatch
 from goalhorn.providers.console import ConsoleProvider
-from goalhorn.redis_client import make_redis
 from goalhorn.settings import Settings
 from tests.conftest import delete_namespace, make_settings
-from tests.queues import delete_delivery_queues
+from tests.stages import deliver_all, delivery_stage
 from tests.test_delivery import make_intent, pushes
 
 
@@ -120,33 +118,12 @@ async def deliver_encoded(
 ) -> tuple[CounterSnapshot, list[Any], io.StringIO]:
     """Run raw batches through a real delivery stage and worker until every one is done."""
     out = io.StringIO()
-    provider = ConsoleProvider(platform, out)
-    stage = DeliveryStage(settings, make_broker(settings), lambda p: provider)
-    redis = make_redis(settings)
-    keys = Keys(settings.namespace)
-    counters = PipelineCounters(redis, keys)
-    worker = DeliveryWorker(stage)
-    worker.start()
-    try:
-        for batch in batches:
-            await stage.enqueue(batch)
-        await counters.add({"batches_published": len(batches)})
-        async with asyncio.timeout(30):
-            while True:
-                snap = await counters.snapshot()
-                if snap.get("batches_done") >= snap.get("batches_published") > 0:
-                    break
-                await asyncio.sleep(0.05)
-        dead = list(await redis.xrange(keys.dead_letters()) or [])
-        return snap, dead, out
-    finally:
-        await asyncio.to_thread(worker.stop)
-        stage.close()
-        stage.broker.close()
-        await delete_namespace(redis, settings.namespace)
-        await redis.aclose()
-        if settings.amqp_url:
-            await delete_delivery_queues(settings)
+    async with delivery_stage(settings, ConsoleProvider(platform, out)) as (stage, redis):
+        try:
+            snap = await deliver_all(stage, redis, batches)
+            return snap, list(await redis.xrange(stage.keys.dead_letters()) or []), out
+        finally:
+            await delete_namespace(redis, settings.namespace)
 
 
 async def test_the_stage_delivers_the_valid_devices_and_dead_letters_each_bad_one(backend: str) -> None:
