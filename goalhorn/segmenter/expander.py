@@ -3,17 +3,17 @@
 member is read.
 
 Per chunk of members (SSCAN ``COUNT chunk``) the expander makes a constant number of round trips:
-membership in the intent's earlier segments (one SMISMEMBER per set), the devices of every member
-plus the preference records of the members the Bloom filter cannot rule out (one HMGET per bucket),
-and, only when capped users remain, one Lua call for the caps. The next chunk is read while the
-current one is worked on.
+membership in the intent's earlier segments (one SMISMEMBER per set); one read of HMGETs, one per
+bucket and kind (``goalhorn.preferences.reader``); and, only when capped users remain, one Lua call
+for the caps. SSCAN runs up to four chunks ahead and up to eight chunk reads are in flight while
+earlier chunks are turned into batches.
 
 Most members have no preference record and reach no earlier segment: the Bloom filter says so, and
 their stored device records go into the batches as they are, in bulk (``goalhorn.segmenter.batches``).
 Only the others are looked at one by one: their preference records are read and judged first
-(``goalhorn.preferences.eligibility``), then the devices of those let through; a member of an
-earlier segment, or any member when the segment filters by locale, has its devices parsed and
-filtered. A device reached through two segments is sent once: a member of an earlier segment only
+(``goalhorn.preferences.eligibility``), and the devices of those let through are read with a later
+chunk; a member of an earlier segment, or any member when the segment filters by locale, has its
+devices parsed and filtered. A device reached through two segments is sent once: a member of an earlier segment only
 gets the devices that segment's filters left out. Unreadable stored records are counted and skipped,
 never fatal to the expansion.
 """
