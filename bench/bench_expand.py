@@ -10,6 +10,8 @@ non-default opt-in; builds the Bloom filter; then measures, in the same run:
   Each mode runs ``--rounds`` warm expansions, each right after an SSCAN of the baseline; the best
   expansion is compared with the best of those SSCANs, and each round's ratio with its own SSCAN is
   printed too (the machine's speed drifts between rounds);
+- the time from the start of an expansion to its first batch published to RabbitMQ through the
+  delivery stage and confirmed (so this bench needs RabbitMQ too);
 - the naive approach (per member, one round trip for its devices and its preferences), on a sample.
 
 Everything it wrote is deleted afterwards. ``python -m bench expand`` or ``python -m bench.bench_expand
@@ -20,25 +22,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import random
 import time
 import tracemalloc
 import uuid
 from collections import defaultdict
+from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+from goalhorn.dispatch.stage import DeliveryStage, make_broker
 from goalhorn.intents.catalog import default_catalog
 from goalhorn.intents.rules import intent_id_for
 from goalhorn.keys import Keys
-from goalhorn.models import Device, EventKind, Intent, Sport
+from goalhorn.models import DeliveryBatch, Device, EventKind, Intent, Sport
 from goalhorn.preferences.bloom import PreferenceBloom
 from goalhorn.preferences.model import Preferences, QuietHours, decode_devices, encode_devices
 from goalhorn.preferences.quiet_hours import local_minute
 from goalhorn.preferences.reader import bucket_of
+from goalhorn.providers.console import ConsoleProvider
 from goalhorn.redis_client import Redis, make_redis
 from goalhorn.segmenter.expander import Expander, ExpansionStats
-from goalhorn.settings import LOCAL_REDIS_URL, Settings
+from goalhorn.settings import LOCAL_AMQP_URL, LOCAL_REDIS_URL, Settings
 
 TEAM, GAME = "bench-team", "bench-game"
 WRITE_SLICE = 5000
@@ -187,6 +193,30 @@ async def expand(expander: Expander, intent: Intent, *, trace: bool = False) -> 
     }
 
 
+async def first_published(expander: Expander, namespace: str, now: datetime) -> float:
+    """Seconds from the start of an expansion to its first batch confirmed by RabbitMQ, through the
+    delivery stage (publisher confirms), its connection already open as a running consumer's is."""
+    from tests.queues import delete_delivery_queues
+
+    settings = Settings(redis_url=LOCAL_REDIS_URL, amqp_url=LOCAL_AMQP_URL, namespace=namespace)
+    stage = DeliveryStage(settings, make_broker(settings), lambda platform: ConsoleProvider(platform, io.StringIO()))
+    try:
+        warm_up = Device(device_id="warm-up", user_id="warm-up", platform="fcm", address="tok")
+        await stage.enqueue(
+            DeliveryBatch(batch_id="warm-up", platform="fcm", intent=goal_intent(now), devices=(warm_up,)).encode()
+        )
+        started = time.perf_counter()
+        async with aclosing(expander.expand(goal_intent(now))) as batches:
+            async for batch in batches:
+                await stage.enqueue(batch)
+                return time.perf_counter() - started
+        raise RuntimeError("the expansion published no batch")
+    finally:
+        stage.close()
+        stage.broker.close()
+        await delete_delivery_queues(settings)
+
+
 async def run(users: int, chunk: int, buckets: int, sample: int, rounds: int, namespace: str) -> int:
     settings = Settings(redis_url=LOCAL_REDIS_URL, namespace=namespace)
     keys = Keys(settings.namespace)
@@ -230,6 +260,9 @@ async def run(users: int, chunk: int, buckets: int, sample: int, rounds: int, na
         traced = await expand(
             Expander(redis, keys, lambda: catalog, chunk=chunk, buckets=buckets), goal_intent(now), trace=True
         )
+        published = await first_published(
+            Expander(redis, keys, lambda: catalog, chunk=chunk, buckets=buckets), namespace, now
+        )
         naive_members, naive_s = await naive(redis, keys, key, sample, buckets)
         naive_rate = naive_members / naive_s
 
@@ -250,6 +283,7 @@ async def run(users: int, chunk: int, buckets: int, sample: int, rounds: int, na
                 f"{int(r['lookups']):,} preference lookups; each round against its own SSCAN: {rounds_text}"
             )
         print(f"naive per-member round trips: {naive_rate:,.0f} members/s (sample of {naive_members:,})")
+        print(f"first batch published to RabbitMQ and confirmed after {published * 1000:.1f} ms (cold expander)")
         print(f"peak traced memory of one expansion: {traced['peak'] / 2**20:.1f} MiB")
         return 0
     finally:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -133,7 +133,7 @@ class Expander:
         now: datetime | None = None,
         dry_run: bool = False,
         segments: list[tuple[Segment, Resolved]] | None = None,
-    ) -> AsyncIterator[EncodedBatch]:
+    ) -> AsyncGenerator[EncodedBatch, None]:
         """Yield the intent's batches; ``stats`` (if given) is filled in as it goes. ``dry_run`` checks
         caps without counting the alert against them (for previews); ``segments`` are the intent's,
         if already resolved with :meth:`segments_of`."""
