@@ -29,7 +29,7 @@ REASONS: tuple[Reason, ...] = ("opted_out", "muted", "quiet_hours", "capped")
 class Eligibility:
     """Why a compact preferences record keeps one intent from its user at one instant."""
 
-    __slots__ = ("_game", "_kind", "_minutes", "_now", "_opt_in", "_quiet_applies", "_team", "_verdicts")
+    __slots__ = ("_game", "_kind", "_minutes", "_now", "_opt_in", "_quiet_applies", "_team", "_verdicts", "default")
 
     def __init__(self, intent: Intent, now: datetime) -> None:
         self._kind = intent.kind.value
@@ -40,6 +40,8 @@ class Eligibility:
         self._now = now
         self._minutes: dict[str, int] = {}
         self._verdicts: dict[bytes, tuple[Reason | None, Cap | None]] = {}
+        self.default: Reason | None = self.reason({})
+        """The reason a user on the defaults is suppressed (an opt-in they lack), or None."""
 
     def judge(self, raw: bytes) -> tuple[Reason | None, Cap | None]:
         """The reason a stored preferences record suppresses the intent (None: it lets it through) and

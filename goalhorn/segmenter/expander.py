@@ -228,7 +228,7 @@ class Expander:
         """Read a chunk (bulk members' devices, the others' preferences) with the devices of the
         ``taken`` users; the chunk's users its preference checks let through go to ``carry``."""
         records = await self._reader.read(members, one_by_one, [(w.user_id, w.bucket) for w in taken], hashes)
-        default_reason = eligibility.reason({})
+        default_reason = eligibility.default
         for user_id, raw_prefs, bucket in zip(records.users, records.preferences, records.buckets, strict=True):
             before = seen.get(user_id)
             first = before is None
@@ -261,7 +261,7 @@ class Expander:
         """The device records a chunk contributes: those read in bulk as they are, the others' after a
         look at each (devices filtered for a member of an earlier segment or a locale filter; caps)."""
         out = _Selection()
-        default_reason = eligibility.reason({})  # an opt-in the defaults lack
+        default_reason = eligibility.default
         for raws in chunk.bulk:
             without, empty = raws.count(None), raws.count(b"")
             stats.users += len(raws)
