@@ -70,12 +70,14 @@ services: ## make sure Redis and RabbitMQ answer on 127.0.0.1 (starts or install
 	PYTHON=$(PYTHON) bash scripts/ensure-services.sh
 
 # Both checks always run, so one pass shows everything to fix; either one failing fails the target.
-lint: $(STAMP) ## ruff check and ruff format --check
+lint: $(STAMP) ## ruff check, ruff format --check, and the import layers (lint-imports)
 	@status=0; \
 	echo "$(BIN)/ruff check --no-fix $(LINT_DIRS)"; \
 	$(BIN)/ruff check --no-fix $(LINT_DIRS) || status=1; \
 	echo "$(BIN)/ruff format --check $(LINT_DIRS)"; \
 	$(BIN)/ruff format --check $(LINT_DIRS) || status=1; \
+	echo "$(BIN)/lint-imports"; \
+	$(BIN)/lint-imports --no-cache || status=1; \
 	exit $$status
 
 typecheck: $(STAMP) ## mypy (strict for goalhorn, relaxed for tests)

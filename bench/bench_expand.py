@@ -32,8 +32,8 @@ from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+from goalhorn.catalog import default_catalog
 from goalhorn.dispatch.stage import DeliveryStage, make_broker
-from goalhorn.intents.catalog import default_catalog
 from goalhorn.intents.rules import intent_id_for
 from goalhorn.keys import Keys
 from goalhorn.models import DeliveryBatch, Device, EventKind, Intent, Sport
@@ -199,7 +199,12 @@ async def first_published(expander: Expander, namespace: str, now: datetime) -> 
     from tests.queues import delete_delivery_queues
 
     settings = Settings(redis_url=LOCAL_REDIS_URL, amqp_url=LOCAL_AMQP_URL, namespace=namespace)
-    stage = DeliveryStage(settings, make_broker(settings), lambda platform: ConsoleProvider(platform, io.StringIO()))
+    stage = DeliveryStage(
+        settings,
+        make_broker(settings),
+        lambda platform, render: ConsoleProvider(platform, io.StringIO()),
+        default_catalog().render,
+    )
     try:
         warm_up = Device(device_id="warm-up", user_id="warm-up", platform="fcm", address="tok")
         await stage.enqueue(

@@ -23,6 +23,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from goalhorn.bus.memory import MemoryBus
+from goalhorn.demo.gamenight import load_gamenight
 from goalhorn.ingest.adapter import Parsed
 from goalhorn.ingest.espn import EspnAdapter
 from goalhorn.ingest.fusion import EdgeEngine, EdgeOptions
@@ -30,10 +32,8 @@ from goalhorn.ingest.ingestor import Ingestor
 from goalhorn.ingest.markets import MarketMap
 from goalhorn.ingest.polymarket import PolymarketAdapter
 from goalhorn.ingest.winprob import WinModel
-from goalhorn.intents.bus.memory import MemoryBus
 from goalhorn.keys import Keys
 from goalhorn.redis_client import make_redis
-from goalhorn.sandbox.gamenight import load_gamenight
 from goalhorn.settings import LOCAL_REDIS_URL, Settings
 
 BOOK = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "polymarket" / "ws_market_book_nautilus_py.json"

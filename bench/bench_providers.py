@@ -30,6 +30,7 @@ from typing import Any
 
 import aiohttp
 
+from goalhorn.catalog import default_catalog
 from goalhorn.models import DeliveryBatch, Device, EventKind, Intent, Sport, utcnow
 from goalhorn.providers.apns import ApnsProvider
 from goalhorn.providers.fcm import FcmProvider
@@ -218,9 +219,7 @@ async def bench_webhooks(sandbox: SandboxProcess, n: int, apprise_n: int) -> tup
         ours = await provider_rate(provider, work)
 
     intent = work[0].intent
-    from goalhorn.intents.templates import render
-
-    body = webhook_body(intent, render(intent, "en"))
+    body = webhook_body(intent, default_catalog().render(intent, "en"))
     keys = signing_keys(sandbox.secret)
     slots = asyncio.Semaphore(settings.webhook_concurrency)
     connector = aiohttp.TCPConnector(limit=settings.webhook_concurrency)
@@ -281,7 +280,9 @@ async def bench_worker_rss(sandbox: SandboxProcess, n: int) -> tuple[float, floa
     settings = sandbox.settings(amqp_url=LOCAL_AMQP_URL, redis_url=LOCAL_REDIS_URL, namespace=namespace)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GOALHORN_")} | sandbox.env
     env |= {"GOALHORN_AMQP_URL": LOCAL_AMQP_URL, "GOALHORN_REDIS_URL": LOCAL_REDIS_URL, "GOALHORN_NAMESPACE": namespace}
-    stage = DeliveryStage(settings, make_broker(settings), lambda p: ConsoleProvider(p))
+    stage = DeliveryStage(
+        settings, make_broker(settings), lambda p, render: ConsoleProvider(p), default_catalog().render
+    )
     redis = make_redis(settings)
     counters = PipelineCounters(redis, Keys(namespace))
     work = batches("fcm", n, lambda i: f"w-{i}")

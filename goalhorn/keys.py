@@ -56,6 +56,10 @@ class Keys:
         """LIST of score-change-to-delivery latencies in milliseconds."""
         return f"{self.namespace}:latency_ms"
 
+    def layout(self) -> str:
+        """HASH of the parameters the stored data was written with (format version, preference buckets)."""
+        return f"{self.namespace}:layout"
+
     def pattern(self) -> str:
         """SCAN pattern matching every key of the namespace."""
         return f"{self.namespace}:*"

@@ -8,8 +8,10 @@ fakeredis.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from goalhorn.errors import ConfigError
 
 LOCAL_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -121,6 +123,20 @@ class Settings(BaseSettings):
     apns_rate_per_s: float = Field(default=0.0, ge=0, description="APNs sends/s per worker (0: unpaced).")
     webhook_rate_per_s: float = Field(default=0.0, ge=0, description="Webhook posts/s per worker (0: unpaced).")
 
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("must be an amqp:// or amqps:// URL, e.g. amqp://guest:guest@127.0.0.1:5672/")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL, e.g. redis://127.0.0.1:6379/0")
+        return value
+
     @property
     def uses_real_services(self) -> bool:
         return self.amqp_url is not None or self.redis_url is not None
@@ -135,6 +151,29 @@ class Settings(BaseSettings):
         )
 
 
+class SettingsInvalid(ConfigError):
+    """Settings that do not validate; ``problems`` holds one ``GOALHORN_NAME: what`` line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def describe(exc: ValidationError) -> list[str]:
+    """One line per problem, naming the environment variable (never echoing a URL that may hold a password)."""
+    lines = []
+    for error in exc.errors():
+        name = "GOALHORN_" + "_".join(str(part) for part in error["loc"]).upper()
+        given = error.get("input")
+        shown = "" if given is None or "url" in name.lower() or isinstance(given, dict) else f" (got {given!r})"
+        lines.append(f"{name}: {error['msg']}{shown}")
+    return lines
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Settings from the environment, with explicit overrides on top."""
-    return Settings(**overrides)  # type: ignore[arg-type]
+    """Settings from the environment, with explicit overrides on top; :class:`SettingsInvalid` lists
+    every bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsInvalid(describe(exc)) from None

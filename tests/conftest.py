@@ -17,7 +17,7 @@ import aiormq.exceptions
 import pytest
 import redis as sync_redis
 
-from goalhorn.intents.bus import Bus, make_bus
+from goalhorn.bus import Bus, make_bus
 from goalhorn.keys import PLATFORMS, Keys
 from goalhorn.redis_client import Redis, make_redis
 from goalhorn.settings import LOCAL_AMQP_URL, LOCAL_REDIS_URL, Settings

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+from goalhorn.catalog import default_catalog
 from goalhorn.counters import CounterSnapshot, PipelineCounters
 from goalhorn.dispatch.stage import DeliveryStage, DeliveryWorker, make_broker
 from goalhorn.models import EncodedBatch
@@ -19,7 +20,7 @@ from tests.queues import delete_delivery_queues
 async def delivery_stage(settings: Settings, provider: Provider) -> AsyncIterator[tuple[DeliveryStage, Redis]]:
     """A stage whose every provider is ``provider``, with its worker running, and a Redis client;
     the worker stops and the namespace's delivery queues go when the block ends."""
-    stage = DeliveryStage(settings, make_broker(settings), lambda platform: provider)
+    stage = DeliveryStage(settings, make_broker(settings), lambda platform, render: provider, default_catalog().render)
     redis = make_redis(settings)
     worker = DeliveryWorker(stage)
     worker.start()

@@ -13,7 +13,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from pybloom_live import BloomFilter
 
-from goalhorn.intents.catalog import default_catalog
+from goalhorn.catalog import default_catalog
 from goalhorn.keys import Keys
 from goalhorn.models import Device
 from goalhorn.preferences.bloom import FORMAT, PreferenceBloom, PreferenceFilter, Xxh3BloomFilter, load_filter

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Callable
 import aio_pika
 import pytest
 
+from goalhorn.bus import Bus, BusMessage
+from goalhorn.bus.rabbitmq import RabbitBus
 from goalhorn.errors import BusError, BusUnavailable, PublishNotConfirmed, UnknownQueue
-from goalhorn.intents.bus import Bus, BusMessage
-from goalhorn.intents.bus.rabbitmq import RabbitBus
 from goalhorn.keys import Keys
 from goalhorn.settings import Settings
 from tests.conftest import delete_amqp_namespace
@@ -64,7 +64,7 @@ async def test_failed_handler_sees_the_message_again_and_it_is_acked_once(
             raise RuntimeError("provider down")
 
     await bus.publish(queue, b"x", message_id="i-1")
-    with caplog.at_level(logging.WARNING, logger="goalhorn.intents.bus"):
+    with caplog.at_level(logging.WARNING, logger="goalhorn.bus"):
         subscription = await bus.consume(queue, handler, prefetch=1)
         await eventually(lambda: len(redelivered) == 2)
         # Cancelling closes the consumer: a message left unacked would be back in the queue.

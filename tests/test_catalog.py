@@ -11,10 +11,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from typer.testing import CliRunner
 
-from goalhorn.intents.catalog import CatalogFile, default_catalog, load_catalog, parse_catalog
-from goalhorn.intents.located import CatalogInvalid
+from goalhorn.catalog import CatalogFile, default_catalog, load_catalog, parse_catalog
+from goalhorn.catalog.located import CatalogInvalid
 from goalhorn.intents.rules import intents_for
-from goalhorn.intents.templates import render
 from goalhorn.keys import Keys
 from goalhorn.models import Device, EventKind, GameEvent, Sport
 from goalhorn.ops.cli import app
@@ -177,19 +176,16 @@ def test_a_bad_edit_keeps_the_last_good_version_and_a_good_one_is_picked_up(tmp_
     path = tmp_path / "rules.yaml"
     path.write_text(GOOD)
     watched = CatalogFile(str(path))
-    try:
-        assert [r.priority for r in watched.current().rules] == [9]
-        path.write_text(GOOD.replace("priority: 9", "priority: 42"))
-        os.utime(path, ns=(1, 1))
-        assert [r.priority for r in watched.current().rules] == [9], "the bad edit is rejected"
-        assert watched.rejected == 1
-        assert "outside 0..9" in watched.problems[0]
-        path.write_text(GOOD.replace("priority: 9", "priority: 7"))
-        os.utime(path, ns=(2, 2))
-        assert [r.priority for r in watched.current().rules] == [7]
-        assert watched.problems == []
-    finally:
-        watched.release()
+    assert [r.priority for r in watched.current().rules] == [9]
+    path.write_text(GOOD.replace("priority: 9", "priority: 42"))
+    os.utime(path, ns=(1, 1))
+    assert [r.priority for r in watched.current().rules] == [9], "the bad edit is rejected"
+    assert watched.rejected == 1
+    assert "outside 0..9" in watched.problems[0]
+    path.write_text(GOOD.replace("priority: 9", "priority: 7"))
+    os.utime(path, ns=(2, 2))
+    assert [r.priority for r in watched.current().rules] == [7]
+    assert watched.problems == []
 
 
 def test_a_missing_file_is_a_clear_error(tmp_path):
@@ -205,13 +201,13 @@ def test_the_default_catalog_has_the_product_rules_and_renders_with_fallback():
     assert by_name["edge"].bypass_quiet_hours
     (intent,) = intents_for(goal_event(), catalog.rules, datetime(2026, 3, 1, tzinfo=UTC))
     assert intent.expires_at - intent.created_at == timedelta(seconds=300)
-    assert render(intent, "pt-BR").title == "GOL! Arsenal"
-    assert render(intent, "es").title == "¡GOL! Arsenal"
-    assert render(intent, "de-AT").title == "GOAL! Arsenal"
+    assert catalog.render(intent, "pt-BR").title == "GOL! Arsenal"
+    assert catalog.render(intent, "es").title == "¡GOL! Arsenal"
+    assert catalog.render(intent, "de-AT").title == "GOAL! Arsenal"
 
 
 async def test_a_running_pipeline_follows_edits_of_its_rules_file(settings: Settings, tmp_path) -> None:
-    from goalhorn.pipeline import Pipeline
+    from goalhorn.app.pipeline import Pipeline
     from goalhorn.providers.console import ConsoleProvider
     from tests.queues import delete_delivery_queues
 
@@ -220,7 +216,9 @@ async def test_a_running_pipeline_follows_edits_of_its_rules_file(settings: Sett
     settings = settings.model_copy(update={"rules_file": str(path)})
     out = io.StringIO()
     try:
-        async with Pipeline(settings, lambda platform: ConsoleProvider(platform, out)) as pipeline:
+        async with Pipeline(
+            settings, lambda platform, render: ConsoleProvider(platform, out, render=render)
+        ) as pipeline:
             await pipeline.publish_events([goal_event(event_id="e1")])
             assert (await pipeline.wait_idle(timeout_s=30)).get("intents") == 1
             path.write_text(GOOD.replace("kinds: [GOAL]", "kinds: [RED_CARD]"))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from goalhorn.bus import BusMessage
+from goalhorn.catalog import default_catalog
 from goalhorn.counters import PipelineCounters
-from goalhorn.intents.bus import BusMessage
-from goalhorn.intents.catalog import default_catalog
 from goalhorn.keys import Keys
 from goalhorn.models import DeliveryBatch, Device, EncodedBatch, EventKind, Intent, Sport, utcnow
 from goalhorn.preferences.store import PreferenceStore

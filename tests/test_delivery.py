@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from goalhorn.catalog import default_catalog
 from goalhorn.dispatch.stage import DeliveryStage, DeliveryWorker, make_broker
 from goalhorn.keys import Keys, Platform
 from goalhorn.models import DeliveryBatch, Device, EventKind, Intent, Sport, utcnow
@@ -131,7 +132,9 @@ async def test_expired_intent_is_dropped_not_sent_late(backend: str) -> None:
 @pytest.mark.parametrize("backend", ["embedded"])
 async def test_unreadable_batch_is_quarantined(backend: str) -> None:
     settings = make_settings(backend)
-    stage = DeliveryStage(settings, make_broker(settings), lambda p: ConsoleProvider(p))
+    stage = DeliveryStage(
+        settings, make_broker(settings), lambda p, render: ConsoleProvider(p), default_catalog().render
+    )
     from goalhorn.redis_client import make_redis
 
     redis = make_redis(settings)

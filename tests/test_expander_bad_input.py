@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 
+from goalhorn.catalog import default_catalog, parse_catalog
 from goalhorn.dispatch.stage import salvage
-from goalhorn.intents.catalog import default_catalog, parse_catalog
 from goalhorn.keys import Keys, Platform
 from goalhorn.models import DeliveryBatch, Device, EncodedBatch
 from goalhorn.preferences.bloom import PreferenceBloom

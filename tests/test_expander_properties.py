@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from goalhorn.intents.catalog import parse_catalog
+from goalhorn.catalog import parse_catalog
 from goalhorn.keys import Keys
 from goalhorn.models import Device, EventKind, Intent, Sport
 from goalhorn.preferences.bloom import PreferenceBloom

@@ -11,6 +11,7 @@ import firebase_admin
 import pytest
 from firebase_admin import messaging
 
+from goalhorn.catalog import default_catalog
 from goalhorn.errors import ProviderAuthError
 from goalhorn.models import DeliveryBatch, Device
 from goalhorn.providers.fcm import FcmProvider, build_message, result_for_response
@@ -57,7 +58,7 @@ async def test_sends_each_device_once_with_a_validated_message(sandbox, fcm_sett
 
 async def test_low_priority_intent_is_normal_and_collapses() -> None:
     intent = make_intent().model_copy(update={"priority": 2, "collapse_key": "g1-score"})
-    message = build_message(intent, "en")
+    message = build_message(intent, "en", default_catalog().render)
     assert message["android"]["priority"] == "normal"
     assert message["android"]["collapse_key"] == "g1-score"
     assert message["apns"]["headers"] == {

@@ -5,13 +5,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from goalhorn.bus import Bus, BusMessage
 from goalhorn.errors import ConfigError
 from goalhorn.ingest.adapter import Parsed
 from goalhorn.ingest.fusion import EdgeEngine, EdgeOptions, skipped_count
 from goalhorn.ingest.ingestor import Ingestor
 from goalhorn.ingest.markets import MarketMap
 from goalhorn.ingest.winprob import WinModel
-from goalhorn.intents.bus import Bus, BusMessage
 from goalhorn.keys import Keys
 from goalhorn.models import BookUpdate, EventKind, GameState, GameStatus, Intent, Sport
 from goalhorn.settings import Settings

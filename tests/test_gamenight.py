@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from goalhorn.demo.gamenight import Snapshot, load_gamenight
 from goalhorn.ingest.espn import parse_scoreboard
 from goalhorn.ingest.events import GameDiffer
 from goalhorn.models import EventKind, GameEvent, GameState, GameStatus, Sport
-from goalhorn.sandbox.gamenight import Snapshot, load_gamenight
 
 START = datetime(2026, 5, 2, 22, 45, tzinfo=UTC)
 
@@ -131,7 +131,7 @@ def test_soccer_goals_are_named_and_the_nba_score_only_goes_up(
 
 
 def test_the_shipped_file_is_small() -> None:
-    data = resources.files("goalhorn.sandbox").joinpath("data", "gamenight.jsonl.gz")
+    data = resources.files("goalhorn.demo").joinpath("data", "gamenight.jsonl.gz")
     assert len(data.read_bytes()) < 300_000
 
 

@@ -7,11 +7,11 @@ import json
 import pytest
 from aiohttp import web
 
+from goalhorn.app.ingest import leagues_of, run_ingest
+from goalhorn.bus import Bus, BusMessage
 from goalhorn.errors import ConfigError
 from goalhorn.ingest.live import LiveState
 from goalhorn.ingest.quarantine import QuarantineStore
-from goalhorn.ingest.service import leagues_of, run_ingest
-from goalhorn.intents.bus import Bus, BusMessage
 from goalhorn.keys import Keys
 from goalhorn.models import EventKind, Intent
 from goalhorn.settings import Settings

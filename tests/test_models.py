@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from pydantic import ValidationError
 
-from goalhorn.intents.catalog import default_catalog
+from goalhorn.catalog import default_catalog
 from goalhorn.intents.rules import intents_for
 from goalhorn.models import DeliveryBatch, DeliveryResult, Device, EventKind, GameEvent, Intent, Sport, utcnow
 

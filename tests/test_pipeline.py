@@ -12,9 +12,11 @@ from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+from goalhorn.app.pipeline import Pipeline
+from goalhorn.demo.audience import generate_audience
+from goalhorn.demo.gamenight import Snapshot, load_gamenight
 from goalhorn.keys import Keys, Platform
 from goalhorn.models import Device
-from goalhorn.pipeline import Pipeline
 from goalhorn.preferences.bloom import PreferenceBloom
 from goalhorn.preferences.model import Preferences
 from goalhorn.preferences.store import PreferenceStore
@@ -22,8 +24,6 @@ from goalhorn.providers import Provider
 from goalhorn.providers.console import ConsoleProvider
 from goalhorn.providers.webhook import WebhookProvider
 from goalhorn.redis_client import make_redis
-from goalhorn.sandbox.audience import generate_audience
-from goalhorn.sandbox.gamenight import Snapshot, load_gamenight
 from goalhorn.sandbox.webhook_receiver import WebhookReceiver
 from goalhorn.settings import Settings
 from tests.conftest import delete_namespace
@@ -66,8 +66,10 @@ def console_pushes(out: io.StringIO) -> list[tuple[str, str]]:
 
 
 async def replay(settings: Settings, snapshots: list[Snapshot], out: io.StringIO, receiver: WebhookReceiver):
-    def provider(platform: Platform) -> Provider:
-        return WebhookProvider(settings) if platform == "webhook" else ConsoleProvider(platform, out)
+    def provider(platform: Platform, render) -> Provider:
+        if platform == "webhook":
+            return WebhookProvider(settings, render=render)
+        return ConsoleProvider(platform, out, render=render)
 
     async with Pipeline(settings, provider) as pipeline:
         for snap in snapshots:

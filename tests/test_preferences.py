@@ -181,7 +181,7 @@ async def test_user_ids_with_whitespace_or_control_characters_are_refused(redis:
 
 
 async def test_the_expander_rebuilds_the_filter_once_enough_users_are_pending(redis: Redis, settings: Settings) -> None:
-    from goalhorn.intents.catalog import default_catalog
+    from goalhorn.catalog import default_catalog
     from goalhorn.segmenter.expander import Expander
     from tests.test_consumer import intent
 

@@ -16,7 +16,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from goalhorn.intents.templates import Rendered
+from goalhorn.catalog.templates import Rendered
 from goalhorn.models import DeliveryBatch, Device, EventKind, Intent, Sport
 from goalhorn.providers.webhook import (
     WebhookProvider,

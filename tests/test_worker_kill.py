@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from goalhorn.catalog import default_catalog
 from goalhorn.counters import PipelineCounters
 from goalhorn.dispatch.stage import DeliveryStage, make_broker
 from goalhorn.keys import Keys
@@ -47,7 +48,9 @@ async def test_worker_killed_mid_batch_delivers_every_device_exactly_once(tmp_pa
     settings = make_settings("real", claim_lease_s=2)
     keys = Keys(settings.namespace)
     redis = make_redis(settings)
-    stage = DeliveryStage(settings, make_broker(settings), lambda p: ConsoleProvider(p))  # publishes only
+    stage = DeliveryStage(
+        settings, make_broker(settings), lambda p, render: ConsoleProvider(p), default_catalog().render
+    )  # publishes only
     workers: list[subprocess.Popen[bytes]] = []
     async with FcmSandbox() as fcm:
         credentials = fcm.service_account(tmp_path / "sa.json")

@@ -1,4 +1,4 @@
-"""Build ``goalhorn/sandbox/data/gamenight.jsonl.gz``: a recorded night of ESPN scoreboards.
+"""Build ``goalhorn/demo/data/gamenight.jsonl.gz``: a recorded night of ESPN scoreboards.
 
 Each game is a real event of the ESPN samples (its ids, teams, venue, soccer details), stripped of
 heavy fields and replayed over one evening: every poll of a league writes a line

@@ -26,6 +26,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware.asyncio import AsyncIO
 from pydantic import ValidationError
 
+from goalhorn.catalog.templates import Renderer
 from goalhorn.dispatch.delivery import Deliverer
 from goalhorn.keys import PLATFORMS, Keys, Platform
 from goalhorn.models import DeliveryBatch, Device, EncodedBatch, Intent
@@ -35,7 +36,8 @@ from goalhorn.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ProviderFactory = Callable[[Platform], Provider]
+ProviderFactory = Callable[[Platform, Renderer], Provider]
+"""Builds a platform's provider formatting messages with the given renderer (``make_provider(settings, ...)``)."""
 
 
 def salvage(payload: str, platform: Platform) -> tuple[DeliveryBatch | None, list[tuple[str, str]]]:
@@ -105,11 +107,25 @@ def make_broker(settings: Settings) -> dramatiq.Broker:
     return broker
 
 
+class _CloseRuntime(dramatiq.Middleware):
+    """Closes the stage's providers and Redis client after the worker threads stopped and before the
+    AsyncIO middleware stops the event loop they live on."""
+
+    def __init__(self, stage: DeliveryStage) -> None:
+        self._stage = stage
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._stage.close_runtime()
+
+
 class DeliveryStage:
     """Declares the delivery actors on a broker and enqueues batches to them."""
 
-    def __init__(self, settings: Settings, broker: dramatiq.Broker, providers: ProviderFactory) -> None:
+    def __init__(
+        self, settings: Settings, broker: dramatiq.Broker, providers: ProviderFactory, render: Renderer
+    ) -> None:
         self.settings = settings
+        self._render = render
         self.broker = broker
         self.keys = Keys(settings.namespace)
         self._provider_factory = providers
@@ -127,6 +143,7 @@ class DeliveryStage:
             )
             for platform in PLATFORMS
         }
+        broker.add_middleware(_CloseRuntime(self), after=AsyncIO)  # after_* hooks run in reverse: this one first
 
     async def enqueue(self, batch: EncodedBatch, delay_s: float = 0.0) -> None:
         """Send a batch to its provider's queue at its intent's priority (blocking I/O off the loop)."""
@@ -142,7 +159,7 @@ class DeliveryStage:
     def _runtime(self) -> Deliverer:
         if self._deliverer is None:
             self._redis = make_redis(self.settings)
-            providers: dict[str, Provider] = {p: self._provider_factory(p) for p in PLATFORMS}
+            providers: dict[str, Provider] = {p: self._provider_factory(p, self._render) for p in PLATFORMS}
             self._deliverer = Deliverer(self.settings, self._redis, providers, self.enqueue)
         return self._deliverer
 
@@ -204,9 +221,10 @@ class DeliveryWorker:
     def start(self) -> None:
         self._worker.start()
 
-    def stop(self) -> None:
-        self.stage.close_runtime()
-        self._worker.stop()
+    def stop(self, timeout_s: float = 600.0) -> None:
+        """Take no new batch, wait up to ``timeout_s`` for those in hand, requeue prefetched ones, then
+        close providers and Redis (``_CloseRuntime``, while dramatiq's event loop still runs)."""
+        self._worker.stop(timeout=int(timeout_s * 1000))
 
     def __enter__(self) -> Self:
         self.start()

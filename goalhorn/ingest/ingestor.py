@@ -11,15 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from goalhorn.bus import Bus
+from goalhorn.catalog import CatalogFile
+from goalhorn.catalog.rules import Rule
 from goalhorn.ingest.adapter import Parsed
 from goalhorn.ingest.dedup import EventDedup
 from goalhorn.ingest.events import GameDiffer
 from goalhorn.ingest.fusion import EdgeEngine
 from goalhorn.ingest.live import LiveState
-from goalhorn.intents.bus import Bus
-from goalhorn.intents.catalog import CatalogFile
 from goalhorn.intents.edge import edge_intents
-from goalhorn.intents.rules import Rule, intents_for
+from goalhorn.intents.rules import intents_for
 from goalhorn.keys import Keys
 from goalhorn.models import EdgeSignal, GameEvent, GameState, Intent, utcnow
 from goalhorn.redis_client import Redis

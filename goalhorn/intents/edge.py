@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from goalhorn.intents.rules import Rule, intent_of
+from goalhorn.catalog.rules import Rule
+from goalhorn.intents.rules import intent_of
 from goalhorn.models import EdgeSignal, EventKind, GameState, Intent
 
 

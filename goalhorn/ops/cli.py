@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 
 from goalhorn import __version__
-from goalhorn.ops import delivery, feeds, ingest, model
+from goalhorn.errors import ConfigError
+from goalhorn.ops import delivery, feeds, ingest, model, run
 from goalhorn.ops.segments import app as segments_app
 from goalhorn.settings import load_settings
 
@@ -23,6 +24,8 @@ app.add_typer(feeds.app, name="feeds")
 app.add_typer(segments_app, name="segments")
 app.add_typer(model.app, name="model")
 app.command("ingest")(ingest.ingest)
+app.command("run")(run.run)
+app.command("worker")(run.worker)
 
 
 @app.command()
@@ -41,14 +44,14 @@ def demo(
     ),
 ) -> None:
     """Replay the recorded game night through the whole pipeline and print a summary."""
+    from goalhorn.demo.night import demo_namespace, run_night
     from goalhorn.ops.render import render_night
-    from goalhorn.sandbox.night import run_night
 
     settings = load_settings()
     if real:
         settings = settings.with_real_services()
-    if settings.namespace == "goalhorn":
-        settings = settings.model_copy(update={"namespace": "goalhorn-demo"})
+    # The demo's own namespace: it replaces what an earlier demo left, never a deployment's data.
+    settings = settings.model_copy(update={"namespace": demo_namespace(settings.namespace)})
     backend = "real (RabbitMQ + Redis)" if settings.uses_real_services else "embedded (in-process bus, fakeredis)"
     console = Console()
     console.print(f"[bold]goalhorn demo[/] - replaying the recorded game night on the {backend} backend")
@@ -68,4 +71,9 @@ delivery.register(app)
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app()
+    try:
+        app()
+    except ConfigError as exc:  # settings, rules files, unreachable services: what to fix, not a traceback
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)

@@ -1,20 +1,18 @@
-"""CLI commands of the delivery side: ``goalhorn sandbox``, ``goalhorn send``, ``goalhorn worker``."""
+"""CLI commands of the delivery side: ``goalhorn sandbox`` and ``goalhorn send``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-import signal
-import threading
 import uuid
 from datetime import timedelta
-from functools import partial
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
+from goalhorn.catalog import CatalogFile
 from goalhorn.errors import ConfigError, GoalhornError
 from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, DeliveryResult, Device, EventKind, Intent, Sport, utcnow
@@ -76,7 +74,8 @@ async def send_one(provider_name: Platform, to: str, secret: str | None, intent:
         raise ConfigError("APNs is not configured: set GOALHORN_APNS_KEY_FILE and friends")
     device = Device(device_id="cli", user_id="cli", platform=provider_name, address=to, secret=secret)
     batch = DeliveryBatch(batch_id="cli", platform=provider_name, intent=intent, devices=(device,))
-    async with make_provider(settings, provider_name) as provider:
+    render = CatalogFile(settings.rules_file).render
+    async with make_provider(settings, provider_name, render) as provider:
         return (await provider.send(batch))[0]
 
 
@@ -107,27 +106,6 @@ def send(
     raise typer.Exit(0 if result.outcome == "sent" else 1)
 
 
-def worker() -> None:
-    """Run a delivery worker (dramatiq) on RabbitMQ and Redis until SIGTERM or Ctrl-C."""
-    from goalhorn.dispatch.stage import DeliveryStage, DeliveryWorker, make_broker
-
-    settings = load_settings()
-    if not (settings.amqp_url and settings.redis_url):
-        console.print("[red]error:[/] goalhorn worker needs GOALHORN_AMQP_URL and GOALHORN_REDIS_URL")
-        raise typer.Exit(2)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stage = DeliveryStage(settings, make_broker(settings), partial(make_provider, settings))
-    delivery = DeliveryWorker(stage)
-    delivery.start()
-    console.print(f"delivery worker started (namespace {settings.namespace}, {settings.worker_threads} threads)")
-    stop.wait()
-    delivery.stop()
-    stage.close()
-    stage.broker.close()
-
-
 def register(app: typer.Typer) -> None:
-    for command in (sandbox, send, worker):
+    for command in (sandbox, send):
         app.command()(command)

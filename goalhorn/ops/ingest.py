@@ -20,7 +20,7 @@ def ingest(
     ] = False,
 ) -> None:
     """Poll ESPN scoreboards (GOALHORN_ESPN_LEAGUES) and stream the market book (GOALHORN_MARKET_MAP_PATH)."""
-    from goalhorn.ingest.service import run_ingest
+    from goalhorn.app.ingest import run_ingest
 
     settings = load_settings()
     if real:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from goalhorn.demo.night import NightReport
 from goalhorn.preferences.eligibility import REASONS
-from goalhorn.sandbox.night import NightReport
 
 OUTCOMES = ("sent", "invalid_token", "failed", "expired", "suppressed", "dead_lettered")
 

@@ -11,14 +11,15 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from goalhorn.intents.catalog import Catalog, load_catalog
-from goalhorn.intents.located import CatalogInvalid
+from goalhorn.app.fanout import make_expander
+from goalhorn.catalog import Catalog, load_catalog
+from goalhorn.catalog.located import CatalogInvalid
 from goalhorn.intents.rules import intents_for
-from goalhorn.keys import PLATFORMS, Keys
+from goalhorn.keys import PLATFORMS
 from goalhorn.models import GameEvent, utcnow
 from goalhorn.preferences.eligibility import REASONS
 from goalhorn.redis_client import make_redis
-from goalhorn.segmenter.expander import Expander, ExpansionStats
+from goalhorn.segmenter.expander import ExpansionStats
 from goalhorn.settings import Settings, load_settings
 
 app = typer.Typer(help="Validate and preview alert rules and segments.", no_args_is_help=True)
@@ -68,15 +69,7 @@ def preview(
 async def _preview(settings: Settings, catalog: Catalog, event: GameEvent, console: Console) -> None:
     redis = make_redis(settings)
     try:
-        expander = Expander(
-            redis,
-            Keys(settings.namespace),
-            lambda: catalog,
-            chunk=settings.expand_chunk,
-            batch_size=settings.batch_size,
-            buckets=settings.preference_buckets,
-            bloom=settings.bloom_enabled,
-        )
+        expander = make_expander(settings, redis, lambda: catalog)
         intents = intents_for(event, catalog.rules, utcnow())
         if not intents:
             console.print(f"no rule matches a {event.kind} event")

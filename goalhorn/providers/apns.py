@@ -24,8 +24,9 @@ from aioapns.connection import APNsProductionClientProtocol
 from aioapns.exceptions import ConnectionError as ApnsConnectionError
 from aioapns.exceptions import MaxAttemptsExceeded
 
+from goalhorn.catalog import default_catalog
+from goalhorn.catalog.templates import Renderer
 from goalhorn.errors import ConfigError
-from goalhorn.intents.templates import render
 from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, DeliveryResult, Device, Intent
 from goalhorn.providers import Provider
@@ -56,7 +57,7 @@ def result_for_notification(device: Device, result: NotificationResult) -> Deliv
     return DeliveryResult(device_id=device.device_id, outcome="failed", retryable=retryable, reason=reason)
 
 
-def payload_for(intent: Intent, locale: str, push_type: PushType) -> dict[str, Any]:
+def payload_for(intent: Intent, locale: str, push_type: PushType, render: Renderer) -> dict[str, Any]:
     extra = {k: v for k, v in intent.data.items() if k != "apns_push_type"}
     extra |= {"intent_id": intent.intent_id, "event_id": intent.event_id}
     if push_type is PushType.BACKGROUND:
@@ -77,7 +78,8 @@ class ApnsProvider(Provider):
 
     platform: Platform = "apns"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, render: Renderer | None = None) -> None:
+        self._render = render or default_catalog().render
         if not (settings.apns_key_file and settings.apns_key_id and settings.apns_team_id and settings.apns_topic):
             raise ConfigError("APNs needs GOALHORN_APNS_KEY_FILE, _KEY_ID, _TEAM_ID and _TOPIC")
         try:
@@ -122,7 +124,7 @@ class ApnsProvider(Provider):
         async def deliver(device: Device) -> DeliveryResult:
             if device.locale not in payloads:
                 try:
-                    payloads[device.locale] = payload_for(intent, device.locale, push_type)
+                    payloads[device.locale] = payload_for(intent, device.locale, push_type, self._render)
                 except ConfigError as exc:
                     return DeliveryResult(device_id=device.device_id, outcome="failed", reason=f"render_failed: {exc}")
             request = NotificationRequest(

@@ -9,8 +9,9 @@ from __future__ import annotations
 import itertools
 from typing import TextIO
 
+from goalhorn.catalog import default_catalog
+from goalhorn.catalog.templates import Renderer
 from goalhorn.errors import ConfigError
-from goalhorn.intents.templates import render
 from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, DeliveryResult
 from goalhorn.providers import Provider
@@ -23,8 +24,9 @@ def _one_line(text: str) -> str:
 class ConsoleProvider(Provider):
     """Stands in for ``platform``; writes to ``out`` when given, else only returns results."""
 
-    def __init__(self, platform: Platform, out: TextIO | None = None) -> None:
+    def __init__(self, platform: Platform, out: TextIO | None = None, *, render: Renderer | None = None) -> None:
         self.platform = platform
+        self._render = render or default_catalog().render
         self._out = out
         self._sequence = itertools.count(1)
 
@@ -34,7 +36,7 @@ class ConsoleProvider(Provider):
         lines: list[str] = []
         for device in batch.devices:
             try:
-                message = render(intent, device.locale)
+                message = self._render(intent, device.locale)
             except ConfigError as exc:
                 results.append(
                     DeliveryResult(device_id=device.device_id, outcome="failed", reason=f"render_failed: {exc}")

@@ -23,8 +23,9 @@ import google.auth.transport.requests
 from firebase_admin import credentials, messaging
 from yarl import URL
 
+from goalhorn.catalog import default_catalog
+from goalhorn.catalog.templates import Renderer
 from goalhorn.errors import ConfigError, ProviderAuthError, ProviderUnavailable
-from goalhorn.intents.templates import render
 from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, DeliveryResult, Device, Intent, utcnow
 from goalhorn.providers import Provider
@@ -39,7 +40,7 @@ _CACHED_MESSAGES = 256
 _TOKEN_ERRORS = {"UNREGISTERED", "SENDER_ID_MISMATCH"}
 
 
-def build_message(intent: Intent, locale: str) -> dict[str, Any]:
+def build_message(intent: Intent, locale: str, render: Renderer) -> dict[str, Any]:
     """The v1 ``message`` for an intent in one locale, built and validated by firebase-admin.
 
     Android priority is high for urgent intents (priority >= 5), ``ttl`` is what is left of the
@@ -111,8 +112,11 @@ class FcmProvider(Provider):
 
     platform: Platform = "fcm"
 
-    def __init__(self, settings: Settings, credential: credentials.Base | None = None) -> None:
+    def __init__(
+        self, settings: Settings, credential: credentials.Base | None = None, *, render: Renderer | None = None
+    ) -> None:
         self._settings = settings
+        self._render = render or default_catalog().render
         try:
             if credential is None:
                 path = settings.fcm_credentials_file
@@ -165,7 +169,7 @@ class FcmProvider(Provider):
         key = (intent.intent_id, locale)
         message = self._messages.get(key)
         if message is None:
-            message = self._messages[key] = build_message(intent, locale)
+            message = self._messages[key] = build_message(intent, locale, self._render)
             if len(self._messages) > _CACHED_MESSAGES:
                 self._messages.popitem(last=False)
         return message

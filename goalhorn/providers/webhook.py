@@ -26,8 +26,9 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
+from goalhorn.catalog import default_catalog
+from goalhorn.catalog.templates import Rendered, Renderer
 from goalhorn.errors import AddressRefused, ConfigError
-from goalhorn.intents.templates import Rendered, render
 from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, DeliveryResult, Device, Intent
 from goalhorn.providers import Provider
@@ -171,8 +172,11 @@ class WebhookProvider(Provider):
 
     platform: Platform = "webhook"
 
-    def __init__(self, settings: Settings, *, resolver: AbstractResolver | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, resolver: AbstractResolver | None = None, render: Renderer | None = None
+    ) -> None:
         self._settings = settings
+        self._render = render or default_catalog().render
         self._policy = AddressPolicy.from_allowlist(settings.webhook_allowlist)
         self._resolver = VettingResolver(self._policy, resolver)
         self._session: aiohttp.ClientSession | None = None
@@ -212,7 +216,7 @@ class WebhookProvider(Provider):
             body = _memo(
                 self._bodies,
                 (intent.intent_id, device.locale),
-                lambda: webhook_body(intent, render(intent, device.locale)),
+                lambda: webhook_body(intent, self._render(intent, device.locale)),
             )
         except ConfigError as exc:
             return _failed(device, f"render_failed: {exc}", retryable=False)

@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable
 
 from pydantic import ValidationError
 
+from goalhorn.bus import BusMessage
 from goalhorn.counters import PipelineCounters
 from goalhorn.errors import ConfigError
-from goalhorn.intents.bus import BusMessage
 from goalhorn.models import EncodedBatch, Intent
 from goalhorn.segmenter.expander import Expander, ExpansionStats
 

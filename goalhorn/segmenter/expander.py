@@ -30,8 +30,9 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
 
+from goalhorn.catalog import Catalog
+from goalhorn.catalog.segments import Segment
 from goalhorn.errors import ConfigError
-from goalhorn.intents.catalog import Catalog
 from goalhorn.intents.rules import intent_fields
 from goalhorn.keys import Keys
 from goalhorn.models import Device, EncodedBatch, Intent, utcnow
@@ -44,7 +45,7 @@ from goalhorn.preferences.reader import ChunkReader
 from goalhorn.redis_client import Redis
 from goalhorn.segmenter.algebra import SetAlgebra, overlapped, read_ahead
 from goalhorn.segmenter.batches import BatchCutter
-from goalhorn.segmenter.definitions import Resolved, Segment, resolve
+from goalhorn.segmenter.definitions import Resolved, resolve
 
 log = logging.getLogger(__name__)
 

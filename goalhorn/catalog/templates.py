@@ -2,18 +2,18 @@
 
 Templates come from the catalog's ``templates:`` section (name -> locale -> title and body). A
 locale falls back to its language (``pt-BR`` -> ``pt``) and then to English, which every template
-must have. Rendering uses the templates of the process's active catalog (the packaged default until a
-pipeline loads another file).
+must have. Providers get a :data:`Renderer` from their process's catalog (``CatalogFile.render``), never
+a process-global one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from goalhorn.catalog.located import Path, Problems
 from goalhorn.errors import ConfigError
-from goalhorn.intents.located import Path, Problems
 from goalhorn.models import Intent
 
 FALLBACK_LOCALE = "en"
@@ -52,12 +52,12 @@ def parse_templates(raw: Any, path: Path, problems: Problems) -> dict[str, dict[
     return out
 
 
-def render(intent: Intent, locale: str, templates: Templates | None = None) -> Rendered:
-    """Render ``intent`` for ``locale``; raises ConfigError for an unknown template or missing field."""
-    if templates is None:
-        from goalhorn.intents.catalog import active_catalog
+Renderer = Callable[[Intent, str], Rendered]
+"""What providers format messages with: ``render(intent, locale)``."""
 
-        templates = active_catalog().templates
+
+def render(intent: Intent, locale: str, templates: Templates) -> Rendered:
+    """Render ``intent`` for ``locale``; raises ConfigError for an unknown template or missing field."""
     try:
         by_locale = templates[intent.template]
     except KeyError:

@@ -17,18 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from goalhorn.app.pipeline import Pipeline
+from goalhorn.catalog.templates import Renderer
 from goalhorn.counters import CounterSnapshot
+from goalhorn.demo.audience import Audience, generate_audience
+from goalhorn.demo.gamenight import Snapshot, load_gamenight
+from goalhorn.errors import GoalhornError
 from goalhorn.ingest.espn import parse_scoreboard
 from goalhorn.keys import Keys, Platform
 from goalhorn.models import utcnow
-from goalhorn.pipeline import Pipeline
 from goalhorn.preferences.bloom import PreferenceBloom
+from goalhorn.preferences.layout import check_layout
 from goalhorn.preferences.store import PreferenceStore
 from goalhorn.providers import Provider
 from goalhorn.providers.factory import make_provider
 from goalhorn.redis_client import Redis, make_redis
-from goalhorn.sandbox.audience import Audience, generate_audience
-from goalhorn.sandbox.gamenight import Snapshot, load_gamenight
 from goalhorn.sandbox.servers import SandboxServers
 from goalhorn.sandbox.webhook_receiver import WebhookReceiver
 from goalhorn.settings import Settings
@@ -64,8 +67,30 @@ def games_of(snapshots: list[Snapshot]) -> int:
     return len(game_ids_of(snapshots))
 
 
+DEMO_SUFFIX = "-demo"
+DEMO_MARK = "demo-namespace"
+"""A key the demo writes into its namespace, so a rerun knows the data there is the demo's own."""
+
+
+class NotADemoNamespace(GoalhornError):
+    """The demo's namespace holds data the demo did not write; it is left alone."""
+
+
+def demo_namespace(namespace: str) -> str:
+    """The namespace the demo runs in for ``GOALHORN_NAMESPACE=namespace``: its own, beside it."""
+    return namespace if namespace.endswith(DEMO_SUFFIX) else namespace + DEMO_SUFFIX
+
+
 async def clear_namespace(redis: Redis, namespace: str) -> None:
-    """Delete every key of the namespace, so a rerun starts from nothing."""
+    """Delete every key of the demo's namespace, so a rerun starts from nothing; refuse (without deleting
+    anything) when the namespace holds keys but not the demo's mark."""
+    keys = Keys(namespace)
+    mark = f"{namespace}:{DEMO_MARK}"
+    if not await redis.exists(mark):
+        async for _ in redis.scan_iter(match=keys.pattern(), count=1000):
+            raise NotADemoNamespace(
+                f"namespace {namespace!r} holds data the demo did not write; set GOALHORN_NAMESPACE to another name"
+            )
     batch: list[bytes] = []
     async for key in redis.scan_iter(match=Keys(namespace).pattern(), count=1000):
         batch.append(key)
@@ -74,6 +99,7 @@ async def clear_namespace(redis: Redis, namespace: str) -> None:
             batch.clear()
     if batch:
         await redis.delete(*batch)
+    await redis.set(mark, "1")
 
 
 async def run_night(
@@ -104,6 +130,7 @@ async def run_night(
         try:
             await clear_namespace(redis, settings.namespace)
             keys = Keys(settings.namespace)
+            await check_layout(redis, keys, settings)
             buckets = settings.preference_buckets
             await audience.load(
                 PreferenceStore(redis, keys, buckets=buckets),
@@ -117,8 +144,8 @@ async def run_night(
             credentials_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="goalhorn-demo-")))
             phones = await stack.enter_async_context(SandboxServers(credentials_dir))
 
-        def provider(platform: Platform) -> Provider:
-            return make_provider(phones.apply(settings) if phones else settings, platform, out)
+        def provider(platform: Platform, render: Renderer) -> Provider:
+            return make_provider(phones.apply(settings) if phones else settings, platform, render, out)
 
         started = time.monotonic()
         async with Pipeline(settings, provider) as pipeline:

@@ -32,8 +32,8 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 
+from goalhorn.bus import MAX_PRIORITY, Bus, BusMessage, Handler, Subscription, check_publish
 from goalhorn.errors import BusError, BusUnavailable, ConfigError, PublishNotConfirmed, UnknownQueue
-from goalhorn.intents.bus import MAX_PRIORITY, Bus, BusMessage, Handler, Subscription, check_publish
 from goalhorn.keys import Keys
 from goalhorn.settings import Settings
 

@@ -96,9 +96,9 @@ def check_publish(priority: int, message_id: str) -> None:
 def make_bus(settings: Settings) -> Bus:
     """RabbitMQ when ``amqp_url`` is set, the in-process bus otherwise."""
     if settings.amqp_url:
-        from goalhorn.intents.bus.rabbitmq import RabbitBus
+        from goalhorn.bus.rabbitmq import RabbitBus
 
         return RabbitBus(settings)
-    from goalhorn.intents.bus.memory import MemoryBus
+    from goalhorn.bus.memory import MemoryBus
 
     return MemoryBus()

@@ -2,22 +2,24 @@
 
 ``load_catalog`` validates a whole file and raises :class:`CatalogInvalid` listing every problem as
 ``FILE:LINE: what is wrong``; ``CatalogFile`` reloads a file when it changes and keeps serving the last
-good version when an edit is bad. The packaged default (``goalhorn/intents/default.yaml``) is what runs
+good version when an edit is bad. The packaged default (``goalhorn/catalog/default.yaml``) is what runs
 when ``Settings.rules_file`` is unset.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path as FilePath
 
-from goalhorn.intents.located import CatalogInvalid, Problems, load_located
-from goalhorn.intents.rules import Rule, parse_rules
-from goalhorn.intents.templates import parse_templates
-from goalhorn.segmenter.definitions import Segment, parse_segments
+from goalhorn.catalog.located import CatalogInvalid, Problems, load_located
+from goalhorn.catalog.rules import Rule, parse_rules
+from goalhorn.catalog.segments import Segment, parse_segments
+from goalhorn.catalog.templates import Rendered, parse_templates, render
+from goalhorn.models import Intent
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,10 @@ class Catalog:
     segments: dict[str, Segment]
     templates: dict[str, dict[str, tuple[str, str]]]
     origin: str = "<memory>"
+
+    def render(self, intent: Intent, locale: str) -> Rendered:
+        """The :data:`Renderer` of this catalog's templates."""
+        return render(intent, locale, self.templates)
 
 
 def parse_catalog(text: str, filename: str) -> Catalog:
@@ -63,22 +69,11 @@ def load_catalog(path: str | os.PathLike[str]) -> Catalog:
     return parse_catalog(text, name)
 
 
+@functools.cache
 def default_catalog() -> Catalog:
-    """The rules, segments and templates shipped with goalhorn."""
-    global _default
-    if _default is None:
-        text = resources.files("goalhorn.intents").joinpath(DEFAULT_NAME).read_text(encoding="utf-8")
-        _default = parse_catalog(text, f"goalhorn/intents/{DEFAULT_NAME}")
-    return _default
-
-
-_default: Catalog | None = None
-_active: Catalog | None = None
-
-
-def active_catalog() -> Catalog:
-    """The catalog this process renders with: the last one a ``CatalogFile`` loaded, else the default."""
-    return _active or default_catalog()
+    """The rules, segments and templates shipped with goalhorn (parsed once; a Catalog is immutable)."""
+    text = resources.files("goalhorn.catalog").joinpath(DEFAULT_NAME).read_text(encoding="utf-8")
+    return parse_catalog(text, f"goalhorn/catalog/{DEFAULT_NAME}")
 
 
 @dataclass(slots=True)
@@ -95,7 +90,6 @@ class CatalogFile:
     def __post_init__(self) -> None:
         self._catalog = default_catalog() if self.path is None else load_catalog(self.path)
         self._stamp = self._stat()
-        self._activate()
 
     def _stat(self) -> tuple[int, int] | None:
         if self.path is None:
@@ -105,16 +99,6 @@ class CatalogFile:
         except OSError:
             return None
         return (st.st_mtime_ns, st.st_size)
-
-    def _activate(self) -> None:
-        global _active
-        _active = self._catalog
-
-    def release(self) -> None:
-        """Stop being the process's active catalog (rendering falls back to the default)."""
-        global _active
-        if _active is self._catalog:
-            _active = None
 
     def current(self) -> Catalog:
         stamp = self._stat()
@@ -128,7 +112,10 @@ class CatalogFile:
                 log.error("rejected an edit of %s, keeping the last good version:\n%s", self.path, exc)
             else:
                 self.problems = []
-                self._activate()
                 log.info("reloaded %s", self.path)
         assert self._catalog is not None
         return self._catalog
+
+    def render(self, intent: Intent, locale: str) -> Rendered:
+        """The :data:`Renderer` of this file: its current templates (reloaded after an edit)."""
+        return render(intent, locale, self.current().templates)

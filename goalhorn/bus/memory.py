@@ -13,8 +13,8 @@ import itertools
 import logging
 from collections.abc import Iterable
 
+from goalhorn.bus import Bus, BusMessage, Handler, Subscription, check_publish
 from goalhorn.errors import BusError, UnknownQueue
-from goalhorn.intents.bus import Bus, BusMessage, Handler, Subscription, check_publish
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,75 @@
+"""The fanout stage: intents off the bus, expanded into delivery batches on the provider queues.
+
+``goalhorn run fanout`` runs it (as many as the intent load needs; RabbitMQ spreads intents over them).
+An intent is acked only after its last batch was confirmed by the broker, so a fanout process killed
+mid-intent leaves it to be expanded again elsewhere (the delivery markers drop the repeats). On stop
+the consumer takes no new intent and waits for those being expanded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from goalhorn.app.parts import Parts
+from goalhorn.bus import Subscription
+from goalhorn.catalog import Catalog
+from goalhorn.keys import Keys
+from goalhorn.redis_client import Redis
+from goalhorn.segmenter.consumer import IntentConsumer
+from goalhorn.segmenter.expander import Expander
+from goalhorn.settings import Settings
+
+NAME = "fanout"
+
+
+def make_expander(settings: Settings, redis: Redis, catalog: Callable[[], Catalog]) -> Expander:
+    """The expander ``settings`` describe, reading segments from ``catalog()`` (also what
+    ``goalhorn segments preview`` runs, so a preview reaches who fanout would)."""
+    return Expander(
+        redis,
+        Keys(settings.namespace),
+        catalog,
+        chunk=settings.expand_chunk,
+        batch_size=settings.batch_size,
+        buckets=settings.preference_buckets,
+        bloom=settings.bloom_enabled,
+        bloom_error_rate=settings.bloom_error_rate,
+        bloom_rebuild_pending=settings.bloom_rebuild_pending,
+    )
+
+
+class FanoutStage:
+    name = NAME
+
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
+        expander = make_expander(parts.settings, parts.redis, parts.catalog.current)
+        self.consumer = IntentConsumer(expander, parts.delivery.enqueue, parts.counters)
+        self._subscription: Subscription | None = None
+
+    async def start(self) -> None:
+        queue = self.parts.keys.intent_queue
+        await self.parts.bus.start([queue])
+        self._subscription = await self.parts.bus.consume(
+            queue, self.consumer, prefetch=self.parts.settings.intent_prefetch
+        )
+
+    def ready(self) -> bool:
+        return self._subscription is not None
+
+    async def stop(self) -> None:
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            await subscription.cancel()
+
+
+def build(settings: Settings, parts: Parts | None = None) -> FanoutStage:
+    return FanoutStage(parts or Parts.build(settings))
+
+
+async def serve(settings: Settings, stop: asyncio.Event, *, metrics_port: int | None = None) -> None:
+    """Run the fanout stage alone until ``stop`` is set."""
+    from goalhorn.app.process import serve_stages
+
+    await serve_stages(settings, (NAME,), stop, metrics_port=metrics_port)

@@ -1,0 +1,252 @@
+"""The ingest stage: feeds in, live state and intents out.
+
+``goalhorn run ingest`` runs it (one per feed set): an ESPN poller per ``<sport>/<league>`` of
+``GOALHORN_ESPN_LEAGUES`` (all sharing one request budget) and the Polymarket market channel for the
+tokens of ``GOALHORN_MARKET_MAP_PATH``. Whatever they parse goes through one :class:`Ingestor` to live
+state and the intent bus; every rejected payload is kept in one quarantine, mirrored to a capped Redis
+list (``goalhorn feeds quarantine``). The demo and the tests feed the same stage by hand (``absorb``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from redis.exceptions import RedisError
+
+from goalhorn.app.parts import Parts
+from goalhorn.bus import Bus
+from goalhorn.errors import ConfigError
+from goalhorn.ingest.adapter import Parsed
+from goalhorn.ingest.budget import RequestBudget
+from goalhorn.ingest.fusion import EdgeEngine, EdgeOptions
+from goalhorn.ingest.ingestor import Absorbed, Ingestor
+from goalhorn.ingest.market_stream import MarketStream, StreamOptions
+from goalhorn.ingest.markets import MarketMap
+from goalhorn.ingest.poller import LeaguePoller, PollOptions
+from goalhorn.ingest.polymarket import PolymarketAdapter
+from goalhorn.ingest.quarantine import Quarantine, QuarantinedPayload, QuarantineStore
+from goalhorn.ingest.winprob import ParamTable, WinModel
+from goalhorn.models import Sport
+from goalhorn.settings import Settings
+
+log = logging.getLogger(__name__)
+
+NAME = "ingest"
+STOP_TIMEOUT_S = 10.0
+"""How long stopping waits for pollers and the market stream to finish what they hold."""
+MIRROR_BACKLOG = 1000
+"""Rejections waiting to be mirrored to Redis beyond this are not mirrored (they are still counted)."""
+
+
+@dataclass(slots=True)
+class IngestSummary:
+    polls: int = 0
+    poll_failures: dict[str, int] = field(default_factory=dict)
+    connections: int = 0
+    states_written: int = 0
+    events: int = 0
+    signals: int = 0
+    intents: int = 0
+    rejected: int = 0
+
+
+def leagues_of(settings: Settings) -> list[tuple[Sport, str]]:
+    """``GOALHORN_ESPN_LEAGUES`` as (sport, league) pairs; a ``ConfigError`` names a bad entry."""
+    found = []
+    for entry in filter(None, (e.strip() for e in settings.espn_leagues.split(","))):
+        sport, _, league = entry.partition("/")
+        try:
+            found.append((Sport(sport), league))
+        except ValueError:
+            raise ConfigError(f"GOALHORN_ESPN_LEAGUES: {entry!r} is not <sport>/<league>") from None
+        if not league or "/" in league:
+            raise ConfigError(f"GOALHORN_ESPN_LEAGUES: {entry!r} is not <sport>/<league>")
+    return found
+
+
+def check_feeds(settings: Settings) -> None:
+    """Refuse a configuration with nothing to ingest or a bad league, before anything connects."""
+    leagues_of(settings)
+    if not settings.espn_leagues.strip() and not settings.market_map_path:
+        raise ConfigError("nothing to ingest: set GOALHORN_ESPN_LEAGUES and/or GOALHORN_MARKET_MAP_PATH")
+
+
+class IngestStage:
+    """The ingestor, and with ``feeds`` the live clients settings configure feeding it."""
+
+    name = NAME
+
+    def __init__(self, parts: Parts, *, feeds: bool = True) -> None:
+        settings = parts.settings
+        self.parts = parts
+        self.summary = IngestSummary()
+        self._feeds = feeds
+        self._leagues = leagues_of(settings) if feeds else []
+        self._markets = MarketMap.load(Path(settings.market_map_path)) if feeds and settings.market_map_path else None
+        if feeds and not self._leagues and not self._markets:
+            raise ConfigError("nothing to ingest: set GOALHORN_ESPN_LEAGUES and/or GOALHORN_MARKET_MAP_PATH")
+        engine = None
+        if self._markets:
+            model = WinModel(ParamTable.load(Path(settings.wp_params_path) if settings.wp_params_path else None))
+            options = EdgeOptions(settings.edge_min_cents, settings.edge_max_book_age_s, settings.edge_max_state_age_s)
+            engine = EdgeEngine(self._markets, model, options)
+        self.ingestor = Ingestor(settings, parts.bus, parts.redis, engine=engine, catalog=parts.catalog)
+        self.quarantine = Quarantine(on_record=self._mirror)
+        self._pending: asyncio.Queue[QuarantinedPayload | None] = asyncio.Queue()
+        self._pollers: list[LeaguePoller] = []
+        self._stream: MarketStream | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._started = False
+
+    async def absorb(self, parsed: Parsed, *, diff: bool) -> Absorbed:
+        """One adapter result to live state and the bus (``diff`` for polled feeds), counted."""
+        done = await self.ingestor.absorb(parsed, diff=diff)
+        self.summary.states_written += done.states_written
+        self.summary.events += len(done.events)
+        self.summary.signals += len(done.signals)
+        self.summary.intents += len(done.intents)
+        await self.parts.counters.add(
+            {
+                "events": len(done.events),
+                "events_duplicate": done.duplicates,
+                "intents": len(done.intents),
+                "feed_rejected": len(parsed.rejected),
+            }
+        )
+        return done
+
+    async def start(self) -> None:
+        await self.parts.bus.start([self.parts.keys.intent_queue])
+        self._started = True
+        if not self._feeds:
+            return
+        settings = self.parts.settings
+        self._session = aiohttp.ClientSession()
+        self._writer = asyncio.create_task(self._write_quarantine())
+        poll_options = PollOptions(
+            fast_s=settings.poll_fast_s,
+            slow_s=settings.poll_slow_s,
+            timeout_s=settings.poll_timeout_s,
+            backoff_base_s=settings.poll_backoff_base_s,
+            backoff_cap_s=max(settings.poll_backoff_max_s, settings.poll_backoff_base_s),
+        )
+        budget = RequestBudget("espn", settings.espn_budget_requests, settings.espn_budget_window_s)
+        self._pollers = [
+            LeaguePoller(
+                self._session,
+                settings.espn_base_url,
+                sport,
+                league,
+                budget,
+                self._polled,
+                options=poll_options,
+                quarantine=self.quarantine,
+            )
+            for sport, league in self._leagues
+        ]
+        if self._markets and self._markets.tokens:
+            stream_options = StreamOptions(ping_s=settings.market_ping_s, silence_s=settings.market_silence_s)
+            self._stream = MarketStream(
+                self._session,
+                settings.polymarket_ws_url,
+                self._markets.tokens,
+                self._streamed,
+                adapter=PolymarketAdapter(self.quarantine),
+                options=stream_options,
+            )
+        self._tasks = [asyncio.create_task(p.run()) for p in self._pollers]
+        if self._stream is not None:
+            self._tasks.append(asyncio.create_task(self._stream.run()))
+
+    def ready(self) -> bool:
+        return self._started and not any(task.done() for task in self._tasks)
+
+    async def wait(self) -> None:
+        """Until every feed client has ended (they run until stopped, unless one fails)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks)
+
+    async def stop(self) -> None:
+        self._started = False
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
+            if stuck:
+                log.error("%d ingest tasks did not stop within %gs", len(stuck), STOP_TIMEOUT_S)
+        self._tasks = []
+        if self._writer is not None:
+            self._pending.put_nowait(None)
+            await self._writer
+            self._writer = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self.summary.polls = sum(p.polls for p in self._pollers)
+        self.summary.poll_failures = {}
+        for poller in self._pollers:
+            for reason, count in poller.failures.items():
+                self.summary.poll_failures[reason] = self.summary.poll_failures.get(reason, 0) + count
+        self.summary.connections = self._stream.connections if self._stream is not None else 0
+        self.summary.rejected = self.quarantine.total
+
+    async def _polled(self, parsed: Parsed) -> None:
+        await self.absorb(parsed, diff=True)
+
+    async def _streamed(self, parsed: Parsed) -> None:
+        await self.absorb(parsed, diff=False)
+
+    def _mirror(self, item: QuarantinedPayload) -> None:
+        if self._pending.qsize() < MIRROR_BACKLOG:
+            self._pending.put_nowait(item)
+
+    async def _write_quarantine(self) -> None:
+        """Mirror rejections to Redis until told to stop (``None``), then write what is left."""
+        store = QuarantineStore(self.parts.redis, self.parts.keys)
+        while True:
+            batch = [await self._pending.get()]
+            while not self._pending.empty():
+                batch.append(self._pending.get_nowait())
+            items = [item for item in batch if item is not None]
+            try:
+                await store.push(items)
+            except RedisError:
+                log.exception("could not mirror %d rejected payloads to Redis", len(items))
+            if len(items) < len(batch):
+                return
+
+
+def build(settings: Settings, parts: Parts | None = None) -> IngestStage:
+    return IngestStage(parts or Parts.build(settings))
+
+
+async def serve(settings: Settings, stop: asyncio.Event, *, metrics_port: int | None = None) -> None:
+    """Run the ingest stage alone until ``stop`` is set."""
+    from goalhorn.app.process import serve_stages
+
+    await serve_stages(settings, (NAME,), stop, metrics_port=metrics_port)
+
+
+async def run_ingest(settings: Settings, *, bus: Bus | None = None, duration_s: float | None = None) -> IngestSummary:
+    """The ingest stage for ``duration_s`` (or until a feed client fails or the task is cancelled)."""
+    check_feeds(settings)
+    parts = Parts.build(settings, bus=bus)
+    try:
+        stage = IngestStage(parts)
+        await stage.start()
+        try:
+            if duration_s is None:
+                await stage.wait()
+            else:
+                await asyncio.sleep(duration_s)
+        finally:
+            await stage.stop()
+        return stage.summary
+    finally:
+        await parts.aclose()

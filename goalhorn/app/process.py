@@ -1,0 +1,127 @@
+"""One goalhorn process: the stages it runs, started in order, served until told to stop.
+
+``goalhorn run ingest|fanout|deliver|all`` calls :func:`serve_stages`. Before taking any work it checks
+the configuration, Redis and RabbitMQ (:mod:`goalhorn.app.preflight`) and the stored layout; then it
+starts deliver, fanout and ingest (those it runs, in that order, so nothing is produced before its
+consumer runs) and serves ``/healthz``, ``/readyz`` and ``/metrics``. When ``stop`` is set it stops
+them the other way round: ingest stops polling, fanout takes no new intent and finishes the ones it
+is expanding, deliver finishes or requeues the batches it holds. Each stage's stop is bounded (see
+``STOP_TIMEOUT_S``); what a stage still held after that is unacked, so RabbitMQ redelivers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from goalhorn.app import deliver, fanout, ingest
+from goalhorn.app.health import HealthServer
+from goalhorn.app.parts import Parts
+from goalhorn.app.preflight import check_services
+from goalhorn.errors import ConfigError
+from goalhorn.preferences.layout import check_layout
+from goalhorn.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STAGES = (deliver.NAME, fanout.NAME, ingest.NAME)
+"""Every stage, in start order."""
+FANOUT_STOP_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = {
+    ingest.NAME: ingest.STOP_TIMEOUT_S + 5,
+    fanout.NAME: FANOUT_STOP_TIMEOUT_S,
+    deliver.NAME: deliver.STOP_TIMEOUT_S + 5,
+}
+"""Upper bound of each stage's stop; a process stops within their sum (60 s) plus closing its clients."""
+
+
+class Stage(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    def ready(self) -> bool: ...
+
+    async def stop(self) -> None: ...
+
+
+_BUILDERS: dict[str, Callable[[Parts], Stage]] = {
+    ingest.NAME: ingest.IngestStage,
+    fanout.NAME: fanout.FanoutStage,
+    deliver.NAME: deliver.DeliverStage,
+}
+
+
+def require_services(settings: Settings) -> None:
+    """A stage process works on RabbitMQ and Redis; the embedded default lives inside one process."""
+    missing = [
+        name
+        for name, url in (("GOALHORN_AMQP_URL", settings.amqp_url), ("GOALHORN_REDIS_URL", settings.redis_url))
+        if not url
+    ]
+    if missing:
+        raise ConfigError(
+            f"{' and '.join(missing)} not set: stage processes share work through RabbitMQ and Redis "
+            "(e.g. amqp://guest:guest@127.0.0.1:5672/ and redis://127.0.0.1:6379/0); "
+            "`goalhorn demo` runs everything in one process without them"
+        )
+
+
+async def serve_stages(
+    settings: Settings,
+    names: Sequence[str],
+    stop: asyncio.Event,
+    *,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
+    on_ready: Callable[[HealthServer | None], None] | None = None,
+) -> None:
+    """Run the named stages in this process until ``stop`` is set (see the module docstring).
+
+    Raises :class:`ConfigError` (its subclass ``ServiceUnreachable`` for services) before any work is
+    taken when the configuration, a service or the stored layout is not usable."""
+    unknown = [name for name in names if name not in _BUILDERS]
+    if unknown:
+        raise ConfigError(f"unknown stage {unknown[0]!r} (stages: {', '.join(STAGES)})")
+    require_services(settings)
+    if ingest.NAME in names:
+        ingest.check_feeds(settings)
+    await check_services(settings)
+    parts = Parts.build(settings)
+    started: list[Stage] = []
+    health: HealthServer | None = None
+    try:
+        await check_layout(parts.redis, parts.keys, settings)
+        stages = [_BUILDERS[name](parts) for name in STAGES if name in names]
+
+        async def readiness() -> list[str]:
+            reasons = [f"{stage.name} is not running" for stage in stages if not stage.ready()]
+            try:
+                await parts.redis.ping()
+            except Exception as exc:  # any failure means "not ready", with why
+                reasons.append(f"Redis does not answer ({type(exc).__name__})")
+            return reasons
+
+        if metrics_port is not None:
+            health = HealthServer(metrics_host, metrics_port, readiness)
+            await health.start()
+        for stage in stages:
+            await stage.start()
+            started.append(stage)
+        log.info("running %s (namespace %s)", ", ".join(s.name for s in stages), settings.namespace)
+        if on_ready is not None:
+            on_ready(health)
+        await stop.wait()
+    finally:
+        for stage in reversed(started):
+            try:
+                await asyncio.wait_for(stage.stop(), STOP_TIMEOUT_S[stage.name])
+            except TimeoutError:
+                log.error(
+                    "%s did not stop within %gs; what it held is redelivered", stage.name, STOP_TIMEOUT_S[stage.name]
+                )
+        if health is not None:
+            await health.aclose()
+        await parts.aclose()

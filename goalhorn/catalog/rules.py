@@ -1,0 +1,105 @@
+"""Alert rules as the catalog declares them: which event kinds, at what priority, for which segments,
+with which template. ``goalhorn.intents.rules`` turns events into intents with them."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+from goalhorn.catalog.located import Path, Problems
+from goalhorn.catalog.segments import check_template
+from goalhorn.models import EventKind
+
+RULE_KEYS = (
+    "kinds",
+    "priority",
+    "segments",
+    "template",
+    "ttl_s",
+    "collapse_key",
+    "bypass_quiet_hours",
+    "opt_in_required",
+    "description",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    kinds: frozenset[EventKind]
+    priority: int
+    segments: tuple[str, ...]
+    template: str
+    ttl_s: int = 300
+    collapse_key: str | None = None
+    bypass_quiet_hours: bool = False
+    opt_in_required: bool = False
+
+
+def parse_rules(
+    raw: Any, path: Path, problems: Problems, segments: Collection[str], templates: Collection[str]
+) -> tuple[Rule, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        problems.add(path, "rules must be a mapping of name -> rule")
+        return ()
+    rules = []
+    for name, body in raw.items():
+        where = (*path, name)
+        if not isinstance(body, dict):
+            problems.add(where, f"rule {name!r} must be a mapping")
+            continue
+        before = len(problems.found)
+        for key in body:
+            if key not in RULE_KEYS:
+                problems.add((*where, key), f"unknown key {key!r} in rule {name!r} (expected {', '.join(RULE_KEYS)})")
+        for key in ("kinds", "priority", "segments", "template"):
+            if key not in body:
+                problems.add(where, f"rule {name!r} needs {key}")
+        kinds = body.get("kinds", [])
+        if not isinstance(kinds, list) or not kinds:
+            problems.add((*where, "kinds"), "kinds must be a non-empty list of event kinds")
+            kinds = []
+        for kind in kinds:
+            if kind not in EventKind.__members__:
+                problems.add((*where, "kinds"), f"unknown event kind {kind!r} (known: {', '.join(EventKind)})")
+        priority = body.get("priority", 0)
+        if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
+            problems.add((*where, "priority"), f"priority {priority!r} is outside 0..9")
+        names = body.get("segments", [])
+        if not isinstance(names, list) or not names:
+            problems.add((*where, "segments"), "segments must be a non-empty list of segment names")
+            names = []
+        for segment in names:
+            if segment not in segments:
+                problems.add((*where, "segments"), f"unknown segment {segment!r}")
+        template = body.get("template")
+        if "template" in body and template not in templates:
+            problems.add((*where, "template"), f"unknown template {template!r}")
+        ttl = body.get("ttl_s", 300)
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 1:
+            problems.add((*where, "ttl_s"), f"ttl_s {ttl!r} must be a positive number of seconds")
+        collapse = body.get("collapse_key")
+        if collapse is not None:
+            check_template(str(collapse), (*where, "collapse_key"), problems, f"collapse_key {collapse!r}")
+        for flag in ("bypass_quiet_hours", "opt_in_required"):
+            if not isinstance(body.get(flag, False), bool):
+                problems.add((*where, flag), f"{flag} must be true or false")
+        if len(problems.found) > before:
+            continue
+        rules.append(
+            Rule(
+                name=name,
+                kinds=frozenset(EventKind[k] for k in kinds),
+                priority=priority,
+                segments=tuple(names),
+                template=str(template),
+                ttl_s=ttl,
+                collapse_key=None if collapse is None else str(collapse),
+                bypass_quiet_hours=body.get("bypass_quiet_hours", False),
+                opt_in_required=body.get("opt_in_required", False),
+            )
+        )
+    return tuple(rules)
