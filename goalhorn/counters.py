@@ -1,6 +1,7 @@
 """Pipeline counters shared by every stage and every process, kept in one Redis hash.
 
-They are what ``goalhorn demo`` summarizes and what the pipeline waits on to know it is idle:
+Each process also exposes what its own stages counted as ``goalhorn_pipeline_total{counter=...}`` on
+its ``/metrics``. They are what ``goalhorn demo`` summarizes and what the pipeline waits on to know it is idle:
 every batch published is eventually counted done (delivered, retried as a new batch, or dead-lettered).
 Latencies from score change to delivery are kept as a capped list of milliseconds.
 """
@@ -10,10 +11,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from prometheus_client import Counter
+
 from goalhorn.keys import Keys
 from goalhorn.redis_client import Redis
 
 LATENCY_SAMPLES = 200_000
+
+PROCESS_COUNTS = Counter(
+    "goalhorn_pipeline",
+    "What this process's stages counted (the same names as the shared pipeline counters in Redis).",
+    ["counter"],
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +64,8 @@ class PipelineCounters:
         for name, value in counts.items():
             if value:
                 pipe.hincrby(self._keys.stats(), name, value)
+                if value > 0:
+                    PROCESS_COUNTS.labels(name).inc(value)
         if samples:
             pipe.rpush(self._keys.latencies(), *samples)
             pipe.ltrim(self._keys.latencies(), -LATENCY_SAMPLES, -1)

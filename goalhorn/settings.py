@@ -166,7 +166,8 @@ def describe(exc: ValidationError) -> list[str]:
         name = "GOALHORN_" + "_".join(str(part) for part in error["loc"]).upper()
         given = error.get("input")
         shown = "" if given is None or "url" in name.lower() or isinstance(given, dict) else f" (got {given!r})"
-        lines.append(f"{name}: {error['msg']}{shown}")
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"{name}: {message}{shown}")
     return lines
 
 

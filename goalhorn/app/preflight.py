@@ -5,6 +5,7 @@ to fix (the URL shown without its password), never an endless reconnect log."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
@@ -60,6 +61,8 @@ async def check_rabbitmq(settings: Settings) -> None:
     if settings.amqp_url is None:
         return
     where = f"GOALHORN_AMQP_URL={redacted(settings.amqp_url)}"
+    quiet = logging.getLogger("aiormq.connection")  # it logs the failure we are about to report
+    level, quiet.level = quiet.level, logging.CRITICAL
     try:
         connection = await aio_pika.connect(settings.amqp_url, timeout=CHECK_TIMEOUT_S)
     except aiormq.exceptions.ProbableAuthenticationError:
@@ -73,6 +76,8 @@ async def check_rabbitmq(settings: Settings) -> None:
         raise ServiceUnreachable(f"{where}: RabbitMQ is unreachable ({exc or type(exc).__name__})") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise ServiceUnreachable(f"{where}: not an AMQP URL ({exc})") from None
+    finally:
+        quiet.setLevel(level)
     await connection.close()
 
 
