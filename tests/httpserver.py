@@ -33,6 +33,25 @@ def body(data: bytes, status: int = 200, headers: dict[str, str] | None = None) 
     return step
 
 
+def chunked(data: bytes, size: int = 4096, headers: dict[str, str] | None = None) -> Step:
+    """Send ``data`` with chunked transfer encoding (no Content-Length), ``size`` bytes per chunk."""
+
+    async def step(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json", **(headers or {})})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        try:
+            for start in range(0, len(data), size):
+                await response.write(data[start : start + size])
+                await asyncio.sleep(0)
+            await response.write_eof()
+        except ConnectionResetError:  # the client stopped reading (a body over its cap)
+            pass
+        return response
+
+    return step
+
+
 def stall(seconds: float) -> Step:
     async def step(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(seconds)
@@ -49,6 +68,22 @@ def truncated(data: bytes) -> Step:
         response.content_length = len(data)
         await response.prepare(request)
         await response.write(data[: len(data) // 2])
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    return step
+
+
+def chunked_truncated(data: bytes, size: int = 4096) -> Step:
+    """Send half of ``data`` in chunks, then drop the connection before the last chunk."""
+
+    async def step(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for start in range(0, len(data) // 2, size):
+            await response.write(data[start : start + size])
         assert request.transport is not None
         request.transport.close()
         return response

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 import logging
 import random
 
@@ -13,7 +15,7 @@ from goalhorn.ingest.budget import RequestBudget
 from goalhorn.ingest.poller import LeaguePoller, PollOptions
 from goalhorn.models import GameStatus, Sport
 from tests.feeds import fixture
-from tests.httpserver import Script, body, serve, stall, truncated
+from tests.httpserver import Script, body, chunked, chunked_truncated, serve, stall, truncated
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -22,20 +24,85 @@ FINAL = fixture("espn/nba_scoreboard_post.json")
 OPTIONS = PollOptions(fast_s=5, slow_s=30, timeout_s=0.5, backoff_base_s=1, backoff_cap_s=8)
 
 
-async def poller_for(url: str, session, seen: list[Parsed], budget: RequestBudget | None = None) -> LeaguePoller:
+# Whole real scoreboards (364 KB and 407 KB): more than one read of aiohttp's stream returns.
+FULL_BOARDS = {
+    "nhl": (fixture("espn/nhl_scoreboard_full.json"), Sport.HOCKEY),
+    "usa.1": (fixture("espn/usa1_scoreboard_full.json"), Sport.SOCCER),
+}
+
+
+async def poller_for(
+    url: str,
+    session,
+    seen: list[Parsed],
+    budget: RequestBudget | None = None,
+    *,
+    sport: Sport = Sport.HOCKEY,
+    league: str = "nhl",
+    options: PollOptions = OPTIONS,
+) -> LeaguePoller:
     async def on_parsed(parsed: Parsed) -> None:
         seen.append(parsed)
 
     return LeaguePoller(
         session,
         url,
-        Sport.HOCKEY,
-        "nhl",
+        sport,
+        league,
         budget or RequestBudget("espn", 1000, 60),
         on_parsed,
-        options=OPTIONS,
+        options=options,
         rng=random.Random(7),
     )
+
+
+@pytest.mark.parametrize("league", sorted(FULL_BOARDS))
+@pytest.mark.parametrize("transfer", ["content_length", "chunked", "gzip"])
+async def test_real_size_boards_are_read_whole(league: str, transfer: str) -> None:
+    board, sport = FULL_BOARDS[league]
+    step = {
+        "content_length": body(board),
+        "chunked": chunked(board, size=1000),
+        "gzip": body(gzip.compress(board), headers={"Content-Encoding": "gzip"}),
+    }[transfer]
+    script = Script([step])
+    seen: list[Parsed] = []
+    async with serve(script.app()) as url, aiohttp.ClientSession() as session:
+        poller = await poller_for(url, session, seen, sport=sport, league=league)
+        await poller.poll_once()
+    assert poller.failures == {}
+    (parsed,) = seen
+    assert parsed.rejected == []
+    assert sorted(s.game_id for s in parsed.states) == sorted(e["id"] for e in json.loads(board)["events"])
+
+
+@pytest.mark.parametrize("transfer", ["content_length", "chunked"])
+async def test_a_body_over_the_cap_is_a_counted_failure(transfer: str) -> None:
+    board, _ = FULL_BOARDS["nhl"]
+    oversized = body(board) if transfer == "content_length" else chunked(board, size=1000)
+    script = Script([body(LIVE), oversized, body(LIVE)])
+    seen: list[Parsed] = []
+    capped = PollOptions(fast_s=5, slow_s=30, timeout_s=2, backoff_base_s=1, backoff_cap_s=8, max_body_bytes=100_000)
+    async with serve(script.app()) as url, aiohttp.ClientSession() as session:
+        poller = await poller_for(url, session, seen, options=capped)
+        assert await poller.poll_once() == 5
+        good = poller.last_good
+        assert 0.5 <= await poller.poll_once() <= 1
+        assert poller.failures == {"oversized": 1}
+        assert poller.last_good is good
+        assert await poller.poll_once() == 5  # the connection is usable again
+    assert len(seen) == 2
+
+
+async def test_a_chunked_body_cut_short_is_truncated() -> None:
+    board, _ = FULL_BOARDS["nhl"]
+    script = Script([chunked_truncated(board, size=1000)])
+    seen: list[Parsed] = []
+    async with serve(script.app()) as url, aiohttp.ClientSession() as session:
+        poller = await poller_for(url, session, seen)
+        await poller.poll_once()
+    assert poller.failures == {"truncated": 1}
+    assert seen == []
 
 
 async def test_fast_while_a_game_is_live_slow_otherwise() -> None:

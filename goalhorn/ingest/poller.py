@@ -4,10 +4,11 @@ Each :class:`LeaguePoller` fetches its league's scoreboard, runs it through the 
 hands the result on. It polls every ``fast_s`` while a game of the league is live (or due to start
 before the slow interval would look again) and every ``slow_s`` otherwise. Every request is taken
 from the upstream's :class:`RequestBudget` first; a spent budget skips polls until a request leaves
-the window. A timeout, a refused connection, a 5xx or 429 (``Retry-After`` honoured), a truncated or
-malformed body counts as a failure (``goalhorn_poll_errors_total{league,reason}``) and the next
-poll waits an exponential backoff with jitter instead. Nothing a poll does raises: the task keeps
-going, and the last good scoreboard stays available, tagged with its age.
+the window. A timeout, a refused connection, a 5xx or 429 (``Retry-After`` honoured), a truncated,
+malformed or oversized body (``max_body_bytes``) counts as a failure
+(``goalhorn_poll_errors_total{league,reason}``), and the next poll waits an exponential backoff with
+jitter instead. Nothing a poll does raises: the task keeps going, and the
+last good scoreboard stays available, tagged with its age.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class PollOptions:
     timeout_s: float = 10.0
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 60.0
+    max_body_bytes: int = MAX_BODY
+    """A scoreboard larger than this (after decompression) is refused as ``oversized``."""
 
 
 def scoreboard_url(base: str, sport: str, league: str) -> str:
@@ -129,18 +132,31 @@ class LeaguePoller:
                     raise _Failure("http_5xx")
                 if response.status != 200:
                     raise _Failure("http_4xx")
-                body = await response.content.read(MAX_BODY + 1)
-                if len(body) > MAX_BODY:
-                    raise _Failure("oversized")
-                if response.content_length is not None and len(body) != response.content_length:
-                    raise _Failure("truncated")
-                return body
+                return await self._read_body(response)
         except TimeoutError as exc:
             raise _Failure("timeout") from exc
         except aiohttp.ClientPayloadError as exc:
             raise _Failure("truncated") from exc
         except aiohttp.ClientError as exc:
             raise _Failure("connection") from exc
+
+    async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
+        """The whole body, however it is framed, or ``oversized`` as soon as it passes the cap.
+
+        ``content.read(n)`` returns one buffered chunk, not n bytes, so the stream is read to its end.
+        A body cut short (before its Content-Length or its last chunk) makes aiohttp raise
+        ``ClientPayloadError``. Content-Length counts the bytes on the wire, compressed or not, so it
+        only refuses early; the cap applies to the decompressed body.
+        """
+        cap = self.options.max_body_bytes
+        if response.content_length is not None and response.content_length > cap:
+            raise _Failure("oversized")
+        body = bytearray()
+        async for chunk in response.content.iter_any():
+            body += chunk
+            if len(body) > cap:
+                raise _Failure("oversized")
+        return bytes(body)
 
     def _failed(self, failure: _Failure) -> float:
         self.failures[failure.reason] = self.failures.get(failure.reason, 0) + 1
