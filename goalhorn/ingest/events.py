@@ -68,6 +68,18 @@ class _Score:
     incident: Incident | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one snapshot changes for its game: the events, and what the differ keeps once committed."""
+
+    key: tuple[str, str]
+    events: list[GameEvent]
+    base: _Game | None
+    """What the differ held for the game when the change was made."""
+    after: _Game | None
+    """What it holds after the commit; None when the snapshot changes nothing (an older one)."""
+
+
 class GameDiffer:
     """Keeps the last state of every game and reports the events between it and the next one.
 
@@ -76,29 +88,38 @@ class GameDiffer:
     get one event per team per poll, typed by the points scored. Status events (start, period end,
     halftime, red card, end) are reported once per game. Snapshots older than the last one kept are
     ignored, so an out-of-order poll cannot undo a goal. Not thread-safe: one differ per poller.
+
+    ``diff`` changes nothing and ``commit`` keeps its result, so a caller that failed to act on the
+    events (their intents were not published) leaves the differ as it was, and the next snapshot of
+    the game reports them again. ``update`` does both at once.
     """
 
     def __init__(self) -> None:
         self._games: dict[tuple[str, str], _Game] = {}
 
     def update(self, state: GameState, incidents: Sequence[Incident] = ()) -> list[GameEvent]:
-        """Remember ``state`` and return what happened since the previous state of its game.
+        """Remember ``state`` and return what happened since the previous state of its game."""
+        change = self.diff(state, incidents)
+        self.commit(change)
+        return change.events
+
+    def diff(self, state: GameState, incidents: Sequence[Incident] = ()) -> Change:
+        """What happened since the kept state of ``state``'s game; nothing is kept until ``commit``.
 
         ``incidents`` are the itemized plays the feed sent with this state (soccer details); they
         name goal scorers and raise ``RED_CARD`` events.
         """
         key = (state.source, state.game_id)
         cards = [i for i in incidents if i.kind == "red_card"]
-        game = self._games.get(key)
-        if game is None:
+        base = self._games.get(key)
+        if base is None:
             primed = {mark for kind, n in _milestones(state) for mark in _marks(state, kind, n)}
             primed.update(_card_id(state, card) for card in cards)
-            self._games[key] = _Game(state, primed)
-            return []
-        before = game.state
+            return Change(key, [], None, _Game(state, primed))
+        before = base.state
         if state.observed_at < before.observed_at:
-            return []
-        game.state = state
+            return Change(key, [], base, None)
+        game = _Game(state, set(base.emitted), dict(base.corrections))
         start: list[GameEvent] = []
         rest: list[GameEvent] = []
         for kind, n in _milestones(state):
@@ -112,7 +133,18 @@ class GameDiffer:
             if card_id not in game.emitted:
                 game.emitted.add(card_id)
                 red.append(_card_event(state, card, card_id))
-        return start + _score_events(before, state, incidents, game.corrections) + red + rest
+        events = start + _score_events(before, state, incidents, game.corrections) + red + rest
+        return Change(key, events, base, game)
+
+    def commit(self, change: Change) -> bool:
+        """Keep what ``change`` found; False (and nothing kept) if its game was changed since it was
+        made, in which case the next snapshot is compared with that newer state instead."""
+        if change.after is None:
+            return True
+        if self._games.get(change.key) is not change.base:
+            return False
+        self._games[change.key] = change.after
+        return True
 
     def forget(self, source: str, game_id: str) -> None:
         """Drop what is kept about a game (e.g. a day after it ended); its next state primes again."""

@@ -1,13 +1,18 @@
 """The ingest stage: what adapters parse becomes live state, deduplicated events and intents.
 
-``Ingestor.absorb`` takes one adapter result and, in order: writes the game states to live state,
-turns them into events (by diffing consecutive states for polled feeds; push feeds bring their
-own), re-evaluates the edge engine with every state and book update, and publishes — the intents
-of every event not seen before (alert rules) and an edge intent for every signal — on the bus.
+``Ingestor.absorb`` takes one adapter result and turns its game states into events (by diffing
+consecutive states for polled feeds; push feeds bring their own), claims the events not acted on
+before, re-evaluates the edge engine with every state and book update, and publishes the intents of
+the claimed events (alert rules) and an edge intent for every signal on the bus. Only what the broker
+confirmed counts as done: those events are marked done, and then the differ keeps the new state of
+their game and live state stores it. A game whose event could not be built or published keeps its
+old state, so the next poll derives the event again and the retry is not taken for a duplicate.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -16,7 +21,7 @@ from goalhorn.catalog import CatalogFile
 from goalhorn.catalog.rules import Rule
 from goalhorn.ingest.adapter import Parsed
 from goalhorn.ingest.dedup import EventDedup
-from goalhorn.ingest.events import GameDiffer
+from goalhorn.ingest.events import Change, GameDiffer
 from goalhorn.ingest.fusion import EdgeEngine
 from goalhorn.ingest.live import LiveState
 from goalhorn.intents.edge import edge_intents
@@ -26,6 +31,8 @@ from goalhorn.models import EdgeSignal, GameEvent, GameState, Intent, utcnow
 from goalhorn.redis_client import Redis
 from goalhorn.settings import Settings
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(slots=True)
 class Absorbed:
@@ -33,8 +40,11 @@ class Absorbed:
 
     states_written: int = 0
     events: list[GameEvent] = field(default_factory=list)
+    """Events whose intents were published (and confirmed) by this absorb."""
     duplicates: int = 0
-    """Events dropped because their id was seen before."""
+    """Events dropped because their id was acted on before."""
+    held: int = 0
+    """Events left for later because another attempt at them is in flight."""
     signals: list[EdgeSignal] = field(default_factory=list)
     intents: list[Intent] = field(default_factory=list)
 
@@ -64,30 +74,73 @@ class Ingestor:
         return self.catalog.current().rules
 
     async def absorb(self, parsed: Parsed, *, diff: bool, now: datetime | None = None) -> Absorbed:
-        """Take in one adapter result; ``diff`` for polled feeds, whose events come from the differ."""
+        """Take in one adapter result; ``diff`` for polled feeds, whose events come from the differ.
+
+        Raises what stopped an event's intents from being built or published (``BusError`` for the
+        bus), after keeping what did succeed; the events it stopped come again on the next poll.
+        """
         out = Absorbed()
-        out.states_written = await self.live.write(parsed.states)
-        events = list(parsed.events)
-        if diff:
-            for state in parsed.states:
-                events += self.differ.update(state, parsed.incidents.get(state.game_id, ()))
-        out.events = await self.dedup.first_seen(events)
-        out.duplicates = len(events) - len(out.events)
         moment = now or utcnow()
+        changes: list[Change] = []
+        if diff:
+            changes = [self.differ.diff(s, parsed.incidents.get(s.game_id, ())) for s in parsed.states]
+        events = [*parsed.events, *(event for change in changes for event in change.events)]
+        claims = await self.dedup.claim(events)
+        out.duplicates, out.held = len(claims.done), len(claims.held)
+        try:
+            failure = await self._publish_events(claims.claimed, moment, out)
+            await self.dedup.mark_done(out.events)
+        finally:
+            self.dedup.release(claims.claimed)
+        published = {event.event_id for event in out.events}
+        blocked = _games([e for e in claims.claimed if e.event_id not in published] + claims.held)
+        for change in changes:
+            if change.key not in blocked:
+                self.differ.commit(change)
+        out.states_written = await self.live.write([s for s in parsed.states if (s.source, s.game_id) not in blocked])
+        if failure is not None:
+            raise failure
         if self.engine is not None:
             for state in parsed.states:
                 out.signals += self.engine.on_state(state, moment)
             for book in parsed.books:
                 out.signals += self.engine.on_book(book, moment)
-        for event in out.events:
-            out.intents += intents_for(event, self.rules, moment)
         for signal in out.signals:
             game = self._state_of(signal)
             if game is not None:
-                out.intents += edge_intents(signal, game, self.rules, moment)
-        for intent in out.intents:
-            await self.bus.publish(self.queue, intent.to_json(), priority=intent.priority, message_id=intent.intent_id)
+                for intent in edge_intents(signal, game, self.rules, moment):
+                    await self._publish(intent)
+                    out.intents.append(intent)
         return out
+
+    async def _publish_events(self, events: Sequence[GameEvent], moment: datetime, out: Absorbed) -> Exception | None:
+        """Publish the intents of ``events`` in order, adding each event whose intents were all confirmed
+        (and those intents) to ``out``; returns what failed, if anything. An event whose rules cannot be
+        built is skipped (logged); a failed publish stops the rest, as the bus is unlikely to take them."""
+        failure: Exception | None = None
+        rules = self.rules
+        for event in events:
+            try:
+                intents = intents_for(event, rules, moment)
+            except Exception as exc:
+                log.exception("building the intents of %s failed", event.event_id)
+                failure = failure or exc
+                continue
+            try:
+                for intent in intents:
+                    await self._publish(intent)
+            except Exception as exc:  # a build failure before it was logged already
+                return exc
+            out.events.append(event)
+            out.intents += intents
+        return failure
+
+    async def _publish(self, intent: Intent) -> None:
+        await self.bus.publish(self.queue, intent.to_json(), priority=intent.priority, message_id=intent.intent_id)
 
     def _state_of(self, signal: EdgeSignal) -> GameState | None:
         return self.engine.state(signal.game_id) if self.engine is not None else None
+
+
+def _games(events: Sequence[GameEvent]) -> set[tuple[str, str]]:
+    return {(event.source, event.game_id) for event in events}

@@ -5,9 +5,10 @@ hands the result on. It polls every ``fast_s`` while a game of the league is liv
 before the slow interval would look again) and every ``slow_s`` otherwise. Every request is taken
 from the upstream's :class:`RequestBudget` first; a spent budget skips polls until a request leaves
 the window. A timeout, a refused connection, a 5xx or 429 (``Retry-After`` honoured), a truncated,
-malformed or oversized body (``max_body_bytes``) counts as a failure
-(``goalhorn_poll_errors_total{league,reason}``), and the next poll waits an exponential backoff with
-jitter instead. Nothing a poll does raises: the task keeps going, and the
+malformed or oversized body (``max_body_bytes``), and a scoreboard whose handling raised (``publish``
+for the bus, ``handler`` otherwise: the ingestor derives its events again from the next poll) count
+as a failure (``goalhorn_poll_errors_total{league,reason}``), and the next poll waits an
+exponential backoff with jitter instead. Nothing a poll does raises: the task keeps going, and the
 last good scoreboard stays available, tagged with its age.
 """
 
@@ -23,6 +24,7 @@ from datetime import datetime, timedelta
 import aiohttp
 from prometheus_client import Counter
 
+from goalhorn.errors import BusError
 from goalhorn.ingest.adapter import Parsed
 from goalhorn.ingest.backoff import Backoff
 from goalhorn.ingest.budget import RequestBudget
@@ -114,12 +116,14 @@ class LeaguePoller:
                 raise _Failure("malformed")
         except _Failure as failure:
             return self._failed(failure)
-        self.backoff.reset()
         self.last_good, self.last_good_at = parsed.states, received
         try:
             await self._on_parsed(parsed)
-        except Exception:
-            log.exception("%s: handling a scoreboard failed", self.league)
+        except BusError as exc:
+            return self._failed(_Failure("publish"), exc)
+        except Exception as exc:
+            return self._failed(_Failure("handler"), exc)
+        self.backoff.reset()
         return self._interval(parsed.states, received)
 
     async def _fetch(self) -> bytes:
@@ -158,13 +162,14 @@ class LeaguePoller:
                 raise _Failure("oversized")
         return bytes(body)
 
-    def _failed(self, failure: _Failure) -> float:
+    def _failed(self, failure: _Failure, cause: Exception | None = None) -> float:
         self.failures[failure.reason] = self.failures.get(failure.reason, 0) + 1
         POLL_ERRORS.labels(self.league, failure.reason).inc()
         delay = self.backoff.next_delay()
         if failure.retry_after is not None:
             delay = max(delay, failure.retry_after)
-        log.warning("%s: poll failed (%s); next in %.1fs", self.league, failure.reason, delay)
+        detail = f": {cause!r}" if cause is not None else ""
+        log.warning("%s: poll failed (%s%s); next in %.1fs", self.league, failure.reason, detail, delay)
         return delay
 
     def _interval(self, states: list[GameState], now: datetime) -> float:
