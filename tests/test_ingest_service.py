@@ -125,15 +125,13 @@ async def test_nothing_configured_is_refused() -> None:
         await run_ingest(Settings(namespace="tnothing"))
 
 
-def test_the_ingest_command_says_what_is_missing(monkeypatch) -> None:
-    from typer.testing import CliRunner
+def test_run_ingest_says_what_is_missing() -> None:
+    from tests.processes import clean_env, run_command
 
-    from goalhorn.ops.cli import app
-
-    for name in ("GOALHORN_ESPN_LEAGUES", "GOALHORN_MARKET_MAP_PATH"):
-        monkeypatch.delenv(name, raising=False)
-    result = CliRunner().invoke(app, ["ingest", "--duration", "0"])
-    assert result.exit_code == 2
+    result = run_command(["run", "ingest"], clean_env())
+    assert result.returncode == 2
     assert "GOALHORN_ESPN_LEAGUES" in result.stderr
-    monkeypatch.setenv("GOALHORN_ESPN_LEAGUES", "cricket/ipl")
-    assert "not <sport>/<league>" in CliRunner().invoke(app, ["ingest"]).stderr
+    assert "Traceback" not in result.stderr
+    result = run_command(["run", "ingest"], clean_env(GOALHORN_ESPN_LEAGUES="cricket/ipl"))
+    assert result.returncode == 2
+    assert "not <sport>/<league>" in result.stderr

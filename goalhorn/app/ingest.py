@@ -126,6 +126,7 @@ class IngestStage:
         self._started = True
         if not self._feeds:
             return
+        await self._resume()
         settings = self.parts.settings
         self._session = aiohttp.ClientSession()
         self._writer = asyncio.create_task(self._write_quarantine())
@@ -166,6 +167,20 @@ class IngestStage:
 
     def ready(self) -> bool:
         return self._started and not any(task.done() for task in self._tasks)
+
+    async def _resume(self) -> None:
+        """Start the differ from the live state the previous ingest process left in Redis, so a change
+        that happened while no ingest ran (or was read by one that died before publishing it) is
+        still an event on the first poll, instead of the first poll being taken as the baseline."""
+        live = self.ingestor.live
+        resumed = 0
+        for key in await live.live():
+            game = await live.get(key)
+            if game is not None:
+                self.ingestor.differ.update(game.state)
+                resumed += 1
+        if resumed:
+            log.info("resumed %d live games from Redis", resumed)
 
     async def wait(self) -> None:
         """Until every feed client has ended (they run until stopped, unless one fails)."""

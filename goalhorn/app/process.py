@@ -85,9 +85,9 @@ async def serve_stages(
     unknown = [name for name in names if name not in _BUILDERS]
     if unknown:
         raise ConfigError(f"unknown stage {unknown[0]!r} (stages: {', '.join(STAGES)})")
-    require_services(settings)
     if ingest.NAME in names:
         ingest.check_feeds(settings)
+    require_services(settings)
     await check_services(settings)
     parts = Parts.build(settings)
     started: list[Stage] = []

@@ -52,7 +52,7 @@ class Quarantine:
         max_bytes: int = DEFAULT_MAX_BYTES,
         on_record: Callable[[QuarantinedPayload], None] | None = None,
     ) -> None:
-        """``on_record`` sees every rejection as it is kept (``goalhorn ingest`` mirrors them to Redis)."""
+        """``on_record`` sees every rejection as it is kept (``goalhorn run ingest`` mirrors them to Redis)."""
         if capacity < 1 or max_bytes < 1:
             raise ValueError("capacity and max_bytes must be positive")
         self._items: deque[QuarantinedPayload] = deque(maxlen=capacity)
