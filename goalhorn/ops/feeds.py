@@ -3,7 +3,9 @@
 The output is a contract (scripts depend on the exact keys): one JSON object per line, per game
 (ESPN), per message that changes a top of book (Polymarket), or per typed event (Sportradar, Stats
 Perform). Rejections go to stderr with their reason; the exit status is 1 when the file yielded
-nothing but rejections.
+nothing but rejections. Feed text is untrusted: none of it reaches a terminal unescaped
+(``json.dumps``, ASCII only, escapes every control character; stderr lines go through
+:func:`printable`).
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ def rows(fmt: Format, parsed: Parsed) -> Iterator[dict[str, Any]]:
                 "status": state.status.value,
                 "home_team": state.home_team,
                 "away_team": state.away_team,
+                "home_team_id": state.home_team_id,
+                "away_team_id": state.away_team_id,
                 "home_score": state.home_score,
                 "away_score": state.away_score,
                 "period": state.period,
@@ -123,9 +127,23 @@ def parse(
         raise typer.Exit(1)
 
 
+def printable(text: str) -> str:
+    r"""``text`` with every character a terminal could act on escaped as in a Python literal.
+
+    Control characters (C0, DEL, C1: ``\x1b[2J`` clears a screen, ``\x1b]0;...\x07`` retitles a
+    window), bidi overrides and anything else not printable become ``\x1b``, ``\u202e``...;
+    backslashes are doubled so the escaped form cannot be confused with text that looks like it.
+    """
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(
+        "\\\\" if ch == "\\" else ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
+    )
+
+
 def _report(parsed: Parsed) -> int:
     for rejection in parsed.rejected:
-        typer.echo(f"rejected: {rejection}", err=True)
+        typer.echo(f"rejected: {printable(str(rejection))}", err=True)
     return len(parsed.rejected)
 
 
