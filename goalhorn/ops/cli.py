@@ -11,7 +11,7 @@ from rich.console import Console
 
 from goalhorn import __version__
 from goalhorn.errors import ConfigError
-from goalhorn.ops import delivery, feeds, model, run
+from goalhorn.ops import delivery, feeds, model, replay, run
 from goalhorn.ops.segments import app as segments_app
 from goalhorn.settings import load_settings
 
@@ -24,6 +24,7 @@ app.add_typer(feeds.app, name="feeds")
 app.add_typer(segments_app, name="segments")
 app.add_typer(model.app, name="model")
 app.command("run")(run.run)
+app.command("replay")(replay.replay)
 app.command("worker")(run.worker)
 
 
