@@ -13,6 +13,7 @@ from goalhorn import __version__
 from goalhorn.errors import ConfigError
 from goalhorn.ops import delivery, feeds, model, replay, run
 from goalhorn.ops.segments import app as segments_app
+from goalhorn.ops.subscribers import app as subscribers_app
 from goalhorn.settings import load_settings
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app = typer.Typer(
 app.add_typer(feeds.app, name="feeds")
 app.add_typer(segments_app, name="segments")
 app.add_typer(model.app, name="model")
+app.add_typer(subscribers_app, name="subscribers")
 app.command("run")(run.run)
 app.command("replay")(replay.replay)
 app.command("worker")(run.worker)
