@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
+import shlex
+import signal
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -24,27 +25,49 @@ console = Console()
 
 def sandbox(
     directory: str = typer.Option(".goalhorn-sandbox", "--dir", help="Where credentials and the cert go."),
-    fcm_port: int = typer.Option(8470, help="FCM v1 server port."),
-    apns_port: int = typer.Option(8471, help="APNs (HTTP/2 + TLS) server port."),
-    webhook_port: int = typer.Option(8472, help="Webhook receiver port."),
+    fcm_port: int = typer.Option(8470, help="FCM v1 server port (0: any free port)."),
+    apns_port: int = typer.Option(8471, help="APNs (HTTP/2 + TLS) server port (0: any free port)."),
+    webhook_port: int = typer.Option(8472, help="Webhook receiver port (0: any free port)."),
+    record: str | None = typer.Option(
+        None,
+        "--record",
+        metavar="FILE.jsonl",
+        help="Append one JSON line per accepted push (provider, token or url, title, body, at) to FILE.",
+    ),
 ) -> None:
-    """Run the sandbox FCM, APNs and webhook servers on 127.0.0.1 until Ctrl-C."""
+    """Run the sandbox FCM, APNs and webhook servers on 127.0.0.1 until Ctrl-C or SIGTERM."""
     from goalhorn.sandbox.servers import SandboxServers
 
     async def run() -> None:
-        servers = SandboxServers(Path(directory), fcm_port=fcm_port, apns_port=apns_port, webhook_port=webhook_port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        servers = SandboxServers(
+            Path(directory),
+            fcm_port=fcm_port,
+            apns_port=apns_port,
+            webhook_port=webhook_port,
+            record=Path(record) if record else None,
+        )
         async with servers:
+            # typer.echo flushes each line: a parent reading this through a pipe sees it at once.
             typer.echo(f"FCM      {servers.fcm.url}/v1/projects/{servers.fcm.project_id}/messages:send")
             typer.echo(f"APNs     https://{servers.apns.host}:{servers.apns.port}/3/device/<token>")
             typer.echo(f"webhooks {servers.webhooks.url}/hooks/<endpoint>")
             typer.echo(f"webhook secret {servers.webhook_secret}")
+            if record is not None:
+                typer.echo(f"recording accepted pushes to {record}")
             typer.echo("Point goalhorn at them with:")
             for name, value in servers.settings_env().items():
-                typer.echo(f"export {name}={value}")
-            await asyncio.Event().wait()
+                typer.echo(f"export {name}={shlex.quote(value)}")
+            await stop.wait()
 
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         asyncio.run(run())
+    except OSError as exc:  # a port in use, an unwritable --record or --dir
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _one_off_intent(title: str, body: str, data: dict[str, str]) -> Intent:

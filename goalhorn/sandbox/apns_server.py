@@ -36,6 +36,7 @@ from h2.events import ConnectionTerminated, DataReceived, RequestReceived, Strea
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 
+from goalhorn.sandbox.recorder import PushRecorder, alert_text
 from goalhorn.sandbox.steering import Steering
 
 MAX_PAYLOAD_BYTES = 4096
@@ -98,9 +99,17 @@ class ApnsSandbox(Steering):
     """The APNs stand-in; ``received`` counts accepted notifications per device token."""
 
     def __init__(
-        self, directory: Path, host: str = "127.0.0.1", port: int = 0, team_id: str = "SANDBOXTM1", topic: str = ""
+        self,
+        directory: Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        team_id: str = "SANDBOXTM1",
+        topic: str = "",
+        recorder: PushRecorder | None = None,
     ) -> None:
         super().__init__()
+        self.recorder = recorder
+        """Where accepted notifications are recorded, if anywhere."""
         self.directory = directory
         self.host = host
         self.port = port
@@ -169,7 +178,10 @@ class ApnsSandbox(Steering):
             return status, error
         token = _PATH.match(headers[":path"]).group(1)  # type: ignore[union-attr]  # checked above
         await self.accept(token)
-        self.requests.append(ApnsRequest(token, headers, json.loads(body)))
+        payload = json.loads(body)
+        self.requests.append(ApnsRequest(token, headers, payload))
+        if self.recorder is not None:
+            self.recorder.record("apns", {"token": token}, *alert_text(payload["aps"].get("alert")))
         return 200, None
 
     def _check(self, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:

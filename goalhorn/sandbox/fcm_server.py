@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from firebase_admin import credentials
 
+from goalhorn.sandbox.recorder import PushRecorder
 from goalhorn.sandbox.steering import Steering
 
 MAX_PAYLOAD_BYTES = 4096
@@ -115,8 +116,16 @@ class _Failure:
 class FcmSandbox(Steering):
     """An aiohttp FCM v1 stand-in. ``received`` counts accepted messages per target."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, project_id: str = "goalhorn-sandbox") -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        project_id: str = "goalhorn-sandbox",
+        recorder: PushRecorder | None = None,
+    ) -> None:
         super().__init__()
+        self.recorder = recorder
+        """Where accepted messages are recorded, if anywhere."""
         self.host = host
         self.port = port
         self.project_id = project_id
@@ -245,4 +254,12 @@ class FcmSandbox(Steering):
             return self._error(404, "Requested entity was not found.", "UNREGISTERED")
         await self.accept(target)  # cancelled, unrecorded, if the client goes away while stalled
         self.messages.append(message)  # type: ignore[arg-type]
+        if self.recorder is not None:
+            self._record(self.recorder, message)  # type: ignore[arg-type]
         return web.json_response({"name": f"projects/{self.project_id}/messages/0:{next(self._ids)}"})
+
+    @staticmethod
+    def _record(recorder: PushRecorder, message: dict[str, Any]) -> None:
+        kind = next(t for t in _TARGETS if t in message)
+        notification = message.get("notification", {})
+        recorder.record("fcm", {kind: message[kind]}, notification.get("title"), notification.get("body"))

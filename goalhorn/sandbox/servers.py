@@ -2,7 +2,8 @@
 
 ``goalhorn sandbox`` runs this in the foreground; the demo and the tests run it in-process.
 :meth:`SandboxServers.settings_env` gives the ``GOALHORN_*`` variables that point goalhorn's real
-FCM, APNs and webhook providers at these servers.
+FCM, APNs and webhook providers at these servers. With ``record``, every push they accept is appended
+to that JSONL file (:mod:`goalhorn.sandbox.recorder`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Self
 
 from goalhorn.sandbox.apns_server import ApnsSandbox
 from goalhorn.sandbox.fcm_server import FcmSandbox
+from goalhorn.sandbox.recorder import PushRecorder
 from goalhorn.sandbox.webhook_receiver import WebhookReceiver
 from goalhorn.settings import Settings
 
@@ -33,9 +35,12 @@ class SandboxServers:
         apns_port: int = 0,
         webhook_port: int = 0,
         webhook_secret: str | None = None,
+        record: Path | None = None,
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
+        self.record = record
+        self.recorder: PushRecorder | None = None
         self.webhook_secret = webhook_secret or "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
         self.fcm = FcmSandbox(host, fcm_port)
         self.apns = ApnsSandbox(directory, host, apns_port)
@@ -44,6 +49,9 @@ class SandboxServers:
         self.apns_key: Path | None = None
 
     async def start(self) -> None:
+        if self.record is not None:
+            self.recorder = PushRecorder(self.record)
+            self.fcm.recorder = self.apns.recorder = self.webhooks.recorder = self.recorder
         await self.fcm.start()
         await self.apns.start()
         await self.webhooks.start()
@@ -54,6 +62,10 @@ class SandboxServers:
         await self.webhooks.stop()
         await self.apns.stop()
         await self.fcm.stop()
+        if self.recorder is not None:
+            self.fcm.recorder = self.apns.recorder = self.webhooks.recorder = None
+            self.recorder.close()
+            self.recorder = None
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -24,6 +24,8 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from goalhorn.sandbox.recorder import PushRecorder
+
 TOLERANCE_S = 5 * 60
 """How far a ``webhook-timestamp`` may be from the receiver's clock, either way."""
 
@@ -84,8 +86,16 @@ class WebhookReceiver:
     ``attempts`` holds every request with the status it was answered with.
     """
 
-    def __init__(self, secret_for: Callable[[str], str | None], host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        secret_for: Callable[[str], str | None],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        recorder: PushRecorder | None = None,
+    ) -> None:
         self.secret_for = secret_for
+        self.recorder = recorder
+        """Where accepted webhooks are recorded, if anywhere."""
         self.host = host
         self.port = port
         self.deliveries: list[ReceivedWebhook] = []
@@ -165,6 +175,10 @@ class WebhookReceiver:
         self.attempts.append(record)
         if response.status == 204:
             self.deliveries.append(record)
+            if self.recorder is not None:
+                data = body.get("data") if isinstance(body, dict) else None
+                title, text = (data.get("title"), data.get("body")) if isinstance(data, dict) else (None, None)
+                self.recorder.record("webhook", {"url": str(request.url)}, title, text)
         return response
 
     def _answer(self, endpoint: str, headers: dict[str, str], raw: bytes, is_json: bool) -> web.Response:
