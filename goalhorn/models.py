@@ -240,9 +240,16 @@ class DeliveryResult(Model):
     invalid_since: datetime | None = Field(
         default=None, description="For invalid_token: since when the provider says so (APNs 410 timestamp)."
     )
+    message_error: bool = Field(
+        default=False,
+        description="For failed: the message could not be built for this device (its template does not render), "
+        "so nothing reached the provider; neither the device's nor the provider's fault, and no retry helps.",
+    )
 
     @model_validator(mode="after")
     def _only_failures_retry(self) -> Self:
         if self.retryable and self.outcome != "failed":
             raise ValueError("only a failed delivery can be retryable")
+        if self.message_error and (self.outcome != "failed" or self.retryable):
+            raise ValueError("a message error is a failure that no retry fixes")
         return self

@@ -13,12 +13,11 @@ import logging
 import os
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path as FilePath
 
-from goalhorn.catalog.located import CatalogInvalid, Problems, load_located
+from goalhorn.catalog.located import MAX_BYTES, CatalogInvalid, Problems, load_located
 from goalhorn.catalog.rules import Rule, parse_rules
 from goalhorn.catalog.segments import Segment, parse_segments
-from goalhorn.catalog.templates import Rendered, parse_templates, render
+from goalhorn.catalog.templates import Rendered, fields_used, parse_templates, render
 from goalhorn.models import Intent
 
 log = logging.getLogger(__name__)
@@ -54,16 +53,22 @@ def parse_catalog(text: str, filename: str) -> Catalog:
     templates = parse_templates(raw.get("templates"), ("templates",), problems)
     declared_segments = set(raw.get("segments") or {}) if isinstance(raw.get("segments"), dict) else set()
     declared_templates = set(raw.get("templates") or {}) if isinstance(raw.get("templates"), dict) else set()
-    rules = parse_rules(raw.get("rules"), ("rules",), problems, declared_segments, declared_templates)
+    used = {name: fields_used(texts) for name, texts in templates.items()}
+    rules = parse_rules(raw.get("rules"), ("rules",), problems, declared_segments, declared_templates, used)
     problems.raise_if_any()
     return Catalog(rules, segments, templates, filename)
 
 
 def load_catalog(path: str | os.PathLike[str]) -> Catalog:
-    """Read and validate one file; a file that cannot be read is one problem on line 1."""
+    """Read and validate one file; a file that cannot be read, or is larger than ``MAX_BYTES``, is one
+    problem on line 1 (only that much of it is read)."""
     name = os.fspath(path)
     try:
-        text = FilePath(name).read_text(encoding="utf-8")
+        with open(name, "rb") as file:
+            data = file.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            raise CatalogInvalid([f"{name}:1: file is larger than {MAX_BYTES:,} bytes"])
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CatalogInvalid([f"{name}:1: cannot read: {exc}"]) from None
     return parse_catalog(text, name)

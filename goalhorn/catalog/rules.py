@@ -3,12 +3,13 @@ with which template. ``goalhorn.intents.rules`` turns events into intents with t
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from goalhorn.catalog.located import Path, Problems
 from goalhorn.catalog.segments import check_template
+from goalhorn.catalog.templates import fields_for
 from goalhorn.models import EventKind
 
 RULE_KEYS = (
@@ -38,8 +39,16 @@ class Rule:
 
 
 def parse_rules(
-    raw: Any, path: Path, problems: Problems, segments: Collection[str], templates: Collection[str]
+    raw: Any,
+    path: Path,
+    problems: Problems,
+    segments: Collection[str],
+    templates: Collection[str],
+    template_fields: Mapping[str, frozenset[str]] | None = None,
 ) -> tuple[Rule, ...]:
+    """The valid rules; every problem is reported. ``templates`` are the declared template names,
+    ``template_fields`` the fields each valid template uses: a rule's template may only use fields
+    every intent of its kinds carries."""
     if raw is None:
         return ()
     if not isinstance(raw, dict):
@@ -78,6 +87,14 @@ def parse_rules(
         template = body.get("template")
         if "template" in body and template not in templates:
             problems.add((*where, "template"), f"unknown template {template!r}")
+        used = (template_fields or {}).get(template) if isinstance(template, str) else None
+        known_kinds = [EventKind[k] for k in kinds if k in EventKind.__members__]
+        if used is not None and known_kinds:
+            carried = fields_for(known_kinds)
+            for name in sorted(used - carried):
+                lacking = ", ".join(k for k in known_kinds if name not in fields_for([k]))
+                what = f"template {template!r} uses {{{name}}}, which {lacking} intents lack"
+                problems.add((*where, "template"), what)
         ttl = body.get("ttl_s", 300)
         if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 1:
             problems.add((*where, "ttl_s"), f"ttl_s {ttl!r} must be a positive number of seconds")

@@ -20,10 +20,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from string import Formatter
 from typing import Any, Literal
 
 from goalhorn.catalog.located import Path, Problems
+from goalhorn.catalog.templates import TemplateError, compile_template
 from goalhorn.keys import PLATFORMS
 
 FIELDS = ("team_id", "game_id", "sport", "league", "token_id")
@@ -76,21 +76,13 @@ class Segment:
         return True
 
 
-def template_fields(text: str) -> list[str]:
-    """The ``{field}`` names in a template (ValueError for a malformed one)."""
-    return [name for _, name, _, _ in Formatter().parse(text) if name is not None]
-
-
 def check_template(text: str, path: Path, problems: Problems, what: str) -> None:
-    """Report a malformed template or one using a field outside ``FIELDS``; ``what`` names it."""
+    """Report a key or id template that is malformed, uses a field outside ``FIELDS``, or formats a
+    field in any way (it only ever names fields); ``what`` names it."""
     try:
-        names = template_fields(text)
-    except ValueError as exc:
-        problems.add(path, f"{what} is not a valid template: {exc}")
-        return
-    for name in names:
-        if name not in FIELDS:
-            problems.add(path, f"{what} uses unknown field {{{name}}} (known: {', '.join(FIELDS)})")
+        compile_template(text, FIELDS, specs=False)
+    except TemplateError as exc:
+        problems.add(path, f"{what}: {exc}")
 
 
 def parse_expression(raw: Any, path: Path, problems: Problems, *, top: bool = False) -> Expr | None:

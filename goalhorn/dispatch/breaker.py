@@ -51,6 +51,12 @@ class CircuitBreaker:
             self.probing, self.probe_at = True, now
         return 0.0
 
+    def abstain(self) -> None:
+        """An admitted send that never reached the provider (its message could not be built): the
+        circuit learns nothing, and a half-open probe slot it took is free for the next send."""
+        if self.state is State.HALF_OPEN:
+            self.probing = False
+
     def record(self, ok: bool) -> None:
         if ok:
             self.state, self.failures, self.probing = State.CLOSED, 0, False

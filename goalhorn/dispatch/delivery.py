@@ -3,9 +3,11 @@
 Every device of a batch ends in exactly one place: a terminal result counted under
 ``delivery:<platform>:<outcome>``, a new batch attempt (retryable failures; devices held by another
 attempt's claim; devices deferred by an open circuit breaker, without spending an attempt), or the
-dead letters (attempts exhausted). Devices are sent concurrently, each on its own, and marked sent
-as soon as the provider accepts it (marks are coalesced into one Redis call per burst), so a crash
-part way through leaves everything accepted so far recorded.
+dead letters (attempts exhausted, or a message that cannot be built for the device: a template error
+is neither the device's nor the provider's fault, so it is not retried and no breaker counts it).
+Devices are sent concurrently, each on its own, and marked sent as soon as the provider accepts it
+(marks are coalesced into one Redis call per burst), so a crash part way through leaves everything
+accepted so far recorded.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class _Tally:
     deferred: list[Device] = field(default_factory=list)
     deferred_for_s: float = 0.0
     dead_tokens: list[tuple[Device, DeliveryResult]] = field(default_factory=list)
+    unsendable: dict[str, list[Device]] = field(default_factory=dict)
 
 
 class _MarkerWrites:
@@ -181,6 +184,12 @@ class Deliverer:
             tally.held.append(device)
             tally.held_for_s = max(tally.held_for_s, float(self._settings.claim_lease_s))
             return
+        if result.message_error:
+            # Nothing reached the provider and no retry fixes the message: dead letters, breaker untouched.
+            breaker.abstain()
+            marks.release(device.device_id)
+            tally.unsendable.setdefault(result.reason or "message_error", []).append(device)
+            return
         breaker.record(ok=not (result.outcome == "failed" and result.retryable))
         if result.outcome == "sent":
             marks.sent(device.device_id)
@@ -211,6 +220,12 @@ class Deliverer:
         await self._enqueue(again.encode(), delay_s)
 
     async def _follow_up(self, batch: DeliveryBatch, tally: _Tally) -> None:
+        for reason, devices in tally.unsendable.items():
+            dead = batch.model_copy(update={"devices": tuple(devices)})
+            await self.quarantine(dead.to_json().decode(), reason)
+            tally.counts["dead_letters"] += len(devices)
+            tally.counts[f"delivery:{batch.platform}:dead_lettered"] += len(devices)
+            log.warning("batch %s dead-lettered %d devices: %s", batch.batch_id, len(devices), reason)
         if tally.held:
             # Recheck soon: a live holder usually finishes well before its lease runs out.
             await self._requeue(batch, tally.held, min(tally.held_for_s, HELD_RECHECK_S) + 0.05)

@@ -40,3 +40,10 @@ class Provider(abc.ABC):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+
+def render_failed(device: Device, exc: Exception) -> DeliveryResult:
+    """The result of a device whose message could not be rendered (``RenderFailed`` from the renderer):
+    a message error, which the dispatch stage dead-letters without counting it against the provider."""
+    reason = f"render_failed: {exc}"
+    return DeliveryResult(device_id=device.device_id, outcome="failed", reason=reason, message_error=True)

@@ -25,11 +25,11 @@ from aioapns.exceptions import ConnectionError as ApnsConnectionError
 from aioapns.exceptions import MaxAttemptsExceeded
 
 from goalhorn.catalog import default_catalog
-from goalhorn.catalog.templates import Renderer
+from goalhorn.catalog.templates import Renderer, RenderFailed
 from goalhorn.errors import ConfigError
 from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, DeliveryResult, Device, Intent
-from goalhorn.providers import Provider
+from goalhorn.providers import Provider, render_failed
 from goalhorn.settings import Settings
 
 _TOKEN_REASONS = {"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered"}
@@ -125,8 +125,8 @@ class ApnsProvider(Provider):
             if device.locale not in payloads:
                 try:
                     payloads[device.locale] = payload_for(intent, device.locale, push_type, self._render)
-                except ConfigError as exc:
-                    return DeliveryResult(device_id=device.device_id, outcome="failed", reason=f"render_failed: {exc}")
+                except RenderFailed as exc:
+                    return render_failed(device, exc)
             request = NotificationRequest(
                 device_token=device.address,
                 message=payloads[device.locale],

@@ -10,11 +10,10 @@ import itertools
 from typing import TextIO
 
 from goalhorn.catalog import default_catalog
-from goalhorn.catalog.templates import Renderer
-from goalhorn.errors import ConfigError
+from goalhorn.catalog.templates import Renderer, RenderFailed
 from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, DeliveryResult
-from goalhorn.providers import Provider
+from goalhorn.providers import Provider, render_failed
 
 
 def _one_line(text: str) -> str:
@@ -37,10 +36,8 @@ class ConsoleProvider(Provider):
         for device in batch.devices:
             try:
                 message = self._render(intent, device.locale)
-            except ConfigError as exc:
-                results.append(
-                    DeliveryResult(device_id=device.device_id, outcome="failed", reason=f"render_failed: {exc}")
-                )
+            except RenderFailed as exc:
+                results.append(render_failed(device, exc))
                 continue
             lines.append(
                 f"{self.platform} {device.device_id} {intent.intent_id}"

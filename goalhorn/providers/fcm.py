@@ -24,11 +24,11 @@ from firebase_admin import credentials, messaging
 from yarl import URL
 
 from goalhorn.catalog import default_catalog
-from goalhorn.catalog.templates import Renderer
+from goalhorn.catalog.templates import Renderer, RenderFailed
 from goalhorn.errors import ConfigError, ProviderAuthError, ProviderUnavailable
 from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, DeliveryResult, Device, Intent, utcnow
-from goalhorn.providers import Provider
+from goalhorn.providers import Provider, render_failed
 from goalhorn.providers.webhook import retry_after_seconds
 from goalhorn.settings import Settings
 
@@ -185,8 +185,11 @@ class FcmProvider(Provider):
     ) -> DeliveryResult:
         try:
             message = self._message(intent, device.locale)
-        except (ConfigError, ValueError) as exc:
-            return DeliveryResult(device_id=device.device_id, outcome="failed", reason=f"invalid_message: {exc}")
+        except RenderFailed as exc:
+            return render_failed(device, exc)
+        except ValueError as exc:  # firebase-admin refused the message (e.g. a reserved data key)
+            reason = f"invalid_message: {exc}"
+            return DeliveryResult(device_id=device.device_id, outcome="failed", reason=reason, message_error=True)
         body = json.dumps({"message": {**message, "token": device.address}}, separators=(",", ":")).encode()
         assert self._slots is not None
         async with self._slots:

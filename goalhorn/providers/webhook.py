@@ -27,11 +27,11 @@ from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from goalhorn.catalog import default_catalog
-from goalhorn.catalog.templates import Rendered, Renderer
-from goalhorn.errors import AddressRefused, ConfigError
+from goalhorn.catalog.templates import Rendered, Renderer, RenderFailed
+from goalhorn.errors import AddressRefused
 from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, DeliveryResult, Device, Intent
-from goalhorn.providers import Provider
+from goalhorn.providers import Provider, render_failed
 from goalhorn.providers.ssrf import AddressPolicy, VettingResolver
 from goalhorn.settings import Settings
 
@@ -218,8 +218,8 @@ class WebhookProvider(Provider):
                 (intent.intent_id, device.locale),
                 lambda: webhook_body(intent, self._render(intent, device.locale)),
             )
-        except ConfigError as exc:
-            return _failed(device, f"render_failed: {exc}", retryable=False)
+        except RenderFailed as exc:
+            return render_failed(device, exc)
         try:
             keys = _memo(self._keys, device.secret or "", lambda: signing_keys(device.secret or ""))
         except ValueError as exc:
