@@ -151,5 +151,13 @@ class ApnsProvider(Provider):
 
     async def aclose(self) -> None:
         if self._client is not None:
-            self._client.pool.close()
+            pool = self._client.pool
             self._client = None
+            # aioapns closes a connection by asking TLS for a graceful shutdown, which needs the event
+            # loop to keep running; a worker stopping its loop right after would leak the sockets.
+            for connection in list(pool.connections):
+                transport = getattr(connection, "transport", None)
+                if transport is not None:
+                    transport.abort()
+            pool.close()
+            await asyncio.sleep(0)  # the aborted transports release their sockets on the next turn
