@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -139,6 +140,18 @@ def clean_env(**values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GOALHORN_")}
     env.update(values)
     return env
+
+
+def real_env(**values: str) -> dict[str, str]:
+    """``clean_env`` on the local RabbitMQ and Redis, in a namespace of its own (deleted after the session)."""
+    from goalhorn.settings import LOCAL_AMQP_URL, LOCAL_REDIS_URL
+    from tests.conftest import _real_namespaces, require_real_services
+
+    require_real_services()
+    namespace = f"t{uuid.uuid4().hex[:12]}"
+    _real_namespaces.append(namespace)
+    base = {"GOALHORN_AMQP_URL": LOCAL_AMQP_URL, "GOALHORN_REDIS_URL": LOCAL_REDIS_URL, "GOALHORN_NAMESPACE": namespace}
+    return clean_env(**(base | values))
 
 
 def exports(lines: list[str]) -> dict[str, str]:

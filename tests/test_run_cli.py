@@ -6,25 +6,15 @@ import json
 import time
 import urllib.error
 import urllib.request
-import uuid
 
 import pytest
 import redis as sync_redis
 
 from goalhorn.keys import Keys
-from goalhorn.settings import LOCAL_AMQP_URL, LOCAL_REDIS_URL
-from tests.conftest import _real_namespaces, require_real_services
-from tests.processes import Process, clean_env, free_port, processes, run_command
+from goalhorn.settings import LOCAL_REDIS_URL
+from tests.processes import Process, clean_env, free_port, processes, real_env, run_command
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def real_env(**values: str) -> dict[str, str]:
-    require_real_services()
-    namespace = f"t{uuid.uuid4().hex[:12]}"
-    _real_namespaces.append(namespace)
-    base = {"GOALHORN_AMQP_URL": LOCAL_AMQP_URL, "GOALHORN_REDIS_URL": LOCAL_REDIS_URL, "GOALHORN_NAMESPACE": namespace}
-    return clean_env(**(base | values))
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from goalhorn.errors import ConfigError, GoalhornError
 from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, DeliveryResult, Device, EventKind, Intent, Sport, utcnow
 from goalhorn.providers.factory import make_provider
+from goalhorn.providers.webhook import signing_keys
 from goalhorn.settings import load_settings
 
 console = Console()
@@ -34,9 +35,21 @@ def sandbox(
         metavar="FILE.jsonl",
         help="Append one JSON line per accepted push (provider, token or url, title, body, at) to FILE.",
     ),
+    webhook_secret: str | None = typer.Option(
+        None,
+        "--webhook-secret",
+        metavar="whsec_...",
+        help="The secret webhooks must be signed with (Standard Webhooks); default: a new random one.",
+    ),
 ) -> None:
     """Run the sandbox FCM, APNs and webhook servers on 127.0.0.1 until Ctrl-C or SIGTERM."""
     from goalhorn.sandbox.servers import SandboxServers
+
+    if webhook_secret is not None:
+        try:
+            signing_keys(webhook_secret)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--webhook-secret") from None
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -49,6 +62,7 @@ def sandbox(
             apns_port=apns_port,
             webhook_port=webhook_port,
             record=Path(record) if record else None,
+            webhook_secret=webhook_secret,
         )
         async with servers:
             # typer.echo flushes each line: a parent reading this through a pipe sees it at once.

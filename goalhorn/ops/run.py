@@ -82,5 +82,5 @@ def serve(names: tuple[str, ...], metrics_port: int | None, metrics_host: str) -
 
 
 def worker(metrics_port: MetricsPort = None, metrics_host: MetricsHost = "127.0.0.1") -> None:
-    """Run a delivery worker: the same as ``goalhorn run deliver``."""
+    """Run a delivery worker: the same as `goalhorn run deliver`."""
     serve(("deliver",), metrics_port, metrics_host)
