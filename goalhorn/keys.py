@@ -28,7 +28,8 @@ class Keys:
 
     # --- Redis: ingest ------------------------------------------------------------------------
     def event_seen(self, event_id: str) -> str:
-        """STRING set NX once an event id has been turned into intents."""
+        """STRING: a claim (``SET NX`` with a lease, naming its holder) while an event's intents are being
+        published, then ``done`` once the broker confirmed them."""
         return f"{self.namespace}:event:{event_id}:seen"
 
     def game_state(self, game_key: str) -> str:

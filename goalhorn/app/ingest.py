@@ -115,6 +115,7 @@ class IngestStage:
             {
                 "events": len(done.events),
                 "events_duplicate": done.duplicates,
+                "events_held": done.held,
                 "intents": len(done.intents),
                 "feed_rejected": len(parsed.rejected),
             }
