@@ -4,19 +4,30 @@ A worker *claims* a device before sending (``SET NX GET`` with a short lease) an
 the provider accepted it (a long TTL, longer than any redelivery window). A redelivered or replayed
 batch therefore skips what was sent; a device whose claim belonged to a worker that died is held only
 until the lease runs out, then it is claimed and sent again, so a crash never loses a push for good.
+
+Writes after a send (``sent`` marks, releases) are retried while Redis is unreachable, for up to one
+lease: a push the provider accepted must be recorded, or it is sent again once its claim runs out.
+A claim is not retried: nothing was sent yet, so the batch can simply wait (``goalhorn.dispatch.failures``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from goalhorn.dispatch.failures import redis_unavailable
 from goalhorn.keys import Keys
 from goalhorn.models import Device
 from goalhorn.redis_client import Redis
 
+log = logging.getLogger(__name__)
+
 IN_FLIGHT = b"inflight"
 SENT = b"sent"
+WRITE_RETRY_FIRST_S = 0.05
+WRITE_RETRY_MAX_S = 1.0
 
 
 @dataclass(slots=True)
@@ -82,9 +93,29 @@ class DeliveryMarkers:
     async def mark_sent(self, intent_id: str, device_ids: Sequence[str]) -> None:
         if device_ids:
             keys = [self._keys.delivery_marker(intent_id, d) for d in device_ids]
-            await self._mark(keys=keys, args=[SENT, self._sent_ttl_s])
+            await self._persist(lambda: self._mark(keys=keys, args=[SENT, self._sent_ttl_s]), len(keys))
 
     async def release(self, intent_id: str, device_ids: Sequence[str]) -> None:
         """Drop claims whose send definitely did not happen, so a retry can claim them at once."""
         if device_ids:
-            await self._redis.delete(*(self._keys.delivery_marker(intent_id, d) for d in device_ids))
+            keys = [self._keys.delivery_marker(intent_id, d) for d in device_ids]
+            await self._persist(lambda: self._redis.delete(*keys), len(keys))
+
+    async def _persist(self, write: Callable[[], Awaitable[object]], size: int) -> None:
+        """Run ``write``, again while Redis is unreachable, for up to one lease: what it records happened
+        already, and while the claims last no other attempt can act on those devices."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self._lease_s
+        delay = WRITE_RETRY_FIRST_S
+        while True:
+            try:
+                await write()
+                return
+            except Exception as exc:
+                left = give_up_at - loop.time()
+                if not redis_unavailable(exc) or left <= 0:
+                    raise
+                if delay == WRITE_RETRY_FIRST_S:
+                    log.warning("Redis unavailable (%s): holding %d marker writes", type(exc).__name__, size)
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, WRITE_RETRY_MAX_S)

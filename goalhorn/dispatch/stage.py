@@ -5,7 +5,9 @@ middleware, ``RabbitmqBroker(max_priority=10)`` with publisher confirms on real 
 Batches are enqueued at their intent's priority. Each worker process builds its Redis client and
 providers lazily inside dramatiq's event-loop thread (clients bind to the loop they first run on).
 An actor never leaves a batch unaccounted: the ``Deliverer`` retries, re-queues or dead-letters
-every device itself, so dramatiq's own retries only cover failures outside it (e.g. Redis down).
+every device itself. What escapes it is handled by :class:`~goalhorn.dispatch.failures.ActorFailures`
+in place of dramatiq's ``Retries``: Redis unreachable puts the batch back to wait without spending an
+attempt, any other exception is tried again and then dead-lettered in goalhorn's own stream.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ import dramatiq
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import Retries, TimeLimit
 from dramatiq.middleware.asyncio import AsyncIO
 from pydantic import ValidationError
 
 from goalhorn.catalog.templates import Renderer
+from goalhorn.counters import PipelineCounters
 from goalhorn.dispatch.delivery import Deliverer
+from goalhorn.dispatch.failures import ActorFailures, RedisUnavailable, redis_unavailable
 from goalhorn.keys import PLATFORMS, Keys, Platform
 from goalhorn.models import DeliveryBatch, Device, EncodedBatch, Intent
 from goalhorn.providers import Provider
@@ -97,14 +102,15 @@ def _by_lines(payload: str) -> tuple[dict[str, Any] | None, list[str]]:
 
 
 def make_broker(settings: Settings) -> dramatiq.Broker:
-    """RabbitMQ with priorities and confirms when ``amqp_url`` is set, dramatiq's stub otherwise."""
-    broker: dramatiq.Broker
+    """RabbitMQ with priorities and confirms when ``amqp_url`` is set, dramatiq's stub otherwise.
+
+    Of dramatiq's default middleware only ``TimeLimit`` is kept: ``Retries`` is replaced by the
+    stage's ``ActorFailures``, and none of the others (age limits, callbacks, pipelines, shutdown
+    notifications) is used by goalhorn, so none can fail a message into ``.XQ`` behind its back."""
+    middleware: list[dramatiq.Middleware] = [TimeLimit(), AsyncIO()]
     if settings.amqp_url:
-        broker = RabbitmqBroker(url=settings.amqp_url, max_priority=10, confirm_delivery=True)
-    else:
-        broker = StubBroker()
-    broker.add_middleware(AsyncIO())
-    return broker
+        return RabbitmqBroker(url=settings.amqp_url, max_priority=10, confirm_delivery=True, middleware=middleware)
+    return StubBroker(middleware=middleware)
 
 
 class _CloseRuntime(dramatiq.Middleware):
@@ -132,6 +138,9 @@ class DeliveryStage:
         self._publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="goalhorn-enqueue")
         self._deliverer: Deliverer | None = None
         self._redis: Redis | None = None
+        if any(isinstance(m, Retries) for m in broker.middleware):
+            raise ValueError("a delivery broker runs without dramatiq's Retries (see make_broker)")
+        broker.add_middleware(ActorFailures(settings, self.dead_letter))
         self.actors: dict[Platform, dramatiq.Actor[Any, Any]] = {
             platform: dramatiq.Actor(
                 partial(self._deliver, platform),
@@ -139,7 +148,7 @@ class DeliveryStage:
                 actor_name=self.keys.delivery_actor(platform),
                 queue_name=self.keys.delivery_queue(platform),
                 priority=0,
-                options={"max_retries": settings.delivery_max_attempts, "min_backoff": 500},
+                options={},
             )
             for platform in PLATFORMS
         }
@@ -156,14 +165,26 @@ class DeliveryStage:
         )
         await asyncio.get_running_loop().run_in_executor(self._publisher, send)
 
+    def _redis_client(self) -> Redis:
+        if self._redis is None:
+            self._redis = make_redis(self.settings)
+        return self._redis
+
     def _runtime(self) -> Deliverer:
         if self._deliverer is None:
-            self._redis = make_redis(self.settings)
             providers: dict[str, Provider] = {p: self._provider_factory(p, self._render) for p in PLATFORMS}
-            self._deliverer = Deliverer(self.settings, self._redis, providers, self.enqueue)
+            self._deliverer = Deliverer(self.settings, self._redis_client(), providers, self.enqueue)
         return self._deliverer
 
     async def _deliver(self, platform: Platform, payload: str) -> None:
+        try:
+            await self._deliver_payload(platform, payload)
+        except Exception as exc:
+            if redis_unavailable(exc):
+                raise RedisUnavailable(f"Redis unavailable ({type(exc).__name__})") from exc
+            raise
+
+    async def _deliver_payload(self, platform: Platform, payload: str) -> None:
         deliverer = self._runtime()
         try:
             batch = DeliveryBatch.from_json(payload)
@@ -172,8 +193,10 @@ class DeliveryStage:
             if good is None:
                 problems = [(".".join(map(str, e["loc"])), e["msg"]) for e in exc.errors()[:3]]  # no input: secrets
                 log.error("unreadable %s batch quarantined: %s", platform, problems)
-                await deliverer.counters.add({"batches_done": 1, "quarantined_batches": 1})
+                # Dead letter first: should Redis go between the two, the batch comes back and is
+                # dead-lettered twice rather than counted done twice.
                 await deliverer.quarantine(payload, f"invalid batch: {exc.error_count()} errors")
+                await deliverer.counters.add({"batches_done": 1, "quarantined_batches": 1})
                 return
             log.error(
                 "%s batch %s: %d invalid devices quarantined, delivering the other %d",
@@ -188,6 +211,26 @@ class DeliveryStage:
             batch = good
         await deliverer.process(batch)
 
+    def dead_letter(self, payload: str, reason: str) -> None:
+        """Write a batch message the worker gave up on to the dead letters and count it done (blocking,
+        from a worker thread; raises when Redis is unreachable)."""
+        thread = get_event_loop_thread()
+        if thread is None:
+            raise RuntimeError("dead_letter needs the worker's event loop (the AsyncIO middleware)")
+        thread.run_coroutine(self._dead_letter(payload, reason))
+
+    async def _dead_letter(self, payload: str, reason: str) -> None:
+        # Redis alone, not the Deliverer: what failed may be building the providers. The entry is the
+        # one ``Deliverer.quarantine`` writes.
+        redis = self._redis_client()
+        await redis.xadd(
+            self.keys.dead_letters(), {"batch": payload, "reason": reason}, maxlen=100_000, approximate=True
+        )
+        try:
+            await PipelineCounters(redis, self.keys).add({"batches_done": 1, "failed_batches": 1})
+        except Exception:  # it is in the dead letters: only the counters miss it
+            log.exception("dead letter written, counters not updated")
+
     async def _aclose_runtime(self) -> None:
         if self._deliverer is not None:
             await self._deliverer.aclose()
@@ -199,7 +242,7 @@ class DeliveryStage:
     def close_runtime(self) -> None:
         """Close providers and Redis inside the worker's event loop (call before stopping the worker)."""
         thread = get_event_loop_thread()
-        if thread is not None and self._deliverer is not None:
+        if thread is not None and (self._deliverer is not None or self._redis is not None):
             thread.run_coroutine(self._aclose_runtime())
 
     def close(self) -> None:
