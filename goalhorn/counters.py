@@ -64,12 +64,13 @@ class PipelineCounters:
         for name, value in counts.items():
             if value:
                 pipe.hincrby(self._keys.stats(), name, value)
-                if value > 0:
-                    PROCESS_COUNTS.labels(name).inc(value)
         if samples:
             pipe.rpush(self._keys.latencies(), *samples)
             pipe.ltrim(self._keys.latencies(), -LATENCY_SAMPLES, -1)
         await pipe.execute()
+        for name, value in counts.items():
+            if value > 0:  # once Redis took them, so a retried add is not counted twice here either
+                PROCESS_COUNTS.labels(name).inc(value)
 
     async def snapshot(self) -> CounterSnapshot:
         pipe = self._redis.pipeline(transaction=False)
