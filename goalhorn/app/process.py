@@ -89,6 +89,10 @@ async def serve_stages(
         ingest.check_feeds(settings)
     require_services(settings)
     await check_services(settings)
+    if deliver.NAME in names:
+        for platform, configured in (("FCM", settings.fcm_credentials_file), ("APNs", settings.apns_key_file)):
+            if not configured:
+                log.warning("%s is not configured: its pushes go to the console provider (a dry run)", platform)
     parts = Parts.build(settings)
     started: list[Stage] = []
     health: HealthServer | None = None
