@@ -9,6 +9,7 @@ import uuid
 import pytest
 from typer.testing import CliRunner
 
+from goalhorn.demo.night import demo_namespace
 from goalhorn.ops.cli import app
 from goalhorn.redis_client import make_redis
 from goalhorn.settings import Settings
@@ -37,10 +38,10 @@ async def test_demo_replays_the_night_and_prints_the_summary(
     try:
         result = await asyncio.to_thread(CliRunner().invoke, app, args)
     finally:
-        if real:
-            settings = Settings(namespace=namespace).with_real_services()
+        if real:  # the demo ran in its own namespace beside the configured one
+            settings = Settings(namespace=demo_namespace(namespace)).with_real_services()
             redis = make_redis(settings)
-            await delete_namespace(redis, namespace)
+            await delete_namespace(redis, settings.namespace)
             await redis.aclose()
             await delete_delivery_queues(settings)
 
