@@ -8,18 +8,25 @@ trip, whatever the chunk size (``goalhorn.preferences.reader``). Every preferenc
 user to the Bloom filter's pending set, so a filter built before the write can never hide it (see
 ``goalhorn.preferences.bloom``).
 
-Writes to one user's record read, modify and write it back; concurrent writers of the *same* user
-are last-writer-wins (the sidecar serializes a user's own edits).
+Every write that reads a record to change it (devices, last-seen times, mutes, opt-ins) is one
+optimistic transaction: ``WATCH`` the hashes it reads, compute, ``MULTI``/``EXEC``, and start over
+when another writer changed one of them in between. So any number of processes (API replicas,
+delivery workers pruning tokens, an import) may edit the same user at once and no update is lost:
+the result is that of some serial order of the edits.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from goalhorn.errors import ConfigError
+from redis.exceptions import WatchError
+
+from goalhorn.errors import ConfigError, StoreError
 from goalhorn.keys import Keys
 from goalhorn.models import Device, utcnow
 from goalhorn.preferences.model import (
@@ -35,6 +42,10 @@ from goalhorn.preferences.reader import ChunkReader, bucket_of, group_by_bucket
 from goalhorn.redis_client import Redis
 
 Change = Callable[[str, bytes | None], bytes | None]
+
+MAX_ATTEMPTS = 1000
+"""Attempts of one optimistic transaction before it gives up with StoreError (each failed attempt means
+another writer's transaction on the same hash committed, so the system as a whole made progress)."""
 
 
 def check_user_id(user_id: str) -> str:
@@ -58,27 +69,38 @@ class PreferenceStore:
         self,
         bucket_key: Callable[[int], str],
         user_ids: Iterable[str],
-        change: Callable[[str, bytes | None], bytes | None],
+        change: Change,
     ) -> None:
-        """Read each user's value in ``bucket_key`` buckets, apply ``change``, write back (None deletes)."""
-        grouped = group_by_bucket(set(user_ids), self.buckets)
-        pipe = self._redis.pipeline(transaction=False)
-        for bucket, users in grouped.items():
-            pipe.hmget(bucket_key(bucket), users)
-        rows = cast(list[list[bytes | None]], await pipe.execute())
-        pipe = self._redis.pipeline(transaction=False)
-        for (bucket, users), raws in zip(grouped.items(), rows, strict=True):
-            key = bucket_key(bucket)
-            updates: dict[str, bytes] = {}
-            for user_id, raw in zip(users, raws, strict=True):
-                new = change(user_id, raw)
-                if new is None and raw is not None:
-                    pipe.hdel(key, user_id)
-                elif new is not None and new != raw:
-                    updates[user_id] = new
-            if updates:
-                pipe.hset(key, mapping=cast(dict[Any, Any], updates))
-        await pipe.execute()
+        """Read each user's value in ``bucket_key`` buckets, apply ``change``, write back (None deletes),
+        atomically: the hashes read are WATCHed and the whole rewrite is retried if one changed before
+        EXEC. ``change`` may run several times, so it must not depend on what an earlier run did.
+        (One user's hashes share a hash tag; a rewrite of many users' spans several on Redis Cluster.)"""
+        grouped = {bucket_key(bucket): users for bucket, users in group_by_bucket(set(user_ids), self.buckets).items()}
+        if not grouped:
+            return
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for attempt in range(MAX_ATTEMPTS):
+                try:
+                    await pipe.watch(*grouped)
+                    rows = [cast(list[bytes | None], await pipe.hmget(key, users)) for key, users in grouped.items()]
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    for (key, users), raws in zip(grouped.items(), rows, strict=True):
+                        updates: dict[str, bytes] = {}
+                        for user_id, raw in zip(users, raws, strict=True):
+                            new = change(user_id, raw)
+                            if new is None and raw is not None:
+                                pipe.hdel(key, user_id)
+                            elif new is not None and new != raw:
+                                updates[user_id] = new
+                        if updates:
+                            pipe.hset(key, mapping=cast(dict[Any, Any], updates))
+                    await pipe.execute()
+                    return
+                except WatchError:
+                    await pipe.reset()  # type: ignore[no-untyped-call]
+                    # Jittered, growing pause: writers that collided do not collide again in lockstep.
+                    await asyncio.sleep(random.uniform(0, min(0.05, 0.0005 * (attempt + 1))))
+        raise StoreError(f"gave up rewriting {sorted(grouped)} after {MAX_ATTEMPTS} conflicting attempts")
 
     async def add_devices(self, devices: Iterable[Device], now: datetime | None = None) -> int:
         """Register (or replace) devices, stamping ``added_at`` on new ones and marking them seen now;
@@ -138,6 +160,18 @@ class PreferenceStore:
         await self._rewrite(self._keys.last_seen_bucket, [user_id], seen)
         return True
 
+    async def remove_user(self, user_id: str) -> bool:
+        """Forget a user's devices, last-seen times and preferences (their follows are in the follower
+        sets, which the caller knows); True if they had devices or preferences."""
+        bucket = bucket_of(user_id, self.buckets)
+        await self._redis.sadd(self._keys.bloom_pending(), user_id)
+        pipe = self._redis.pipeline(transaction=True)  # one hash tag: the user's bucket
+        pipe.hdel(self._keys.device_bucket(bucket), user_id)
+        pipe.hdel(self._keys.last_seen_bucket(bucket), user_id)
+        pipe.hdel(self._keys.preference_bucket(bucket), user_id)
+        removed = await pipe.execute()
+        return bool(removed[0] or removed[2])
+
     async def devices_of(self, user_id: str) -> list[Device]:
         raw = await self._redis.hget(self._keys.device_bucket(bucket_of(user_id, self.buckets)), user_id)
         return decode_devices(cast(bytes, raw)) if raw else []
@@ -188,6 +222,9 @@ class PreferenceStore:
         """Record ``(user_id, sport)`` follows of a whole sport."""
         await self._add_members(self._keys.sport_fans, follows)
 
+    async def unfollow_sport(self, user_id: str, sport: str) -> None:
+        await self._redis.srem(self._keys.sport_fans(sport), user_id)
+
     # --- preferences --------------------------------------------------------------------------
     async def preferences_of(self, user_id: str) -> Preferences:
         raw = await self._redis.hget(self._keys.preference_bucket(bucket_of(user_id, self.buckets)), user_id)
@@ -214,32 +251,49 @@ class PreferenceStore:
         pipe.sadd(self._keys.bloom_pending(), *preferences)
         await pipe.execute()
 
+    async def change_preferences(self, user_id: str, change: Callable[[Preferences], Preferences]) -> Preferences:
+        """Apply ``change`` to a user's stored preferences atomically (retried if another writer got
+        there first, so ``change`` may run more than once); returns the result."""
+        check_user_id(user_id)
+        result = DEFAULT_PREFERENCES
+
+        def rewrite(uid: str, raw: bytes | None) -> bytes | None:
+            nonlocal result
+            result = change(Preferences.decode(raw) if raw else DEFAULT_PREFERENCES)
+            zone(result.time_zone)
+            return None if result.is_default() else result.encode()
+
+        # Pending before the write: a Bloom filter built in between still treats the user as "maybe".
+        await self._redis.sadd(self._keys.bloom_pending(), user_id)
+        await self._rewrite(self._keys.preference_bucket, [user_id], rewrite)
+        return result
+
     async def update_preferences(self, user_id: str, **changes: Any) -> Preferences:
         """Change some of a user's preferences (fields of ``Preferences``); returns the result."""
-        updated = (await self.preferences_of(user_id)).with_changes(**changes)
-        await self.set_preferences({user_id: updated})
-        return updated
+        return await self.change_preferences(user_id, lambda prefs: prefs.with_changes(**changes))
 
     async def mute_team(self, user_id: str, team_id: str) -> Preferences:
-        prefs = await self.preferences_of(user_id)
-        return await self.update_preferences(user_id, muted_teams=prefs.muted_teams | {team_id})
+        return await self.change_preferences(user_id, lambda p: p.with_changes(muted_teams=p.muted_teams | {team_id}))
 
     async def unmute_team(self, user_id: str, team_id: str) -> Preferences:
-        prefs = await self.preferences_of(user_id)
-        return await self.update_preferences(user_id, muted_teams=prefs.muted_teams - {team_id})
+        return await self.change_preferences(user_id, lambda p: p.with_changes(muted_teams=p.muted_teams - {team_id}))
 
     async def mute_match(self, user_id: str, game_id: str) -> Preferences:
-        prefs = await self.preferences_of(user_id)
-        return await self.update_preferences(user_id, muted_matches=prefs.muted_matches | {game_id})
+        return await self.change_preferences(
+            user_id, lambda p: p.with_changes(muted_matches=p.muted_matches | {game_id})
+        )
+
+    async def unmute_match(self, user_id: str, game_id: str) -> Preferences:
+        return await self.change_preferences(
+            user_id, lambda p: p.with_changes(muted_matches=p.muted_matches - {game_id})
+        )
 
     async def opt_in(self, user_id: str, kind: str) -> Preferences:
-        prefs = await self.preferences_of(user_id)
-        return await self.update_preferences(
-            user_id, opted_in=prefs.opted_in | {kind}, opted_out=prefs.opted_out - {kind}
+        return await self.change_preferences(
+            user_id, lambda p: p.with_changes(opted_in=p.opted_in | {kind}, opted_out=p.opted_out - {kind})
         )
 
     async def opt_out(self, user_id: str, kind: str) -> Preferences:
-        prefs = await self.preferences_of(user_id)
-        return await self.update_preferences(
-            user_id, opted_out=prefs.opted_out | {kind}, opted_in=prefs.opted_in - {kind}
+        return await self.change_preferences(
+            user_id, lambda p: p.with_changes(opted_out=p.opted_out | {kind}, opted_in=p.opted_in - {kind})
         )
