@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+from functools import partial
 from collections.abc import Awaitable, Callable
 
 from goalhorn.keys import Keys
 from goalhorn.models import Device
+from goalhorn.preferences.model import Preferences
 from goalhorn.preferences.store import PreferenceStore
 from goalhorn.redis_client import Redis, make_redis
 from goalhorn.settings import Settings
@@ -20,6 +22,18 @@ def device(user: str, n: int) -> Device:
     return Device(platform="fcm", device_id=f"d{n}", user_id=user, address=f"token-{n:04d}" + "x" * 120)
 
 
+async def mute_team(user: str, team: str, store: PreferenceStore) -> None:
+    await store.mute_team(user, team)
+
+
+async def mute_match(user: str, match: str, store: PreferenceStore) -> None:
+    await store.mute_match(user, match)
+
+
+async def add_device(user: str, n: int, store: PreferenceStore) -> None:
+    await store.add_devices([device(user, n)])
+
+
 def mixed_edits(users: list[str], per_user: int) -> list[Edit]:
     """Edits whose end result does not depend on their order (each touches its own element), so a lost
     update shows as a missing element, whatever order the concurrent run took."""
@@ -28,11 +42,11 @@ def mixed_edits(users: list[str], per_user: int) -> list[Edit]:
         for n in range(per_user):
             kind = n % 4
             if kind == 0:
-                edits.append(lambda s, u=user, n=n: s.mute_team(u, f"team{n}"))
+                edits.append(partial(mute_team, user, f"team{n}"))
             elif kind == 1:
-                edits.append(lambda s, u=user, n=n: s.add_devices([device(u, n)]))
+                edits.append(partial(add_device, user, n))
             elif kind == 2:
-                edits.append(lambda s, u=user, n=n: s.mute_match(u, f"match{n}"))
+                edits.append(partial(mute_match, user, f"match{n}"))
             else:
                 # a device added and then removed by the same edit, and a team muted then unmuted
                 async def add_remove(s: PreferenceStore, u: str = user, n: int = n) -> None:
@@ -45,8 +59,11 @@ def mixed_edits(users: list[str], per_user: int) -> list[Edit]:
     return edits
 
 
-async def snapshot(store: PreferenceStore, users: list[str]) -> dict[str, object]:
-    out: dict[str, object] = {}
+Snapshot = dict[str, tuple[list[str], Preferences, list[str]]]
+
+
+async def snapshot(store: PreferenceStore, users: list[str]) -> Snapshot:
+    out: Snapshot = {}
     for user in users:
         devices = sorted(d.device_id for d in await store.devices_of(user))
         out[user] = (devices, await store.preferences_of(user), sorted(await store.last_seen(user)))
@@ -82,6 +99,6 @@ async def test_concurrent_edits_through_two_stores_match_a_serial_replay(setting
     finally:
         await other.aclose()
     assert concurrent == expected
-    devices, prefs, _ = expected["alice"]  # type: ignore[misc]
+    devices, prefs, _ = expected["alice"]
     assert len(devices) == 25
     assert (len(prefs.muted_teams), len(prefs.muted_matches)) == (25, 25)
