@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from functools import partial
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from goalhorn.keys import Keys
 from goalhorn.models import Device
