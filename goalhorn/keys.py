@@ -140,6 +140,28 @@ class Keys:
         """HASH user id -> "ms:intent_id,..." of the alerts a capped user got about one match."""
         return f"{self.namespace}:caps:{{{game_id}}}"
 
+    # --- Redis: the sidecar API ---------------------------------------------------------------
+    def api_keys(self) -> str:
+        """HASH HMAC-SHA-256 hex of an API key -> its record (JSON: id, tenant, tier, scopes, created, revoked)."""
+        return f"{self.namespace}:api:{{keys}}:by_digest"
+
+    def api_key_ids(self) -> str:
+        """HASH API key id -> the HMAC hex it is stored under (to list and revoke by id)."""
+        return f"{self.namespace}:api:{{keys}}:by_id"
+
+    def api_key_last_used(self) -> str:
+        """HASH API key id -> epoch ms of its last authenticated request (updated at most once a minute)."""
+        return f"{self.namespace}:api:{{keys}}:last_used"
+
+    def tenant_users(self, tenant: str) -> str:
+        """HASH user id (as the tenant names it) -> the user's API record (JSON: locale, created)."""
+        return f"{self.namespace}:api:tenant:{{{tenant}}}:users"
+
+    def user_follows(self, user_id: str) -> str:
+        """SET of ``<kind>:<target>`` a user followed through the API, so deleting the user can leave
+        every follower set it joined."""
+        return f"{self.namespace}:api:follows:{{{user_id}}}"
+
     def ingest_quarantine(self) -> str:
         """LIST of the newest rejected feed payloads (JSON), capped."""
         return f"{self.namespace}:ingest:quarantine"

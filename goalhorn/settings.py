@@ -8,7 +8,7 @@ fakeredis.
 
 from __future__ import annotations
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from goalhorn.errors import ConfigError
@@ -122,6 +122,17 @@ class Settings(BaseSettings):
     fcm_rate_per_s: float = Field(default=10_000.0, ge=0, description="FCM sends/s per worker (0: unpaced).")
     apns_rate_per_s: float = Field(default=0.0, ge=0, description="APNs sends/s per worker (0: unpaced).")
     webhook_rate_per_s: float = Field(default=0.0, ge=0, description="Webhook posts/s per worker (0: unpaced).")
+
+    # --- the sidecar API (issue 11) ----------------------------------------------------------
+    api_key_secret: SecretStr | None = Field(
+        default=None,
+        min_length=32,
+        description="Server secret API keys are stored under (HMAC-SHA-256); `run api` and `keys create` need it.",
+    )
+    api_max_body_bytes: int = Field(default=64 * 1024, ge=1024, description="Largest request body (413 above).")
+    api_import_max_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="Largest body of POST /v1/users:import (413 above)."
+    )
 
     @field_validator("amqp_url")
     @classmethod
