@@ -58,6 +58,8 @@ class EventKind(enum.StrEnum):
     TOUCHDOWN = "TOUCHDOWN"
     FIELD_GOAL = "FIELD_GOAL"
     SAFETY = "SAFETY"
+    EXTRA_POINT = "EXTRA_POINT"
+    TWO_POINT_CONVERSION = "TWO_POINT_CONVERSION"
     RUN = "RUN"
     BASKET = "BASKET"
     SCORE = "SCORE"
@@ -253,3 +255,92 @@ class DeliveryResult(Model):
         if self.message_error and (self.outcome != "failed" or self.retryable):
             raise ValueError("a message error is a failure that no retry fixes")
         return self
+
+
+class DeadLetterKind(enum.StrEnum):
+    """What a dead-letter entry holds (its payload field has the same name)."""
+
+    BATCH = "batch"
+    """Devices of a batch, as a ``DeliveryBatch``, that no further try would deliver."""
+    DEVICE = "device"
+    """One device's JSON cut out of a batch because it is invalid."""
+    MESSAGE = "message"
+    """A delivery message unreadable as a whole, as it was queued."""
+
+
+class DeadLetterCode(enum.StrEnum):
+    """Why an entry is in the dead letters."""
+
+    ATTEMPTS_EXHAUSTED = "attempts_exhausted"
+    """Retryable failures on every one of ``GOALHORN_DELIVERY_MAX_ATTEMPTS`` attempts."""
+    MESSAGE_ERROR = "message_error"
+    """The message could not be built for these devices (a template that does not render, a message
+    the provider's library refuses): no retry fixes it."""
+    WORKER_FAILED = "worker_failed"
+    """The worker itself raised on every try (a bug, a provider that cannot be built)."""
+    INVALID_DEVICE = "invalid_device"
+    """A device of the batch failed validation; the rest of the batch was delivered."""
+    INVALID_BATCH = "invalid_batch"
+    """The message is not a readable delivery batch."""
+
+
+DEAD_LETTER_KINDS: dict[DeadLetterCode, DeadLetterKind] = {
+    DeadLetterCode.ATTEMPTS_EXHAUSTED: DeadLetterKind.BATCH,
+    DeadLetterCode.MESSAGE_ERROR: DeadLetterKind.BATCH,
+    DeadLetterCode.WORKER_FAILED: DeadLetterKind.MESSAGE,
+    DeadLetterCode.INVALID_DEVICE: DeadLetterKind.DEVICE,
+    DeadLetterCode.INVALID_BATCH: DeadLetterKind.MESSAGE,
+}
+"""The kind of entry each code writes. A worker failure keeps the message as it was queued: the
+failure may be in reading it."""
+
+
+class DeadLetter(Model):
+    """One entry of the dead-letter stream (``Keys.dead_letters``): a closed ``code`` with a
+    ``detail`` for people (the stream field ``reason``), and what is needed to find and replay it."""
+
+    kind: DeadLetterKind
+    code: DeadLetterCode
+    detail: str = ""
+    platform: Platform
+    payload: str = Field(description="The batch, device or message JSON, per ``kind``.")
+    batch_id: str | None = None
+    intent_id: str | None = None
+    devices: int = Field(default=0, ge=0, description="How many devices the entry holds (0: unknown).")
+    at: datetime | None = Field(default=None, description="When it was written (the stream id's time).")
+    entry_id: str | None = Field(default=None, description="The stream id, once read.")
+
+    @model_validator(mode="after")
+    def _kind_matches_code(self) -> Self:
+        if DEAD_LETTER_KINDS[self.code] is not self.kind:
+            raise ValueError(f"a {self.code} dead letter is a {DEAD_LETTER_KINDS[self.code]} entry, not {self.kind}")
+        return self
+
+    def fields(self) -> dict[str, str]:
+        """The stream entry's fields: the payload under the kind's name, the rest as strings."""
+        out = {"kind": str(self.kind), "code": str(self.code), "reason": self.detail, "platform": self.platform}
+        out[str(self.kind)] = self.payload
+        if self.batch_id is not None:
+            out["batch_id"] = self.batch_id
+        if self.intent_id is not None:
+            out["intent_id"] = self.intent_id
+        out["devices"] = str(self.devices)
+        return out
+
+    @classmethod
+    def from_fields(cls, entry_id: str, fields: dict[str, str]) -> DeadLetter:
+        """An entry read back from the stream; raises ``ValueError`` on one written by another version."""
+        kind = DeadLetterKind(fields.get("kind", ""))
+        ms = int(entry_id.split("-", 1)[0])
+        return cls(
+            kind=kind,
+            code=DeadLetterCode(fields.get("code", "")),
+            detail=fields.get("reason", ""),
+            platform=fields.get("platform", ""),  # validated by pydantic
+            payload=fields[str(kind)],
+            batch_id=fields.get("batch_id"),
+            intent_id=fields.get("intent_id"),
+            devices=int(fields.get("devices", "0")),
+            at=datetime.fromtimestamp(ms / 1000, UTC),
+            entry_id=entry_id,
+        )

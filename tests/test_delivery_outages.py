@@ -253,7 +253,9 @@ async def test_a_batch_the_worker_keeps_failing_on_ends_in_the_dead_letters(back
     assert left == [], "nothing left in dramatiq's dead letters"
     assert len(dead) == 1
     fields = dead[0][1]
-    assert fields[b"batch"] == one.payload, "the batch as it was queued"
+    assert fields[b"kind"] == b"message"
+    assert fields[b"code"] == b"worker_failed"
+    assert fields[b"message"] == one.payload, "the batch as it was queued"
     reason = fields[b"reason"].decode()
     assert reason.startswith("worker failed 3 times: RuntimeError: cannot build the provider"), reason
     assert snap.get("failed_batches") == 1

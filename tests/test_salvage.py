@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from goalhorn.counters import CounterSnapshot
 from goalhorn.dispatch.stage import salvage
 from goalhorn.keys import Platform
-from goalhorn.models import DeliveryBatch, Device, EncodedBatch
+from goalhorn.models import DeadLetter, DeadLetterCode, DeadLetterKind, DeliveryBatch, Device, EncodedBatch
 from goalhorn.providers.console import ConsoleProvider
 from goalhorn.settings import Settings
 from tests.conftest import delete_namespace, make_settings
@@ -146,11 +146,17 @@ async def test_the_stage_delivers_the_valid_devices_and_dead_letters_each_bad_on
     assert snap.get("quarantined_devices") == len(bads)
     assert snap.get("quarantined_batches") == 1
     assert snap.get("batches_done") == 2
-    entries = [(fields[b"batch"].decode(), fields[b"reason"].decode()) for _, fields in dead]
-    whole = [raw for raw, reason in entries if reason.startswith("invalid batch")]
-    assert whole == [unreadable.decode()], "the unreadable batch is kept whole"
-    singles = [(json.loads(raw), reason) for raw, reason in entries if not reason.startswith("invalid batch")]
-    assert [raw for raw, _ in singles] == [bad for bad, _ in bads], "each bad device dead-lettered on its own"
-    for (_, reason), (_, why) in zip(singles, bads, strict=True):
-        assert reason.startswith("invalid device in batch b-9: ")
-        assert why in reason
+    entries = [DeadLetter.from_fields(sid.decode(), {k.decode(): v.decode() for k, v in f.items()}) for sid, f in dead]
+    whole = [e for e in entries if e.code is DeadLetterCode.INVALID_BATCH]
+    assert [(e.kind, e.payload) for e in whole] == [(DeadLetterKind.MESSAGE, unreadable.decode())], (
+        "the unreadable batch is kept whole"
+    )
+    singles = [e for e in entries if e.code is DeadLetterCode.INVALID_DEVICE]
+    assert len(singles) + len(whole) == len(entries)
+    assert [json.loads(e.payload) for e in singles] == [bad for bad, _ in bads], (
+        "each bad device dead-lettered on its own"
+    )
+    for entry, (_, why) in zip(singles, bads, strict=True):
+        assert (entry.kind, entry.batch_id, entry.intent_id, entry.devices) == (DeadLetterKind.DEVICE, "b-9", "i-1", 1)
+        assert entry.detail.startswith("invalid device in batch b-9: ")
+        assert why in entry.detail

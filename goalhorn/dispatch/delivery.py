@@ -20,13 +20,23 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from goalhorn.counters import PipelineCounters
+from goalhorn.dispatch import deadletters
 from goalhorn.dispatch.breaker import Breakers
 from goalhorn.dispatch.hygiene import prune_tokens
 from goalhorn.dispatch.markers import DeliveryMarkers
 from goalhorn.dispatch.pacing import TokenBucket
 from goalhorn.errors import ProviderError, ProviderRateLimited
 from goalhorn.keys import Keys
-from goalhorn.models import DeliveryBatch, DeliveryResult, Device, EncodedBatch, utcnow
+from goalhorn.models import (
+    DeadLetter,
+    DeadLetterCode,
+    DeadLetterKind,
+    DeliveryBatch,
+    DeliveryResult,
+    Device,
+    EncodedBatch,
+    utcnow,
+)
 from goalhorn.preferences.store import PreferenceStore
 from goalhorn.providers import Provider
 from goalhorn.redis_client import Redis
@@ -127,11 +137,25 @@ class Deliverer:
         for provider in self._providers.values():
             await provider.aclose()
 
-    async def quarantine(self, payload: str, reason: str) -> None:
-        """Keep an unreadable batch message in the dead letters, with why."""
-        await self._redis.xadd(
-            self._keys.dead_letters(), {"batch": payload, "reason": reason}, maxlen=100_000, approximate=True
+    async def dead_letter(self, entry: DeadLetter) -> None:
+        """Keep a batch, a device or an unreadable message in the dead letters, with why."""
+        await deadletters.write(self._redis, self._keys, entry)
+
+    async def _dead_letter_devices(
+        self, batch: DeliveryBatch, devices: Sequence[Device], code: DeadLetterCode, detail: str
+    ) -> None:
+        dead = batch.model_copy(update={"devices": tuple(devices)})
+        entry = DeadLetter(
+            kind=DeadLetterKind.BATCH,
+            code=code,
+            detail=detail,
+            platform=batch.platform,
+            payload=dead.to_json().decode(),
+            batch_id=batch.batch_id,
+            intent_id=batch.intent.intent_id,
+            devices=len(devices),
         )
+        await self.dead_letter(entry)
 
     async def process(self, batch: DeliveryBatch) -> None:
         tally = _Tally()
@@ -221,8 +245,7 @@ class Deliverer:
 
     async def _follow_up(self, batch: DeliveryBatch, tally: _Tally) -> None:
         for reason, devices in tally.unsendable.items():
-            dead = batch.model_copy(update={"devices": tuple(devices)})
-            await self.quarantine(dead.to_json().decode(), reason)
+            await self._dead_letter_devices(batch, devices, DeadLetterCode.MESSAGE_ERROR, reason)
             tally.counts["dead_letters"] += len(devices)
             tally.counts[f"delivery:{batch.platform}:dead_lettered"] += len(devices)
             log.warning("batch %s dead-lettered %d devices: %s", batch.batch_id, len(devices), reason)
@@ -240,8 +263,8 @@ class Deliverer:
             return
         reason = ", ".join(f"{r} x{n}" for r, n in tally.retry_reasons.most_common())
         if batch.attempt >= self._settings.delivery_max_attempts:
-            dead = batch.model_copy(update={"devices": tuple(tally.retry)})
-            await self.quarantine(dead.to_json().decode(), f"attempts exhausted ({batch.attempt}): {reason}")
+            detail = f"attempts exhausted ({batch.attempt}): {reason}"
+            await self._dead_letter_devices(batch, tally.retry, DeadLetterCode.ATTEMPTS_EXHAUSTED, detail)
             tally.counts["dead_letters"] += len(tally.retry)
             tally.counts[f"delivery:{batch.platform}:dead_lettered"] += len(tally.retry)
             log.warning("batch %s dead-lettered %d devices: %s", batch.batch_id, len(tally.retry), reason)

@@ -57,9 +57,9 @@ OUTCOMES = Counter(
     ["outcome"],
 )
 
-DeadLetter = Callable[[str, str], None]
-"""Writes a message's batch payload and the reason to goalhorn's dead letters (blocking); raises when
-it could not."""
+DeadLetterWriter = Callable[[str, str, str], None]
+"""Writes a message (its queue, its batch payload, the reason) to goalhorn's dead letters (blocking);
+raises when it could not."""
 
 
 class RedisUnavailable(dramatiq.Retry):
@@ -86,7 +86,9 @@ def backoff_s(base_s: float, cap_s: float, n: int, rng: random.Random | None = N
 class ActorFailures(dramatiq.Middleware):
     """Republishes, or dead-letters, the delivery messages whose actor raised (see the module)."""
 
-    def __init__(self, settings: Settings, dead_letter: DeadLetter, *, redis_wait_max_s: float = REDIS_WAIT_MAX_S):
+    def __init__(
+        self, settings: Settings, dead_letter: DeadLetterWriter, *, redis_wait_max_s: float = REDIS_WAIT_MAX_S
+    ):
         self._max_tries = settings.delivery_max_attempts
         self._base_s = settings.retry_base_delay_s
         self._max_s = settings.retry_max_delay_s
@@ -130,7 +132,7 @@ class ActorFailures(dramatiq.Middleware):
         reason = f"worker failed {tries} times: {type(exception).__name__}: {exception}"[:500]
         payload = message.args[0] if message.args and isinstance(message.args[0], str) else message.encode().decode()
         try:
-            self._dead_letter(payload, reason)
+            self._dead_letter(message.queue_name, payload, reason)
         except Exception as exc:
             self._reject(message, f"its dead letter could not be written ({type(exc).__name__}); {reason}")
             return

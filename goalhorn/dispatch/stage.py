@@ -31,10 +31,11 @@ from pydantic import ValidationError
 
 from goalhorn.catalog.templates import Renderer
 from goalhorn.counters import PipelineCounters
+from goalhorn.dispatch import deadletters
 from goalhorn.dispatch.delivery import Deliverer
 from goalhorn.dispatch.failures import ActorFailures, RedisUnavailable, redis_unavailable
 from goalhorn.keys import PLATFORMS, Keys, Platform
-from goalhorn.models import DeliveryBatch, Device, EncodedBatch, Intent
+from goalhorn.models import DeadLetter, DeadLetterCode, DeadLetterKind, DeliveryBatch, Device, EncodedBatch, Intent
 from goalhorn.providers import Provider
 from goalhorn.redis_client import Redis, make_redis
 from goalhorn.settings import Settings
@@ -99,6 +100,15 @@ def _by_lines(payload: str) -> tuple[dict[str, Any] | None, list[str]]:
         return None, []
     body = lines[1:-1]
     return head, [line[:-1] if line.endswith(",") and n < len(body) - 1 else line for n, line in enumerate(body)]
+
+
+def _batch_identity(payload: str) -> tuple[str | None, str | None, int]:
+    """The batch id, intent id and device count of a batch message, as far as it can be read."""
+    try:
+        data = json.loads(payload)
+        return str(data["batch_id"]), str(data["intent"]["intent_id"]), len(data["devices"])
+    except (ValueError, TypeError, KeyError):
+        return None, None, 0
 
 
 def make_broker(settings: Settings) -> dramatiq.Broker:
@@ -195,7 +205,14 @@ class DeliveryStage:
                 log.error("unreadable %s batch quarantined: %s", platform, problems)
                 # Dead letter first: should Redis go between the two, the batch comes back and is
                 # dead-lettered twice rather than counted done twice.
-                await deliverer.quarantine(payload, f"invalid batch: {exc.error_count()} errors")
+                entry = DeadLetter(
+                    kind=DeadLetterKind.MESSAGE,
+                    code=DeadLetterCode.INVALID_BATCH,
+                    detail=f"invalid batch: {exc.error_count()} errors",
+                    platform=platform,
+                    payload=payload,
+                )
+                await deliverer.dead_letter(entry)
                 await deliverer.counters.add({"batches_done": 1, "quarantined_batches": 1})
                 return
             log.error(
@@ -207,25 +224,50 @@ class DeliveryStage:
             )
             await deliverer.counters.add({"quarantined_devices": len(bad)})
             for raw, reason in bad:
-                await deliverer.quarantine(raw, f"invalid device in batch {good.batch_id}: {reason}")
+                entry = DeadLetter(
+                    kind=DeadLetterKind.DEVICE,
+                    code=DeadLetterCode.INVALID_DEVICE,
+                    detail=f"invalid device in batch {good.batch_id}: {reason}",
+                    platform=platform,
+                    payload=raw,
+                    batch_id=good.batch_id,
+                    intent_id=good.intent.intent_id,
+                    devices=1,
+                )
+                await deliverer.dead_letter(entry)
             batch = good
         await deliverer.process(batch)
 
-    def dead_letter(self, payload: str, reason: str) -> None:
+    def dead_letter(self, queue: str, payload: str, reason: str) -> None:
         """Write a batch message the worker gave up on to the dead letters and count it done (blocking,
         from a worker thread; raises when Redis is unreachable)."""
+        platform = self._platform_of(queue)
         thread = get_event_loop_thread()
         if thread is None:
             raise RuntimeError("dead_letter needs the worker's event loop (the AsyncIO middleware)")
-        thread.run_coroutine(self._dead_letter(payload, reason))
+        thread.run_coroutine(self._dead_letter(platform, payload, reason))
 
-    async def _dead_letter(self, payload: str, reason: str) -> None:
-        # Redis alone, not the Deliverer: what failed may be building the providers. The entry is the
-        # one ``Deliverer.quarantine`` writes.
+    def _platform_of(self, queue: str) -> Platform:
+        for platform in PLATFORMS:
+            if queue in (self.keys.delivery_queue(platform), self.keys.delivery_queue(platform) + ".DQ"):
+                return platform
+        raise ValueError(f"{queue!r} is not one of this stage's delivery queues")
+
+    async def _dead_letter(self, platform: Platform, payload: str, reason: str) -> None:
+        # Redis alone, not the Deliverer: what failed may be building the providers.
         redis = self._redis_client()
-        await redis.xadd(
-            self.keys.dead_letters(), {"batch": payload, "reason": reason}, maxlen=100_000, approximate=True
+        batch_id, intent_id, devices = _batch_identity(payload)
+        entry = DeadLetter(
+            kind=DeadLetterKind.MESSAGE,
+            code=DeadLetterCode.WORKER_FAILED,
+            detail=reason,
+            platform=platform,
+            payload=payload,
+            batch_id=batch_id,
+            intent_id=intent_id,
+            devices=devices,
         )
+        await deadletters.write(redis, self.keys, entry)
         try:
             await PipelineCounters(redis, self.keys).add({"batches_done": 1, "failed_batches": 1})
         except Exception:  # it is in the dead letters: only the counters miss it
