@@ -12,6 +12,7 @@
     │   └── UnknownQueue            a queue name outside the declared topology
     ├── StoreError                  Redis-backed stores
     ├── AddressRefused              a webhook URL the SSRF guard refuses (not retryable)
+    ├── AdminError                  an ops command's argument or target that cannot be used
     └── ProviderError               a provider failed for the whole batch (not per token)
         ├── ProviderUnavailable     5xx, connection refused, timeout: retryable
         ├── ProviderRateLimited     429; carries ``retry_after`` seconds
@@ -30,6 +31,11 @@ class GoalhornError(Exception):
 
 class ConfigError(GoalhornError):
     """Settings, rules or segment definitions that cannot be used."""
+
+
+class AdminError(GoalhornError):
+    """An ops command's argument or target that cannot be used (an unknown queue, a bad filter, a
+    file that is not a drain file); the message says what to fix."""
 
 
 class FeedError(GoalhornError):
