@@ -4,15 +4,28 @@ The stream is not an array: objects follow each other (``}{``), heartbeats
 (``{"heartbeat": {"interval": 5000}}``) come between payloads
 (``{"payload": {"game": ..., "event": ...}, "metadata": {...}}``), and a read may end anywhere,
 so the tail is buffered until the object completes. Every payload gives the game's state; its event
-becomes a typed :class:`GameEvent` when it is one goalhorn knows (a made basket, a goal, a period
-end). Sportradar resends an event when it amends it and may send an older one late: payloads are
-ordered by ``(event.sequence, event.number)`` per game, and late or repeated ones are dropped and
-counted. A ``delete`` of a scoring event, or a game score lower than the one before it, becomes a
-``SCORE_CORRECTION``. Event ids are Sportradar's
-own event ids, so a resend can never make a second alert.
+becomes a typed :class:`GameEvent` when it is one goalhorn knows. Sportradar resends an event when
+it amends it and may send an older one late: payloads are ordered by ``(event.sequence,
+event.number)`` per game, and late or repeated ones are dropped and counted. A ``delete`` of a
+scoring event, or a game score lower than the one before it, becomes a ``SCORE_CORRECTION``. Event
+ids are Sportradar's own event ids, so a resend can never make a second alert.
 
-Verified against the NBA v7 stream sample; the hockey and football event names follow the same
-scheme (``goal``, ``touchdown``, ``fieldgoal``, ``safety``).
+Each league's payload, per Sportradar's push documentation (fixtures in ``tests/fixtures/sportradar``):
+
+- **NBA** (and WNBA, NCAA, G League): ``game.home.points``; ``event.event_type`` ``twopointmade``,
+  ``threepointmade``, ``freethrowmade`` (``BASKET``), ``endperiod``, ``opentip``; ``event.period.number``.
+- **NHL**: ``game.home.points`` are goals; ``event.event_type`` ``goal``, ``endperiod``;
+  ``event.period`` has ``number`` and ``type`` (``REG``, ``OT``, ``SO``). An overtime goal is a
+  ``GOAL`` shown as ``OT``; a shootout attempt is not a goal (only the final score carries it).
+- **NFL**: ``game.home.points``; ``event.type`` is ``play`` with ``play_type`` (``pass``, ``rush``,
+  ``fieldgoal``, ``extrapoint``, ``conversion``...) and ``scoring_play``, or a game event
+  (``period_end``, ``game_over``); the quarter in ``event.period.number``; who had the ball in
+  ``event.start_situation.possession``. Which scoring play it was comes from the points gained
+  (``scoring.py``), since a touchdown, a safety and a two-point conversion are all "pass" or "rush".
+- **MLB**: ``game.home.runs`` / ``game.away.runs`` (there is no ``points``); ``event.type`` (and
+  ``metadata.event_type``) ``pitch``, ``atbat``, ``steal``, ``lineup``, ``warmup``; the inning and
+  its half (``T``/``B``) in ``event.inning`` / ``event.inning_half`` or the metadata, shown as
+  ``▲5`` / ``▼5``. A run is a side's runs going up (``RUN``, credited to that side).
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ from pydantic import ValidationError
 from goalhorn.errors import PayloadRejected
 from goalhorn.ingest.adapter import FeedAdapter, Parsed
 from goalhorn.ingest.quarantine import Quarantine
+from goalhorn.ingest.scoring import football_kind
 from goalhorn.ingest.sequence import SequenceGate
 from goalhorn.ingest.stream import ObjectSplitter
 from goalhorn.models import EventKind, GameEvent, GameState, GameStatus, Sport
@@ -66,7 +80,17 @@ SCORING: dict[str, EventKind] = {
     "fieldgoal": EventKind.FIELD_GOAL,
     "safety": EventKind.SAFETY,
 }
-_STATUS_EVENTS = {"endperiod": EventKind.PERIOD_END, "opentip": EventKind.GAME_START}
+_STATUS_EVENTS = {
+    "endperiod": EventKind.PERIOD_END,
+    "period_end": EventKind.PERIOD_END,
+    "opentip": EventKind.GAME_START,
+    "game_over": EventKind.GAME_END,
+}
+_NO_TEAM = (EventKind.PERIOD_END, EventKind.HALFTIME, EventKind.GAME_START, EventKind.GAME_END)
+_SHOOTOUT = frozenset({"SO", "shootout"})
+_OVERTIME = frozenset({"OT", "overtime"})
+_DELTA_SCORED = (Sport.FOOTBALL, Sport.BASEBALL)
+"""Sports whose scoring plays are read from the score, not from the event's name (``scoring.py``)."""
 MAX_GAMES = 10_000
 _RESYNC = re.compile(r'\{\s*"(?:payload|heartbeat|metadata|locale)"')
 _CLOCK = re.compile(r"^(\d{1,3}):(\d{2})(?:\.\d+)?$")
@@ -134,9 +158,11 @@ class SportradarAdapter(FeedAdapter):
         metadata = message.get("metadata")
         metadata = metadata if isinstance(metadata, dict) else {}
         league, sport = self._sport(metadata)
-        state = _state(game, event, sport, league, received_at)
+        state = _state(game, event, metadata, sport, league, received_at)
         operation = metadata.get("operation")
         sequence = _int(event.get("sequence"))
+        if sequence is None:
+            sequence = _int(event.get("sequence_number"))
         if sequence is not None and operation != "delete":
             order = (sequence, _int(event.get("number")) or 0)
             if not self.gate.admit(state.game_id, order):
@@ -148,11 +174,18 @@ class SportradarAdapter(FeedAdapter):
             if len(self._scores) > MAX_GAMES:
                 self._scores.pop(next(iter(self._scores)))
         deleted = operation == "delete"
-        kind = _kind(event.get("event_type"), state, deleted=deleted)
+        name = _name(event, metadata)
         went_back = before is not None and (state.home_score < before[0] or state.away_score < before[1])
-        if kind is None and went_back and not deleted:
-            kind = EventKind.SCORE_CORRECTION
-        typed = _typed(event, state, sequence, kind) if kind is not None else None
+        if deleted:
+            scoring = name in SCORING or event.get("scoring_play") is True or went_back
+            kind, side = (EventKind.SCORE_CORRECTION if scoring else None), None
+        elif went_back:
+            kind, side = EventKind.SCORE_CORRECTION, None
+        elif state.sport in _DELTA_SCORED:
+            kind, side = _scored(event, metadata, state, before, name)
+        else:
+            kind, side = _kind(name, event, state), None
+        typed = _typed(event, state, sequence, kind, side) if kind is not None else None
         if typed is not None and kind is EventKind.SCORE_CORRECTION:
             typed = _credit_correction(typed, state, before)
         if typed is not None:
@@ -173,7 +206,9 @@ def _rejected(reason: str, text: str) -> PayloadRejected:
     return PayloadRejected(SOURCE, reason, text[:80], text.encode())
 
 
-def _state(game: dict[str, Any], event: dict[str, Any], sport: Sport, league: str, at: datetime) -> GameState:
+def _state(
+    game: dict[str, Any], event: dict[str, Any], metadata: dict[str, Any], sport: Sport, league: str, at: datetime
+) -> GameState:
     game_id = _text(game.get("id"))
     if game_id is None:
         raise _Bad("missing_id")
@@ -183,8 +218,11 @@ def _state(game: dict[str, Any], event: dict[str, Any], sport: Sport, league: st
     home, away = game.get("home"), game.get("away")
     if not isinstance(home, dict) or not isinstance(away, dict):
         raise _Bad("missing_team")
-    period = event.get("period")
-    clock = event.get("clock")
+    score = "runs" if sport is Sport.BASEBALL else "points"
+    if sport is Sport.BASEBALL:
+        period, display, clock_s = _inning(event, metadata)
+    else:
+        period, display, clock_s = _period(event, game)
     try:
         return GameState(
             game_id=game_id,
@@ -197,15 +235,51 @@ def _state(game: dict[str, Any], event: dict[str, Any], sport: Sport, league: st
             away_team=_team_name(away),
             home_team_id=_team_id(home),
             away_team_id=_team_id(away),
-            home_score=_points(home.get("points")),
-            away_score=_points(away.get("points")),
-            period=(_int(period.get("number")) or 0) if isinstance(period, dict) else 0,
-            clock_s=_clock(clock),
-            display_clock=clock if isinstance(clock, str) and len(clock) <= 16 else "",
+            home_score=_points(home.get(score)),
+            away_score=_points(away.get(score)),
+            period=period,
+            clock_s=clock_s,
+            display_clock=display,
             observed_at=at,
         )
     except ValidationError as exc:
         raise _Bad("invalid_state", str(exc.errors()[0].get("loc", ""))) from exc
+
+
+def _period(event: dict[str, Any], game: dict[str, Any]) -> tuple[int, str, float | None]:
+    """Period number, clock shown and clock seconds of a timed sport (overtime shown ``OT``)."""
+    period = event.get("period")
+    number = _int(period.get("number")) if isinstance(period, dict) else None
+    if number is None:
+        number = _int(event.get("quarter")) or _int(game.get("quarter")) or 0
+    kind = period.get("type") if isinstance(period, dict) else None
+    clock = event.get("clock")
+    shown = clock if isinstance(clock, str) and len(clock) <= 12 else ""
+    if kind in _SHOOTOUT:
+        shown = "SO"
+    elif kind in _OVERTIME:
+        shown = f"OT {shown}".strip()
+    return number, shown, _clock(clock)
+
+
+def _inning(event: dict[str, Any], metadata: dict[str, Any]) -> tuple[int, str, float | None]:
+    """Inning and half (``T`` top, ``B`` bottom) from the event, else from the metadata."""
+    inning = _int(event.get("inning"))
+    if inning is None:
+        raw = metadata.get("inning")
+        inning = int(raw) if isinstance(raw, str) and raw.isdigit() and len(raw) <= 3 else 0
+    half = event.get("inning_half") or metadata.get("inning_half")
+    if not 0 <= inning < 100:
+        raise _Bad("bad_inning", repr(inning)[:40])
+    shown = ""
+    if inning:
+        shown = f"▲{inning}" if half == "T" else f"▼{inning}" if half == "B" else str(inning)
+    return inning, shown, None
+
+
+def _batting_home(event: dict[str, Any], metadata: dict[str, Any]) -> bool | None:
+    half = event.get("inning_half") or metadata.get("inning_half")
+    return True if half == "B" else False if half == "T" else None
 
 
 def _credit_correction(event: GameEvent, state: GameState, before: tuple[int, int] | None) -> GameEvent:
@@ -219,33 +293,98 @@ def _credit_correction(event: GameEvent, state: GameState, before: tuple[int, in
     return event.model_copy(update={"team_id": state.away_team_id, "team": state.away_team})
 
 
-def _kind(name: object, state: GameState, *, deleted: bool) -> EventKind | None:
-    """The goalhorn event a Sportradar event type is, if any; a deleted score is a correction."""
-    if not isinstance(name, str):
+def _name(event: dict[str, Any], metadata: dict[str, Any]) -> str | None:
+    """The event's type: NBA and NHL ``event_type``, NFL ``play_type`` (of a ``play``) or ``type``,
+    MLB ``type``; the metadata's ``event_type`` when the event has none."""
+    for raw in (event.get("event_type"), event.get("play_type"), event.get("type"), metadata.get("event_type")):
+        if isinstance(raw, str) and raw and raw != "play":
+            return raw
+    return None
+
+
+def _kind(name: str | None, event: dict[str, Any], state: GameState) -> EventKind | None:
+    """The goalhorn event a named Sportradar event is, if any (basketball, hockey)."""
+    if name is None:
         return None
     kind = SCORING.get(name)
-    if deleted:
-        return EventKind.SCORE_CORRECTION if kind is not None else None
+    if kind is EventKind.GOAL:
+        period = event.get("period")
+        if isinstance(period, dict) and period.get("type") in _SHOOTOUT:
+            return None
     if kind is None:
         kind = _STATUS_EVENTS.get(name)
         if kind is EventKind.GAME_START and state.period > 1:
             kind = None
+        if kind is EventKind.PERIOD_END and state.status is GameStatus.FINAL:
+            kind = EventKind.GAME_END
     return kind
 
 
-def _typed(event: dict[str, Any], state: GameState, sequence: int | None, kind: EventKind) -> GameEvent | None:
+def _scored(
+    event: dict[str, Any],
+    metadata: dict[str, Any],
+    state: GameState,
+    before: tuple[int, int] | None,
+    name: str | None,
+) -> tuple[EventKind | None, bool | None]:
+    """Football and baseball: the scoring play (and which side, True for home) the score says this
+    was, or the game event its name says it is."""
+    gains = (0, 0) if before is None else (state.home_score - before[0], state.away_score - before[1])
+    if gains[0] > 0 and gains[1] > 0:
+        return EventKind.SCORE, None
+    home = gains[0] > 0 if gains != (0, 0) else None
+    gained = max(gains) if home is not None else None
+    if state.sport is Sport.BASEBALL:
+        if home is None and before is None and _categories(metadata) & {"runscored"}:
+            return EventKind.RUN, _batting_home(event, metadata)
+        return (EventKind.RUN, home) if home is not None else (_status_kind(name, state), None)
+    if home is None and not (before is None and event.get("scoring_play") is True):
+        return _status_kind(name, state), None
+    if home is None:
+        return football_kind(None, name, by_offense=None), _attributed_home(event, state)
+    possession = event.get("start_situation")
+    possession = possession.get("possession") if isinstance(possession, dict) else None
+    had_ball = _text(possession.get("id")) if isinstance(possession, dict) else None
+    scorer = state.home_team_id if home else state.away_team_id
+    by_offense = None if had_ball is None else had_ball == scorer
+    return football_kind(gained, name, by_offense=by_offense), home
+
+
+def _status_kind(name: str | None, state: GameState) -> EventKind | None:
+    kind = _STATUS_EVENTS.get(name) if name is not None else None
+    if kind is EventKind.PERIOD_END and state.sport is Sport.FOOTBALL and state.period == 2:
+        return EventKind.HALFTIME
+    if kind is EventKind.PERIOD_END and state.sport is Sport.BASEBALL:
+        return None
+    if kind is EventKind.PERIOD_END and state.status is GameStatus.FINAL:
+        return EventKind.GAME_END
+    return kind
+
+
+def _categories(metadata: dict[str, Any]) -> set[str]:
+    raw = metadata.get("event_category")
+    return set(raw.split(",")) if isinstance(raw, str) else set()
+
+
+def _attributed_home(event: dict[str, Any], state: GameState) -> bool | None:
+    attribution = event.get("attribution")
+    team_id = _text(attribution.get("id")) if isinstance(attribution, dict) else None
+    return True if team_id == state.home_team_id else False if team_id == state.away_team_id else None
+
+
+def _typed(
+    event: dict[str, Any], state: GameState, sequence: int | None, kind: EventKind, side: bool | None
+) -> GameEvent | None:
+    """The typed event; ``side`` (True home, False away) credits it when the score said who scored,
+    otherwise the event's ``attribution`` does."""
     event_id = _text(event.get("id"))
     if event_id is None:
         return None
-    attribution = event.get("attribution")
-    team_id = _text(attribution.get("id")) if isinstance(attribution, dict) else None
-    team = None
-    if team_id == state.home_team_id:
-        team = state.home_team
-    elif team_id == state.away_team_id:
-        team = state.away_team
-    else:
-        team_id = None
+    home = side if side is not None else _attributed_home(event, state)
+    team_id = None if home is None else state.home_team_id if home else state.away_team_id
+    team = None if home is None else state.home_team if home else state.away_team
+    if kind in _NO_TEAM:
+        team_id = team = None
     return GameEvent(
         event_id=f"{SOURCE}:{state.game_id}:{kind.value}:{event_id}",
         kind=kind,
@@ -253,8 +392,8 @@ def _typed(event: dict[str, Any], state: GameState, sequence: int | None, kind: 
         game_id=state.game_id,
         sport=state.sport,
         league=state.league,
-        team_id=team_id if kind not in (EventKind.PERIOD_END, EventKind.GAME_START) else None,
-        team=team if kind not in (EventKind.PERIOD_END, EventKind.GAME_START) else None,
+        team_id=team_id,
+        team=team,
         home_team=state.home_team,
         away_team=state.away_team,
         home_score=state.home_score,
@@ -268,15 +407,16 @@ def _typed(event: dict[str, Any], state: GameState, sequence: int | None, kind: 
 
 
 def _player(event: dict[str, Any]) -> str | None:
+    """The first player of the event's statistics (NBA, NHL, NFL), or its hitter (MLB)."""
     stats = event.get("statistics")
     first = stats[0] if isinstance(stats, list) and stats else None
-    player = first.get("player") if isinstance(first, dict) else None
-    name = player.get("full_name") if isinstance(player, dict) else None
+    player = first.get("player") if isinstance(first, dict) else event.get("hitter")
+    name = (player.get("full_name") or player.get("name")) if isinstance(player, dict) else None
     return name[:80] if isinstance(name, str) and name else None
 
 
 def _team_name(team: dict[str, Any]) -> str:
-    for field in ("alias", "name", "market"):
+    for field in ("alias", "abbr", "name", "market"):
         value = team.get(field)
         if isinstance(value, str) and value:
             return value[:40]
