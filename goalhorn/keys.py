@@ -49,6 +49,10 @@ class Keys:
         """STREAM of batches that exhausted their attempts, with the reason."""
         return f"{self.namespace}:deadletters"
 
+    def ops_loaded(self, queue: str) -> str:
+        """SET of ``<record id>@<drained at>`` that ``goalhorn queues load`` published to ``queue``."""
+        return f"{self.namespace}:ops:loaded:{queue}"
+
     def stats(self) -> str:
         """HASH of pipeline counters (see goalhorn.dispatch.stats)."""
         return f"{self.namespace}:stats"
