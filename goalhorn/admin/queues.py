@@ -1,0 +1,191 @@
+"""goalhorn's RabbitMQ queues as ops see them: which they are, how full, and purging one.
+
+A namespace has the intent queue (``<ns>.intents.expand``) and, per provider, dramatiq's delivery
+queue (``<ns>.delivery.<platform>``), its delay queue (``.DQ``: retries, deferred and waiting
+batches) and its dead-letter queue (``.XQ``, see docs/delivery.md). Ready messages and consumers
+come from a passive declare over AMQP; unacked messages and the head message's timestamp only
+RabbitMQ's own tools know, so they are read from ``rabbitmqctl`` when the broker is on this machine
+and it is installed, and are otherwise unknown (``None``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import shutil
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from urllib.parse import unquote, urlsplit
+
+import aio_pika
+import aiormq.exceptions
+from aio_pika.abc import AbstractChannel, AbstractConnection
+
+from goalhorn.errors import AdminError, ConfigError
+from goalhorn.keys import PLATFORMS, Keys, Platform
+from goalhorn.settings import Settings
+
+NO_AMQP = "GOALHORN_AMQP_URL is not set: the queues live in RabbitMQ (e.g. amqp://guest:guest@127.0.0.1:5672/)"
+RABBITMQCTL_TIMEOUT_S = 10.0
+
+
+class QueueKind(enum.StrEnum):
+    INTENTS = "intents"
+    DELIVERY = "delivery"
+    DELAY = "delay"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueName:
+    name: str
+    kind: QueueKind
+    platform: Platform | None = None
+
+
+def namespace_queues(keys: Keys) -> list[QueueName]:
+    """Every queue goalhorn declares in ``keys``' namespace."""
+    out = [QueueName(keys.intent_queue, QueueKind.INTENTS)]
+    for platform in PLATFORMS:
+        base = keys.delivery_queue(platform)
+        out.append(QueueName(base, QueueKind.DELIVERY, platform))
+        out.append(QueueName(base + ".DQ", QueueKind.DELAY, platform))
+        out.append(QueueName(base + ".XQ", QueueKind.DEAD, platform))
+    return out
+
+
+def resolve(keys: Keys, name: str) -> QueueName:
+    """A queue of the namespace by its full name or by the part after ``<ns>.`` (``delivery.fcm.XQ``)."""
+    known = {q.name: q for q in namespace_queues(keys)}
+    full = name if name in known else f"{keys.namespace}.{name}"
+    if full not in known:
+        short = ", ".join(q.name.removeprefix(keys.namespace + ".") for q in known.values())
+        raise AdminError(f"{name!r} is not a goalhorn queue of namespace {keys.namespace!r}; one of: {short}")
+    return known[full]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    name: str
+    kind: QueueKind
+    platform: Platform | None
+    exists: bool
+    ready: int = 0
+    consumers: int = 0
+    unacked: int | None = None
+    """Delivered to a consumer, not yet acked; ``None``: unknown (no ``rabbitmqctl`` here)."""
+    head_age_s: float | None = None
+    """Age of the message at the head of the queue, when RabbitMQ knows it (it carries a timestamp)."""
+
+    def as_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@asynccontextmanager
+async def amqp_channel(settings: Settings, *, confirms: bool = False) -> AsyncIterator[AbstractChannel]:
+    """One connection and channel to the settings' RabbitMQ, closed after the block."""
+    if not settings.amqp_url:
+        raise ConfigError(NO_AMQP)
+    connection = await _connect(settings.amqp_url)
+    try:
+        yield await connection.channel(publisher_confirms=confirms)
+    finally:
+        await connection.close()
+
+
+async def _connect(url: str) -> AbstractConnection:
+    try:
+        return await aio_pika.connect(url, timeout=10)
+    except (OSError, aiormq.exceptions.AMQPError, TimeoutError) as exc:
+        raise ConfigError(f"RabbitMQ at {_safe(url)} does not answer ({type(exc).__name__}: {exc})") from exc
+
+
+def _safe(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or 5672}{parts.path or '/'}"
+
+
+async def queue_stats(settings: Settings) -> list[QueueStats]:
+    """Every goalhorn queue of the namespace, absent ones included (``exists=False``)."""
+    keys = Keys(settings.namespace)
+    names = namespace_queues(keys)
+    if not settings.amqp_url:
+        raise ConfigError(NO_AMQP)
+    extra = await _rabbitmqctl(settings)
+    out: list[QueueStats] = []
+    connection = await _connect(settings.amqp_url)
+    try:
+        for q in names:
+            channel = await connection.channel()
+            try:
+                result = await channel.declare_queue(q.name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                out.append(QueueStats(q.name, q.kind, q.platform, exists=False))
+                continue
+            count = result.declaration_result
+            unacked, head_age = extra.get(q.name, (None, None))
+            out.append(
+                QueueStats(
+                    q.name,
+                    q.kind,
+                    q.platform,
+                    exists=True,
+                    ready=count.message_count or 0,
+                    consumers=count.consumer_count or 0,
+                    unacked=unacked,
+                    head_age_s=head_age,
+                )
+            )
+            await channel.close()
+    finally:
+        await connection.close()
+    return out
+
+
+async def _rabbitmqctl(settings: Settings) -> dict[str, tuple[int | None, float | None]]:
+    """``{queue: (unacked, head age)}`` from ``rabbitmqctl list_queues`` when the broker is local."""
+    tool = shutil.which("rabbitmqctl")
+    if tool is None or not settings.amqp_url:
+        return {}
+    url = urlsplit(settings.amqp_url)
+    if url.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return {}
+    vhost = unquote(url.path[1:]) if len(url.path) > 1 else "/"
+    columns = ["name", "messages_unacknowledged", "head_message_timestamp"]
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            tool, "list_queues", "-q", "-p", vhost, *columns, "--formatter", "json",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), RABBITMQCTL_TIMEOUT_S)
+        rows = json.loads(out or b"[]")
+    except (OSError, ValueError, TimeoutError):
+        return {}
+    if not isinstance(rows, list):
+        return {}
+    prefix = Keys(settings.namespace).namespace + "."
+    found: dict[str, tuple[int | None, float | None]] = {}
+    for row in rows:
+        if not isinstance(row, dict) or not str(row.get("name", "")).startswith(prefix):
+            continue
+        unacked = row.get("messages_unacknowledged")
+        stamp = row.get("head_message_timestamp")
+        age = time.time() - float(stamp) if isinstance(stamp, int | float) and stamp else None
+        found[str(row["name"])] = (int(unacked) if isinstance(unacked, int) else None, age)
+    return found
+
+
+async def purge(settings: Settings, name: str) -> int:
+    """Drop every ready message of one goalhorn queue; returns how many (unacked ones stay)."""
+    queue = resolve(Keys(settings.namespace), name)
+    async with amqp_channel(settings) as channel:
+        try:
+            declared_queue = await channel.declare_queue(queue.name, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            raise AdminError(f"queue {queue.name!r} does not exist (nothing declared it yet)") from None
+        result = await declared_queue.purge()
+        return int(result.message_count or 0)
