@@ -93,6 +93,15 @@ class Settings(BaseSettings):
     market_ping_s: float = Field(default=10.0, gt=0, description="PING interval on the market channel.")
     market_silence_s: float = Field(default=30.0, gt=0, description="Silence after which the channel is redialled.")
 
+    # --- live Sportradar feeds (issue 10) ------------------------------------------------------
+    sportradar_feeds: str = Field(
+        default="",
+        description="Comma-separated Sportradar push feed URLs (…/stream/en/events/subscribe), one stream each.",
+    )
+    sportradar_api_key: SecretStr | None = Field(
+        default=None, description="Sportradar API key, sent as x-api-key; needed with GOALHORN_SPORTRADAR_FEEDS."
+    )
+
     # --- providers and dispatch (issue 5) ---------------------------------------------------------
     fcm_credentials_file: str | None = Field(
         default=None, description="FCM service-account JSON; unset: the console provider stands in for FCM."

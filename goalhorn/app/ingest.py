@@ -1,8 +1,9 @@
 """The ingest stage: feeds in, live state and intents out.
 
 ``goalhorn run ingest`` runs it (one per feed set): an ESPN poller per ``<sport>/<league>`` of
-``GOALHORN_ESPN_LEAGUES`` (all sharing one request budget) and the Polymarket market channel for the
-tokens of ``GOALHORN_MARKET_MAP_PATH``. Whatever they parse goes through one :class:`Ingestor` to live
+``GOALHORN_ESPN_LEAGUES`` (all sharing one request budget), a Sportradar push stream per URL of
+``GOALHORN_SPORTRADAR_FEEDS`` and the Polymarket market channel for the tokens of
+``GOALHORN_MARKET_MAP_PATH``. Whatever they parse goes through one :class:`Ingestor` to live
 state and the intent bus; every rejected payload is kept in one quarantine, mirrored to a capped Redis
 list (``goalhorn feeds quarantine``). The demo and the tests feed the same stage by hand (``absorb``).
 """
@@ -28,7 +29,9 @@ from goalhorn.ingest.market_stream import MarketStream, StreamOptions
 from goalhorn.ingest.markets import MarketMap
 from goalhorn.ingest.poller import LeaguePoller, PollOptions
 from goalhorn.ingest.polymarket import PolymarketAdapter
+from goalhorn.ingest.push_stream import PushOptions, PushStream
 from goalhorn.ingest.quarantine import Quarantine, QuarantinedPayload, QuarantineStore
+from goalhorn.ingest.sportradar import SportradarAdapter
 from goalhorn.ingest.winprob import ParamTable, WinModel
 from goalhorn.models import Sport
 from goalhorn.settings import Settings
@@ -68,11 +71,26 @@ def leagues_of(settings: Settings) -> list[tuple[Sport, str]]:
     return found
 
 
+def push_feeds_of(settings: Settings) -> list[str]:
+    """``GOALHORN_SPORTRADAR_FEEDS`` as URLs; a ``ConfigError`` names a bad one or a missing key."""
+    urls = [u.strip() for u in settings.sportradar_feeds.split(",") if u.strip()]
+    for url in urls:
+        if not url.startswith(("https://", "http://")) or any(c.isspace() for c in url):
+            raise ConfigError(f"GOALHORN_SPORTRADAR_FEEDS: {url[:80]!r} is not an http(s) URL")
+    if urls and (settings.sportradar_api_key is None or not settings.sportradar_api_key.get_secret_value()):
+        raise ConfigError("GOALHORN_SPORTRADAR_API_KEY: needed to stream GOALHORN_SPORTRADAR_FEEDS")
+    return urls
+
+
+NOTHING = "nothing to ingest: set GOALHORN_ESPN_LEAGUES, GOALHORN_SPORTRADAR_FEEDS and/or GOALHORN_MARKET_MAP_PATH"
+
+
 def check_feeds(settings: Settings) -> None:
-    """Refuse a configuration with nothing to ingest or a bad league, before anything connects."""
+    """Refuse a configuration with nothing to ingest, a bad league or feed, before anything connects."""
     leagues_of(settings)
-    if not settings.espn_leagues.strip() and not settings.market_map_path:
-        raise ConfigError("nothing to ingest: set GOALHORN_ESPN_LEAGUES and/or GOALHORN_MARKET_MAP_PATH")
+    pushed = push_feeds_of(settings)
+    if not settings.espn_leagues.strip() and not pushed and not settings.market_map_path:
+        raise ConfigError(NOTHING)
 
 
 class IngestStage:
@@ -87,8 +105,9 @@ class IngestStage:
         self._feeds = feeds
         self._leagues = leagues_of(settings) if feeds else []
         self._markets = MarketMap.load(Path(settings.market_map_path)) if feeds and settings.market_map_path else None
-        if feeds and not self._leagues and not self._markets:
-            raise ConfigError("nothing to ingest: set GOALHORN_ESPN_LEAGUES and/or GOALHORN_MARKET_MAP_PATH")
+        self._push_urls = push_feeds_of(settings) if feeds else []
+        if feeds and not self._leagues and not self._push_urls and not self._markets:
+            raise ConfigError(NOTHING)
         engine = None
         if self._markets:
             model = WinModel(ParamTable.load(Path(settings.wp_params_path) if settings.wp_params_path else None))
@@ -99,6 +118,7 @@ class IngestStage:
         self._pending: asyncio.Queue[QuarantinedPayload | None] = asyncio.Queue()
         self._pollers: list[LeaguePoller] = []
         self._stream: MarketStream | None = None
+        self._pushes: list[PushStream] = []
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -162,7 +182,21 @@ class IngestStage:
                 adapter=PolymarketAdapter(self.quarantine),
                 options=stream_options,
             )
+        key = settings.sportradar_api_key.get_secret_value() if settings.sportradar_api_key else ""
+        push_options = PushOptions(backoff_base_s=0.5, backoff_cap_s=max(settings.poll_backoff_max_s, 0.5))
+        self._pushes = [
+            PushStream(
+                self._session,
+                url,
+                key,
+                self._streamed,
+                adapter=SportradarAdapter(quarantine=self.quarantine),
+                options=push_options,
+            )
+            for url in self._push_urls
+        ]
         self._tasks = [asyncio.create_task(p.run()) for p in self._pollers]
+        self._tasks += [asyncio.create_task(p.run()) for p in self._pushes]
         if self._stream is not None:
             self._tasks.append(asyncio.create_task(self._stream.run()))
 
@@ -210,6 +244,7 @@ class IngestStage:
             for reason, count in poller.failures.items():
                 self.summary.poll_failures[reason] = self.summary.poll_failures.get(reason, 0) + count
         self.summary.connections = self._stream.connections if self._stream is not None else 0
+        self.summary.connections += sum(p.connections for p in self._pushes)
         self.summary.rejected = self.quarantine.total
 
     async def _polled(self, parsed: Parsed) -> None:

@@ -116,6 +116,8 @@ class SportradarAdapter(FeedAdapter):
         self._splitter = ObjectSplitter(max_bytes=max_object_bytes, resync=_RESYNC)
         self.gate = SequenceGate(SOURCE, max_games=MAX_GAMES)
         self.heartbeats = 0
+        self.heartbeat_interval_s: float | None = None
+        """The interval the stream's heartbeats announce (``{"heartbeat": {"interval": ms}}``)."""
         self._scores: dict[str, tuple[int, int]] = {}
 
     def _parse(self, data: bytes, received_at: datetime) -> Parsed:
@@ -149,6 +151,10 @@ class SportradarAdapter(FeedAdapter):
             raise _Bad("not_a_payload", type(message).__name__)
         if "heartbeat" in message and "payload" not in message:
             self.heartbeats += 1
+            beat = message["heartbeat"]
+            interval = _int(beat.get("interval")) if isinstance(beat, dict) else None
+            if interval is not None and 100 <= interval <= 600_000:
+                self.heartbeat_interval_s = interval / 1000
             return
         payload = message.get("payload")
         game = payload.get("game") if isinstance(payload, dict) else None
