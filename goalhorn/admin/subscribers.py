@@ -24,10 +24,11 @@ else from their devices.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, cast
 
@@ -135,12 +136,16 @@ async def import_subscribers(
     on_progress: Callable[[int], None] | None = None,
     on_rejected: Callable[[Rejection], None] | None = None,
     chunk: int = CHUNK,
+    user_prefix: str = "",
+    on_written: Callable[[Sequence[Subscriber]], Awaitable[None]] | None = None,
 ) -> ImportReport:
     """Import the JSONL in ``source`` (see :mod:`goalhorn.admin.subscriber_lines`).
 
     ``on_progress`` gets the bytes read so far after each chunk; ``on_rejected`` each rejected line as
-    it is found. ConfigError when the stored layout or the webhook allowlist is wrong (nothing is
-    written); StoreError when Redis fails (the chunks before stay written; a re-run finishes)."""
+    it is found; ``on_written`` each chunk of subscribers once written. ``user_prefix`` is put before
+    every user id of the file (the API stores a tenant's user ``u42`` as ``<tenant>/u42``).
+    ConfigError when the stored layout or the webhook allowlist is wrong (nothing is written);
+    StoreError when Redis fails (the chunks before stay written; a re-run finishes)."""
     keys = Keys(settings.namespace)
     policy = AddressPolicy.from_allowlist(settings.webhook_allowlist)
     report = ImportReport()
@@ -157,6 +162,8 @@ async def import_subscribers(
                 if raw is None:
                     raise LineRejected(f"line longer than {MAX_LINE_BYTES // 1024} KiB")
                 subscriber = parse_line(raw, policy)
+                if user_prefix:
+                    subscriber = _prefixed(subscriber, user_prefix)
                 earlier = first_line.setdefault(subscriber.user_id, number)
                 if earlier != number:
                     raise LineRejected(f"user_id: {subscriber.user_id!r} is already on line {earlier}")
@@ -171,11 +178,15 @@ async def import_subscribers(
             pending.append(subscriber)
             if len(pending) >= chunk:
                 await writer.write(pending, report)
+                if on_written is not None:
+                    await on_written(pending)
                 pending = []
                 if on_progress is not None:
                     on_progress(done)
         if pending:
             await writer.write(pending, report)
+            if on_written is not None:
+                await on_written(pending)
         if on_progress is not None:
             on_progress(done)
         if report.preferences_written:
@@ -188,6 +199,12 @@ async def import_subscribers(
     except RedisError as exc:
         raise StoreError(f"Redis failed during the import ({type(exc).__name__}: {exc})") from exc
     return report
+
+
+def _prefixed(subscriber: Subscriber, prefix: str) -> Subscriber:
+    user_id = prefix + subscriber.user_id
+    devices = tuple(d.model_copy(update={"user_id": user_id}) for d in subscriber.devices)
+    return dataclasses.replace(subscriber, user_id=user_id, devices=devices)
 
 
 class _ChunkWriter:

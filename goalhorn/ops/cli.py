@@ -11,7 +11,8 @@ from rich.console import Console
 
 from goalhorn import __version__
 from goalhorn.errors import ConfigError
-from goalhorn.ops import delivery, feeds, model, replay, run
+from goalhorn.ops import delivery, feeds, keys, model, replay, run
+from goalhorn.ops.dlq import app as dlq_app
 from goalhorn.ops.queues import app as queues_app
 from goalhorn.ops.segments import app as segments_app
 from goalhorn.ops.subscribers import app as subscribers_app
@@ -26,7 +27,9 @@ app.add_typer(feeds.app, name="feeds")
 app.add_typer(segments_app, name="segments")
 app.add_typer(model.app, name="model")
 app.add_typer(subscribers_app, name="subscribers")
+app.add_typer(keys.app, name="keys")
 app.add_typer(queues_app, name="queues")
+app.add_typer(dlq_app, name="dlq")
 app.command("run")(run.run)
 app.command("replay")(replay.replay)
 app.command("worker")(run.worker)

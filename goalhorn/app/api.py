@@ -1,0 +1,83 @@
+"""The api stage: the sidecar (``goalhorn.sidecar``) served by uvicorn, as its own process.
+
+``goalhorn run api`` runs it. Like every stage process it checks its settings, Redis, RabbitMQ and
+the stored layout before it serves (a failure is a ConfigError naming the setting); it serves
+``/healthz``, ``/readyz`` and ``/metrics`` on its own port beside the API. When ``stop`` is set it
+stops accepting connections and finishes the requests in hand, for at most ``STOP_TIMEOUT_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Generator
+from functools import partial
+
+import uvicorn
+
+from goalhorn.app.preflight import check_rabbitmq, check_services
+from goalhorn.app.process import require_services
+from goalhorn.errors import ConfigError
+from goalhorn.keys import Keys
+from goalhorn.preferences.layout import check_layout
+from goalhorn.settings import Settings
+from goalhorn.sidecar.app import create_app
+from goalhorn.sidecar.deps import Services
+
+NAME = "api"
+STOP_TIMEOUT_S = 10.0
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the process's runner owns SIGTERM and sets ``stop``."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8480,
+    on_ready: Callable[[int], None] | None = None,
+) -> None:
+    """Serve the API on ``host:port`` until ``stop`` is set; ``on_ready`` gets the bound port."""
+    require_services(settings)
+    services = Services.build(settings)  # ConfigError first if the key secret is missing
+    try:
+        await check_services(settings)
+        await check_layout(services.redis, Keys(settings.namespace), settings)
+        app = create_app(settings, services, checks={"RabbitMQ": partial(check_rabbitmq, settings)})
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=int(STOP_TIMEOUT_S),
+        )
+        server = _Server(config)
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            if serving.done():
+                with contextlib.suppress(SystemExit):  # uvicorn exits when it cannot bind, having logged why
+                    await serving
+                raise ConfigError(f"cannot listen on {host}:{port} (in use, or not an address of this machine)")
+            await asyncio.sleep(0.05)
+        bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
+        log.info("api serving on %s:%s (namespace %s)", host, bound, settings.namespace)
+        if on_ready is not None:
+            on_ready(int(bound))
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True
+        stopping.cancel()
+        await serving
+    finally:
+        await services.aclose()

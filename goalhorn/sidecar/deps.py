@@ -1,0 +1,135 @@
+"""What the routes depend on: the process's services (built once by ``create_app``) and the caller.
+
+Every route but health declares the scope it needs with ``Depends(caller("read"))`` or
+``caller("write")``; the dependency checks the ``Authorization: Bearer`` key (401 with
+``WWW-Authenticate`` when it is missing, malformed, unknown or revoked; 403 when its scopes lack the
+one needed) and hands the route the key's tenant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+
+from goalhorn.ingest.live import LiveState
+from goalhorn.keys import Keys
+from goalhorn.preferences.store import PreferenceStore
+from goalhorn.providers.ssrf import AddressPolicy
+from goalhorn.redis_client import Redis, make_redis
+from goalhorn.settings import Settings
+from goalhorn.sidecar.apikeys import ApiKey, KeyStore, Scope
+from goalhorn.sidecar.problems import Invalid, Problem, invalid
+from goalhorn.sidecar.tenants import TenantUsers
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(eq=False)
+class Services:
+    """One API process's parts, built from settings."""
+
+    settings: Settings
+    keys: Keys
+    redis: Redis
+    store: PreferenceStore
+    users: TenantUsers
+    api_keys: KeyStore
+    live: LiveState
+    policy: AddressPolicy
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        keys = Keys(settings.namespace)
+        redis = make_redis(settings)
+        store = PreferenceStore(redis, keys, buckets=settings.preference_buckets)
+        return cls(
+            settings=settings,
+            keys=keys,
+            redis=redis,
+            store=store,
+            users=TenantUsers(redis, keys, store),
+            api_keys=KeyStore.from_settings(redis, settings),
+            live=LiveState(redis, keys, retention_s=settings.live_state_retention_s),
+            policy=AddressPolicy.from_allowlist(settings.webhook_allowlist),
+        )
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+UNAUTHENTICATED = {"WWW-Authenticate": 'Bearer realm="goalhorn"'}
+
+
+def caller(scope: Scope) -> Callable[[Request], Awaitable[ApiKey]]:
+    """A dependency: the API key of the request, which must hold ``scope`` (admin holds every scope)."""
+
+    async def authenticate(request: Request) -> ApiKey:
+        header = request.headers.get("authorization", "")
+        kind, _, token = header.partition(" ")
+        if kind.lower() != "bearer" or not token.strip():
+            raise Problem(401, "an API key is needed: Authorization: Bearer <key>", headers=UNAUTHENTICATED)
+        key = await services(request).api_keys.verify(token.strip())
+        if key is None:
+            raise Problem(401, "the API key is not valid (unknown, revoked or mistyped)", headers=UNAUTHENTICATED)
+        if scope not in key.scopes and "admin" not in key.scopes:
+            raise Problem(403, f"the API key lacks the {scope!r} scope")
+        request.state.api_key = key
+        return key
+
+    return authenticate
+
+
+async def capped_body(request: Request, cap: int) -> bytes:
+    """The request body, read no further than ``cap`` bytes: 413 beyond (announced or sent)."""
+    declared = request.headers.get("content-length")
+    too_large = Problem(413, f"the body is larger than {cap} bytes")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def json_body(request: Request, model: type[M], context: dict[str, Any] | None = None) -> M:
+    """The request's JSON body (at most GOALHORN_API_MAX_BODY_BYTES) as ``model``, validated with
+    ``context`` (which FastAPI's own body parameters cannot pass); 422 naming each bad field."""
+    if request.headers.get("content-type", "application/json").split(";")[0].strip() != "application/json":
+        raise Problem(415, "the body must be application/json")
+    raw = await capped_body(request, services(request).settings.api_max_body_bytes)
+    try:
+        return model.model_validate_json(raw or b"{}", context=context)
+    except ValidationError as exc:
+        raise invalid(exc) from None
+
+
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` documenting a body read with :func:`json_body` (``create_app`` puts the model's
+    schema into the document's components)."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def component_schemas(models: Iterable[type[BaseModel]]) -> dict[str, Any]:
+    """The component schemas of ``models`` and of the models they contain."""
+    out: dict[str, Any] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        out.update(schema.pop("$defs", {}))
+        out[model.__name__] = schema
+    return out
+
+
+__all__ = ["Invalid", "Services", "body_schema", "caller", "component_schemas", "json_body", "services"]
