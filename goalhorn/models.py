@@ -113,6 +113,11 @@ class GameEvent(Model):
     display_clock: str = ""
     player: str | None = None
     sequence: int | None = None
+    clock_s: float | None = None
+    """The game clock in seconds as the feed gave it (remaining in the period where it counts down)."""
+    home_score_before: int | None = None
+    """The scores just before the event, where the feed made them known (rule conditions use them)."""
+    away_score_before: int | None = None
     observed_at: datetime
 
 
