@@ -18,7 +18,7 @@ from goalhorn.settings import Settings
 from goalhorn.sidecar import problems
 from goalhorn.sidecar.deps import Services, component_schemas
 from goalhorn.sidecar.metrics import ApiMetrics, MetricsMiddleware
-from goalhorn.sidecar.routes import health, imports, users
+from goalhorn.sidecar.routes import games, health, imports, users
 from goalhorn.sidecar.routes.health import Check, Readiness
 
 BODY_MODELS = (*users.BODY_MODELS,)
@@ -51,6 +51,7 @@ def create_app(settings: Settings, svc: Services | None = None, *, checks: dict[
     app.include_router(health.router)
     app.include_router(imports.router)
     app.include_router(users.router)
+    app.include_router(games.router)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
 
     def openapi() -> dict[str, Any]:

@@ -1,0 +1,110 @@
+"""``/v1/games``: live game state as ingest wrote it to Redis (the sidecar only reads it).
+
+A game is named by its key, ``<source>:<feed's game id>`` (``espn:401461455``), as feeds number games
+differently. ``GET /v1/games/{game_id}`` answers a strong ``ETag`` (a digest of the exact bytes) and
+``Cache-Control: no-cache``, so a client polling with ``If-None-Match`` gets a body-less 304 until the
+state changes. The body carries ``updated_at`` (when ingest stored the state) and ``observed_at``;
+the age, which grows every second, is the ``Game-State-Age`` header (seconds since the feed observed
+it): in the body it would change the bytes, and with them the ETag, on every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import BaseModel, Field
+
+from goalhorn.ingest.live import LiveGame
+from goalhorn.models import GameState, GameStatus, Sport, utcnow
+from goalhorn.sidecar.apikeys import ApiKey
+from goalhorn.sidecar.deps import Services, caller, services
+from goalhorn.sidecar.problems import not_found
+
+router = APIRouter(prefix="/v1/games", tags=["games"])
+GameKey = Annotated[str, Path(pattern=r"^[a-z0-9_-]{1,40}:[!-~]{1,128}$", description="<source>:<game id>")]
+MAX_LIST = 500
+AGE_HEADER = "Game-State-Age"
+
+
+class Game(BaseModel):
+    id: str = Field(description="The game's key, <source>:<game id>.")
+    updated_at: datetime = Field(description="When ingest stored this state.")
+    state: GameState
+
+
+class GameList(BaseModel):
+    games: list[Game]
+    truncated: bool = Field(description="More games matched than `limit`; narrow the filters.")
+
+
+def _game(key: str, live: LiveGame) -> Game:
+    return Game(id=key, updated_at=live.updated_at, state=live.state)
+
+
+def _etag(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+def _matches(header: str, etag: str) -> bool:
+    """If-None-Match uses the weak comparison (RFC 9110 13.1.2): ``W/"x"`` matches ``"x"``."""
+    tags = [tag.strip().removeprefix("W/") for tag in header.split(",")]
+    return "*" in tags or etag in tags
+
+
+@router.get("", response_model=GameList)
+async def list_games(
+    key: Annotated[ApiKey, Depends(caller("read"))],
+    svc: Annotated[Services, Depends(services)],
+    sport: Annotated[Sport | None, Query()] = None,
+    league: Annotated[str | None, Query(pattern=r"^[!-~]{1,64}$")] = None,
+    status: Annotated[GameStatus | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 100,
+) -> GameList:
+    """Games in live state, newest update first, filtered by sport, league and status."""
+    if status is not None:
+        names = await svc.live.by_status(status)
+    elif sport is not None:
+        names = await svc.live.by_sport(sport)
+    else:
+        lists = await asyncio.gather(*(svc.live.by_status(s) for s in GameStatus))
+        names = [name for found in lists for name in found]
+    games: list[Game] = []
+    # The indexes keep a game's key a while after its state expired: such keys are skipped.
+    for name, live in zip(names, await asyncio.gather(*(svc.live.get(name) for name in names)), strict=True):
+        if live is None:
+            continue
+        if (sport is None or live.state.sport == sport) and (league is None or live.state.league == league):
+            games.append(_game(name, live))
+    games.sort(key=lambda g: g.updated_at, reverse=True)
+    return GameList(games=games[:limit], truncated=len(games) > limit)
+
+
+@router.get(
+    "/{game_id}",
+    response_model=Game,
+    responses={304: {"description": "Not modified since the ETag given in If-None-Match"}},
+)
+async def get_game(
+    game_id: GameKey,
+    request: Request,
+    key: Annotated[ApiKey, Depends(caller("read"))],
+    svc: Annotated[Services, Depends(services)],
+) -> Response:
+    """One game's latest state, with a strong ETag; 304 when If-None-Match holds it."""
+    live = await svc.live.get(game_id)
+    if live is None:
+        raise not_found("game")
+    body = _game(game_id, live).model_dump_json().encode()
+    etag = _etag(body)
+    headers = {
+        "ETag": etag,
+        "Cache-Control": "no-cache",
+        AGE_HEADER: f"{live.age_s(utcnow()):.3f}",
+    }
+    if _matches(request.headers.get("if-none-match", ""), etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
