@@ -41,7 +41,7 @@ async def api(settings: Settings) -> AsyncIterator[Api]:
 
 
 def live(api: Api) -> LiveState:
-    return api.app.state.services.live  # type: ignore[no-any-return]
+    return api.app.state.services.live
 
 
 async def test_a_game_has_a_strong_etag_and_a_poll_with_it_gets_304_until_it_changes(api: Api) -> None:
