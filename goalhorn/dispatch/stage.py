@@ -111,6 +111,18 @@ def _batch_identity(payload: str) -> tuple[str | None, str | None, int]:
         return None, None, 0
 
 
+def delivery_message(keys: Keys, batch: EncodedBatch) -> dramatiq.Message[Any]:
+    """The dramatiq message :meth:`DeliveryStage.enqueue` sends for ``batch``, for tools that publish
+    it themselves (``goalhorn dlq replay``); its AMQP priority is ``batch.priority``."""
+    return dramatiq.Message(
+        queue_name=keys.delivery_queue(batch.platform),
+        actor_name=keys.delivery_actor(batch.platform),
+        args=(batch.payload.decode(),),
+        kwargs={},
+        options={"broker_priority": batch.priority},
+    )
+
+
 def make_broker(settings: Settings) -> dramatiq.Broker:
     """RabbitMQ with priorities and confirms when ``amqp_url`` is set, dramatiq's stub otherwise.
 
