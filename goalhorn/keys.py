@@ -49,6 +49,14 @@ class Keys:
         """STREAM of batches that exhausted their attempts, with the reason."""
         return f"{self.namespace}:deadletters"
 
+    def breakers(self) -> str:
+        """HASH circuit -> JSON of its last transition (state, changed_at, open_until, by), shared by workers."""
+        return f"{self.namespace}:{{breakers}}:transitions"
+
+    def breaker_failures(self) -> str:
+        """HASH circuit -> consecutive failures the last worker to count them saw."""
+        return f"{self.namespace}:{{breakers}}:failures"
+
     def ops_loaded(self, queue: str) -> str:
         """SET of ``<record id>@<drained at>`` that ``goalhorn queues load`` published to ``queue``."""
         return f"{self.namespace}:ops:loaded:{queue}"
