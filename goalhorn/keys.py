@@ -165,6 +165,14 @@ class Keys:
         """HASH API key id -> epoch ms of its last authenticated request (updated at most once a minute)."""
         return f"{self.namespace}:api:{{keys}}:last_used"
 
+    def rate_limit(self, key_id: str) -> str:
+        """STRING: the theoretical arrival time (ms, GCRA) of an API key's next request; expires when idle."""
+        return f"{self.namespace}:api:rate:{{{key_id}}}"
+
+    def kill_switches(self) -> str:
+        """HASH endpoint group -> why it is switched off (see ``goalhorn.sidecar.switches``)."""
+        return f"{self.namespace}:api:switches"
+
     def tenant_users(self, tenant: str) -> str:
         """HASH user id (as the tenant names it) -> the user's API record (JSON: locale, created)."""
         return f"{self.namespace}:api:tenant:{{{tenant}}}:users"

@@ -17,11 +17,12 @@ from goalhorn import __version__
 from goalhorn.settings import Settings
 from goalhorn.sidecar import problems
 from goalhorn.sidecar.deps import Services, component_schemas
+from goalhorn.sidecar.deadline import DeadlineMiddleware
 from goalhorn.sidecar.metrics import ApiMetrics, MetricsMiddleware
-from goalhorn.sidecar.routes import games, health, imports, users
+from goalhorn.sidecar.routes import admin, games, health, imports, users
 from goalhorn.sidecar.routes.health import Check, Readiness
 
-BODY_MODELS = (*users.BODY_MODELS,)
+BODY_MODELS = (*users.BODY_MODELS, *admin.BODY_MODELS)
 
 
 def create_app(settings: Settings, svc: Services | None = None, *, checks: dict[str, Check] | None = None) -> FastAPI:
@@ -52,6 +53,8 @@ def create_app(settings: Settings, svc: Services | None = None, *, checks: dict[
     app.include_router(imports.router)
     app.include_router(users.router)
     app.include_router(games.router)
+    app.include_router(admin.router)
+    app.add_middleware(DeadlineMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
 
     def openapi() -> dict[str, Any]:

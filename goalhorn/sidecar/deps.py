@@ -3,7 +3,8 @@
 Every route but health declares the scope it needs with ``Depends(caller("read"))`` or
 ``caller("write")``; the dependency checks the ``Authorization: Bearer`` key (401 with
 ``WWW-Authenticate`` when it is missing, malformed, unknown or revoked; 403 when its scopes lack the
-one needed) and hands the route the key's tenant.
+one needed), that no kill switch covers the route (503), and the key's rate limit (429 with
+``Retry-After``), and hands the route the key with its tenant.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from goalhorn.redis_client import Redis, make_redis
 from goalhorn.settings import Settings
 from goalhorn.sidecar.apikeys import ApiKey, KeyStore, Scope
 from goalhorn.sidecar.problems import Invalid, Problem, invalid
+from goalhorn.sidecar.ratelimit import RateLimiter
+from goalhorn.sidecar.switches import KillSwitches
 from goalhorn.sidecar.tenants import TenantUsers
 
 M = TypeVar("M", bound=BaseModel)
@@ -40,6 +43,8 @@ class Services:
     api_keys: KeyStore
     live: LiveState
     policy: AddressPolicy
+    limiter: RateLimiter
+    switches: KillSwitches
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -55,6 +60,8 @@ class Services:
             api_keys=KeyStore.from_settings(redis, settings),
             live=LiveState(redis, keys, retention_s=settings.live_state_retention_s),
             policy=AddressPolicy.from_allowlist(settings.webhook_allowlist),
+            limiter=RateLimiter(redis, keys),
+            switches=KillSwitches(redis, keys),
         )
 
     async def aclose(self) -> None:
@@ -68,8 +75,9 @@ def services(request: Request) -> Services:
 UNAUTHENTICATED = {"WWW-Authenticate": 'Bearer realm="goalhorn"'}
 
 
-def caller(scope: Scope) -> Callable[[Request], Awaitable[ApiKey]]:
-    """A dependency: the API key of the request, which must hold ``scope`` (admin holds every scope)."""
+def caller(scope: Scope, *, switchable: bool = True) -> Callable[[Request], Awaitable[ApiKey]]:
+    """A dependency: the API key of the request, which must hold ``scope`` (admin holds every scope);
+    ``switchable=False`` for the routes that set the kill switches themselves."""
 
     async def authenticate(request: Request) -> ApiKey:
         header = request.headers.get("authorization", "")
@@ -81,6 +89,21 @@ def caller(scope: Scope) -> Callable[[Request], Awaitable[ApiKey]]:
             raise Problem(401, "the API key is not valid (unknown, revoked or mistyped)", headers=UNAUTHENTICATED)
         if scope not in key.scopes and "admin" not in key.scopes:
             raise Problem(403, f"the API key lacks the {scope!r} scope")
+        svc = services(request)
+        route = request.scope.get("route")
+        if switchable and route is not None:
+            names = [*getattr(route, "tags", []), getattr(route, "name", "")]
+            off = await svc.switches.blocking([str(name) for name in names])
+            if off is not None:
+                raise Problem(503, f"{off[0]} is switched off: {off[1]}", headers={"Retry-After": "60"})
+        verdict = await svc.limiter.hit(key.id, key.tier)
+        if not verdict.allowed:
+            raise Problem(
+                429,
+                f"rate limit of the {key.tier} tier exceeded; retry after {verdict.retry_after_s:.3f}s",
+                headers={"Retry-After": verdict.retry_after_header},
+                retry_after_s=round(verdict.retry_after_s, 3),
+            )
         request.state.api_key = key
         return key
 
