@@ -16,8 +16,8 @@ from fastapi.openapi.utils import get_openapi
 from goalhorn import __version__
 from goalhorn.settings import Settings
 from goalhorn.sidecar import problems
-from goalhorn.sidecar.deps import Services, component_schemas
 from goalhorn.sidecar.deadline import DeadlineMiddleware
+from goalhorn.sidecar.deps import Services, component_schemas
 from goalhorn.sidecar.metrics import ApiMetrics, MetricsMiddleware
 from goalhorn.sidecar.routes import admin, games, health, imports, users
 from goalhorn.sidecar.routes.health import Check, Readiness
