@@ -4,14 +4,18 @@ A circuit is closed (sends go out), open (sends are deferred for ``open_s``) or 
 probe goes out; its answer closes the circuit again or re-opens it). Only provider-side failures
 count (5xx, 429, auth, timeouts: retryable failures and whole-batch ``ProviderError`` s); a per-token
 error (unregistered, bad device token) is a working provider answering, so it counts as success.
-Breakers live in each worker process: every process learns a provider's health on its own.
+Each worker keeps its breakers in memory, so the hot path never waits on Redis, and shares their
+transitions through Redis (:mod:`goalhorn.dispatch.breaker_board`): a circuit one worker opened is
+open on every worker within a sync interval, ops can see every circuit (``goalhorn breakers``) and
+close one (``goalhorn breakers reset``). The newest transition wins; failure counts are shown, not
+merged.
 """
 
 from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 PROBE_WAIT_S = 0.5
@@ -24,17 +28,35 @@ class State(enum.StrEnum):
     HALF_OPEN = "half_open"
 
 
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A circuit's last state change as shared through Redis (wall-clock times)."""
+
+    state: State
+    changed_at: float
+    open_until: float = 0.0
+    """For ``open``: when a probe may go out."""
+    by: str = ""
+    """Who made it: a worker (host:pid) or ``ops``."""
+
+
 @dataclass(slots=True)
 class CircuitBreaker:
     threshold: int
     open_s: float
     clock: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
     state: State = State.CLOSED
     failures: int = 0
     opened_at: float = 0.0
     probing: bool = False
     probe_at: float = 0.0
     opened_count: int = field(default=0)
+    changed_at: float = 0.0
+    """Wall-clock time of the last transition this breaker made or adopted."""
+    unshared: Transition | None = None
+    """A transition made here that is not in Redis yet."""
+    failures_unshared: bool = False
 
     def admit(self) -> float:
         """0 if a send may go out now, else how many seconds to defer it."""
@@ -59,29 +81,72 @@ class CircuitBreaker:
 
     def record(self, ok: bool) -> None:
         if ok:
-            self.state, self.failures, self.probing = State.CLOSED, 0, False
+            if self.state is not State.CLOSED:
+                self._transition(State.CLOSED)
+            if self.failures:
+                self.failures, self.failures_unshared = 0, True
+            self.state, self.probing = State.CLOSED, False
             return
         self.failures += 1
+        self.failures_unshared = True
         if self.state is State.HALF_OPEN or self.failures >= self.threshold:
             if self.state is not State.OPEN:
                 self.opened_count += 1
             self.state, self.opened_at, self.probing = State.OPEN, self.clock(), False
+            self._transition(State.OPEN)
+
+    def _transition(self, state: State) -> None:
+        now = self.wall()
+        self.changed_at = now
+        until = now + self.open_s if state is State.OPEN else 0.0
+        self.unshared = Transition(state, now, until)
+
+    def adopt(self, shared: Transition) -> bool:
+        """Take a transition made elsewhere if it is newer than this breaker's last one."""
+        if shared.changed_at <= self.changed_at:
+            return False
+        self.changed_at, self.unshared, self.probing = shared.changed_at, None, False
+        if shared.state is State.OPEN:
+            left = shared.open_until - self.wall()
+            if self.state is not State.OPEN:
+                self.opened_count += 1
+            self.state, self.opened_at = State.OPEN, self.clock() - (self.open_s - left)
+        else:
+            self.state, self.failures = State.CLOSED, 0
+        return True
+
+    def probe_in(self) -> float:
+        """Seconds until an open circuit lets a probe out (0 unless open)."""
+        if self.state is not State.OPEN:
+            return 0.0
+        return max(0.0, self.opened_at + self.open_s - self.clock())
 
 
 class Breakers:
     """One breaker per circuit name (``Provider.circuit``), made on first use."""
 
-    def __init__(self, threshold: int, open_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        threshold: int,
+        open_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self._threshold = threshold
         self._open_s = open_s
         self._clock = clock
+        self._wall = wall
         self._circuits: dict[str, CircuitBreaker] = {}
 
     def __getitem__(self, circuit: str) -> CircuitBreaker:
         breaker = self._circuits.get(circuit)
         if breaker is None:
-            breaker = self._circuits[circuit] = CircuitBreaker(self._threshold, self._open_s, self._clock)
+            breaker = CircuitBreaker(self._threshold, self._open_s, self._clock, self._wall)
+            self._circuits[circuit] = breaker
         return breaker
+
+    def items(self) -> Iterator[tuple[str, CircuitBreaker]]:
+        return iter(list(self._circuits.items()))
 
     def states(self) -> dict[str, State]:
         return {name: breaker.state for name, breaker in self._circuits.items()}

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from goalhorn.counters import PipelineCounters
 from goalhorn.dispatch import deadletters
 from goalhorn.dispatch.breaker import Breakers
+from goalhorn.dispatch.breaker_board import BreakerBoard
 from goalhorn.dispatch.hygiene import prune_tokens
 from goalhorn.dispatch.markers import DeliveryMarkers
 from goalhorn.dispatch.pacing import TokenBucket
@@ -125,6 +126,7 @@ class Deliverer:
         )
         self._store = PreferenceStore(redis, self._keys)
         self.breakers = Breakers(settings.breaker_failure_threshold, settings.breaker_open_s)
+        self.breaker_board = BreakerBoard(redis, self._keys)
         rates = {
             "fcm": settings.fcm_rate_per_s,
             "apns": settings.apns_rate_per_s,
@@ -160,6 +162,7 @@ class Deliverer:
     async def process(self, batch: DeliveryBatch) -> None:
         tally = _Tally()
         platform = batch.platform
+        await self.breaker_board.sync(self.breakers)
         if batch.intent.expired():
             tally.counts[f"delivery:{platform}:expired"] += len(batch.devices)
         else:
@@ -179,6 +182,7 @@ class Deliverer:
             tally.counts["tokens_removed"] += removed
             tally.counts["tokens_kept_reregistered"] += kept
         tally.counts["batches_done"] += 1
+        await self.breaker_board.publish(self.breakers)
         await self.counters.add(tally.counts, tally.latencies_ms)
 
     async def _send_one(self, batch: DeliveryBatch, device: Device, tally: _Tally, marks: _MarkerWrites) -> None:

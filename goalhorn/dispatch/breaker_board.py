@@ -1,0 +1,163 @@
+"""The circuit breakers' shared state in Redis: every worker's transitions, read by every worker.
+
+Two HASHes under ``{breakers}`` (``Keys.breakers``, ``Keys.breaker_failures``): per circuit, the
+JSON of its last transition (state, when, when a probe may go out, by whom) and the consecutive
+failures the last worker to count them saw. A worker publishes its own transitions after each
+batch and adopts newer ones at most every ``SYNC_S`` (one HGETALL), before a batch: a circuit
+opened, or closed by ``goalhorn breakers reset``, on one worker holds on every worker within
+``SYNC_S`` plus the batch each worker has in hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from goalhorn.dispatch.breaker import Breakers, State, Transition
+from goalhorn.keys import Keys
+from goalhorn.redis_client import Redis
+
+SYNC_S = 1.0
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def encode(transition: Transition) -> str:
+    return json.dumps(
+        {
+            "state": transition.state.value,
+            "changed_at": transition.changed_at,
+            "open_until": transition.open_until,
+            "by": transition.by,
+        },
+        separators=(",", ":"),
+    )
+
+
+def decode(raw: bytes | str) -> Transition | None:
+    """A stored transition, or None for one that does not read (it is then ignored, not trusted)."""
+    try:
+        data = json.loads(raw)
+        return Transition(State(data["state"]), float(data["changed_at"]), float(data["open_until"]), str(data["by"]))
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class BreakerBoard:
+    """Publishes one worker's breaker transitions and adopts the others'."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        worker: str | None = None,
+        sync_s: float = SYNC_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._worker = worker or worker_name()
+        self._sync_s = sync_s
+        self._clock = clock
+        self._synced_at = float("-inf")
+
+    async def publish(self, breakers: Breakers) -> None:
+        """Write the transitions and failure counts made here since the last publish (no call if none)."""
+        transitions: dict[str, str] = {}
+        failures: dict[str, int] = {}
+        for circuit, breaker in breakers.items():
+            if breaker.unshared is not None:
+                shared = Transition(
+                    breaker.unshared.state, breaker.unshared.changed_at, breaker.unshared.open_until, self._worker
+                )
+                transitions[circuit] = encode(shared)
+            if breaker.failures_unshared:
+                failures[circuit] = breaker.failures
+        if not transitions and not failures:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        if transitions:
+            pipe.hset(self._keys.breakers(), mapping=transitions)  # type: ignore[arg-type]
+        if failures:
+            pipe.hset(self._keys.breaker_failures(), mapping=failures)  # type: ignore[arg-type]
+        await pipe.execute()
+        for circuit, breaker in breakers.items():  # only now: a failed write is tried again next time
+            if circuit in transitions:
+                breaker.unshared = None
+            if circuit in failures:
+                breaker.failures_unshared = False
+
+    async def sync(self, breakers: Breakers, *, force: bool = False) -> None:
+        """Publish, then adopt newer transitions from Redis; at most every ``sync_s`` unless ``force``."""
+        await self.publish(breakers)
+        now = self._clock()
+        if not force and now - self._synced_at < self._sync_s:
+            return
+        self._synced_at = now
+        stored = await self._redis.hgetall(self._keys.breakers())
+        for circuit, raw in stored.items():
+            transition = decode(raw)
+            if transition is not None:
+                breakers[_text(circuit)].adopt(transition)
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerView:
+    """One circuit as ``goalhorn breakers`` shows it."""
+
+    circuit: str
+    state: State
+    failures: int
+    changed_at: float
+    by: str
+    probe_in_s: float
+    """Seconds until an open circuit lets a probe out; 0 when closed or when a probe is due."""
+
+
+async def read_board(redis: Redis, keys: Keys, now: float | None = None) -> list[BreakerView]:
+    """Every circuit any worker shared, by name; an open one whose time is over shows half-open."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.hgetall(keys.breakers())
+    pipe.hgetall(keys.breaker_failures())
+    transitions, failures = await pipe.execute()
+    counts = {_text(k): int(v) for k, v in failures.items()}
+    wall = time.time() if now is None else now
+    out = []
+    for circuit in sorted({_text(k) for k in transitions} | set(counts)):
+        raw = transitions.get(circuit.encode()) or transitions.get(circuit)
+        transition = decode(raw) if raw is not None else None
+        if transition is None:
+            transition = Transition(State.CLOSED, 0.0)
+        state, probe_in = transition.state, 0.0
+        if state is State.OPEN:
+            probe_in = max(0.0, transition.open_until - wall)
+            state = State.OPEN if probe_in > 0 else State.HALF_OPEN
+        out.append(BreakerView(circuit, state, counts.get(circuit, 0), transition.changed_at, transition.by, probe_in))
+    return out
+
+
+async def reset(redis: Redis, keys: Keys, circuit: str, by: str = "ops") -> bool:
+    """Close a circuit on every worker (they adopt it at their next sync); False if no worker ever
+    shared a circuit of that name."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.hexists(keys.breakers(), circuit)
+    pipe.hexists(keys.breaker_failures(), circuit)
+    known = await pipe.execute()
+    if not any(known):
+        return False
+    pipe = redis.pipeline(transaction=False)
+    pipe.hset(keys.breakers(), circuit, encode(Transition(State.CLOSED, time.time(), 0.0, by)))
+    pipe.hset(keys.breaker_failures(), circuit, 0)
+    await pipe.execute()
+    return True

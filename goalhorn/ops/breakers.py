@@ -1,0 +1,80 @@
+"""``goalhorn breakers [reset ID]``: every circuit breaker the workers share, and closing one."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import UTC, datetime
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from goalhorn.dispatch.breaker_board import BreakerView, read_board, reset
+from goalhorn.keys import Keys
+from goalhorn.ops.queues import fail, run, settings_or_fail
+from goalhorn.redis_client import make_redis
+from goalhorn.settings import Settings
+
+app = typer.Typer(
+    help="Every circuit breaker (provider credential, webhook endpoint) across all workers; "
+    "'goalhorn breakers reset ID' closes one.",
+    invoke_without_command=True,
+)
+
+
+def _redis_settings() -> Settings:
+    settings = settings_or_fail()
+    if settings.redis_url is None:
+        fail("GOALHORN_REDIS_URL is not set: the workers share their breakers through Redis")
+    return settings
+
+
+async def _board(settings: Settings) -> list[BreakerView]:
+    redis = make_redis(settings)
+    try:
+        return await read_board(redis, Keys(settings.namespace))
+    finally:
+        await redis.aclose()
+
+
+@app.callback()
+def breakers(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List every circuit: state, consecutive failures, seconds until the next probe, last change."""
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = _redis_settings()
+    views = run(_board(settings))
+    if as_json:
+        typer.echo(json.dumps([{**asdict(v), "state": v.state.value} for v in views]))
+        return
+    table = Table(title=f"circuit breakers of namespace {settings.namespace}")
+    for column in ("circuit", "state", "failures", "next probe", "changed", "by"):
+        table.add_column(column, justify="right" if column in ("failures", "next probe") else "left")
+    for v in views:
+        style = {"open": "red", "half_open": "yellow"}.get(v.state.value)
+        probe = f"{v.probe_in_s:.1f}s" if v.state.value == "open" else ""
+        changed = datetime.fromtimestamp(v.changed_at, UTC).strftime("%H:%M:%S") if v.changed_at else ""
+        table.add_row(v.circuit, v.state.value, str(v.failures), probe, changed, v.by, style=style)
+    Console().print(table)
+    if not views:
+        typer.echo("no circuit has been used yet (workers share a circuit once it sees a failure)")
+
+
+@app.command("reset")
+def reset_command(
+    circuit: str = typer.Argument(..., metavar="ID", help="A circuit as listed, e.g. fcm:my-project."),
+) -> None:
+    """Close one circuit on every worker (each takes it at its next sync, within about a second)."""
+    settings = _redis_settings()
+
+    async def go() -> bool:
+        redis = make_redis(settings)
+        try:
+            return await reset(redis, Keys(settings.namespace), circuit)
+        finally:
+            await redis.aclose()
+
+    if not run(go()):
+        fail(f"no circuit {circuit!r} in namespace {settings.namespace!r}: 'goalhorn breakers' lists them")
+    typer.echo(f"closed {circuit}")
