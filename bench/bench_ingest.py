@@ -4,6 +4,11 @@
   ratio to plain ``json.loads`` of the same bytes (the floor any adapter pays).
 - **Book updates**: ``price_change`` frames applied per second through ``PolymarketAdapter.feed``
   onto a real-sized book, as a ratio to ``json.loads`` of the same frames.
+- **Sportradar adapter**: payloads per second of each league's push stream (NBA sample, MLB, NFL,
+  NHL fixtures) through ``SportradarAdapter.feed``, as a ratio to ``json.loads`` of the same objects;
+  **Stats Perform**: the MA3 document through ``StatsPerformAdapter.feed`` against ``json.loads``.
+- **Conditions**: a packaged rule condition evaluated on an event (its facts built, then tested),
+  microseconds per event, as a ratio to ``json.loads`` of the event's JSON.
 - **Fusion latency**: from an ESPN scoreboard body with a new score to the edge signal for the
   game's market — adapter, live-state write, differ, dedup, model, signal, intent published on the
   embedded backend — p50/p99, against ``json.loads`` of the same body.
@@ -24,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from goalhorn.bus.memory import MemoryBus
+from goalhorn.catalog import default_catalog
 from goalhorn.demo.gamenight import load_gamenight
 from goalhorn.ingest.adapter import Parsed
 from goalhorn.ingest.espn import EspnAdapter
@@ -31,12 +37,17 @@ from goalhorn.ingest.fusion import EdgeEngine, EdgeOptions
 from goalhorn.ingest.ingestor import Ingestor
 from goalhorn.ingest.markets import MarketMap
 from goalhorn.ingest.polymarket import PolymarketAdapter
+from goalhorn.ingest.sportradar import SportradarAdapter
+from goalhorn.ingest.statsperform import StatsPerformAdapter
 from goalhorn.ingest.winprob import WinModel
+from goalhorn.intents.rules import event_facts
 from goalhorn.keys import Keys
 from goalhorn.redis_client import make_redis
 from goalhorn.settings import LOCAL_REDIS_URL, Settings
 
-BOOK = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "polymarket" / "ws_market_book_nautilus_py.json"
+FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+BOOK = FIXTURES / "polymarket" / "ws_market_book_nautilus_py.json"
+LEAGUE_STREAMS = {"nba": "nba_v7_push", "mlb": "mlb_push", "nfl": "nfl_push", "nhl": "nhl_push"}
 
 
 def _best(fn, repeats: int) -> float:
@@ -68,6 +79,100 @@ def bench_espn(repeats: int) -> dict[str, float]:
         "kib_per_snapshot": sum(map(len, bodies)) / len(bodies) / 1024,
         "json_us": base / len(bodies) * 1e6,
         "adapter_us": cost / len(bodies) * 1e6,
+        "ratio": cost / base,
+    }
+
+
+def _objects(stream: bytes) -> list[bytes]:
+    text, decoder, at = stream.decode(), json.JSONDecoder(), 0
+    out: list[bytes] = []
+    while True:
+        while at < len(text) and text[at].isspace():
+            at += 1
+        if at == len(text):
+            return out
+        _, end = decoder.raw_decode(text, at)
+        out.append(text[at:end].encode())
+        at = end
+
+
+def bench_sportradar(repeats: int, copies: int) -> dict[str, dict[str, float]]:
+    """Each league's stream ``copies`` times over (sequences shifted, so nothing is dropped as a resend)."""
+    at = datetime.now(UTC)
+    out = {}
+    for league, name in LEAGUE_STREAMS.items():
+        stream = (FIXTURES / "sportradar" / f"{name}.jsonstream").read_bytes()
+        objects = _objects(stream)
+        payloads = sum(b'"payload"' in o for o in objects)
+        chunks = [stream[i : i + 16384] for i in range(0, len(stream), 16384)]
+
+        def adapter(chunks: list[bytes] = chunks) -> None:
+            for _ in range(copies):
+                sportradar = SportradarAdapter()
+                for chunk in chunks:
+                    sportradar.feed(chunk, received_at=at)
+
+        def baseline(objects: list[bytes] = objects) -> None:
+            for _ in range(copies):
+                for item in objects:
+                    json.loads(item)
+
+        base, cost = _best(baseline, repeats), _best(adapter, repeats)
+        out[league] = {"payloads": payloads, "per_s": payloads * copies / cost, "json_per_s": payloads * copies / base}
+        out[league]["ratio"] = cost / base
+    ma3 = (FIXTURES / "statsperform" / "ma3_hsv_svs.json").read_bytes()
+    base = _best(lambda: [json.loads(ma3) for _ in range(copies)], repeats)
+    cost = _best(lambda: [StatsPerformAdapter().feed(ma3, received_at=at) for _ in range(copies)], repeats)
+    events = len(json.loads(ma3)["liveData"]["event"])
+    out["statsperform"] = {"payloads": events, "per_s": events * copies / cost, "json_per_s": events * copies / base}
+    out["statsperform"]["ratio"] = cost / base
+    return out
+
+
+def bench_conditions(events: int, repeats: int) -> dict[str, float]:
+    """The packaged ``close_game_late`` condition on late-game baskets: facts built and tested."""
+    rule = next(r for r in default_catalog().rules if r.name == "close_game_late")
+    assert rule.when is not None
+    condition = rule.when
+    at = datetime.now(UTC)
+    stream = (FIXTURES / "sportradar" / "nba_v7_push.jsonstream").read_bytes()
+    sample = SportradarAdapter().feed(stream, received_at=at).events
+    rng = random.Random(7)
+    batch = [
+        sample[i % len(sample)].model_copy(
+            update={
+                "period": 4,
+                "clock_s": float(rng.randrange(0, 300)),
+                "home_score": 100 + rng.randrange(0, 6),
+                "away_score": 100,
+            }
+        )
+        for i in range(events)
+    ]
+    bodies = [e.to_json() for e in batch]
+    fired = sum(condition.test(event_facts(e)) for e in batch)
+
+    def evaluate() -> None:
+        for e in batch:
+            condition.test(event_facts(e))
+
+    facts = [event_facts(e) for e in batch]
+
+    def test_only() -> None:
+        for f in facts:
+            condition.test(f)
+
+    def baseline() -> None:
+        for body in bodies:
+            json.loads(body)
+
+    base, cost, bare = _best(baseline, repeats), _best(evaluate, repeats), _best(test_only, repeats)
+    return {
+        "events": events,
+        "fired": fired,
+        "us": cost / events * 1e6,
+        "test_us": bare / events * 1e6,
+        "json_us": base / events * 1e6,
         "ratio": cost / base,
     }
 
@@ -190,6 +295,18 @@ def main(argv: list[str]) -> int:
     print(
         f"espn adapter: {espn['adapter_us']:.0f} us per snapshot ({espn['kib_per_snapshot']:.1f} KiB) vs json.loads "
         f"{espn['json_us']:.0f} us -> {espn['ratio']:.2f}x json.loads  [{espn['snapshots']:.0f} snapshots]"
+    )
+    for league, figures in bench_sportradar(repeats, 1 if args.quick else 20).items():
+        print(
+            f"{league} adapter: {figures['per_s']:,.0f} payloads/s vs json.loads {figures['json_per_s']:,.0f}/s "
+            f"-> {figures['ratio']:.2f}x json.loads  [{figures['payloads']:.0f} payloads or events per pass]"
+        )
+    conditions = bench_conditions(200 if args.quick else 50_000, repeats)
+    print(
+        f"condition close_game_late: {conditions['us']:.2f} us per event (facts + test; test alone "
+        f"{conditions['test_us']:.2f} us) vs json.loads of the event {conditions['json_us']:.2f} us "
+        f"-> {conditions['ratio']:.2f}x json.loads  "
+        f"[{conditions['events']:.0f} events, {conditions['fired']:.0f} fired]"
     )
     book = bench_book(updates, repeats)
     print(

@@ -8,4 +8,7 @@ def test_the_ingest_benchmark_runs_at_a_tiny_size(capsys) -> None:
     out = capsys.readouterr().out
     assert "x json.loads" in out
     assert "fusion latency" in out
+    for league in ("nba", "mlb", "nfl", "nhl", "statsperform"):
+        assert f"{league} adapter:" in out
+    assert "condition close_game_late:" in out
     assert "p99" in out

@@ -143,11 +143,11 @@ async def test_a_rule_that_fails_to_build_once_holds_back_only_its_own_game(
     ingestor = Ingestor(settings, bus, redis)
     broken = ["g1"]
 
-    def intents_for(event, rules, now):
+    def intents_for(event, rules, now, extra=None):
         if event.game_id in broken:
             broken.remove(event.game_id)
             raise KeyError("template field")
-        return build(event, rules, now)
+        return build(event, rules, now, extra)
 
     monkeypatch.setattr("goalhorn.ingest.ingestor.intents_for", intents_for)
     await ingestor.absorb(Parsed(states=[hockey("g1"), hockey("g2")]), diff=True)

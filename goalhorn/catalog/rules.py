@@ -7,6 +7,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from goalhorn.catalog.conditions import Condition, ConditionError, parse_condition
 from goalhorn.catalog.located import Path, Problems
 from goalhorn.catalog.segments import check_template
 from goalhorn.catalog.templates import fields_for
@@ -21,6 +22,7 @@ RULE_KEYS = (
     "collapse_key",
     "bypass_quiet_hours",
     "opt_in_required",
+    "when",
     "description",
 )
 
@@ -36,6 +38,8 @@ class Rule:
     collapse_key: str | None = None
     bypass_quiet_hours: bool = False
     opt_in_required: bool = False
+    when: Condition | None = None
+    """Only events whose facts make it true trigger the rule (``conditions.py``)."""
 
 
 def parse_rules(
@@ -104,6 +108,7 @@ def parse_rules(
         for flag in ("bypass_quiet_hours", "opt_in_required"):
             if not isinstance(body.get(flag, False), bool):
                 problems.add((*where, flag), f"{flag} must be true or false")
+        when = _condition(body.get("when"), (*where, "when"), problems) if "when" in body else None
         if len(problems.found) > before:
             continue
         rules.append(
@@ -117,6 +122,18 @@ def parse_rules(
                 collapse_key=None if collapse is None else str(collapse),
                 bypass_quiet_hours=body.get("bypass_quiet_hours", False),
                 opt_in_required=body.get("opt_in_required", False),
+                when=when,
             )
         )
     return tuple(rules)
+
+
+def _condition(raw: Any, where: Path, problems: Problems) -> Condition | None:
+    if not isinstance(raw, str) or not raw.strip():
+        problems.add(where, f'when must be a condition such as "period >= 4", not {raw!r}')
+        return None
+    try:
+        return parse_condition(raw)
+    except ConditionError as exc:
+        problems.add(where, f"when {raw!r}: {exc}")
+        return None

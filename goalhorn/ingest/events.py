@@ -217,6 +217,7 @@ def _event(state: GameState, kind: EventKind, event_id: str, **fields: object) -
         "away_score": state.away_score,
         "period": state.period,
         "display_clock": state.display_clock,
+        "clock_s": state.clock_s,
         "observed_at": state.observed_at,
     }
     values.update((k, v) for k, v in fields.items() if v is not None and v != "")
@@ -246,13 +247,15 @@ def _score_events(
     scores.sort(key=lambda s: (s.order, not s.home, s.team_score))
     events = []
     for home, new in corrections:
+        prior = dict(running)
         running[home] = new
         team_id = after.home_team_id if home else after.away_team_id
         corrections_seen[team_id] = corrections_seen.get(team_id, 0) + 1
-        events.append(_score_event(after, EventKind.SCORE_CORRECTION, home, running, None, corrections_seen))
+        events.append(_score_event(after, EventKind.SCORE_CORRECTION, home, prior, running, None, corrections_seen))
     for score in scores:
+        prior = dict(running)
         running[score.home] = score.team_score
-        events.append(_score_event(after, score.kind, score.home, running, score.incident, corrections_seen))
+        events.append(_score_event(after, score.kind, score.home, prior, running, score.incident, corrections_seen))
     return events
 
 
@@ -283,6 +286,7 @@ def _score_event(
     state: GameState,
     kind: EventKind,
     home: bool,
+    prior: dict[bool, int],
     running: dict[bool, int],
     incident: Incident | None,
     corrections_seen: dict[str, int],
@@ -302,6 +306,8 @@ def _score_event(
         team=state.home_team if home else state.away_team,
         home_score=running[True],
         away_score=running[False],
+        home_score_before=prior[True],
+        away_score_before=prior[False],
         player=player,
         display_clock=incident.display_clock if incident else None,
     )

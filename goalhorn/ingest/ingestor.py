@@ -15,6 +15,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 from goalhorn.bus import Bus
 from goalhorn.catalog import CatalogFile
@@ -22,8 +23,10 @@ from goalhorn.catalog.rules import Rule
 from goalhorn.ingest.adapter import Parsed
 from goalhorn.ingest.dedup import EventDedup
 from goalhorn.ingest.events import Change, GameDiffer
+from goalhorn.ingest.facts import WinFacts, need_win_facts
 from goalhorn.ingest.fusion import EdgeEngine
 from goalhorn.ingest.live import LiveState
+from goalhorn.ingest.winprob import ParamTable, WinModel
 from goalhorn.intents.edge import edge_intents
 from goalhorn.intents.rules import intents_for
 from goalhorn.keys import Keys
@@ -68,6 +71,15 @@ class Ingestor:
         self.engine = engine
         # The alert rules of GOALHORN_RULES_FILE (or the packaged default), reloaded when it is edited.
         self.catalog = catalog if catalog is not None else CatalogFile(settings.rules_file)
+        self._wp_params_path = settings.wp_params_path
+        self._win: WinFacts | None = None
+
+    def win_facts(self) -> WinFacts:
+        """The win-probability facts of rule conditions; the model is loaded the first time a rule needs it."""
+        if self._win is None:
+            path = Path(self._wp_params_path) if self._wp_params_path else None
+            self._win = WinFacts(self.engine.model if self.engine is not None else WinModel(ParamTable.load(path)))
+        return self._win
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -119,9 +131,10 @@ class Ingestor:
         built is skipped (logged); a failed publish stops the rest, as the bus is unlikely to take them."""
         failure: Exception | None = None
         rules = self.rules
+        win = self.win_facts() if events and need_win_facts(rules) else None
         for event in events:
             try:
-                intents = intents_for(event, rules, moment)
+                intents = intents_for(event, rules, moment, win(event) if win is not None else None)
             except Exception as exc:
                 log.exception("building the intents of %s failed", event.event_id)
                 failure = failure or exc

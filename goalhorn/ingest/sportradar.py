@@ -191,7 +191,7 @@ class SportradarAdapter(FeedAdapter):
             kind, side = _scored(event, metadata, state, before, name)
         else:
             kind, side = _kind(name, event, state), None
-        typed = _typed(event, state, sequence, kind, side) if kind is not None else None
+        typed = _typed(event, state, sequence, kind, side, before) if kind is not None else None
         if typed is not None and kind is EventKind.SCORE_CORRECTION:
             typed = _credit_correction(typed, state, before)
         if typed is not None:
@@ -379,7 +379,12 @@ def _attributed_home(event: dict[str, Any], state: GameState) -> bool | None:
 
 
 def _typed(
-    event: dict[str, Any], state: GameState, sequence: int | None, kind: EventKind, side: bool | None
+    event: dict[str, Any],
+    state: GameState,
+    sequence: int | None,
+    kind: EventKind,
+    side: bool | None,
+    before: tuple[int, int] | None,
 ) -> GameEvent | None:
     """The typed event; ``side`` (True home, False away) credits it when the score said who scored,
     otherwise the event's ``attribution`` does."""
@@ -408,6 +413,9 @@ def _typed(
         display_clock=state.display_clock,
         player=_player(event),
         sequence=sequence,
+        clock_s=state.clock_s,
+        home_score_before=None if before is None else before[0],
+        away_score_before=None if before is None else before[1],
         observed_at=state.observed_at,
     )
 

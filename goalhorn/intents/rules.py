@@ -1,6 +1,8 @@
 """Alert rules: which game events become which intents, at what priority, for which segments.
 
-Rules come from the YAML catalog (``goalhorn.catalog``). A rule's collapse-key template is
+Rules come from the YAML catalog (``goalhorn.catalog``). A rule with a condition (``when:``) takes
+only the events whose facts (``event_facts``: scores, margins, the clock, who scored, a lead that
+changed; the win probabilities the ingest stage adds) make it true. A rule's collapse-key template is
 filled from the event (``{team_id}``, ``{game_id}``, ``{sport}``, ``{league}``, ``{token_id}``); its
 segments are names the segmenter resolves against the same fields when it expands the intent. Intent
 ids are derived from the event id and the rule name, so the same event always yields the same intent
@@ -13,8 +15,12 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 
+from goalhorn.catalog.conditions import Value
 from goalhorn.catalog.rules import Rule
 from goalhorn.models import EventKind, GameEvent, Intent, Sport
+
+COUNTDOWN = frozenset({Sport.BASKETBALL, Sport.HOCKEY, Sport.FOOTBALL})
+"""Sports whose clock counts down, so that ``clock_s`` is what is left of the period."""
 
 
 class _Blank(dict[str, str]):
@@ -69,9 +75,60 @@ def intent_of(
     )
 
 
-def intents_for(event: GameEvent, rules: Iterable[Rule], now: datetime) -> list[Intent]:
-    """The intents ``event`` triggers under ``rules``."""
+def event_side(event: GameEvent) -> bool | None:
+    """True if the event's team is the home team, False if the away team, None if it has no team."""
+    if event.team is None:
+        return None
+    return True if event.team == event.home_team else False if event.team == event.away_team else None
+
+
+def event_facts(event: GameEvent, extra: Mapping[str, Value] | None = None) -> dict[str, Value]:
+    """The facts rule conditions read (``goalhorn.catalog.conditions.FIELDS``); ``extra`` adds the ones
+    the event cannot tell alone (``win_prob_before``, ``win_prob_after``). Unknown facts are None."""
+    home, away = event.home_score, event.away_score
+    side = event_side(event)
+    before = (
+        (event.home_score_before, event.away_score_before)
+        if event.home_score_before is not None and event.away_score_before is not None
+        else None
+    )
+    team_margin = None if side is None else (home - away if side else away - home)
+    points = lead_changed = None
+    if side is not None and before is not None:
+        points = (home - before[0]) if side else (away - before[1])
+        was = before[0] - before[1] if side else before[1] - before[0]
+        lead_changed = was <= 0 < (team_margin or 0)
+    facts: dict[str, Value] = {
+        "kind": event.kind.value,
+        "sport": event.sport.value,
+        "league": event.league,
+        "team_id": event.team_id or "",
+        "period": event.period,
+        "home_score": home,
+        "away_score": away,
+        "margin": home - away,
+        "team_margin": team_margin,
+        "points": points,
+        "seconds_left": event.clock_s if event.sport in COUNTDOWN else None,
+        "lead_changed": lead_changed,
+        "tied": home == away,
+        "is_home": side,
+        "win_prob_before": None,
+        "win_prob_after": None,
+    }
+    if extra:
+        facts.update(extra)
+    return facts
+
+
+def intents_for(
+    event: GameEvent, rules: Iterable[Rule], now: datetime, extra: Mapping[str, Value] | None = None
+) -> list[Intent]:
+    """The intents ``event`` triggers under ``rules``; ``extra`` facts feed their conditions."""
     matching = [rule for rule in rules if event.kind in rule.kinds]
+    if any(rule.when is not None for rule in matching):
+        facts = event_facts(event, extra)
+        matching = [rule for rule in matching if rule.when is None or rule.when.test(facts)]
     if not matching:
         return []
     data = {
