@@ -173,6 +173,14 @@ class Keys:
         """HASH endpoint group -> why it is switched off (see ``goalhorn.sidecar.switches``)."""
         return f"{self.namespace}:api:switches"
 
+    def tenant_webhooks(self, tenant: str) -> str:
+        """HASH endpoint id -> a tenant's webhook endpoint (JSON: user, device, url, rotation)."""
+        return f"{self.namespace}:api:tenant:{{{tenant}}}:webhooks"
+
+    def webhook_rotations(self) -> str:
+        """ZSET ``<tenant>/<endpoint id>`` -> epoch ms when the secret it replaced stops being signed with."""
+        return f"{self.namespace}:api:webhook_rotations"
+
     def tenant_users(self, tenant: str) -> str:
         """HASH user id (as the tenant names it) -> the user's API record (JSON: locale, created)."""
         return f"{self.namespace}:api:tenant:{{{tenant}}}:users"

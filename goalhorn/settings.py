@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     api_import_max_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1024, description="Largest body of POST /v1/users:import (413 above)."
     )
+    api_webhook_rotation_window_s: int = Field(
+        default=24 * 3600, ge=60, description="How long a rotated webhook secret still signs (beside the new one)."
+    )
 
     @field_validator("amqp_url")
     @classmethod

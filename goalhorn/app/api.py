@@ -27,7 +27,18 @@ from goalhorn.sidecar.deps import Services
 
 NAME = "api"
 STOP_TIMEOUT_S = 10.0
+SWEEP_EVERY_S = 60.0
 log = logging.getLogger(__name__)
+
+
+async def _sweep(services: Services) -> None:
+    """End webhook secret rotations whose window is over (every api process may; each end is atomic)."""
+    while True:
+        await asyncio.sleep(SWEEP_EVERY_S)
+        try:
+            await services.webhooks.expire_rotations()
+        except Exception:  # a failed sweep is retried on the next; reads end due rotations meanwhile
+            log.exception("webhook rotation sweep failed")
 
 
 class _Server(uvicorn.Server):
@@ -75,9 +86,11 @@ async def serve(
         if on_ready is not None:
             on_ready(int(bound))
         stopping = asyncio.create_task(stop.wait())
+        sweeping = asyncio.create_task(_sweep(services))
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
         server.should_exit = True
         stopping.cancel()
+        sweeping.cancel()
         await serving
     finally:
         await services.aclose()

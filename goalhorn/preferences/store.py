@@ -147,6 +147,23 @@ class PreferenceStore:
         await self._rewrite(self._keys.last_seen_bucket, [user_id], unseen)
         return found
 
+    async def change_device(self, user_id: str, device_id: str, change: Callable[[Device], Device]) -> Device | None:
+        """Replace one device by ``change(device)`` atomically (``change`` may run more than once);
+        the result, or None when the user has no such device."""
+        result: Device | None = None
+
+        def rewrite(uid: str, raw: bytes | None) -> bytes | None:
+            nonlocal result
+            devices = decode_devices(raw) if raw else []
+            result = None
+            for n, device in enumerate(devices):
+                if device.device_id == device_id:
+                    result = devices[n] = change(device)
+            return encode_devices(devices) if devices else None
+
+        await self._rewrite(self._keys.device_bucket, [check_user_id(user_id)], rewrite)
+        return result
+
     async def touch_device(self, user_id: str, device_id: str, at: datetime | None = None) -> bool:
         """Record that a device was seen (the app opened); False if it is not registered."""
         if not any(d.device_id == device_id for d in await self.devices_of(user_id)):

@@ -19,10 +19,10 @@ from goalhorn.sidecar import problems
 from goalhorn.sidecar.deadline import DeadlineMiddleware
 from goalhorn.sidecar.deps import Services, component_schemas
 from goalhorn.sidecar.metrics import ApiMetrics, MetricsMiddleware
-from goalhorn.sidecar.routes import admin, games, health, imports, users
+from goalhorn.sidecar.routes import admin, games, health, imports, users, webhooks
 from goalhorn.sidecar.routes.health import Check, Readiness
 
-BODY_MODELS = (*users.BODY_MODELS, *admin.BODY_MODELS)
+BODY_MODELS = (*users.BODY_MODELS, *webhooks.BODY_MODELS, *admin.BODY_MODELS)
 
 
 def create_app(settings: Settings, svc: Services | None = None, *, checks: dict[str, Check] | None = None) -> FastAPI:
@@ -53,6 +53,7 @@ def create_app(settings: Settings, svc: Services | None = None, *, checks: dict[
     app.include_router(imports.router)
     app.include_router(users.router)
     app.include_router(games.router)
+    app.include_router(webhooks.router)
     app.include_router(admin.router)
     app.add_middleware(DeadlineMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

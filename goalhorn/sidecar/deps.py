@@ -27,6 +27,7 @@ from goalhorn.sidecar.problems import Invalid, Problem, invalid
 from goalhorn.sidecar.ratelimit import RateLimiter
 from goalhorn.sidecar.switches import KillSwitches
 from goalhorn.sidecar.tenants import TenantUsers
+from goalhorn.sidecar.webhooks import WebhookEndpoints
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -45,6 +46,7 @@ class Services:
     policy: AddressPolicy
     limiter: RateLimiter
     switches: KillSwitches
+    webhooks: WebhookEndpoints
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -62,6 +64,7 @@ class Services:
             policy=AddressPolicy.from_allowlist(settings.webhook_allowlist),
             limiter=RateLimiter(redis, keys),
             switches=KillSwitches(redis, keys),
+            webhooks=WebhookEndpoints(redis, keys, store, rotation_window_s=settings.api_webhook_rotation_window_s),
         )
 
     async def aclose(self) -> None:

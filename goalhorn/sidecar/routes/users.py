@@ -184,9 +184,12 @@ async def get_user(user_id: UserId, key: Reader, svc: Svc) -> UserOut:
 
 @router.delete("/{user_id}", status_code=204, response_class=Response)
 async def delete_user(user_id: UserId, key: Writer, svc: Svc) -> Response:
-    """Remove a user with their devices, follows and preferences."""
+    """Remove a user with their devices, webhook endpoints, follows and preferences."""
     if not await svc.users.delete(key.tenant, user_id):
         raise not_found("user")
+    for endpoint in await svc.webhooks.list(key.tenant):
+        if endpoint.user_id == user_id:
+            await svc.webhooks.delete(key.tenant, endpoint.id)
     return Response(status_code=204)
 
 
