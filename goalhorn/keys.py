@@ -57,6 +57,10 @@ class Keys:
         """HASH circuit -> consecutive failures the last worker to count them saw."""
         return f"{self.namespace}:{{breakers}}:failures"
 
+    def paused(self) -> str:
+        """HASH platform -> JSON (since, by, reason) of the providers ``goalhorn pause`` paused."""
+        return f"{self.namespace}:paused"
+
     def ops_loaded(self, queue: str) -> str:
         """SET of ``<record id>@<drained at>`` that ``goalhorn queues load`` published to ``queue``."""
         return f"{self.namespace}:ops:loaded:{queue}"
@@ -164,6 +168,14 @@ class Keys:
     def api_key_last_used(self) -> str:
         """HASH API key id -> epoch ms of its last authenticated request (updated at most once a minute)."""
         return f"{self.namespace}:api:{{keys}}:last_used"
+
+    def score_updates(self) -> str:
+        """STREAM of game states whose score, status or period changed (capped; the API's SSE source)."""
+        return f"{self.namespace}:api:stream:scores"
+
+    def edge_signals(self) -> str:
+        """STREAM of edge signals as fusion emitted them (capped; the API's SSE source)."""
+        return f"{self.namespace}:api:stream:signals"
 
     def rate_limit(self, key_id: str) -> str:
         """STRING: the theoretical arrival time (ms, GCRA) of an API key's next request; expires when idle."""

@@ -19,8 +19,9 @@ from goalhorn.sidecar import problems
 from goalhorn.sidecar.deadline import DeadlineMiddleware
 from goalhorn.sidecar.deps import Services, component_schemas
 from goalhorn.sidecar.metrics import ApiMetrics, MetricsMiddleware
-from goalhorn.sidecar.routes import admin, games, health, imports, users, webhooks
+from goalhorn.sidecar.routes import admin, games, health, imports, streams, users, webhooks
 from goalhorn.sidecar.routes.health import Check, Readiness
+from goalhorn.sidecar.slowclients import SlowClientGuard
 
 BODY_MODELS = (*users.BODY_MODELS, *webhooks.BODY_MODELS, *admin.BODY_MODELS)
 
@@ -54,7 +55,9 @@ def create_app(settings: Settings, svc: Services | None = None, *, checks: dict[
     app.include_router(users.router)
     app.include_router(games.router)
     app.include_router(webhooks.router)
+    app.include_router(streams.router)
     app.include_router(admin.router)
+    app.add_middleware(SlowClientGuard)
     app.add_middleware(DeadlineMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
 

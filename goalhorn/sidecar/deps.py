@@ -25,6 +25,7 @@ from goalhorn.settings import Settings
 from goalhorn.sidecar.apikeys import ApiKey, KeyStore, Scope
 from goalhorn.sidecar.problems import Invalid, Problem, invalid
 from goalhorn.sidecar.ratelimit import RateLimiter
+from goalhorn.sidecar.streams import StreamHub
 from goalhorn.sidecar.switches import KillSwitches
 from goalhorn.sidecar.tenants import TenantUsers
 from goalhorn.sidecar.webhooks import WebhookEndpoints
@@ -47,6 +48,8 @@ class Services:
     limiter: RateLimiter
     switches: KillSwitches
     webhooks: WebhookEndpoints
+    score_hub: StreamHub
+    signal_hub: StreamHub
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -65,9 +68,13 @@ class Services:
             limiter=RateLimiter(redis, keys),
             switches=KillSwitches(redis, keys),
             webhooks=WebhookEndpoints(redis, keys, store, rotation_window_s=settings.api_webhook_rotation_window_s),
+            score_hub=StreamHub(redis, keys.score_updates()),
+            signal_hub=StreamHub(redis, keys.edge_signals()),
         )
 
     async def aclose(self) -> None:
+        await self.score_hub.aclose()
+        await self.signal_hub.aclose()
         await self.redis.aclose()
 
 

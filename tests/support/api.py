@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -55,3 +55,36 @@ async def running_api(settings: Settings) -> AsyncIterator[Api]:
             yield Api(app, client)
     finally:
         await app.state.services.aclose()
+
+
+@asynccontextmanager
+async def serving_api(settings: Settings) -> AsyncIterator[tuple[FastAPI, str]]:
+    """The app over ``settings`` served by a real uvicorn on a free port of 127.0.0.1, in this
+    event loop; yields the app and its base URL."""
+    import asyncio
+
+    import uvicorn
+    from pydantic import SecretStr
+
+    if settings.api_key_secret is None:
+        settings = settings.model_copy(update={"api_key_secret": SecretStr(SECRET)})
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    server.capture_signals = _no_signals  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            assert not task.done(), "uvicorn did not start"
+            await asyncio.sleep(0.02)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield app, f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        server.force_exit = True
+        await task
+        await app.state.services.aclose()
+
+
+@contextmanager
+def _no_signals() -> Iterator[None]:
+    yield
