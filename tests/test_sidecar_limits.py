@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -31,9 +32,15 @@ async def test_a_burst_then_the_steady_rate_and_retry_after_is_honoured(api: Api
     client = await api.as_tenant("acme", tier="starter", scopes=("read", "write"))
     other = await api.as_tenant("acme", tier="starter", scopes=("read", "write"))
     rate = TIER_RATES["starter"]
+    started = time.monotonic()
     await client.put("/v1/users/u1", json={})  # the first of the burst
-    answers = [await client.get("/v1/users/u1") for _ in range(rate.burst - 1)]
-    assert [a.status_code for a in answers] == [200] * (rate.burst - 1)
+    codes = [200]
+    while codes[-1] == 200 and len(codes) < 3 * rate.burst:
+        codes.append((await client.get("/v1/users/u1")).status_code)
+    elapsed = time.monotonic() - started
+    allowed = len(codes) - 1
+    # the whole burst, plus what the steady rate refilled while it was being sent (timing-proof)
+    assert rate.burst <= allowed <= rate.burst + math.ceil(elapsed * rate.per_s) + 1
     refused = await client.get("/v1/users/u1")
     assert refused.status_code == 429
     assert refused.headers["content-type"] == "application/problem+json"
@@ -44,14 +51,15 @@ async def test_a_burst_then_the_steady_rate_and_retry_after_is_honoured(api: Api
     assert (await other.get("/v1/users/u1")).status_code == 200
     await asyncio.sleep(wait + 0.01)
     assert (await client.get("/v1/users/u1")).status_code == 200
-    # at the steady rate nothing is refused; faster than it, most are
+    # at the steady rate nothing is refused; faster than it, all but what it refills are
     steady = []
     for _ in range(8):
         await asyncio.sleep(1 / rate.per_s + 0.01)
         steady.append((await client.get("/v1/users/u1")).status_code)
     assert steady == [200] * 8
+    started = time.monotonic()
     fast = [(await client.get("/v1/users/u1")).status_code for _ in range(10)]
-    assert fast.count(429) >= 8
+    assert fast.count(200) <= math.ceil((time.monotonic() - started) * rate.per_s) + 1
 
 
 async def test_community_allows_five_then_one_a_second(api: Api) -> None:
