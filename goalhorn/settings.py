@@ -101,6 +101,13 @@ class Settings(BaseSettings):
     sportradar_api_key: SecretStr | None = Field(
         default=None, description="Sportradar API key, sent as x-api-key; needed with GOALHORN_SPORTRADAR_FEEDS."
     )
+    feeds_listen: str = Field(
+        default="", description="host:port of the pushed-feed endpoint (POST /v1/feeds/{source}); empty: none."
+    )
+    feeds_secrets: SecretStr | None = Field(
+        default=None, description="Per-source secrets of pushed feeds: source=hmac:SECRET or source=token:SECRET, ..."
+    )
+    feeds_max_bytes: int = Field(default=4 << 20, ge=1024, description="Largest pushed-feed body (413 above).")
 
     # --- providers and dispatch (issue 5) ---------------------------------------------------------
     fcm_credentials_file: str | None = Field(

@@ -141,10 +141,10 @@ def test_polymarket(data: st.DataObject) -> None:
     check(adapter, frames)
 
 
-def _stream_objects() -> list[Any]:
-    decoder, text, at = json.JSONDecoder(), fixture("sportradar/nba_v7_push.jsonstream").decode(), 0
+def _stream_objects(name: str, most: int) -> list[Any]:
+    decoder, text, at = json.JSONDecoder(), fixture(name).decode(), 0
     found: list[Any] = []
-    while len(found) < 70:
+    while len(found) < most and text[at:].strip():
         while text[at].isspace():
             at += 1
         obj, at = decoder.raw_decode(text, at)
@@ -152,7 +152,10 @@ def _stream_objects() -> list[Any]:
     return found
 
 
-STREAM = _stream_objects()
+STREAM = [
+    *_stream_objects("sportradar/nba_v7_push.jsonstream", 70),
+    *(obj for league in ("mlb", "nfl", "nhl") for obj in _stream_objects(f"sportradar/{league}_push.jsonstream", 20)),
+]
 STREAM_PATHS = [paths(obj) for obj in STREAM]
 
 

@@ -2,10 +2,11 @@
 
 ``goalhorn run ingest`` runs it (one per feed set): an ESPN poller per ``<sport>/<league>`` of
 ``GOALHORN_ESPN_LEAGUES`` (all sharing one request budget), a Sportradar push stream per URL of
-``GOALHORN_SPORTRADAR_FEEDS`` and the Polymarket market channel for the tokens of
-``GOALHORN_MARKET_MAP_PATH``. Whatever they parse goes through one :class:`Ingestor` to live
-state and the intent bus; every rejected payload is kept in one quarantine, mirrored to a capped Redis
-list (``goalhorn feeds quarantine``). The demo and the tests feed the same stage by hand (``absorb``).
+``GOALHORN_SPORTRADAR_FEEDS``, the Polymarket market channel for the tokens of
+``GOALHORN_MARKET_MAP_PATH``, and with ``GOALHORN_FEEDS_LISTEN`` the endpoint providers push feeds
+to. Whatever they parse goes through one :class:`Ingestor` to live state and the intent bus; every
+rejected payload is kept in one quarantine, mirrored to a capped Redis list (``goalhorn feeds
+quarantine``). The demo and the tests feed the same stage by hand (``absorb``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 from redis.exceptions import RedisError
 
 from goalhorn.app.parts import Parts
@@ -30,6 +32,7 @@ from goalhorn.ingest.markets import MarketMap
 from goalhorn.ingest.poller import LeaguePoller, PollOptions
 from goalhorn.ingest.polymarket import PolymarketAdapter
 from goalhorn.ingest.push_stream import PushOptions, PushStream
+from goalhorn.ingest.pushed import PushedFeeds, SourceSecret, parse_secrets
 from goalhorn.ingest.quarantine import Quarantine, QuarantinedPayload, QuarantineStore
 from goalhorn.ingest.sportradar import SportradarAdapter
 from goalhorn.ingest.winprob import ParamTable, WinModel
@@ -82,14 +85,33 @@ def push_feeds_of(settings: Settings) -> list[str]:
     return urls
 
 
-NOTHING = "nothing to ingest: set GOALHORN_ESPN_LEAGUES, GOALHORN_SPORTRADAR_FEEDS and/or GOALHORN_MARKET_MAP_PATH"
+def endpoint_of(settings: Settings) -> tuple[str, int, dict[str, SourceSecret]] | None:
+    """``GOALHORN_FEEDS_LISTEN`` and ``GOALHORN_FEEDS_SECRETS``: where pushed feeds are taken, and each
+    source's secret; None without an endpoint. A ``ConfigError`` names the bad variable."""
+    listen = settings.feeds_listen.strip()
+    if not listen:
+        return None
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"GOALHORN_FEEDS_LISTEN: {listen[:80]!r} is not host:port")
+    secrets = parse_secrets(settings.feeds_secrets.get_secret_value() if settings.feeds_secrets else "")
+    if not secrets:
+        raise ConfigError("GOALHORN_FEEDS_SECRETS: needed by GOALHORN_FEEDS_LISTEN (source=hmac:SECRET, ...)")
+    return host, int(port), secrets
+
+
+NOTHING = (
+    "nothing to ingest: set GOALHORN_ESPN_LEAGUES, GOALHORN_SPORTRADAR_FEEDS, GOALHORN_FEEDS_LISTEN "
+    "and/or GOALHORN_MARKET_MAP_PATH"
+)
 
 
 def check_feeds(settings: Settings) -> None:
     """Refuse a configuration with nothing to ingest, a bad league or feed, before anything connects."""
     leagues_of(settings)
     pushed = push_feeds_of(settings)
-    if not settings.espn_leagues.strip() and not pushed and not settings.market_map_path:
+    endpoint = endpoint_of(settings)
+    if not settings.espn_leagues.strip() and not pushed and not endpoint and not settings.market_map_path:
         raise ConfigError(NOTHING)
 
 
@@ -106,7 +128,8 @@ class IngestStage:
         self._leagues = leagues_of(settings) if feeds else []
         self._markets = MarketMap.load(Path(settings.market_map_path)) if feeds and settings.market_map_path else None
         self._push_urls = push_feeds_of(settings) if feeds else []
-        if feeds and not self._leagues and not self._push_urls and not self._markets:
+        self._endpoint = endpoint_of(settings) if feeds else None
+        if feeds and not self._leagues and not self._push_urls and not self._markets and not self._endpoint:
             raise ConfigError(NOTHING)
         engine = None
         if self._markets:
@@ -119,6 +142,8 @@ class IngestStage:
         self._pollers: list[LeaguePoller] = []
         self._stream: MarketStream | None = None
         self._pushes: list[PushStream] = []
+        self.pushed: PushedFeeds | None = None
+        self._site: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -197,8 +222,27 @@ class IngestStage:
         ]
         self._tasks = [asyncio.create_task(p.run()) for p in self._pollers]
         self._tasks += [asyncio.create_task(p.run()) for p in self._pushes]
+        if self._endpoint is not None:
+            await self._listen(*self._endpoint)
         if self._stream is not None:
             self._tasks.append(asyncio.create_task(self._stream.run()))
+
+    async def _listen(self, host: str, port: int, secrets: dict[str, SourceSecret]) -> None:
+        self.pushed = PushedFeeds(
+            secrets, self._pushed, max_bytes=self.parts.settings.feeds_max_bytes, quarantine=self.quarantine
+        )
+        runner = web.AppRunner(self.pushed.app(), access_log=None, shutdown_timeout=STOP_TIMEOUT_S)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(f"GOALHORN_FEEDS_LISTEN: cannot listen on {host}:{port} ({exc.strerror})") from exc
+        self._site = runner
+        log.info("taking pushed feeds on %s:%d (%s)", host, port, ", ".join(sorted(secrets)))
+
+    async def _pushed(self, parsed: Parsed, diff: bool) -> None:
+        await self.absorb(parsed, diff=diff)
 
     def ready(self) -> bool:
         return self._started and not any(task.done() for task in self._tasks)
@@ -224,6 +268,9 @@ class IngestStage:
 
     async def stop(self) -> None:
         self._started = False
+        if self._site is not None:  # no new pushed payload; those being handled finish first
+            await self._site.cleanup()
+            self._site = None
         for task in self._tasks:
             task.cancel()
         if self._tasks:

@@ -81,3 +81,12 @@ class FeedAdapter(abc.ABC):
 
     def _close(self) -> Parsed:
         return Parsed()
+
+    def checkpoint(self) -> object:
+        """What ``rollback`` needs to forget the payloads fed after this point (stateless: nothing)."""
+        return None
+
+    def rollback(self, checkpoint: object) -> None:
+        """Forget what was fed since ``checkpoint``, so that the same payloads parse the same way again
+        (a pushed payload whose hand-on failed is sent again by its provider)."""
+        return None

@@ -47,6 +47,12 @@ class SequenceGate:
     def forget(self, game_id: str) -> None:
         self._high.pop(game_id, None)
 
+    def snapshot(self) -> OrderedDict[str, OrderKey]:
+        return OrderedDict(self._high)
+
+    def restore(self, snapshot: OrderedDict[str, OrderKey]) -> None:
+        self._high = OrderedDict(snapshot)
+
 
 def dropped_count(source: str, reason: str) -> float:
     value = REGISTRY.get_sample_value("goalhorn_ingest_dropped_total", {"source": source, "reason": reason})

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -41,7 +43,7 @@ from goalhorn.errors import PayloadRejected
 from goalhorn.ingest.adapter import FeedAdapter, Parsed
 from goalhorn.ingest.quarantine import Quarantine
 from goalhorn.ingest.scoring import football_kind
-from goalhorn.ingest.sequence import SequenceGate
+from goalhorn.ingest.sequence import OrderKey, SequenceGate
 from goalhorn.ingest.stream import ObjectSplitter
 from goalhorn.models import EventKind, GameEvent, GameState, GameStatus, Sport
 
@@ -96,6 +98,12 @@ _RESYNC = re.compile(r'\{\s*"(?:payload|heartbeat|metadata|locale)"')
 _CLOCK = re.compile(r"^(\d{1,3}):(\d{2})(?:\.\d+)?$")
 
 
+@dataclass(frozen=True, slots=True)
+class _Checkpoint:
+    gates: OrderedDict[str, OrderKey]
+    scores: dict[str, tuple[int, int]]
+
+
 class _Bad(Exception):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(reason)
@@ -142,6 +150,14 @@ class SportradarAdapter(FeedAdapter):
             except _Bad as bad:
                 parsed.rejected.append(PayloadRejected(SOURCE, bad.reason, bad.detail, piece.text.encode()))
         return parsed
+
+    def checkpoint(self) -> object:
+        return _Checkpoint(self.gate.snapshot(), dict(self._scores))
+
+    def rollback(self, checkpoint: object) -> None:
+        if isinstance(checkpoint, _Checkpoint):
+            self.gate.restore(checkpoint.gates)
+            self._scores = dict(checkpoint.scores)
 
     def _close(self) -> Parsed:
         return Parsed(rejected=[_rejected(p.reason, p.text) for p in self._splitter.close()])
@@ -258,7 +274,7 @@ def _period(event: dict[str, Any], game: dict[str, Any]) -> tuple[int, str, floa
     number = _int(period.get("number")) if isinstance(period, dict) else None
     if number is None:
         number = _int(event.get("quarter")) or _int(game.get("quarter")) or 0
-    kind = period.get("type") if isinstance(period, dict) else None
+    kind = _text(period.get("type")) if isinstance(period, dict) else None
     clock = event.get("clock")
     shown = clock if isinstance(clock, str) and len(clock) <= 12 else ""
     if kind in _SHOOTOUT:
@@ -315,7 +331,7 @@ def _kind(name: str | None, event: dict[str, Any], state: GameState) -> EventKin
     kind = SCORING.get(name)
     if kind is EventKind.GOAL:
         period = event.get("period")
-        if isinstance(period, dict) and period.get("type") in _SHOOTOUT:
+        if isinstance(period, dict) and _text(period.get("type")) in _SHOOTOUT:
             return None
     if kind is None:
         kind = _STATUS_EVENTS.get(name)
