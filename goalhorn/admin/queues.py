@@ -24,8 +24,10 @@ import aio_pika
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
+from goalhorn.dispatch.pause import paused
 from goalhorn.errors import AdminError, ConfigError
 from goalhorn.keys import PLATFORMS, Keys, Platform
+from goalhorn.redis_client import make_redis
 from goalhorn.settings import Settings
 
 NO_AMQP = "GOALHORN_AMQP_URL is not set: the queues live in RabbitMQ (e.g. amqp://guest:guest@127.0.0.1:5672/)"
@@ -79,6 +81,8 @@ class QueueStats:
     """Delivered to a consumer, not yet acked; ``None``: unknown (no ``rabbitmqctl`` here)."""
     head_age_s: float | None = None
     """Age of the message at the head of the queue, when RabbitMQ knows it (it carries a timestamp)."""
+    paused: bool | None = None
+    """For a provider's queues: whether ``goalhorn pause`` holds it (None: no Redis to ask)."""
 
     def as_json(self) -> dict[str, object]:
         return asdict(self)
@@ -115,6 +119,7 @@ async def queue_stats(settings: Settings) -> list[QueueStats]:
     if not settings.amqp_url:
         raise ConfigError(NO_AMQP)
     extra = await _rabbitmqctl(settings)
+    held = await _paused(settings)
     out: list[QueueStats] = []
     connection = await _connect(settings.amqp_url)
     try:
@@ -123,7 +128,7 @@ async def queue_stats(settings: Settings) -> list[QueueStats]:
             try:
                 result = await channel.declare_queue(q.name, passive=True)
             except aiormq.exceptions.ChannelNotFoundEntity:
-                out.append(QueueStats(q.name, q.kind, q.platform, exists=False))
+                out.append(QueueStats(q.name, q.kind, q.platform, exists=False, paused=_held(held, q.platform)))
                 continue
             count = result.declaration_result
             unacked, head_age = extra.get(q.name, (None, None))
@@ -137,12 +142,27 @@ async def queue_stats(settings: Settings) -> list[QueueStats]:
                     consumers=count.consumer_count or 0,
                     unacked=unacked,
                     head_age_s=head_age,
+                    paused=_held(held, q.platform),
                 )
             )
             await channel.close()
     finally:
         await connection.close()
     return out
+
+
+async def _paused(settings: Settings) -> frozenset[str] | None:
+    if not settings.redis_url:
+        return None
+    redis = make_redis(settings)
+    try:
+        return frozenset(await paused(redis, Keys(settings.namespace)))
+    finally:
+        await redis.aclose()
+
+
+def _held(held: frozenset[str] | None, platform: Platform | None) -> bool | None:
+    return None if held is None or platform is None else platform in held
 
 
 async def _rabbitmqctl(settings: Settings) -> dict[str, tuple[int | None, float | None]]:

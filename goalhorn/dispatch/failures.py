@@ -4,6 +4,8 @@
 - Redis unreachable (the actor raises :class:`RedisUnavailable`): the message is published again,
   confirmed, after a capped backoff, without spending a try or a delivery attempt; the batch is
   neither delivered nor counted until Redis answers again.
+- a paused provider (``ProviderPaused``): published again to the delay queue, confirmed, without
+  spending a try (see :mod:`goalhorn.dispatch.pause`).
 - Any other exception: the message is published again after a backoff, up to
   ``GOALHORN_DELIVERY_MAX_ATTEMPTS`` tries in all; after the last one it is written whole to
   goalhorn's dead letters with the reason, and counted done.
@@ -27,6 +29,7 @@ import redis.exceptions
 from dramatiq.common import xq_name
 from prometheus_client import Counter
 
+from goalhorn.dispatch.pause import PAUSED_RECHECK_S, ProviderPaused
 from goalhorn.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,7 +53,7 @@ REDIS_WAITS = "redis_waits"
 """Message option: how many times the batch was put back because Redis was unreachable."""
 LOG_EVERY_S = 10.0
 
-Outcome = Literal["redis_wait", "retried", "dead_lettered", "left_in_xq"]
+Outcome = Literal["redis_wait", "paused", "retried", "dead_lettered", "left_in_xq"]
 OUTCOMES = Counter(
     "goalhorn_delivery_failures",
     "Delivery messages whose actor raised, by what became of them.",
@@ -87,8 +90,14 @@ class ActorFailures(dramatiq.Middleware):
     """Republishes, or dead-letters, the delivery messages whose actor raised (see the module)."""
 
     def __init__(
-        self, settings: Settings, dead_letter: DeadLetterWriter, *, redis_wait_max_s: float = REDIS_WAIT_MAX_S
+        self,
+        settings: Settings,
+        dead_letter: DeadLetterWriter,
+        *,
+        redis_wait_max_s: float = REDIS_WAIT_MAX_S,
+        paused_recheck_s: float = PAUSED_RECHECK_S,
     ):
+        self._paused_recheck_s = paused_recheck_s
         self._max_tries = settings.delivery_max_attempts
         self._base_s = settings.retry_base_delay_s
         self._max_s = settings.retry_max_delay_s
@@ -107,6 +116,10 @@ class ActorFailures(dramatiq.Middleware):
         exception: BaseException | None = None,
     ) -> None:
         if exception is None:
+            return
+        if isinstance(exception, ProviderPaused):
+            if self._publish_again(broker, message, self._paused_recheck_s * random.uniform(1.0, 1.2), {}):
+                self._count("paused")
             return
         if isinstance(exception, RedisUnavailable):
             waits = int(message.options.get(REDIS_WAITS, 0))

@@ -34,6 +34,7 @@ from goalhorn.counters import PipelineCounters
 from goalhorn.dispatch import deadletters
 from goalhorn.dispatch.delivery import Deliverer
 from goalhorn.dispatch.failures import ActorFailures, RedisUnavailable, redis_unavailable
+from goalhorn.dispatch.pause import PauseGate, ProviderPaused
 from goalhorn.keys import PLATFORMS, Keys, Platform
 from goalhorn.models import DeadLetter, DeadLetterCode, DeadLetterKind, DeliveryBatch, Device, EncodedBatch, Intent
 from goalhorn.providers import Provider
@@ -163,6 +164,11 @@ class DeliveryStage:
         if any(isinstance(m, Retries) for m in broker.middleware):
             raise ValueError("a delivery broker runs without dramatiq's Retries (see make_broker)")
         broker.add_middleware(ActorFailures(settings, self.dead_letter))
+        self.pause_gate = PauseGate(
+            self.keys, self._redis_client, queues={self.keys.delivery_queue(p): p for p in PLATFORMS}
+        )
+        broker.add_middleware(self.pause_gate)
+        self.pause_gate.install(broker)
         self.actors: dict[Platform, dramatiq.Actor[Any, Any]] = {
             platform: dramatiq.Actor(
                 partial(self._deliver, platform),
@@ -199,6 +205,8 @@ class DeliveryStage:
         return self._deliverer
 
     async def _deliver(self, platform: Platform, payload: str) -> None:
+        if self.pause_gate.is_paused(platform):
+            raise ProviderPaused(f"{platform} is paused")
         try:
             await self._deliver_payload(platform, payload)
         except Exception as exc:

@@ -70,19 +70,30 @@ def stats(as_json: bool = typer.Option(False, "--json", help="Print one JSON obj
 
 def stats_table(namespace: str, rows: list[QueueStats]) -> Table:
     table = Table(title=f"queues of namespace {namespace}")
-    for column in ("queue", "kind", "ready", "unacked", "consumers", "head age"):
+    for column in ("queue", "kind", "ready", "unacked", "consumers", "head age", "paused"):
         table.add_column(column, justify="left" if column in ("queue", "kind") else "right", no_wrap=True)
     for row in rows:
         name = row.name.removeprefix(namespace + ".")
         if not row.exists:
-            table.add_row(name, str(row.kind), "-", "-", "-", "not declared", style="dim")
+            table.add_row(name, str(row.kind), "-", "-", "-", "not declared", _paused(row), style="dim")
             continue
         unacked = "?" if row.unacked is None else f"{row.unacked:,}"
         style = "red" if row.kind == "dead" and row.ready else None
         table.add_row(
-            name, str(row.kind), f"{row.ready:,}", unacked, str(row.consumers), _age(row.head_age_s), style=style
+            name,
+            str(row.kind),
+            f"{row.ready:,}",
+            unacked,
+            str(row.consumers),
+            _age(row.head_age_s),
+            _paused(row),
+            style=style,
         )
     return table
+
+
+def _paused(row: QueueStats) -> str:
+    return "PAUSED" if row.paused else ""
 
 
 @app.command("drain")
