@@ -57,6 +57,15 @@ class Keys:
         """HASH circuit -> consecutive failures the last worker to count them saw."""
         return f"{self.namespace}:{{breakers}}:failures"
 
+    def trace(self, intent_id: str) -> str:
+        """HASH of what became of one intent: expansion figures, per-provider outcomes, stage times
+        (``goalhorn.counters.IntentTraces``); same hash tag as the intent's delivery markers."""
+        return f"{self.namespace}:trace:{{{intent_id}}}"
+
+    def event_intents(self, event_id: str) -> str:
+        """SET of the intent ids expanded for one game event."""
+        return f"{self.namespace}:trace:event:{{{event_id}}}"
+
     def paused(self) -> str:
         """HASH platform -> JSON (since, by, reason) of the providers ``goalhorn pause`` paused."""
         return f"{self.namespace}:paused"
