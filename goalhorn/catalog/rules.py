@@ -22,6 +22,7 @@ RULE_KEYS = (
     "collapse_key",
     "bypass_quiet_hours",
     "opt_in_required",
+    "to_original_recipients",
     "when",
     "description",
 )
@@ -40,6 +41,9 @@ class Rule:
     opt_in_required: bool = False
     when: Condition | None = None
     """Only events whose facts make it true trigger the rule (``conditions.py``)."""
+    to_original_recipients: bool = False
+    """A ``SCORE_CORRECTION`` rule that goes to the devices the corrected alerts reached (and no one
+    else), under each one's collapse key, instead of to segments of its own."""
 
 
 def parse_rules(
@@ -68,9 +72,14 @@ def parse_rules(
         for key in body:
             if key not in RULE_KEYS:
                 problems.add((*where, key), f"unknown key {key!r} in rule {name!r} (expected {', '.join(RULE_KEYS)})")
-        for key in ("kinds", "priority", "segments", "template"):
+        follows = body.get("to_original_recipients", False) is True
+        for key in ("kinds", "priority", "template") if follows else ("kinds", "priority", "segments", "template"):
             if key not in body:
                 problems.add(where, f"rule {name!r} needs {key}")
+        if follows and "segments" in body:
+            problems.add((*where, "segments"), "a to_original_recipients rule has no segments of its own")
+        if follows and body.get("kinds") != [EventKind.SCORE_CORRECTION.value]:
+            problems.add((*where, "kinds"), "a to_original_recipients rule takes kinds: [SCORE_CORRECTION]")
         kinds = body.get("kinds", [])
         if not isinstance(kinds, list) or not kinds:
             problems.add((*where, "kinds"), "kinds must be a non-empty list of event kinds")
@@ -82,7 +91,7 @@ def parse_rules(
         if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
             problems.add((*where, "priority"), f"priority {priority!r} is outside 0..9")
         names = body.get("segments", [])
-        if not isinstance(names, list) or not names:
+        if not isinstance(names, list) or (not names and not follows):
             problems.add((*where, "segments"), "segments must be a non-empty list of segment names")
             names = []
         for segment in names:
@@ -105,7 +114,7 @@ def parse_rules(
         collapse = body.get("collapse_key")
         if collapse is not None:
             check_template(str(collapse), (*where, "collapse_key"), problems, f"collapse_key {collapse!r}")
-        for flag in ("bypass_quiet_hours", "opt_in_required"):
+        for flag in ("bypass_quiet_hours", "opt_in_required", "to_original_recipients"):
             if not isinstance(body.get(flag, False), bool):
                 problems.add((*where, flag), f"{flag} must be true or false")
         when = _condition(body.get("when"), (*where, "when"), problems) if "when" in body else None
@@ -123,6 +132,7 @@ def parse_rules(
                 bypass_quiet_hours=body.get("bypass_quiet_hours", False),
                 opt_in_required=body.get("opt_in_required", False),
                 when=when,
+                to_original_recipients=follows,
             )
         )
     return tuple(rules)

@@ -28,13 +28,28 @@ from goalhorn.ingest.fusion import EdgeEngine
 from goalhorn.ingest.live import LiveState
 from goalhorn.ingest.winprob import ParamTable, WinModel
 from goalhorn.intents.edge import edge_intents
-from goalhorn.intents.rules import intents_for
+from goalhorn.intents.rules import Original, corrections_for, intents_for, originals_of
 from goalhorn.keys import Keys
-from goalhorn.models import EdgeSignal, GameEvent, GameState, Intent, utcnow
+from goalhorn.models import EdgeSignal, EventKind, GameEvent, GameState, Intent, utcnow
 from goalhorn.redis_client import Redis
 from goalhorn.settings import Settings
 
 log = logging.getLogger(__name__)
+
+SCORING = frozenset(
+    {
+        EventKind.GOAL,
+        EventKind.TOUCHDOWN,
+        EventKind.FIELD_GOAL,
+        EventKind.SAFETY,
+        EventKind.EXTRA_POINT,
+        EventKind.TWO_POINT_CONVERSION,
+        EventKind.RUN,
+        EventKind.BASKET,
+        EventKind.SCORE,
+    }
+)
+"""Kinds whose alerts are remembered for the corrections that may take them back."""
 
 
 @dataclass(slots=True)
@@ -132,9 +147,16 @@ class Ingestor:
         failure: Exception | None = None
         rules = self.rules
         win = self.win_facts() if events and need_win_facts(rules) else None
+        follow = any(rule.to_original_recipients for rule in rules)
         for event in events:
+            originals: list[Original] = []
             try:
-                intents = intents_for(event, rules, moment, win(event) if win is not None else None)
+                facts = win(event) if win is not None else None
+                intents = intents_for(event, rules, moment, facts)
+                if follow and event.kind is EventKind.SCORE_CORRECTION and event.team_id:
+                    kept = await self.live.alerts(f"{event.source}:{event.game_id}", event.team_id)
+                    originals = kept[-1] if kept else []
+                    intents += corrections_for(event, rules, originals, moment, facts)
             except Exception as exc:
                 log.exception("building the intents of %s failed", event.event_id)
                 failure = failure or exc
@@ -146,7 +168,22 @@ class Ingestor:
                 return exc
             out.events.append(event)
             out.intents += intents
+            await self._remember(event, intents, originals)
         return failure
+
+    async def _remember(self, event: GameEvent, intents: list[Intent], corrected: list[Original]) -> None:
+        """Keep a score's alerts for a correction to follow; forget those a correction took back. A
+        failure is logged: the alerts went out, only a later correction could not find them."""
+        if event.team_id is None:
+            return
+        key = f"{event.source}:{event.game_id}"
+        try:
+            if corrected:
+                await self.live.pop_alerts(key, event.team_id)
+            elif event.kind in SCORING and intents:
+                await self.live.push_alerts(key, event.team_id, originals_of(intents))
+        except Exception:
+            log.exception("could not record the alerts of %s for corrections", event.event_id)
 
     async def _publish(self, intent: Intent) -> None:
         await self.bus.publish(self.queue, intent.to_json(), priority=intent.priority, message_id=intent.intent_id)

@@ -10,15 +10,22 @@ older than that are pruned as new states are written.
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from goalhorn.intents.rules import Original
 from goalhorn.keys import Keys
 from goalhorn.models import GameState, GameStatus, Sport, utcnow
 from goalhorn.redis_client import Redis
 
+log = logging.getLogger(__name__)
+
 _STATUSES = (GameStatus.SCHEDULED, GameStatus.LIVE, GameStatus.FINAL)
+ALERTS_KEPT = 5
+"""Scoring alerts remembered per team and game, newest last, for the corrections that take them back."""
 
 # KEYS: state hash, live index, sport index, status indexes (scheduled, live, final)
 # ARGV: state json, observed ms, updated ms, game key, status position (1-3), retention ms
@@ -123,3 +130,28 @@ class LiveState:
     async def _members(self, key: str) -> list[str]:
         members = await self._redis.zrange(key, 0, -1)
         return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+
+    async def push_alerts(self, key: str, team_id: str, originals: Sequence[Original]) -> None:
+        """Remember the alerts a team's score in game ``key`` went out as (the newest ``ALERTS_KEPT``)."""
+        kept = await self.alerts(key, team_id)
+        kept.append(list(originals))
+        field = f"alerts:{team_id}"
+        rows = [[o.to_dict() for o in alerts] for alerts in kept[-ALERTS_KEPT:]]
+        await self._redis.hset(self._keys.game_state(key), field, json.dumps(rows))
+
+    async def alerts(self, key: str, team_id: str) -> list[list[Original]]:
+        """The team's remembered scoring alerts in the game, oldest first; unreadable ones are skipped."""
+        raw = await self._redis.hget(self._keys.game_state(key), f"alerts:{team_id}")
+        if raw is None:
+            return []
+        try:
+            return [[Original.from_dict(o) for o in alerts] for alerts in json.loads(raw)]
+        except (ValueError, TypeError, AttributeError) as exc:
+            log.error("game %s: unreadable remembered alerts of team %s dropped (%s)", key, team_id, exc)
+            return []
+
+    async def pop_alerts(self, key: str, team_id: str) -> None:
+        """Forget the team's newest remembered alerts (a correction took them back)."""
+        kept = await self.alerts(key, team_id)
+        rows = [[o.to_dict() for o in alerts] for alerts in kept[:-1]]
+        await self._redis.hset(self._keys.game_state(key), f"alerts:{team_id}", json.dumps(rows))

@@ -12,7 +12,8 @@ id and the delivery markers can recognise a repeat.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from goalhorn.catalog.conditions import Value
@@ -121,16 +122,68 @@ def event_facts(event: GameEvent, extra: Mapping[str, Value] | None = None) -> d
     return facts
 
 
-def intents_for(
-    event: GameEvent, rules: Iterable[Rule], now: datetime, extra: Mapping[str, Value] | None = None
+@dataclass(frozen=True, slots=True)
+class Original:
+    """An alert a correction may take back: the intent's id, the segments and collapse key it went out with."""
+
+    intent_id: str
+    segments: tuple[str, ...]
+    collapse_key: str | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"intent_id": self.intent_id, "segments": list(self.segments), "collapse_key": self.collapse_key}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, object]) -> Original:
+        segments = raw.get("segments")
+        collapse = raw.get("collapse_key")
+        if not isinstance(raw.get("intent_id"), str) or not isinstance(segments, list) or not segments:
+            raise ValueError("not a recorded alert")
+        return cls(str(raw["intent_id"]), tuple(str(s) for s in segments), None if collapse is None else str(collapse))
+
+
+def originals_of(intents: Iterable[Intent]) -> list[Original]:
+    return [Original(i.intent_id, i.segments, i.collapse_key) for i in intents]
+
+
+def corrections_for(
+    event: GameEvent,
+    rules: Iterable[Rule],
+    originals: Sequence[Original],
+    now: datetime,
+    extra: Mapping[str, Value] | None = None,
 ) -> list[Intent]:
-    """The intents ``event`` triggers under ``rules``; ``extra`` facts feed their conditions."""
-    matching = [rule for rule in rules if event.kind in rule.kinds]
+    """The intents of ``to_original_recipients`` rules for a correction of the alerts ``originals``:
+    one per original, to its segments (the expander keeps only the devices it was sent to, by
+    ``data["corrects"]``) under its collapse key, so it replaces the wrong alert on the phone."""
+    if event.kind is not EventKind.SCORE_CORRECTION or not originals:
+        return []
+    matching = [rule for rule in rules if rule.to_original_recipients and event.kind in rule.kinds]
     if any(rule.when is not None for rule in matching):
         facts = event_facts(event, extra)
         matching = [rule for rule in matching if rule.when is None or rule.when.test(facts)]
-    if not matching:
-        return []
+    out = []
+    for rule in matching:
+        for original in originals:
+            follows = replace(rule, name=f"{rule.name}:{original.intent_id}", segments=original.segments)
+            intent = intent_of(
+                follows,
+                event_id=event.event_id,
+                kind=event.kind,
+                sport=event.sport,
+                game_id=event.game_id,
+                team_id=event.team_id,
+                data={**event_data(event), "corrects": original.intent_id},
+                fields=event_fields(event),
+                event_at=event.observed_at,
+                now=now,
+            )
+            out.append(intent.model_copy(update={"collapse_key": original.collapse_key}))
+    return out
+
+
+def event_data(event: GameEvent) -> dict[str, str]:
+    """The template data of a game event's intents."""
     data = {
         "team": event.team or "",
         "home_team": event.home_team,
@@ -142,6 +195,21 @@ def intents_for(
     }
     if event.player:
         data["player"] = event.player
+    return data
+
+
+def intents_for(
+    event: GameEvent, rules: Iterable[Rule], now: datetime, extra: Mapping[str, Value] | None = None
+) -> list[Intent]:
+    """The intents ``event`` triggers under ``rules``; ``extra`` facts feed their conditions.
+    (``to_original_recipients`` rules are :func:`corrections_for`'s.)"""
+    matching = [rule for rule in rules if event.kind in rule.kinds and not rule.to_original_recipients]
+    if any(rule.when is not None for rule in matching):
+        facts = event_facts(event, extra)
+        matching = [rule for rule in matching if rule.when is None or rule.when.test(facts)]
+    if not matching:
+        return []
+    data = event_data(event)
     fields = event_fields(event)
     return [
         intent_of(

@@ -21,6 +21,7 @@ never fatal to the expansion.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -48,6 +49,9 @@ from goalhorn.segmenter.batches import BatchCutter
 from goalhorn.segmenter.definitions import Resolved, resolve
 
 log = logging.getLogger(__name__)
+
+SENT_MARKER = b"sent"
+"""A delivery marker's value once the provider accepted the push (``goalhorn.dispatch.markers.SENT``)."""
 
 
 @dataclass(slots=True)
@@ -111,6 +115,7 @@ class Expander:
         self._caps = CapCounter(redis, keys)
         self._bloom = PreferenceBloom(redis, keys, buckets=buckets, error_rate=bloom_error_rate) if bloom else None
         self._keys = keys
+        self._redis = redis
         self._batch_size = batch_size
         self._rebuild_pending = bloom_rebuild_pending
         self.rebuilding: asyncio.Task[bool] | None = None
@@ -175,6 +180,14 @@ class Expander:
     ) -> list[EncodedBatch]:
         """The batches a chunk fills."""
         chosen = self._select(chunk, segment, eligibility, stats)
+        corrects = intent.data.get("corrects")
+        if corrects:  # a correction reaches only the devices the alert it corrects was sent to
+            chosen.records = await self._recipients_of(corrects, chosen.records)
+            capped = [raw for _, _, raw, _ in chosen.capped]
+            kept = await self._recipients_of(corrects, capped, keep_empty=True)
+            chosen.capped = [
+                (user, cap, raw, first) for (user, cap, _, first), raw in zip(chosen.capped, kept, strict=True) if raw
+            ]
         if chosen.capped:
             chosen.records += await self._admit(intent, chosen.capped, stats, now, dry_run)
         batches = list(cutter.add(chosen.records, segment.platforms))
@@ -313,6 +326,23 @@ class Expander:
             if admitted and not any(s.admits(device.platform, device.locale) for s in before):
                 kept.append(device.to_json())
         return b"\n".join(kept) if kept else None
+
+    async def _recipients_of(self, intent_id: str, raws: list[bytes], *, keep_empty: bool = False) -> list[bytes]:
+        """Of each record's device lines, those the intent was sent to (its delivery marker says so)."""
+        lines = [[line for line in raw.split(b"\n") if line] for raw in raws]
+        ids: list[str] = []
+        for line in (line for group in lines for line in group):
+            try:
+                device_id = json.loads(line).get("device_id")
+            except (ValueError, AttributeError):
+                device_id = None
+            ids.append(device_id if isinstance(device_id, str) else "")
+        if not ids:
+            return [b"" for _ in raws] if keep_empty else []
+        states = await self._redis.mget([self._keys.delivery_marker(intent_id, device_id) for device_id in ids])
+        sent = iter(state == SENT_MARKER for state in states)
+        out = [b"\n".join(line for line in group if next(sent)) for group in lines]
+        return out if keep_empty else [raw for raw in out if raw]
 
     async def _admit(
         self,
