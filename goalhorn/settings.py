@@ -108,6 +108,18 @@ class Settings(BaseSettings):
         default=None, description="Per-source secrets of pushed feeds: source=hmac:SECRET or source=token:SECRET, ..."
     )
     feeds_max_bytes: int = Field(default=4 << 20, ge=1024, description="Largest pushed-feed body (413 above).")
+    statsperform_matches: str = Field(
+        default="", description="Comma-separated Stats Perform fixture ids whose MA3 match events are polled."
+    )
+    statsperform_outlet_key: SecretStr | None = Field(
+        default=None, description="Stats Perform outlet authentication key; needed with GOALHORN_STATSPERFORM_MATCHES."
+    )
+    statsperform_base_url: str = Field(
+        default="https://api.performfeeds.com/soccerdata/matchevent", description="Stats Perform MA3 root."
+    )
+    statsperform_budget_requests: int = Field(
+        default=3600, ge=1, description="Requests to Stats Perform allowed per hour, all matches together."
+    )
 
     # --- providers and dispatch (issue 5) ---------------------------------------------------------
     fcm_credentials_file: str | None = Field(

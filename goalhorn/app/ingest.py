@@ -1,7 +1,8 @@
 """The ingest stage: feeds in, live state and intents out.
 
 ``goalhorn run ingest`` runs it (one per feed set): an ESPN poller per ``<sport>/<league>`` of
-``GOALHORN_ESPN_LEAGUES`` (all sharing one request budget), a Sportradar push stream per URL of
+``GOALHORN_ESPN_LEAGUES`` (all sharing one request budget), a Stats Perform MA3 poller per fixture
+of ``GOALHORN_STATSPERFORM_MATCHES``, a Sportradar push stream per URL of
 ``GOALHORN_SPORTRADAR_FEEDS``, the Polymarket market channel for the tokens of
 ``GOALHORN_MARKET_MAP_PATH``, and with ``GOALHORN_FEEDS_LISTEN`` the endpoint providers push feeds
 to. Whatever they parse goes through one :class:`Ingestor` to live state and the intent bus; every
@@ -29,12 +30,13 @@ from goalhorn.ingest.fusion import EdgeEngine, EdgeOptions
 from goalhorn.ingest.ingestor import Absorbed, Ingestor
 from goalhorn.ingest.market_stream import MarketStream, StreamOptions
 from goalhorn.ingest.markets import MarketMap
-from goalhorn.ingest.poller import LeaguePoller, PollOptions
+from goalhorn.ingest.poller import DocumentPoller, LeaguePoller, PollOptions
 from goalhorn.ingest.polymarket import PolymarketAdapter
 from goalhorn.ingest.push_stream import PushOptions, PushStream
 from goalhorn.ingest.pushed import PushedFeeds, SourceSecret, parse_secrets
 from goalhorn.ingest.quarantine import Quarantine, QuarantinedPayload, QuarantineStore
 from goalhorn.ingest.sportradar import SportradarAdapter
+from goalhorn.ingest.statsperform import StatsPerformAdapter, matchevent_url
 from goalhorn.ingest.winprob import ParamTable, WinModel
 from goalhorn.models import Sport
 from goalhorn.settings import Settings
@@ -100,9 +102,23 @@ def endpoint_of(settings: Settings) -> tuple[str, int, dict[str, SourceSecret]] 
     return host, int(port), secrets
 
 
+def matches_of(settings: Settings) -> list[str]:
+    """``GOALHORN_STATSPERFORM_MATCHES`` as fixture ids; a ``ConfigError`` names a bad one or a missing key."""
+    ids = [m.strip() for m in settings.statsperform_matches.split(",") if m.strip()]
+    for fixture in ids:
+        if not fixture.isalnum() or len(fixture) > 64:
+            raise ConfigError(f"GOALHORN_STATSPERFORM_MATCHES: {fixture[:80]!r} is not a fixture id")
+    key = settings.statsperform_outlet_key
+    if ids and (key is None or not key.get_secret_value().isalnum()):
+        raise ConfigError(
+            "GOALHORN_STATSPERFORM_OUTLET_KEY: needed (letters and digits) by GOALHORN_STATSPERFORM_MATCHES"
+        )
+    return ids
+
+
 NOTHING = (
-    "nothing to ingest: set GOALHORN_ESPN_LEAGUES, GOALHORN_SPORTRADAR_FEEDS, GOALHORN_FEEDS_LISTEN "
-    "and/or GOALHORN_MARKET_MAP_PATH"
+    "nothing to ingest: set GOALHORN_ESPN_LEAGUES, GOALHORN_STATSPERFORM_MATCHES, GOALHORN_SPORTRADAR_FEEDS, "
+    "GOALHORN_FEEDS_LISTEN and/or GOALHORN_MARKET_MAP_PATH"
 )
 
 
@@ -111,7 +127,9 @@ def check_feeds(settings: Settings) -> None:
     leagues_of(settings)
     pushed = push_feeds_of(settings)
     endpoint = endpoint_of(settings)
-    if not settings.espn_leagues.strip() and not pushed and not endpoint and not settings.market_map_path:
+    matches = matches_of(settings)
+    polled = settings.espn_leagues.strip() or matches
+    if not polled and not pushed and not endpoint and not settings.market_map_path:
         raise ConfigError(NOTHING)
 
 
@@ -129,7 +147,9 @@ class IngestStage:
         self._markets = MarketMap.load(Path(settings.market_map_path)) if feeds and settings.market_map_path else None
         self._push_urls = push_feeds_of(settings) if feeds else []
         self._endpoint = endpoint_of(settings) if feeds else None
-        if feeds and not self._leagues and not self._push_urls and not self._markets and not self._endpoint:
+        self._matches = matches_of(settings) if feeds else []
+        sources = (self._leagues, self._matches, self._push_urls, self._markets, self._endpoint)
+        if feeds and not any(sources):
             raise ConfigError(NOTHING)
         engine = None
         if self._markets:
@@ -139,7 +159,7 @@ class IngestStage:
         self.ingestor = Ingestor(settings, parts.bus, parts.redis, engine=engine, catalog=parts.catalog)
         self.quarantine = Quarantine(on_record=self._mirror)
         self._pending: asyncio.Queue[QuarantinedPayload | None] = asyncio.Queue()
-        self._pollers: list[LeaguePoller] = []
+        self._pollers: list[DocumentPoller] = []
         self._stream: MarketStream | None = None
         self._pushes: list[PushStream] = []
         self.pushed: PushedFeeds | None = None
@@ -197,6 +217,21 @@ class IngestStage:
             )
             for sport, league in self._leagues
         ]
+        if self._matches:
+            outlet = settings.statsperform_outlet_key.get_secret_value() if settings.statsperform_outlet_key else ""
+            ma3_budget = RequestBudget("statsperform", settings.statsperform_budget_requests, 3600.0)
+            self._pollers += [
+                DocumentPoller(
+                    self._session,
+                    matchevent_url(settings.statsperform_base_url, outlet, fixture),
+                    f"statsperform:{fixture}",
+                    StatsPerformAdapter(self.quarantine),
+                    ma3_budget,
+                    self._streamed,
+                    options=poll_options,
+                )
+                for fixture in self._matches
+            ]
         if self._markets and self._markets.tokens:
             stream_options = StreamOptions(ping_s=settings.market_ping_s, silence_s=settings.market_silence_s)
             self._stream = MarketStream(

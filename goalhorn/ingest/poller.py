@@ -25,7 +25,7 @@ import aiohttp
 from prometheus_client import Counter
 
 from goalhorn.errors import BusError
-from goalhorn.ingest.adapter import Parsed
+from goalhorn.ingest.adapter import FeedAdapter, Parsed
 from goalhorn.ingest.backoff import Backoff
 from goalhorn.ingest.budget import RequestBudget
 from goalhorn.ingest.espn import EspnAdapter
@@ -62,25 +62,28 @@ class _Failure(Exception):
         self.retry_after = retry_after
 
 
-class LeaguePoller:
+class DocumentPoller:
+    """Polls one URL whose body is one whole document for ``adapter`` (a scoreboard, a match); the
+    ``label`` names it in logs and in ``goalhorn_poll_errors_total``. The URL may hold a secret (an
+    outlet key): it is never logged."""
+
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        base_url: str,
-        sport: Sport,
-        league: str,
+        url: str,
+        label: str,
+        adapter: FeedAdapter,
         budget: RequestBudget,
         on_parsed: Callable[[Parsed], Awaitable[object]],
         *,
         options: PollOptions | None = None,
-        quarantine: Quarantine | None = None,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
-        self.league = league
-        self.url = scoreboard_url(base_url, sport.value, league)
+        self.label = label
+        self.url = url
         self.options = options or PollOptions()
-        self.adapter = EspnAdapter(sport=sport, league=league, quarantine=quarantine)
+        self.adapter = adapter
         self.backoff = Backoff(self.options.backoff_base_s, self.options.backoff_cap_s, rng)
         self._session = session
         self._budget = budget
@@ -164,12 +167,12 @@ class LeaguePoller:
 
     def _failed(self, failure: _Failure, cause: Exception | None = None) -> float:
         self.failures[failure.reason] = self.failures.get(failure.reason, 0) + 1
-        POLL_ERRORS.labels(self.league, failure.reason).inc()
+        POLL_ERRORS.labels(self.label, failure.reason).inc()
         delay = self.backoff.next_delay()
         if failure.retry_after is not None:
             delay = max(delay, failure.retry_after)
         detail = f": {cause!r}" if cause is not None else ""
-        log.warning("%s: poll failed (%s%s); next in %.1fs", self.league, failure.reason, detail, delay)
+        log.warning("%s: poll failed (%s%s); next in %.1fs", self.label, failure.reason, detail, delay)
         return delay
 
     def _interval(self, states: list[GameState], now: datetime) -> float:
@@ -180,6 +183,29 @@ class LeaguePoller:
             for s in states
         )
         return self.options.fast_s if busy else self.options.slow_s
+
+
+class LeaguePoller(DocumentPoller):
+    """ESPN's scoreboard of one league."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        sport: Sport,
+        league: str,
+        budget: RequestBudget,
+        on_parsed: Callable[[Parsed], Awaitable[object]],
+        *,
+        options: PollOptions | None = None,
+        quarantine: Quarantine | None = None,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        adapter = EspnAdapter(sport=sport, league=league, quarantine=quarantine)
+        url = scoreboard_url(base_url, sport.value, league)
+        super().__init__(session, url, league, adapter, budget, on_parsed, options=options, sleep=sleep, rng=rng)
+        self.league = league
 
 
 def _retry_after(raw: str | None) -> float | None:

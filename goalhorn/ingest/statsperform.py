@@ -29,6 +29,12 @@ from goalhorn.models import EventKind, GameEvent, GameState, GameStatus, Sport
 
 SOURCE = "statsperform"
 
+
+def matchevent_url(base_url: str, outlet_key: str, fixture_id: str) -> str:
+    """The MA3 (match events) document of one fixture, as JSON (``_rt=b``: outlet-key access)."""
+    return f"{base_url.rstrip('/')}/{outlet_key}/{fixture_id}?_rt=b&_fmt=json"
+
+
 GOAL, CARD, PERIOD_END, PERIOD_START = 16, 17, 30, 32
 OWN_GOAL, SECOND_YELLOW, RED = 28, 32, 33
 _PLAYING = range(1, 6)
