@@ -21,6 +21,7 @@ EXPECTED = {
         (EventKind.RUN, "BOS", 1, 2, 3, "▲3", "Jarren Duran"),
         (EventKind.RUN, "NYY", 2, 2, 5, "▼5", None),
         (EventKind.RUN, "NYY", 3, 2, 9, "▼9", "Giancarlo Stanton"),
+        (EventKind.GAME_END, None, 3, 2, 9, "▼9", None),  # the first message of the closed game
     ],
     "nfl": [
         (EventKind.TOUCHDOWN, "KC", 6, 0, 1, "10:02", "Patrick Mahomes"),

@@ -212,6 +212,12 @@ class SportradarAdapter(FeedAdapter):
             typed = _credit_correction(typed, state, before)
         if typed is not None:
             parsed.events.append(typed)
+        if state.status is GameStatus.FINAL and before is not None and kind is not EventKind.GAME_END:
+            # The first message showing the game over (MLB has no game-over event): one GAME_END,
+            # with an id of its own so that no later message of the final game makes another.
+            final = _typed({**event, "id": "final"}, state, sequence, EventKind.GAME_END, None, before)
+            if final is not None:
+                parsed.events.append(final)
 
     def _sport(self, metadata: dict[str, Any]) -> tuple[str, Sport]:
         raw = metadata.get("league")
