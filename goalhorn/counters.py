@@ -1,4 +1,5 @@
-"""Pipeline counters shared by every stage and every process, kept in one Redis hash.
+"""Pipeline counters shared by every stage and every process, kept in one Redis hash; and the
+per-intent traces (:class:`IntentTraces`) that ``goalhorn trace`` reads.
 
 Each process also exposes what its own stages counted as ``goalhorn_pipeline_total{counter=...}`` on
 its ``/metrics``. They are what ``goalhorn demo`` summarizes and what the pipeline waits on to know it is idle:
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 from prometheus_client import Counter
 
@@ -17,6 +19,8 @@ from goalhorn.keys import Keys
 from goalhorn.redis_client import Redis
 
 LATENCY_SAMPLES = 200_000
+TRACE_TTL_S = 72 * 3600
+"""How long an intent's trace is kept after its last update (as long as its sent markers, by default)."""
 
 PROCESS_COUNTS = Counter(
     "goalhorn_pipeline",
@@ -58,6 +62,10 @@ class PipelineCounters:
         self._redis = redis
         self._keys = keys
 
+    def traces(self, ttl_s: int = TRACE_TTL_S) -> IntentTraces:
+        """The per-intent traces kept beside these counters."""
+        return IntentTraces(self._redis, self._keys, ttl_s)
+
     async def add(self, counts: Mapping[str, int], latencies_ms: Iterable[float] = ()) -> None:
         samples = [f"{ms:.3f}" for ms in latencies_ms]
         pipe = self._redis.pipeline(transaction=False)
@@ -82,3 +90,52 @@ class PipelineCounters:
 
     async def reset(self) -> None:
         await self._redis.delete(self._keys.stats(), self._keys.latencies())
+
+
+class IntentTraces:
+    """What became of each intent, for ``goalhorn trace``: one HASH per intent (``Keys.trace``).
+
+    The fanout writes its expansion figures (``expand:<name>``, replaced when an intent is expanded
+    again) and times; each delivered batch adds its devices' outcomes per provider
+    (``<platform>:<outcome>``, ``<platform>:dead_lettered:<code>``...) and the times of the first and
+    last batch. ``Keys.event_intents`` lists the intents of each event."""
+
+    def __init__(self, redis: Redis, keys: Keys, ttl_s: int = TRACE_TTL_S) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._ttl_s = ttl_s
+
+    async def expanded(
+        self, intent_id: str, event_id: str, head: Mapping[str, str], figures: Mapping[str, int]
+    ) -> None:
+        key = self._keys.trace(intent_id)
+        mapping: dict[str, str | int] = {**head, **{f"expand:{name}": n for name, n in figures.items()}}
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
+        pipe.expire(key, self._ttl_s)
+        pipe.sadd(self._keys.event_intents(event_id), intent_id)
+        pipe.expire(self._keys.event_intents(event_id), self._ttl_s)
+        await pipe.execute()
+
+    async def delivered(self, intent_id: str, platform: str, counts: Mapping[str, int], at: datetime) -> None:
+        key = self._keys.trace(intent_id)
+        pipe = self._redis.pipeline(transaction=False)
+        for name, n in counts.items():
+            if n:
+                pipe.hincrby(key, f"{platform}:{name}", n)
+        stamp = at.isoformat()
+        pipe.hsetnx(key, f"{platform}:first_at", stamp)
+        pipe.hset(key, f"{platform}:last_at", stamp)
+        pipe.expire(key, self._ttl_s)
+        await pipe.execute()
+
+    async def read(self, intent_id: str) -> dict[str, str]:
+        raw = await self._redis.hgetall(self._keys.trace(intent_id))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    async def intents_of(self, event_id: str) -> list[str]:
+        return sorted(_text(m) for m in await self._redis.smembers(self._keys.event_intents(event_id)))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -50,6 +50,8 @@ MARK_FLUSH_S = 0.005
 MARK_FLUSH_SIZE = 100
 
 Enqueue = Callable[[EncodedBatch, float], Awaitable[None]]
+TRACED = ("duplicates_skipped", "retries", "breaker_deferred", "held_requeued", "tokens_removed")
+"""Counters of a batch that an intent's trace keeps too (besides ``delivery:<platform>:<outcome>``)."""
 
 
 @dataclass(slots=True)
@@ -65,6 +67,19 @@ class _Tally:
     deferred_for_s: float = 0.0
     dead_tokens: list[tuple[Device, DeliveryResult]] = field(default_factory=list)
     unsendable: dict[str, list[Device]] = field(default_factory=dict)
+    trace: Counter[str] = field(default_factory=Counter)
+    """What the intent's trace gets beyond the counts: dead letters by code, retries by reason."""
+
+    def trace_counts(self, platform: str) -> Counter[str]:
+        """This batch's devices, by what became of them, for ``IntentTraces.delivered``."""
+        out = Counter(self.trace)
+        prefix = f"delivery:{platform}:"
+        for name, n in self.counts.items():
+            if name.startswith(prefix):
+                out[name.removeprefix(prefix)] += n
+            elif name in TRACED:
+                out[name] += n
+        return out
 
 
 class _MarkerWrites:
@@ -134,6 +149,7 @@ class Deliverer:
         }
         self._buckets = {platform: TokenBucket(rate) for platform, rate in rates.items() if rate > 0}
         self.counters = PipelineCounters(redis, self._keys)
+        self.traces = self.counters.traces(settings.sent_marker_ttl_s)
 
     async def aclose(self) -> None:
         for provider in self._providers.values():
@@ -183,6 +199,7 @@ class Deliverer:
             tally.counts["tokens_kept_reregistered"] += kept
         tally.counts["batches_done"] += 1
         await self.breaker_board.publish(self.breakers)
+        await self.traces.delivered(batch.intent.intent_id, platform, tally.trace_counts(platform), utcnow())
         await self.counters.add(tally.counts, tally.latencies_ms)
 
     async def _send_one(self, batch: DeliveryBatch, device: Device, tally: _Tally, marks: _MarkerWrites) -> None:
@@ -235,6 +252,7 @@ class Deliverer:
     def _schedule_retry(tally: _Tally, device: Device, reason: str, retry_after: float | None) -> None:
         tally.retry.append(device)
         tally.retry_reasons[reason] += 1
+        tally.trace[f"retry:{reason[:60]}"] += 1
         if retry_after:
             tally.retry_after_s = max(tally.retry_after_s, retry_after)
 
@@ -250,6 +268,7 @@ class Deliverer:
     async def _follow_up(self, batch: DeliveryBatch, tally: _Tally) -> None:
         for reason, devices in tally.unsendable.items():
             await self._dead_letter_devices(batch, devices, DeadLetterCode.MESSAGE_ERROR, reason)
+            tally.trace[f"dead_lettered:{DeadLetterCode.MESSAGE_ERROR}"] += len(devices)
             tally.counts["dead_letters"] += len(devices)
             tally.counts[f"delivery:{batch.platform}:dead_lettered"] += len(devices)
             log.warning("batch %s dead-lettered %d devices: %s", batch.batch_id, len(devices), reason)
@@ -269,6 +288,7 @@ class Deliverer:
         if batch.attempt >= self._settings.delivery_max_attempts:
             detail = f"attempts exhausted ({batch.attempt}): {reason}"
             await self._dead_letter_devices(batch, tally.retry, DeadLetterCode.ATTEMPTS_EXHAUSTED, detail)
+            tally.trace[f"dead_lettered:{DeadLetterCode.ATTEMPTS_EXHAUSTED}"] += len(tally.retry)
             tally.counts["dead_letters"] += len(tally.retry)
             tally.counts[f"delivery:{batch.platform}:dead_lettered"] += len(tally.retry)
             log.warning("batch %s dead-lettered %d devices: %s", batch.batch_id, len(tally.retry), reason)

@@ -36,7 +36,16 @@ from goalhorn.dispatch.delivery import Deliverer
 from goalhorn.dispatch.failures import ActorFailures, RedisUnavailable, redis_unavailable
 from goalhorn.dispatch.pause import PauseGate, ProviderPaused
 from goalhorn.keys import PLATFORMS, Keys, Platform
-from goalhorn.models import DeadLetter, DeadLetterCode, DeadLetterKind, DeliveryBatch, Device, EncodedBatch, Intent
+from goalhorn.models import (
+    DeadLetter,
+    DeadLetterCode,
+    DeadLetterKind,
+    DeliveryBatch,
+    Device,
+    EncodedBatch,
+    Intent,
+    utcnow,
+)
 from goalhorn.providers import Provider
 from goalhorn.redis_client import Redis, make_redis
 from goalhorn.settings import Settings
@@ -243,6 +252,10 @@ class DeliveryStage:
                 len(good.devices),
             )
             await deliverer.counters.add({"quarantined_devices": len(bad)})
+            code = f"dead_lettered:{DeadLetterCode.INVALID_DEVICE}"
+            await deliverer.traces.delivered(
+                good.intent.intent_id, platform, {"dead_lettered": len(bad), code: len(bad)}, utcnow()
+            )
             for raw, reason in bad:
                 entry = DeadLetter(
                     kind=DeadLetterKind.DEVICE,
@@ -289,7 +302,11 @@ class DeliveryStage:
         )
         await deadletters.write(redis, self.keys, entry)
         try:
-            await PipelineCounters(redis, self.keys).add({"batches_done": 1, "failed_batches": 1})
+            counters = PipelineCounters(redis, self.keys)
+            if intent_id is not None:
+                traced = {"dead_lettered": devices, f"dead_lettered:{DeadLetterCode.WORKER_FAILED}": devices}
+                await counters.traces(self.settings.sent_marker_ttl_s).delivered(intent_id, platform, traced, utcnow())
+            await counters.add({"batches_done": 1, "failed_batches": 1})
         except Exception:  # it is in the dead letters: only the counters miss it
             log.exception("dead letter written, counters not updated")
 

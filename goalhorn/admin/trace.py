@@ -1,0 +1,181 @@
+"""How far an alert got: an intent's trace (``goalhorn.counters.IntentTraces``) read back.
+
+The fanout records what the expansion found (recipients, suppressed by reason, batches and devices
+queued per provider) and when; each delivered batch adds its devices' outcomes per provider
+(sent, failed, invalid token, expired, dead-lettered by code, duplicates skipped, retries by
+reason, deferred by a breaker) and when. With ``devices=True`` the intent's delivery markers are
+read too: which devices are marked sent, and which are still held by an attempt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from goalhorn.counters import IntentTraces
+from goalhorn.keys import PLATFORMS, Keys
+from goalhorn.redis_client import Redis
+
+OUTCOMES = ("sent", "failed", "invalid_token", "expired", "dead_lettered")
+OTHERS = ("duplicates_skipped", "retries", "breaker_deferred", "held_requeued", "tokens_removed")
+
+
+@dataclass(slots=True)
+class ProviderTrace:
+    platform: str
+    batches_queued: int = 0
+    devices_queued: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    """Devices by final outcome: sent, failed, invalid_token, expired, dead_lettered."""
+    dead_lettered: dict[str, int] = field(default_factory=dict)
+    """Dead-lettered devices by code."""
+    retried: dict[str, int] = field(default_factory=dict)
+    """Retries by reason (a device retried twice counts twice)."""
+    other: dict[str, int] = field(default_factory=dict)
+    """duplicates_skipped, retries, breaker_deferred, held_requeued, tokens_removed."""
+    first_at: datetime | None = None
+    last_at: datetime | None = None
+
+    @property
+    def settled(self) -> int:
+        return sum(self.outcomes.values())
+
+
+@dataclass(slots=True)
+class Trace:
+    intent_id: str
+    event_id: str = ""
+    kind: str = ""
+    priority: int | None = None
+    expanded: bool = False
+    expired_at_fanout: bool = False
+    recipients: int = 0
+    followers: int = 0
+    followers_without_devices: int = 0
+    suppressed: dict[str, int] = field(default_factory=dict)
+    times: dict[str, datetime] = field(default_factory=dict)
+    """event, intent_created, expand_started, expand_done."""
+    providers: dict[str, ProviderTrace] = field(default_factory=dict)
+    devices: dict[str, str] | None = None
+    """With ``devices=True``: device id -> its marker (``sent`` or ``inflight``)."""
+
+    def timings_s(self) -> dict[str, float]:
+        """Seconds from the score change to each stage's mark."""
+        start = self.times.get("event")
+        if start is None:
+            return {}
+        marks = dict(self.times)
+        for platform, p in self.providers.items():
+            if p.first_at is not None:
+                marks[f"{platform}_first_delivered"] = p.first_at
+            if p.last_at is not None:
+                marks[f"{platform}_last_delivered"] = p.last_at
+        return {name: (when - start).total_seconds() for name, when in marks.items() if name != "event"}
+
+
+def _time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def parse(intent_id: str, fields: dict[str, str]) -> Trace:
+    trace = Trace(intent_id, event_id=fields.get("event_id", ""), kind=fields.get("kind", ""))
+    if fields.get("priority", "").isdigit():
+        trace.priority = int(fields["priority"])
+    for name, key in (
+        ("event", "event_at"),
+        ("intent_created", "created_at"),
+        ("expand_started", "expand_started_at"),
+        ("expand_done", "expand_done_at"),
+    ):
+        when = _time(fields.get(key))
+        if when is not None:
+            trace.times[name] = when
+    trace.expanded = "expand:recipients" in fields
+    trace.expired_at_fanout = fields.get("expand:expired") == "1"
+    for platform in PLATFORMS:
+        trace.providers[platform] = ProviderTrace(platform)
+    for name, value in fields.items():
+        if not value.lstrip("-").isdigit():
+            continue
+        n = int(value)
+        head, _, rest = name.partition(":")
+        if head == "expand":
+            _expansion(trace, rest, n)
+        elif head in trace.providers:
+            _delivery(trace.providers[head], rest, n)
+    for platform in PLATFORMS:
+        p = trace.providers[platform]
+        p.first_at, p.last_at = _time(fields.get(f"{platform}:first_at")), _time(fields.get(f"{platform}:last_at"))
+        if not (p.batches_queued or p.outcomes or p.other or p.dead_lettered):
+            del trace.providers[platform]
+    return trace
+
+
+def _expansion(trace: Trace, name: str, n: int) -> None:
+    what, _, detail = name.partition(":")
+    if what == "suppressed":
+        trace.suppressed[detail] = n
+    elif what in ("batches", "devices") and detail in PLATFORMS:
+        p = trace.providers[detail]
+        if what == "batches":
+            p.batches_queued = n
+        else:
+            p.devices_queued = n
+    elif what == "recipients":
+        trace.recipients = n
+    elif what == "followers":
+        trace.followers = n
+    elif what == "followers_without_devices":
+        trace.followers_without_devices = n
+
+
+def _delivery(p: ProviderTrace, name: str, n: int) -> None:
+    what, _, detail = name.partition(":")
+    if what == "dead_lettered" and detail:
+        p.dead_lettered[detail] = n
+    elif what == "retry":
+        p.retried[detail] = n
+    elif what in OUTCOMES:
+        p.outcomes[what] = n
+    elif what in OTHERS:
+        p.other[what] = n
+
+
+async def trace(redis: Redis, keys: Keys, intent_id: str, *, devices: bool = False) -> Trace | None:
+    """The trace of one intent, or None when nothing is known of it (never seen, or expired)."""
+    fields = await IntentTraces(redis, keys).read(intent_id)
+    if not fields:
+        return None
+    found = parse(intent_id, fields)
+    if devices:
+        found.devices = await markers(redis, keys, intent_id)
+    return found
+
+
+async def intents_of_event(redis: Redis, keys: Keys, event_id: str) -> list[str]:
+    return await IntentTraces(redis, keys).intents_of(event_id)
+
+
+async def markers(redis: Redis, keys: Keys, intent_id: str) -> dict[str, str]:
+    """Device id -> marker state of every device of the intent (a SCAN over the keyspace)."""
+    prefix = keys.delivery_marker(intent_id, "")
+    found: dict[str, str] = {}
+    names = [name async for name in redis.scan_iter(match=_glob_escape(prefix) + "*", count=1000)]
+    for start in range(0, len(names), 1000):
+        chunk = names[start : start + 1000]
+        for name, value in zip(chunk, await redis.mget(chunk), strict=True):
+            if value is None:
+                continue
+            text = name.decode() if isinstance(name, bytes) else str(name)
+            state = value.decode() if isinstance(value, bytes) else str(value)
+            found[text.removeprefix(prefix)] = "sent" if state == "sent" else "inflight"
+    return found
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
