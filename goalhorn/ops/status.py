@@ -1,0 +1,109 @@
+"""``goalhorn status [--watch]``: one screen for a match night."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+from dataclasses import asdict
+from typing import Any
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from goalhorn.admin.status import STAGES, Status, status
+from goalhorn.errors import GoalhornError
+from goalhorn.ops.queues import run, settings_or_fail, stats_table
+from goalhorn.settings import Settings
+
+
+def status_command(
+    watch: bool = typer.Option(False, "--watch", help="Refresh until Ctrl-C."),
+    every: float = typer.Option(2.0, "--every", min=0.5, help="Seconds between refreshes with --watch."),
+    interval: float = typer.Option(1.0, "--interval", min=0.2, max=60, help="Seconds throughput is measured over."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (once)."),
+) -> None:
+    """Throughput and latency per stage, queue depths, open breakers, paused providers, dead letters
+    of the last hour and the oldest live game state."""
+    settings = settings_or_fail()
+    if as_json or not watch:
+        current = run(status(settings, interval))
+        if as_json:
+            typer.echo(json.dumps(as_json_dict(current)))
+        else:
+            Console().print(render(current))
+        return
+    run(_watch(settings, interval, every))
+
+
+async def _watch(settings: Settings, interval: float, every: float) -> None:
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
+    with Live(Text("measuring..."), auto_refresh=False) as live:
+        while not stop.is_set():
+            try:
+                live.update(render(await status(settings, interval)), refresh=True)
+            except GoalhornError as exc:
+                live.update(Text(f"error: {exc}", style="red"), refresh=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, every - interval))
+
+
+def as_json_dict(s: Status) -> dict[str, Any]:
+    out = asdict(s)
+    out["queues"] = None if s.queues is None else [q.as_json() for q in s.queues]
+    out["breakers"] = [{**asdict(b), "state": b.state.value} for b in s.breakers]
+    out["paused"] = {p: {**v, "since": str(v.get("since"))} for p, v in s.paused.items()}
+    out["dead_letters_last_hour"] = [
+        {**asdict(g), "first": str(g.first), "last": str(g.last)} for g in s.dead_letters_last_hour
+    ]
+    return out
+
+
+def render(s: Status) -> Group:
+    parts: list[Any] = []
+    flow = Table(title=f"goalhorn status - namespace {s.namespace} (rates over {s.interval_s:.1f} s)")
+    for column in ("stage", "per second", "total"):
+        flow.add_column(column, justify="left" if column == "stage" else "right")
+    for label in [*STAGES, *(k for k in s.rates if k.startswith("sent:"))]:
+        flow.add_row(label, f"{s.rates[label]:,.1f}", f"{s.totals[label]:,}")
+    parts.append(flow)
+    p50, p99 = s.latency_ms.get("p50"), s.latency_ms.get("p99")
+    latency = f"p50 {p50:,.0f} ms, p99 {p99:,.0f} ms" if p50 is not None and p99 is not None else "no deliveries yet"
+    parts.append(Text(f"score change to delivery (newest samples): {latency}"))
+    if s.queues is None:
+        parts.append(Text("queues: GOALHORN_AMQP_URL is not set", style="dim"))
+    else:
+        parts.append(stats_table(s.namespace, [q for q in s.queues if q.exists]))
+    if s.paused:
+        for platform, flag in s.paused.items():
+            why = f" ({flag.get('reason')})" if flag.get("reason") else ""
+            parts.append(Text(f"PAUSED {platform} since {flag.get('since')} by {flag.get('by')}{why}", style="yellow"))
+    else:
+        parts.append(Text("paused providers: none"))
+    if s.breakers:
+        for b in s.breakers:
+            probe = f", next probe in {b.probe_in_s:.0f} s" if b.probe_in_s else ""
+            parts.append(Text(f"breaker {b.circuit} {b.state.value} ({b.failures} failures{probe})", style="red"))
+    else:
+        parts.append(Text("open breakers: none"))
+    if s.dead_letters_last_hour:
+        summary = ", ".join(f"{g.code} {g.platform} {g.devices:,} devices" for g in s.dead_letters_last_hour)
+        parts.append(Text(f"dead letters in the last hour: {summary}", style="red"))
+    else:
+        parts.append(Text("dead letters in the last hour: none"))
+    if s.oldest_live_state_s is not None:
+        parts.append(
+            Text(f"live games: {s.live_games}, oldest state {s.oldest_live_state_s:,.0f} s old ({s.oldest_live_game})")
+        )
+    else:
+        parts.append(Text("live games: none"))
+    return Group(*parts)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("status")(status_command)
