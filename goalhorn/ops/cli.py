@@ -13,6 +13,7 @@ from goalhorn import __version__
 from goalhorn.errors import ConfigError
 from goalhorn.ops import delivery, feeds, keys, model, replay, run
 from goalhorn.ops import pause as pause_commands
+from goalhorn.ops import status as status_command
 from goalhorn.ops import trace as trace_command
 from goalhorn.ops.breakers import app as breakers_app
 from goalhorn.ops.dlq import app as dlq_app
@@ -36,6 +37,7 @@ app.add_typer(dlq_app, name="dlq")
 app.add_typer(breakers_app, name="breakers")
 pause_commands.register(app)
 trace_command.register(app)
+status_command.register(app)
 app.command("run")(run.run)
 app.command("replay")(replay.replay)
 app.command("worker")(run.worker)
