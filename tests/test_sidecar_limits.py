@@ -136,3 +136,34 @@ def _stall_redis(seconds: float) -> None:
         )
     finally:
         client.close()
+
+
+async def test_tokens_taken_in_batches_never_exceed_the_limit_across_processes(settings: Settings) -> None:
+    """Pro takes 12 tokens per Redis call; 400 concurrent requests through two processes still get at
+    most the burst (plus what the rate refilled meanwhile), and nearly all of it."""
+    rate = TIER_RATES["pro"]
+    async with running_api(settings) as one, running_api(settings) as two:
+        key = await one.key("acme", tier="pro", scopes=("read",))
+        headers = {"Authorization": f"Bearer {key}"}
+        clients = [
+            httpx.AsyncClient(transport=api.client._transport, base_url="http://api", headers=headers)
+            for api in (one, two)
+        ]
+        in_flight = asyncio.Semaphore(40)  # within a client's connection pool
+
+        async def get(i: int) -> httpx.Response:
+            async with in_flight:
+                return await clients[i % 2].get("/v1/games")
+
+        started = time.monotonic()
+        answers = await asyncio.gather(*(get(i) for i in range(400)))
+        elapsed = time.monotonic() - started
+        allowed = sum(a.status_code == 200 for a in answers)
+        refused = [a for a in answers if a.status_code == 429]
+        redis = one.app.state.services.redis
+        async for name in redis.scan_iter(match=f"{settings.namespace}:*"):
+            await redis.delete(name)
+    assert allowed + len(refused) == 400
+    assert allowed <= rate.burst + math.ceil(elapsed * rate.per_s)
+    assert allowed >= rate.burst - 2 * 12, "tokens held by a process are at most one batch"
+    assert all(r.headers["retry-after"] == "1" for r in refused)

@@ -6,7 +6,8 @@ the checksum lets them (and us, before any Redis lookup) tell a key from a rando
 holds ``HMAC-SHA-256(GOALHORN_API_KEY_SECRET, key)`` -> the key's record, so a dump of Redis gives
 no usable key; the stored digest is compared with the computed one in constant time. Each key
 belongs to one tenant, has a tier (its rate limit) and scopes, can be revoked, and records when it
-was last used (at most once a minute per process, not a write per request).
+was last used (at most once a minute per process, not a write per request). A process trusts a key
+it verified for 5 s before asking Redis again, so a revocation reaches every process within 5 s.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ _CHECK_CHARS = 6  # 62**6 > 2**32
 KEY_PATTERN = re.compile(rf"{PREFIX}[0-9A-Za-z]{{{_BODY_CHARS + _CHECK_CHARS}}}")
 TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 LAST_USED_EVERY_S = 60.0
+VERIFIED_FOR_S = 5.0
+"""How long a process trusts a key it verified without asking Redis again: a revocation takes effect
+in every process within this (at once in the process that revoked)."""
+MAX_CACHED = 10_000
 
 Tier = Literal["community", "starter", "pro", "enterprise"]
 TIERS: tuple[Tier, ...] = get_args(Tier)
@@ -123,6 +128,7 @@ class KeyStore:
         self._keys = keys
         self._secret = secret
         self._touched: dict[str, float] = {}
+        self._verified: dict[str, tuple[float, ApiKey]] = {}
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> KeyStore:
@@ -161,12 +167,21 @@ class KeyStore:
         if not well_formed(key):
             return None
         digest = self.digest(key)
+        now = time.monotonic()
+        cached = self._verified.get(digest)
+        if cached is not None and cached[0] > now:
+            await self._touch(cached[1].id)
+            return cached[1]
         raw = await self._redis.hget(self._keys.api_keys(), digest)
         if raw is None:
             return None
         record = ApiKey.from_record(raw)
         if not hmac.compare_digest(record.digest, digest) or record.revoked_at is not None:
+            self._verified.pop(digest, None)
             return None
+        if len(self._verified) >= MAX_CACHED:
+            self._verified.clear()
+        self._verified[digest] = (now + VERIFIED_FOR_S, record)
         await self._touch(record.id)
         return record
 
@@ -198,6 +213,7 @@ class KeyStore:
         if raw is None:
             return None
         record = ApiKey.from_record(raw)
+        self._verified.pop(record.digest, None)
         if record.revoked_at is None:
             data = json.loads(raw)
             data["revoked_at"] = time.time()

@@ -49,11 +49,12 @@ def create_app(settings: Settings, svc: Services | None = None, *, checks: dict[
     app.state.services = services
     app.state.readiness = Readiness(services, checks)
     app.state.metrics = ApiMetrics()
+    app.state.game_cache = games.GameCache()
     problems.install(app)
     app.include_router(health.router)
+    app.include_router(games.router)  # the hottest routes first: fewer routes tried per request
     app.include_router(imports.router)
     app.include_router(users.router)
-    app.include_router(games.router)
     app.include_router(webhooks.router)
     app.include_router(streams.router)
     app.include_router(admin.router)

@@ -82,6 +82,11 @@ def services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
+async def provide_services(request: Request) -> Services:
+    """``services`` as a dependency (async: FastAPI runs a plain function in its thread pool)."""
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
 UNAUTHENTICATED = {"WWW-Authenticate": 'Bearer realm="goalhorn"'}
 
 
@@ -165,4 +170,13 @@ def component_schemas(models: Iterable[type[BaseModel]]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["Invalid", "Services", "body_schema", "caller", "component_schemas", "json_body", "services"]
+__all__ = [
+    "Invalid",
+    "Services",
+    "body_schema",
+    "caller",
+    "component_schemas",
+    "json_body",
+    "provide_services",
+    "services",
+]

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from goalhorn.sidecar.apikeys import ApiKey
-from goalhorn.sidecar.deps import Services, body_schema, caller, json_body, services
+from goalhorn.sidecar.deps import Services, body_schema, caller, json_body, provide_services
 from goalhorn.sidecar.problems import not_found
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 Admin = Annotated[ApiKey, Depends(caller("admin", switchable=False))]
-Svc = Annotated[Services, Depends(services)]
+Svc = Annotated[Services, Depends(provide_services)]
 SwitchName = Annotated[str, Path(pattern=r"^[a-z_]{1,64}$", description="A route group (tag) or a route's name.")]
 
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from goalhorn.admin.subscriber_lines import Subscriber
 from goalhorn.admin.subscribers import import_subscribers
 from goalhorn.sidecar.apikeys import ApiKey
-from goalhorn.sidecar.deps import Services, caller, capped_body, services
+from goalhorn.sidecar.deps import Services, caller, capped_body, provide_services
 from goalhorn.sidecar.problems import Problem
 from goalhorn.sidecar.tenants import stored_id
 
@@ -57,7 +57,7 @@ _BODY: dict[str, Any] = {
 async def import_users(
     request: Request,
     key: Annotated[ApiKey, Depends(caller("write"))],
-    svc: Annotated[Services, Depends(services)],
+    svc: Annotated[Services, Depends(provide_services)],
 ) -> ImportReport:
     """Import users from JSONL (at most GOALHORN_API_IMPORT_MAX_BYTES); rejected lines are listed
     (the first 1,000) and counted, the others imported."""

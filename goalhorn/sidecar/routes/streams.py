@@ -16,18 +16,18 @@ from fastapi import APIRouter, Depends, Header, Query
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from goalhorn.sidecar.apikeys import ApiKey
-from goalhorn.sidecar.deps import Services, caller, services
+from goalhorn.sidecar.deps import Services, caller, provide_services
 from goalhorn.sidecar.problems import Invalid
 from goalhorn.sidecar.streams import GAP, Entry, StreamHub, valid_id
 
 router = APIRouter(tags=["streams"])
 Reader = Annotated[ApiKey, Depends(caller("read"))]
-Svc = Annotated[Services, Depends(services)]
+Svc = Annotated[Services, Depends(provide_services)]
 LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", max_length=41)]
 MAX_GAMES = 100
 
 
-def resume_from(last_event_id: LastEventId = None) -> str | None:
+async def resume_from(last_event_id: LastEventId = None) -> str | None:
     """The ``Last-Event-ID`` to resume after, checked before the stream starts (a dependency)."""
     if last_event_id is None or last_event_id == "":
         return None
@@ -47,7 +47,7 @@ async def _events(
             yield ServerSentEvent(id=entry.id, event=kind, raw_data=entry.data)
 
 
-def wanted_games(
+async def wanted_games(
     games: Annotated[
         str | None,
         Query(pattern=r"^[!-~]{1,200}(,[!-~]{1,200})*$", description="Game ids (<source>:<id>), comma-separated"),

@@ -30,7 +30,7 @@ from goalhorn.models import Device
 from goalhorn.preferences.model import Cap, Preferences, QuietHours
 from goalhorn.preferences.quiet_hours import zone
 from goalhorn.sidecar.apikeys import ApiKey
-from goalhorn.sidecar.deps import Services, body_schema, caller, json_body, services
+from goalhorn.sidecar.deps import Services, body_schema, caller, json_body, provide_services
 from goalhorn.sidecar.problems import Invalid, Problem, not_found
 from goalhorn.sidecar.tenants import SPORTS, FollowKind, UserRecord, stored_id
 
@@ -42,7 +42,7 @@ UserId = Annotated[str, Path(pattern=ID_PATTERN, description="The user's id in t
 TargetId = Annotated[str, Path(pattern=ID_PATTERN)]
 Reader = Annotated[ApiKey, Depends(caller("read"))]
 Writer = Annotated[ApiKey, Depends(caller("write"))]
-Svc = Annotated[Services, Depends(services)]
+Svc = Annotated[Services, Depends(provide_services)]
 
 
 def _check_zone(value: str) -> str:

@@ -11,14 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from goalhorn.admin.addresses import url_problem
 from goalhorn.sidecar.apikeys import ApiKey
-from goalhorn.sidecar.deps import Services, body_schema, caller, json_body, services
+from goalhorn.sidecar.deps import Services, body_schema, caller, json_body, provide_services
 from goalhorn.sidecar.problems import Invalid, not_found
 from goalhorn.sidecar.webhooks import Endpoint
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 Reader = Annotated[ApiKey, Depends(caller("read"))]
 Writer = Annotated[ApiKey, Depends(caller("write"))]
-Svc = Annotated[Services, Depends(services)]
+Svc = Annotated[Services, Depends(provide_services)]
 EndpointId = Annotated[str, Path(pattern=r"^wh_[0-9a-f]{16}$")]
 
 

@@ -1,0 +1,24 @@
+"""A tiny run of bench/bench_api.py: it measures what it says and leaves nothing behind in Redis."""
+
+from __future__ import annotations
+
+import redis as sync_redis
+
+from bench import bench_api
+from goalhorn.settings import LOCAL_REDIS_URL
+from tests.conftest import require_real_services
+
+
+def test_bench_api_runs_small_and_cleans_up(capsys) -> None:
+    require_real_services()
+    assert bench_api.main(["--seconds", "0.5", "--connections", "4", "--clients", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "x the bare route" in out
+    assert "If-None-Match (304)" in out
+    assert "POST /v1/users/{id}/devices" in out
+    assert "SSE fan-out to    20 clients" in out
+    client = sync_redis.Redis.from_url(LOCAL_REDIS_URL)
+    try:
+        assert list(client.scan_iter(match="bench-api-*")) == []
+    finally:
+        client.close()
