@@ -216,3 +216,28 @@ def test_a_feed_is_named_by_its_league() -> None:
     assert feed_label("https://api.sportradar.com/nfl/official/production/stream/en/events/subscribe") == "nfl"
     assert feed_label("https://api.sportradar.com/mlb/production/stream/en/events/subscribe") == "mlb"
     assert feed_label("https://push.example.com/x") == "push.example.com"
+
+
+@pytest.mark.parametrize("league", ["nba_v7", "mlb", "nfl", "nhl"])
+async def test_each_leagues_stream_cut_and_resent_gives_the_events_of_the_clean_stream(league: str) -> None:
+    """However the connection is cut and whatever is sent again after it, the client's events are the
+    adapter's over the clean stream: the same plays, teams and scores, once each, in order."""
+    stream = b"".join(objects(f"sportradar/{league}_push.jsonstream"))
+    from datetime import UTC, datetime
+
+    from goalhorn.ingest.sportradar import SportradarAdapter
+
+    clean = SportradarAdapter().feed(stream, received_at=datetime.now(UTC)).events
+    thirds = [len(stream) // 3, 2 * len(stream) // 3]
+    server = PushServer(
+        [
+            Connection(stream[: thirds[0]], "cut"),
+            Connection(stream[: thirds[1]], "cut", size=4096),  # from the start again, cut further on
+            Connection(stream, "hang", size=50_000),
+        ]
+    )
+    sink = Sink()
+    await run_until(server, sink, lambda s: len(sink.events) >= len(clean))
+    assert [(e.event_id, e.kind, e.team, e.home_score, e.away_score) for e in sink.events] == [
+        (e.event_id, e.kind, e.team, e.home_score, e.away_score) for e in clean
+    ]

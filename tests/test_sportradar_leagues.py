@@ -197,3 +197,16 @@ def test_an_mlb_payload_with_a_bad_inning_is_rejected() -> None:
     }
     _, _, rejected = run(SportradarAdapter(), json.dumps(payload).encode(), 1 << 20)
     assert [r.reason for r in rejected] == ["bad_inning"]
+
+
+def test_a_late_or_resent_delete_with_an_old_snapshot_is_no_correction() -> None:
+    adapter = SportradarAdapter()
+    stream = KICKOFF + nfl(1, "pass", 7, 0, "kc") + nfl(2, "pass", 14, 0, "kc")
+    stale = nfl(3, "pass", 0, 0, "kc").replace(b'"operation": "update"', b'"operation": "delete"')
+    foul = nfl(4, "penalty", 14, 0, "kc", scoring_play=False).replace(
+        b'"operation": "update"', b'"operation": "delete"'
+    )
+    events, _, rejected = run(adapter, stream + stale + foul, 1 << 20)
+    assert rejected == []
+    assert [e.kind for e in events] == [EventKind.TOUCHDOWN, EventKind.TOUCHDOWN]
+    assert adapter.stale_deletes == 1

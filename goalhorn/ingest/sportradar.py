@@ -7,8 +7,10 @@ so the tail is buffered until the object completes. Every payload gives the game
 becomes a typed :class:`GameEvent` when it is one goalhorn knows. Sportradar resends an event when
 it amends it and may send an older one late: payloads are ordered by ``(event.sequence,
 event.number)`` per game, and late or repeated ones are dropped and counted. A ``delete`` of a
-scoring event, or a game score lower than the one before it, becomes a ``SCORE_CORRECTION``. Event
-ids are Sportradar's own event ids, so a resend can never make a second alert.
+scoring event, or a game score lower than the one before it, becomes a ``SCORE_CORRECTION``; a
+delete carries no sequence, so the delete of a non-scoring play is ignored, and so is one whose
+snapshot is not at most one play below the known score (sent late or again: ``stale_deletes``).
+Event ids are Sportradar's own event ids, so a resend can never make a second alert.
 
 Each league's payload, per Sportradar's push documentation (fixtures in ``tests/fixtures/sportradar``):
 
@@ -124,6 +126,8 @@ class SportradarAdapter(FeedAdapter):
         self._splitter = ObjectSplitter(max_bytes=max_object_bytes, resync=_RESYNC)
         self.gate = SequenceGate(SOURCE, max_games=MAX_GAMES)
         self.heartbeats = 0
+        self.stale_deletes = 0
+        """Deletes ignored because their snapshot's score was not one play below the known one."""
         self.heartbeat_interval_s: float | None = None
         """The interval the stream's heartbeats announce (``{"heartbeat": {"interval": ms}}``)."""
         self._scores: dict[str, tuple[int, int]] = {}
@@ -181,11 +185,22 @@ class SportradarAdapter(FeedAdapter):
         metadata = metadata if isinstance(metadata, dict) else {}
         league, sport = self._sport(metadata)
         state = _state(game, event, metadata, sport, league, received_at)
-        operation = metadata.get("operation")
+        deleted = metadata.get("operation") == "delete"
+        name = _name(event, metadata)
         sequence = _int(event.get("sequence"))
         if sequence is None:
             sequence = _int(event.get("sequence_number"))
-        if sequence is not None and operation != "delete":
+        if deleted:
+            # A delete has no sequence and its game snapshot may be old (sent late, or again after a
+            # reconnect): only the delete of a scoring play counts, and only if it takes back what
+            # one play can score from the score known now.
+            if not (name in SCORING or event.get("scoring_play") is True):
+                return
+            known = self._scores.get(state.game_id)
+            if known is not None and not _plausible_drop(known, state):
+                self.stale_deletes += 1
+                return
+        elif sequence is not None:
             order = (sequence, _int(event.get("number")) or 0)
             if not self.gate.admit(state.game_id, order):
                 return
@@ -195,13 +210,10 @@ class SportradarAdapter(FeedAdapter):
             self._scores[state.game_id] = (state.home_score, state.away_score)
             if len(self._scores) > MAX_GAMES:
                 self._scores.pop(next(iter(self._scores)))
-        deleted = operation == "delete"
-        name = _name(event, metadata)
         went_back = before is not None and (state.home_score < before[0] or state.away_score < before[1])
-        if deleted:
-            scoring = name in SCORING or event.get("scoring_play") is True or went_back
-            kind, side = (EventKind.SCORE_CORRECTION if scoring else None), None
-        elif went_back:
+        kind: EventKind | None
+        side: bool | None
+        if deleted or went_back:
             kind, side = EventKind.SCORE_CORRECTION, None
         elif state.sport in _DELTA_SCORED:
             kind, side = _scored(event, metadata, state, before, name)
@@ -308,6 +320,16 @@ def _inning(event: dict[str, Any], metadata: dict[str, Any]) -> tuple[int, str, 
 def _batting_home(event: dict[str, Any], metadata: dict[str, Any]) -> bool | None:
     half = event.get("inning_half") or metadata.get("inning_half")
     return True if half == "B" else False if half == "T" else None
+
+
+MAX_PLAY_POINTS = 8
+"""The most one play scores (a touchdown with its two-point try)."""
+
+
+def _plausible_drop(known: tuple[int, int], state: GameState) -> bool:
+    """A deleted play's snapshot: neither score above the known one, neither down by more than a play."""
+    drops = (known[0] - state.home_score, known[1] - state.away_score)
+    return all(0 <= drop <= MAX_PLAY_POINTS for drop in drops)
 
 
 def _credit_correction(event: GameEvent, state: GameState, before: tuple[int, int] | None) -> GameEvent:
