@@ -19,18 +19,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from goalhorn.ingest.scoring import football_kind
 from goalhorn.models import EventKind, GameEvent, GameState, GameStatus, Sport
 
 HALFTIME = "STATUS_HALFTIME"
 END_OF_PERIOD = frozenset({"STATUS_END_PERIOD"})
 _UNIT_KIND = {Sport.SOCCER: EventKind.GOAL, Sport.HOCKEY: EventKind.GOAL, Sport.BASEBALL: EventKind.RUN}
-_FOOTBALL = {
-    6: EventKind.TOUCHDOWN,
-    7: EventKind.TOUCHDOWN,
-    8: EventKind.TOUCHDOWN,
-    3: EventKind.FIELD_GOAL,
-    2: EventKind.SAFETY,
-}
 _NUMBERED = (EventKind.PERIOD_END, EventKind.HALFTIME)
 MAX_BURST = 9
 
@@ -270,7 +264,7 @@ def _scores_of(sport: Sport, home: bool, old: int, new: int, goals: Sequence[Inc
         return [_Score(math.inf, home, EventKind.SCORE, new)]
     if unit is None:
         if sport is Sport.FOOTBALL:
-            kind = _FOOTBALL.get(new - old, EventKind.SCORE)
+            kind = football_kind(new - old, None, by_offense=None)
         else:
             kind = EventKind.BASKET if sport is Sport.BASKETBALL else EventKind.SCORE
         return [_Score(math.inf, home, kind, new)]
