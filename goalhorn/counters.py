@@ -15,8 +15,15 @@ from datetime import datetime
 
 from prometheus_client import Counter
 
-from goalhorn.keys import Keys
+from goalhorn.keys import PLATFORMS, Keys, Platform
+from goalhorn.models import DELIVERY_COUNTS, DeliveryCount
 from goalhorn.redis_client import Redis
+
+
+def delivery_counter(platform: Platform, count: DeliveryCount) -> str:
+    """The shared counter of a provider's devices that ended in ``count``."""
+    return f"delivery:{platform}:{count}"
+
 
 LATENCY_SAMPLES = 200_000
 TRACE_TTL_S = 72 * 3600
@@ -38,12 +45,13 @@ class CounterSnapshot:
         return self.counts.get(name, 0)
 
     def deliveries(self) -> dict[tuple[str, str], int]:
-        """``{(platform, outcome): count}`` from the ``delivery:<platform>:<outcome>`` counters."""
+        """``{(platform, count): n}`` of the ``delivery_counter`` counters that are not zero."""
         out: dict[tuple[str, str], int] = {}
-        for name, value in self.counts.items():
-            if name.startswith("delivery:"):
-                _, platform, outcome = name.split(":", 2)
-                out[(platform, outcome)] = value
+        for platform in PLATFORMS:
+            for count in DELIVERY_COUNTS:
+                value = self.counts.get(delivery_counter(platform, count), 0)
+                if value:
+                    out[(platform, count)] = value
         return out
 
     def percentile(self, q: float) -> float | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Literal, Self
+from typing import Annotated, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -233,6 +233,11 @@ class EncodedBatch:
 
 
 Outcome = Literal["sent", "failed", "invalid_token", "expired", "suppressed"]
+"""What happened to one device of a batch (``DeliveryResult.outcome``)."""
+DeliveryCount = Literal["sent", "failed", "invalid_token", "expired", "suppressed", "dead_lettered"]
+"""Where a device of a batch ended, as counted per provider (``delivery:<platform>:<count>``): an
+outcome, or the dead letters."""
+DELIVERY_COUNTS: tuple[DeliveryCount, ...] = get_args(DeliveryCount)
 
 
 class DeliveryResult(Model):

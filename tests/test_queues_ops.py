@@ -172,7 +172,7 @@ async def test_a_drain_cut_between_fsync_and_ack_writes_nothing_twice_on_the_nex
 
 async def test_a_drain_killed_midway_then_run_again_has_every_message_once(settings: Settings, tmp_path: Path) -> None:
     queue = await declare(settings)
-    ids = [f"m-{n}" for n in range(20_000)]
+    ids = [f"m-{n}" for n in range(10_000)]
     await publish(settings, queue, ids)
     out = tmp_path / "killed.jsonl"
     env = real_env(GOALHORN_NAMESPACE=settings.namespace)

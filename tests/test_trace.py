@@ -127,7 +127,7 @@ def test_a_trace_reads_only_the_closed_fields() -> None:
         },
     )
     assert t.recipients == 5
-    assert t.suppressed == {"capped": 2}
+    assert t.suppressed == {"opted_out": 0, "muted": 0, "quiet_hours": 0, "capped": 2}
     assert set(t.providers) == {"fcm"}
     fcm = t.providers["fcm"]
     assert (fcm.outcomes, fcm.dead_lettered, fcm.retried) == (

@@ -16,7 +16,7 @@ from typing import Any
 
 from goalhorn.admin.dlq import Filter, Group, list_groups
 from goalhorn.admin.queues import QueueStats, queue_stats
-from goalhorn.counters import PipelineCounters
+from goalhorn.counters import PipelineCounters, delivery_counter
 from goalhorn.dispatch.breaker import State
 from goalhorn.dispatch.breaker_board import BreakerView, read_board
 from goalhorn.dispatch.pause import paused
@@ -74,7 +74,7 @@ async def _status(settings: Settings, redis: Redis, keys: Keys, interval_s: floa
     queues = asyncio.ensure_future(queue_stats(settings)) if settings.amqp_url else None
     await asyncio.sleep(interval_s)
     after, elapsed = await counters.snapshot(), time.monotonic() - started
-    names = {**STAGES, **{f"sent:{p}": f"delivery:{p}:sent" for p in PLATFORMS}}
+    names = {**STAGES, **{f"sent:{p}": delivery_counter(p, "sent") for p in PLATFORMS}}
     for label, counter in names.items():
         out.rates[label] = max(0, after.get(counter) - before.get(counter)) / elapsed
         out.totals[label] = after.get(counter)

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from goalhorn.counters import IntentTraces
+from goalhorn.dispatch.delivery import TRACED
 from goalhorn.keys import PLATFORMS, Keys
+from goalhorn.models import DELIVERY_COUNTS, DeadLetterCode
+from goalhorn.preferences.eligibility import REASONS
 from goalhorn.redis_client import Redis
-
-OUTCOMES = ("sent", "failed", "invalid_token", "expired", "dead_lettered")
-OTHERS = ("duplicates_skipped", "retries", "breaker_deferred", "held_requeued", "tokens_removed")
 
 
 @dataclass(slots=True)
@@ -26,13 +26,13 @@ class ProviderTrace:
     batches_queued: int = 0
     devices_queued: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
-    """Devices by final outcome: sent, failed, invalid_token, expired, dead_lettered."""
+    """Devices by where they ended (``DeliveryCount``): sent, failed, invalid_token, expired, dead_lettered."""
     dead_lettered: dict[str, int] = field(default_factory=dict)
     """Dead-lettered devices by code."""
     retried: dict[str, int] = field(default_factory=dict)
     """Retries by reason (a device retried twice counts twice)."""
     other: dict[str, int] = field(default_factory=dict)
-    """duplicates_skipped, retries, breaker_deferred, held_requeued, tokens_removed."""
+    """The batch counters a trace keeps (``TRACED``): duplicates_skipped, retries, breaker_deferred..."""
     first_at: datetime | None = None
     last_at: datetime | None = None
 
@@ -97,53 +97,26 @@ def parse(intent_id: str, fields: dict[str, str]) -> Trace:
             trace.times[name] = when
     trace.expanded = "expand:recipients" in fields
     trace.expired_at_fanout = fields.get("expand:expired") == "1"
+
+    def number(name: str) -> int:
+        value = fields.get(name, "")
+        return int(value) if value.lstrip("-").isdigit() else 0
+
+    trace.recipients = number("expand:recipients")
+    trace.followers = number("expand:followers")
+    trace.followers_without_devices = number("expand:followers_without_devices")
+    trace.suppressed = {reason: number(f"expand:suppressed:{reason}") for reason in REASONS}
     for platform in PLATFORMS:
-        trace.providers[platform] = ProviderTrace(platform)
-    for name, value in fields.items():
-        if not value.lstrip("-").isdigit():
-            continue
-        n = int(value)
-        head, _, rest = name.partition(":")
-        if head == "expand":
-            _expansion(trace, rest, n)
-        elif head in trace.providers:
-            _delivery(trace.providers[head], rest, n)
-    for platform in PLATFORMS:
-        p = trace.providers[platform]
+        p = ProviderTrace(platform, number(f"expand:batches:{platform}"), number(f"expand:devices:{platform}"))
+        p.outcomes = {c: n for c in DELIVERY_COUNTS if (n := number(f"{platform}:{c}"))}
+        p.dead_lettered = {c.value: n for c in DeadLetterCode if (n := number(f"{platform}:dead_lettered:{c}"))}
+        p.other = {name: n for name in TRACED if (n := number(f"{platform}:{name}"))}
+        retry = f"{platform}:retry:"  # the provider's own reason for each retry, as it gave it
+        p.retried = {name.removeprefix(retry): number(name) for name in fields if name.startswith(retry)}
         p.first_at, p.last_at = _time(fields.get(f"{platform}:first_at")), _time(fields.get(f"{platform}:last_at"))
-        if not (p.batches_queued or p.outcomes or p.other or p.dead_lettered):
-            del trace.providers[platform]
+        if p.batches_queued or p.outcomes or p.other or p.dead_lettered:
+            trace.providers[platform] = p
     return trace
-
-
-def _expansion(trace: Trace, name: str, n: int) -> None:
-    what, _, detail = name.partition(":")
-    if what == "suppressed":
-        trace.suppressed[detail] = n
-    elif what in ("batches", "devices") and detail in PLATFORMS:
-        p = trace.providers[detail]
-        if what == "batches":
-            p.batches_queued = n
-        else:
-            p.devices_queued = n
-    elif what == "recipients":
-        trace.recipients = n
-    elif what == "followers":
-        trace.followers = n
-    elif what == "followers_without_devices":
-        trace.followers_without_devices = n
-
-
-def _delivery(p: ProviderTrace, name: str, n: int) -> None:
-    what, _, detail = name.partition(":")
-    if what == "dead_lettered" and detail:
-        p.dead_lettered[detail] = n
-    elif what == "retry":
-        p.retried[detail] = n
-    elif what in OUTCOMES:
-        p.outcomes[what] = n
-    elif what in OTHERS:
-        p.other[what] = n
 
 
 async def trace(redis: Redis, keys: Keys, intent_id: str, *, devices: bool = False) -> Trace | None:

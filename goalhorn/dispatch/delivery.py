@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from goalhorn.counters import PipelineCounters
+from goalhorn.counters import PipelineCounters, delivery_counter
 from goalhorn.dispatch import deadletters
 from goalhorn.dispatch.breaker import Breakers
 from goalhorn.dispatch.breaker_board import BreakerBoard
@@ -27,8 +27,9 @@ from goalhorn.dispatch.hygiene import prune_tokens
 from goalhorn.dispatch.markers import DeliveryMarkers
 from goalhorn.dispatch.pacing import TokenBucket
 from goalhorn.errors import ProviderError, ProviderRateLimited
-from goalhorn.keys import Keys
+from goalhorn.keys import Keys, Platform
 from goalhorn.models import (
+    DELIVERY_COUNTS,
     DeadLetter,
     DeadLetterCode,
     DeadLetterKind,
@@ -70,16 +71,14 @@ class _Tally:
     trace: Counter[str] = field(default_factory=Counter)
     """What the intent's trace gets beyond the counts: dead letters by code, retries by reason."""
 
-    def trace_counts(self, platform: str) -> Counter[str]:
+    def trace_counts(self, platform: Platform) -> Counter[str]:
         """This batch's devices, by what became of them, for ``IntentTraces.delivered``."""
         out = Counter(self.trace)
-        prefix = f"delivery:{platform}:"
-        for name, n in self.counts.items():
-            if name.startswith(prefix):
-                out[name.removeprefix(prefix)] += n
-            elif name in TRACED:
-                out[name] += n
-        return out
+        for count in DELIVERY_COUNTS:
+            out[count] += self.counts.get(delivery_counter(platform, count), 0)
+        for name in TRACED:
+            out[name] += self.counts.get(name, 0)
+        return +out
 
 
 class _MarkerWrites:
@@ -180,7 +179,7 @@ class Deliverer:
         platform = batch.platform
         await self.breaker_board.sync(self.breakers)
         if batch.intent.expired():
-            tally.counts[f"delivery:{platform}:expired"] += len(batch.devices)
+            tally.counts[delivery_counter(platform, "expired")] += len(batch.devices)
         else:
             claims = await self._markers.claim(batch.intent.intent_id, batch.devices)
             tally.counts["duplicates_skipped"] += len(claims.already_sent)
@@ -246,7 +245,7 @@ class Deliverer:
             return
         if result.outcome == "invalid_token":
             tally.dead_tokens.append((device, result))
-        tally.counts[f"delivery:{batch.platform}:{result.outcome}"] += 1
+        tally.counts[delivery_counter(batch.platform, result.outcome)] += 1
 
     @staticmethod
     def _schedule_retry(tally: _Tally, device: Device, reason: str, retry_after: float | None) -> None:
@@ -270,7 +269,7 @@ class Deliverer:
             await self._dead_letter_devices(batch, devices, DeadLetterCode.MESSAGE_ERROR, reason)
             tally.trace[f"dead_lettered:{DeadLetterCode.MESSAGE_ERROR}"] += len(devices)
             tally.counts["dead_letters"] += len(devices)
-            tally.counts[f"delivery:{batch.platform}:dead_lettered"] += len(devices)
+            tally.counts[delivery_counter(batch.platform, "dead_lettered")] += len(devices)
             log.warning("batch %s dead-lettered %d devices: %s", batch.batch_id, len(devices), reason)
         if tally.held:
             # Recheck soon: a live holder usually finishes well before its lease runs out.
@@ -290,7 +289,7 @@ class Deliverer:
             await self._dead_letter_devices(batch, tally.retry, DeadLetterCode.ATTEMPTS_EXHAUSTED, detail)
             tally.trace[f"dead_lettered:{DeadLetterCode.ATTEMPTS_EXHAUSTED}"] += len(tally.retry)
             tally.counts["dead_letters"] += len(tally.retry)
-            tally.counts[f"delivery:{batch.platform}:dead_lettered"] += len(tally.retry)
+            tally.counts[delivery_counter(batch.platform, "dead_lettered")] += len(tally.retry)
             log.warning("batch %s dead-lettered %d devices: %s", batch.batch_id, len(tally.retry), reason)
             return
         delay = max(tally.retry_after_s, self.backoff_s(batch.attempt))
