@@ -131,10 +131,11 @@ async def test_signals_become_priority_8_edge_intents_for_market_watchers_on_the
 
     subscription = await bus.consume(queue, handler, prefetch=8)
     async with asyncio.timeout(10):
-        while not seen:
+        while len(seen) < len(absorbed.intents):
             await asyncio.sleep(0.01)
     await subscription.cancel()
-    (message,) = seen
+    # The basket may make alerts of its own under the default rules (a close game late); one edge intent.
+    (message,) = [m for m in seen if Intent.from_json(m.body).kind is EventKind.EDGE]
     intent = Intent.from_json(message.body)
     assert message.priority == 8
     assert intent.kind is EventKind.EDGE
