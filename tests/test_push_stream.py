@@ -178,7 +178,7 @@ async def test_a_stream_whose_heartbeats_stop_is_redialled_after_three_intervals
 async def test_5xx_429_and_refused_keys_are_counted_and_retried_with_the_key_in_the_header_only(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="goalhorn")
     server = PushServer(
         [
             Connection(status=503),

@@ -40,7 +40,7 @@ def match_after(goals: int, status: str = "Playing") -> bytes:
 async def test_the_match_is_polled_through_failures_and_each_goal_alerted_once(
     bus: Bus, settings: Settings, redis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="goalhorn")
     queue = Keys(settings.namespace).intent_queue
     await bus.start([queue])
     script = Script(
