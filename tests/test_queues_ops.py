@@ -86,7 +86,9 @@ async def take_all(settings: Settings, queue: str) -> list[aio_pika.abc.Abstract
 
 
 def file_ids(path: Path) -> list[str]:
-    return [json.loads(line)["id"] for line in path.read_text().splitlines()]
+    """The ids of a drain file's records (not its runs' closing lines)."""
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return [line["id"] for line in lines if "id" in line]
 
 
 async def test_a_drain_while_publishers_publish_loses_and_duplicates_nothing(
@@ -159,7 +161,7 @@ async def test_a_drain_cut_between_fsync_and_ack_writes_nothing_twice_on_the_nex
         held = [await declared.get(no_ack=False) for _ in range(30)]
         with out.open("w") as f:
             for message in held:
-                f.write(json.dumps(record_of(message, queue, datetime.now(UTC))) + "\n")
+                f.write(json.dumps(record_of(message, queue, datetime.now(UTC), run="killed")) + "\n")
             f.write('{"id": "m-torn", "bo')  # the kill cut this line short
     # the connection closed without acking: the 30 are redelivered
     report = await drain(settings, queue, out)
@@ -168,6 +170,33 @@ async def test_a_drain_cut_between_fsync_and_ack_writes_nothing_twice_on_the_nex
     assert report.already_in_file == 30
     assert sorted(drained) == sorted(ids), "each message once, the torn line gone"
     assert await take_all(settings, queue) == []
+
+
+async def test_a_message_loaded_back_and_redelivered_is_drained_again_not_dropped(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Only a run that never closed (a killed one) can have written a redelivered message already."""
+    queue = await declare(settings)
+    await publish(settings, queue, [f"m-{n}" for n in range(20)])
+    out = tmp_path / "again.jsonl"
+    await drain(settings, queue, out)
+    env = real_env(GOALHORN_NAMESPACE=settings.namespace)
+    loaded = await asyncio.to_thread(run_command, ["queues", "load", str(out), "--to", "intents.expand"], env)
+    assert loaded.returncode == 0, loaded.stderr
+    assert settings.amqp_url
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:  # a consumer takes one and dies before acking it: it comes back redelivered
+        channel = await connection.channel()
+        taken = await (await channel.declare_queue(queue, passive=True)).get(no_ack=False)
+    report = await drain(settings, queue, out)
+
+    assert (report.written, report.already_in_file) == (20, 0), "every message written again, none dropped"
+    assert await take_all(settings, queue) == []
+    assert file_ids(out).count(taken.message_id or "") == 2
+    reloaded = await asyncio.to_thread(
+        run_command, ["queues", "load", str(out), "--to", "intents.expand", "--json"], env
+    )
+    assert (json.loads(reloaded.stdout)["loaded"], json.loads(reloaded.stdout)["already_loaded"]) == (20, 20)
 
 
 async def test_a_drain_killed_midway_then_run_again_has_every_message_once(settings: Settings, tmp_path: Path) -> None:

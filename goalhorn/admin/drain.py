@@ -3,13 +3,15 @@
 **Drain** takes messages in chunks (up to ``CHUNK``), writes each chunk's records, flushes and
 fsyncs the file, and only then acks the chunk (one ``basic.ack`` with ``multiple``). A drain that is
 interrupted or killed at any point leaves every message either fsynced in the file or unacked,
-which RabbitMQ puts back in the queue. Run again on the same file, it first drops a torn last line
-and then acks without writing again a *redelivered* message whose id the file already holds (one
-that was written but whose ack the kill cut off); a message published afresh with an old id is
-written again, as it is another copy. A drain stops at ``limit`` records, once it has seen as many
-messages as the queue held when it started (publishers may go on publishing), or when no message
-came for ``idle_s``. Messages a ``--where`` filter leaves out are published back to the queue
-(confirmed) before the chunk is acked.
+which RabbitMQ puts back in the queue. Each record names its *run*, and a run that ends normally
+writes a closing line. Run again on the same file, a drain first drops a torn last line, then acks
+without writing again a *redelivered* message whose id a run that never closed (a killed one)
+wrote: that message was written, but the kill cut off its ack. Any other message is written, even
+with an id the file has (it is another copy: loaded back and redelivered, say). A run that took
+everything its queue held closes the killed runs before it too. A drain stops at ``limit``
+records, once it has seen as many messages as the queue held when it started (publishers may go on
+publishing), or when no message came for ``idle_s``. Messages a ``--where`` filter leaves out are
+published back to the queue (confirmed) before the chunk is acked.
 
 **Load** publishes each record to a queue with publisher confirms and ``mandatory``, keeping its
 priority, headers, id and properties, and records what it loaded in Redis
@@ -24,12 +26,13 @@ import base64
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import aio_pika
 import aiormq.exceptions
@@ -83,9 +86,10 @@ def message_id(message: AbstractIncomingMessage) -> str:
     return str(found) if found else "sha256:" + hashlib.sha256(message.body).hexdigest()
 
 
-def record_of(message: AbstractIncomingMessage, queue: str, drained_at: datetime) -> dict[str, Any]:
+def record_of(message: AbstractIncomingMessage, queue: str, drained_at: datetime, run: str = "") -> dict[str, Any]:
     record: dict[str, Any] = {
         "id": message_id(message),
+        "run": run,
         "drained_at": drained_at.isoformat(),
         "queue": queue,
         "priority": message.priority or 0,
@@ -128,9 +132,9 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _prepare(path: Path) -> set[str]:
-    """Ids already in a drain file, after cutting a torn last line; creates the file (and fsyncs its
-    directory) when it does not exist."""
+def _prepare(path: Path) -> tuple[set[str], list[str]]:
+    """The ids written by runs that never closed, and those runs, after cutting a torn last line;
+    creates the file (and fsyncs its directory) when it does not exist."""
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
@@ -139,8 +143,7 @@ def _prepare(path: Path) -> set[str]:
             os.fsync(directory)
         finally:
             os.close(directory)
-        return set()
-    ids: set[str] = set()
+        return set(), []
     with path.open("rb+") as f:
         data = f.read()
         end = data.rfind(b"\n") + 1
@@ -148,9 +151,30 @@ def _prepare(path: Path) -> set[str]:
             f.truncate(end)
             f.flush()
             os.fsync(f.fileno())
+    by_run: dict[str, set[str]] = {}
+    closed: set[str] = set()
     for number, record in _records(path):
-        ids.add(_record_id(record, path, number))
-    return ids
+        if _is_closing(record):
+            closed.update([record["run"], *record.get("closes", [])])
+            continue
+        by_run.setdefault(str(record.get("run", "")), set()).add(_record_id(record, path, number))
+    open_runs = [run for run in by_run if run not in closed]
+    return set().union(*(by_run[run] for run in open_runs)), open_runs
+
+
+def _closing_line(out: BinaryIO, run: str, closes: list[str]) -> None:
+    out.write(json.dumps({"run": run, "complete": True, "closes": closes}).encode() + b"\n")
+    out.flush()
+    os.fsync(out.fileno())
+
+
+def _close_runs(path: Path, run: str, closes: list[str]) -> None:
+    with path.open("ab") as out:
+        _closing_line(out, run, closes)
+
+
+def _is_closing(record: dict[str, Any]) -> bool:
+    return record.get("complete") is True and isinstance(record.get("run"), str) and "id" not in record
 
 
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -196,11 +220,14 @@ async def drain(
             queue = await channel.declare_queue(queue_name, passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity:
             raise AdminError(f"queue {queue_name!r} does not exist (nothing declared it yet)") from None
-        in_file = await asyncio.to_thread(_prepare, path)
+        in_file, open_runs = await asyncio.to_thread(_prepare, path)
+        run = uuid.uuid4().hex[:12]
         held = queue.declaration_result.message_count or 0
         expected = min(held, limit) if limit is not None else held
         if held == 0:
             report.stopped = "empty"
+            if open_runs:
+                await asyncio.to_thread(_close_runs, path, run, open_runs)
             return report
         await channel.set_qos(prefetch_count=CHUNK)
         inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
@@ -220,7 +247,7 @@ async def drain(
                 lines: list[bytes] = []
                 now = datetime.now(UTC)
                 for message in chunk:
-                    record = record_of(message, queue_name, now)
+                    record = record_of(message, queue_name, now, run)
                     if not where.matches(view_of(record)):
                         await _put_back(channel, queue_name, message)
                         report.put_back += 1
@@ -244,6 +271,10 @@ async def drain(
                     report.stopped = "snapshot"
                 elif stop is not None and stop.is_set():
                     report.stopped = "interrupted"
+            # Everything written was acked. Having seen all the queue held, the messages of a killed
+            # run that were never acked came back and were handled: that run is closed too.
+            closes = open_runs if report.stopped in ("snapshot", "empty") else []
+            _closing_line(out, run, closes)
         await queue.cancel(tag)
     # Messages prefetched but not taken were never acked: closing the channel gave them back.
     return report
@@ -284,6 +315,8 @@ def _loadable(path: Path) -> list[tuple[str, dict[str, Any]]]:
         raise AdminError(f"{path}: no such file")
     records: list[tuple[str, dict[str, Any]]] = []
     for number, record in _records(path):
+        if _is_closing(record):
+            continue
         record_id = _record_id(record, path, number)
         try:
             _message_of(record)
