@@ -27,8 +27,7 @@ def status_command(
     interval: float = typer.Option(1.0, "--interval", min=0.2, max=60, help="Seconds throughput is measured over."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (once)."),
 ) -> None:
-    """Throughput and latency per stage, queue depths, open breakers, paused providers, dead letters
-    of the last hour and the oldest live game state."""
+    """One screen for a match night: throughput, latency, queues, pauses, breakers, dead letters, games."""
     settings = settings_or_fail()
     if as_json or not watch:
         current = run(status(settings, interval))

@@ -25,8 +25,7 @@ def trace_command(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """How far an alert got: recipients, suppressed, batches queued, delivered, failed, expired and
-    dead-lettered per provider, with the time of each stage since the score changed."""
+    """How far an alert got: recipients, suppressed, queued, delivered, failed, dead-lettered, timings."""
     if (intent_id is None) == (event is None):
         fail("give an INTENT_ID or --event EVENT_ID (one of them)")
     settings = settings_or_fail()
