@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -224,6 +225,33 @@ async def test_a_drain_killed_midway_then_run_again_has_every_message_once(setti
     assert sorted(drained) == sorted(ids), "nothing lost"
     assert report["written"] + at_kill >= len(ids)
     assert await take_all(settings, queue) == []
+
+
+async def test_ctrl_c_stops_a_drain_after_its_chunk_with_nothing_lost(settings: Settings, tmp_path: Path) -> None:
+    queue = await declare(settings)
+    ids = [f"m-{n}" for n in range(10_000)]
+    await publish(settings, queue, ids)
+    out = tmp_path / "interrupted.jsonl"
+    env = real_env(GOALHORN_NAMESPACE=settings.namespace)
+    drainer = Process("drain", ["queues", "drain", "intents.expand", "--to", str(out), "--json"], env, tmp_path)
+    drainer.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (out.exists() and out.stat().st_size > 0) and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+        assert drainer.proc is not None
+        drainer.proc.send_signal(signal.SIGINT)
+        assert drainer.proc.wait(30) == 0, drainer.log()
+        report = json.loads(drainer.wait_for(r"^\{").string)
+    finally:
+        drainer.stop_quietly()
+    left = [m.message_id or "" for m in await take_all(settings, queue)]
+    drained = file_ids(out)
+
+    assert report["stopped"] == "interrupted"
+    assert 0 < report["written"] < len(ids), "stopped part way"
+    assert len(drained) == report["written"]
+    assert sorted(drained + left) == sorted(ids), "each message in the file or in the queue, once"
 
 
 async def test_load_keeps_priority_headers_and_ids_and_loads_nothing_twice(settings: Settings, tmp_path: Path) -> None:
