@@ -23,7 +23,7 @@ from goalhorn.sidecar.routes import admin, games, health, imports, streams, user
 from goalhorn.sidecar.routes.health import Check, Readiness
 from goalhorn.sidecar.slowclients import SlowClientGuard
 
-BODY_MODELS = (*users.BODY_MODELS, *webhooks.BODY_MODELS, *admin.BODY_MODELS)
+BODY_MODELS = (*users.BODY_MODELS, *webhooks.BODY_MODELS, *admin.BODY_MODELS, problems.ProblemDetails)
 
 
 def create_app(settings: Settings, svc: Services | None = None, *, checks: dict[str, Check] | None = None) -> FastAPI:
@@ -52,12 +52,8 @@ def create_app(settings: Settings, svc: Services | None = None, *, checks: dict[
     app.state.game_cache = games.GameCache()
     problems.install(app)
     app.include_router(health.router)
-    app.include_router(games.router)  # the hottest routes first: fewer routes tried per request
-    app.include_router(imports.router)
-    app.include_router(users.router)
-    app.include_router(webhooks.router)
-    app.include_router(streams.router)
-    app.include_router(admin.router)
+    for module in (games, imports, users, webhooks, streams, admin):  # the hottest first: fewer routes tried
+        app.include_router(module.router, responses=problems.PROBLEM_RESPONSES)
     app.add_middleware(SlowClientGuard)
     app.add_middleware(DeadlineMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -48,6 +48,41 @@ class Invalid(Problem):
     def __init__(self, errors: Sequence[Mapping[str, str]]) -> None:
         shown = "; ".join(f"{e['field']}: {e['detail']}" for e in errors[:3])
         super().__init__(422, shown or "invalid request", errors=list(errors))
+
+
+class FieldError(BaseModel):
+    field: str
+    detail: str
+
+
+class ProblemDetails(BaseModel):
+    """RFC 9457 problem details, as every error of the API is answered."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = Field(default=None, description="422: each invalid field.")
+    retry_after_s: float | None = Field(default=None, description="429: seconds until a request is allowed.")
+
+
+def _problem(description: str) -> dict[str, Any]:
+    schema = {"$ref": "#/components/schemas/ProblemDetails"}
+    return {"description": description, "content": {PROBLEM_JSON: {"schema": schema}}}
+
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _problem("No valid API key"),
+    403: _problem("The key lacks the scope"),
+    404: _problem("Not found (or another tenant's)"),
+    409: _problem("Conflicts with the stored state"),
+    413: _problem("Body too large"),
+    415: _problem("Unsupported body type"),
+    422: _problem("Invalid request; `errors` names each field"),
+    429: _problem("Rate limit exceeded; see Retry-After"),
+    503: _problem("Switched off, past the request deadline, or storage unavailable; see Retry-After"),
+}
+"""Every error route answers, documented once for all (``create_app`` adds them to each route)."""
 
 
 def not_found(what: str) -> Problem:
