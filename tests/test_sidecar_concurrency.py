@@ -92,3 +92,28 @@ async def test_concurrent_edits_through_two_app_instances_match_a_serial_replay(
     assert len(expected["alice"]["devices"]) == 30
     assert len(expected["alice"]["mutes"]["teams"]) == 30
     assert expected["alice"]["follows"]["teams"] != []
+
+
+async def test_concurrent_registrations_never_pass_the_device_limit(settings: Settings) -> None:
+    async with running_api(settings) as one, running_api(settings) as two:
+        key = await one.key("acme")
+        headers = {"Authorization": f"Bearer {key}"}
+        clients = [
+            httpx.AsyncClient(transport=api.client._transport, base_url="http://api", headers=headers)
+            for api in (one, two)
+        ]
+        await clients[0].put("/v1/users/u1", json={})
+        in_flight = asyncio.Semaphore(30)
+
+        async def register(n: int) -> int:
+            async with in_flight:
+                body = {"platform": "apns", "address": f"{n:064x}"}
+                return (await clients[n % 2].post("/v1/users/u1/devices", json=body)).status_code
+
+        codes = await asyncio.gather(*(register(n) for n in range(60)))
+        stored = (await clients[1].get("/v1/users/u1")).json()["devices"]
+        redis = one.app.state.services.redis
+        async for name in redis.scan_iter(match=f"{settings.namespace}:*"):
+            await redis.delete(name)
+    assert sorted(codes) == [201] * 50 + [409] * 10
+    assert len(stored) == 50

@@ -48,6 +48,10 @@ MAX_ATTEMPTS = 1000
 another writer's transaction on the same hash committed, so the system as a whole made progress)."""
 
 
+class DeviceLimit(StoreError):
+    """A user has as many devices as allowed."""
+
+
 def check_user_id(user_id: str) -> str:
     """A user id goalhorn can store: non-empty, printable, without whitespace (ids end up in keys,
     logs and CLI output)."""
@@ -65,26 +69,32 @@ class PreferenceStore:
         self.buckets = buckets
 
     # --- devices ------------------------------------------------------------------------------
-    async def _rewrite(
-        self,
-        bucket_key: Callable[[int], str],
-        user_ids: Iterable[str],
-        change: Change,
-    ) -> None:
+    async def _rewrite(self, bucket_key: Callable[[int], str], user_ids: Iterable[str], change: Change) -> None:
         """Read each user's value in ``bucket_key`` buckets, apply ``change``, write back (None deletes),
-        atomically: the hashes read are WATCHed and the whole rewrite is retried if one changed before
-        EXEC. ``change`` may run several times, so it must not depend on what an earlier run did.
+        atomically (see :meth:`_rewrite_many`)."""
+        await self._rewrite_many(user_ids, [(bucket_key, change)])
+
+    async def _rewrite_many(
+        self, user_ids: Iterable[str], rewrites: Sequence[tuple[Callable[[int], str], Change]]
+    ) -> None:
+        """For each ``(bucket_key, change)``: read each user's value in its bucket, apply ``change``,
+        write back (None deletes), all in one transaction: the hashes read are WATCHed and the whole
+        rewrite is retried if one changed before EXEC. A change may run several times, so it must not
+        depend on what an earlier run did; an exception it raises aborts the rewrite (nothing written).
         (One user's hashes share a hash tag; a rewrite of many users' spans several on Redis Cluster.)"""
-        grouped = {bucket_key(bucket): users for bucket, users in group_by_bucket(set(user_ids), self.buckets).items()}
-        if not grouped:
+        grouped = group_by_bucket(set(user_ids), self.buckets)
+        plan = [
+            (bucket_key(bucket), users, change) for bucket_key, change in rewrites for bucket, users in grouped.items()
+        ]
+        if not plan:
             return
         async with self._redis.pipeline(transaction=True) as pipe:
             for attempt in range(MAX_ATTEMPTS):
                 try:
-                    await pipe.watch(*grouped)
-                    rows = [cast(list[bytes | None], await pipe.hmget(key, users)) for key, users in grouped.items()]
+                    await pipe.watch(*(key for key, _, _ in plan))
+                    rows = [cast(list[bytes | None], await pipe.hmget(key, users)) for key, users, _ in plan]
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    for (key, users), raws in zip(grouped.items(), rows, strict=True):
+                    for (key, users, change), raws in zip(plan, rows, strict=True):
                         updates: dict[str, bytes] = {}
                         for user_id, raw in zip(users, raws, strict=True):
                             new = change(user_id, raw)
@@ -100,7 +110,7 @@ class PreferenceStore:
                     await pipe.reset()  # type: ignore[no-untyped-call]
                     # Jittered, growing pause: writers that collided do not collide again in lockstep.
                     await asyncio.sleep(random.uniform(0, min(0.05, 0.0005 * (attempt + 1))))
-        raise StoreError(f"gave up rewriting {sorted(grouped)} after {MAX_ATTEMPTS} conflicting attempts")
+        raise StoreError(f"gave up rewriting {sorted(k for k, _, _ in plan)} after {MAX_ATTEMPTS} conflicting attempts")
 
     async def add_devices(self, devices: Iterable[Device], now: datetime | None = None) -> int:
         """Register (or replace) devices, stamping ``added_at`` on new ones and marking them seen now;
@@ -123,9 +133,36 @@ class PreferenceStore:
             times.update(dict.fromkeys((d.device_id for d in per_user[user_id]), now))
             return encode_last_seen(times)
 
-        await self._rewrite(self._keys.device_bucket, per_user, change)
-        await self._rewrite(self._keys.last_seen_bucket, per_user, seen)
+        await self._rewrite_many(per_user, [(self._keys.device_bucket, change), (self._keys.last_seen_bucket, seen)])
         return sum(len(v) for v in per_user.values())
+
+    async def register_device(self, device: Device, *, max_devices: int, now: datetime | None = None) -> bool:
+        """Add (or replace) one device of its user, stamped and marked seen as :meth:`add_devices` does,
+        unless the user has ``max_devices`` others already (:class:`DeviceLimit`); True when it is
+        new. The check and the write are one transaction, so concurrent registrations cannot pass
+        the limit together."""
+        now = now or utcnow()
+        user = check_user_id(device.user_id)
+        created = False
+
+        def change(user_id: str, raw: bytes | None) -> bytes:
+            nonlocal created
+            current = {d.device_id: d for d in decode_devices(raw)} if raw else {}
+            old = current.get(device.device_id)
+            created = old is None
+            if created and len(current) >= max_devices:
+                raise DeviceLimit(f"a user has at most {max_devices} devices")
+            added = device.added_at or (old.added_at if old else None) or now
+            current[device.device_id] = device.model_copy(update={"added_at": added})
+            return encode_devices(list(current.values()))
+
+        def seen(user_id: str, raw: bytes | None) -> bytes:
+            times = decode_last_seen(raw) if raw else {}
+            times[device.device_id] = now
+            return encode_last_seen(times)
+
+        await self._rewrite_many([user], [(self._keys.device_bucket, change), (self._keys.last_seen_bucket, seen)])
+        return created
 
     async def remove_device(self, user_id: str, device_id: str) -> bool:
         """Forget a device (e.g. its token was unregistered); True if it existed."""

@@ -29,6 +29,7 @@ from goalhorn.errors import ConfigError
 from goalhorn.models import Device
 from goalhorn.preferences.model import Cap, Preferences, QuietHours
 from goalhorn.preferences.quiet_hours import zone
+from goalhorn.preferences.store import DeviceLimit
 from goalhorn.sidecar.apikeys import ApiKey
 from goalhorn.sidecar.deps import Services, body_schema, caller, json_body, provide_services
 from goalhorn.sidecar.problems import Invalid, Problem, not_found
@@ -209,10 +210,6 @@ async def add_device(user_id: UserId, request: Request, response: Response, key:
         raise Invalid([{"field": "body.secret", "detail": "a webhook needs a whsec_ signing secret"}])
     user = stored_id(key.tenant, user_id)
     device_id = line.id or device_id_for(line.platform, line.address)
-    current = await svc.store.devices_of(user)
-    known = any(d.device_id == device_id for d in current)
-    if not known and len(current) >= MAX_DEVICES:
-        raise Problem(409, f"a user has at most {MAX_DEVICES} devices: remove one first")
     device = Device(
         platform=line.platform,
         device_id=device_id,
@@ -221,8 +218,11 @@ async def add_device(user_id: UserId, request: Request, response: Response, key:
         secret=line.secret,
         locale=line.locale or record.locale,
     )
-    await svc.store.add_devices([device])
-    if known:
+    try:
+        created = await svc.store.register_device(device, max_devices=MAX_DEVICES)
+    except DeviceLimit:
+        raise Problem(409, f"a user has at most {MAX_DEVICES} devices: remove one first") from None
+    if not created:
         response.status_code = 200
     return DeviceCreated(device_id=device_id)
 
