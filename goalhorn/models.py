@@ -238,6 +238,9 @@ DeliveryCount = Literal["sent", "failed", "invalid_token", "expired", "suppresse
 """Where a device of a batch ended, as counted per provider (``delivery:<platform>:<count>``): an
 outcome, or the dead letters."""
 DELIVERY_COUNTS: tuple[DeliveryCount, ...] = get_args(DeliveryCount)
+ActorFailureOutcome = Literal["redis_wait", "paused", "retried", "dead_lettered", "left_in_xq"]
+"""What became of a delivery message whose actor raised: the ``outcome`` label of
+``goalhorn_delivery_failures_total`` (``goalhorn.dispatch.failures``)."""
 
 
 class DeliveryResult(Model):

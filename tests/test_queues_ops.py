@@ -310,7 +310,9 @@ async def test_stats_and_purge(settings: Settings) -> None:
     assert rows[queue]["ready"] == 30
     assert rows[queue]["exists"] is True
     assert rows[Keys(settings.namespace).delivery_queue("fcm") + ".XQ"]["exists"] is False
-    assert len(rows) == 10
+    assert len(rows) == 11
+    assert rows[Keys(settings.namespace).dead_letters()]["kind"] == "dead letters"
+    assert rows[Keys(settings.namespace).dead_letters()]["ready"] == 0
     purged = run_command(["queues", "purge", "intents.expand", "--yes", "--json"], env)
     assert json.loads(purged.stdout)["purged"] == 30
     assert await take_all(settings, queue) == []

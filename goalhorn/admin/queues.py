@@ -5,7 +5,8 @@ queue (``<ns>.delivery.<platform>``), its delay queue (``.DQ``: retries, deferre
 batches) and its dead-letter queue (``.XQ``, see docs/delivery.md). Ready messages and consumers
 come from a passive declare over AMQP; unacked messages and the head message's timestamp only
 RabbitMQ's own tools know, so they are read from ``rabbitmqctl`` when the broker is on this machine
-and it is installed, and are otherwise unknown (``None``).
+and it is installed, and are otherwise unknown (``None``). With Redis, the stats also say which
+providers are paused and how many entries goalhorn's dead-letter stream holds.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class QueueKind(enum.StrEnum):
     DELIVERY = "delivery"
     DELAY = "delay"
     DEAD = "dead"
+    DEAD_LETTERS = "dead letters"
+    """goalhorn's own dead letters: a Redis stream, not a queue (``goalhorn dlq``); ready = entries."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +122,7 @@ async def queue_stats(settings: Settings) -> list[QueueStats]:
     if not settings.amqp_url:
         raise ConfigError(NO_AMQP)
     extra = await _rabbitmqctl(settings)
-    held = await _paused(settings)
+    held, dead_letters = await _from_redis(settings)
     out: list[QueueStats] = []
     connection = await _connect(settings.amqp_url)
     try:
@@ -148,15 +151,19 @@ async def queue_stats(settings: Settings) -> list[QueueStats]:
             await channel.close()
     finally:
         await connection.close()
+    if dead_letters is not None:
+        out.append(QueueStats(keys.dead_letters(), QueueKind.DEAD_LETTERS, None, exists=True, ready=dead_letters))
     return out
 
 
-async def _paused(settings: Settings) -> frozenset[str] | None:
+async def _from_redis(settings: Settings) -> tuple[frozenset[str] | None, int | None]:
+    """The paused providers and the dead-letter stream's length; (None, None) without Redis."""
     if not settings.redis_url:
-        return None
+        return None, None
     redis = make_redis(settings)
+    keys = Keys(settings.namespace)
     try:
-        return frozenset(await paused(redis, Keys(settings.namespace)))
+        return frozenset(await paused(redis, keys)), int(await redis.xlen(keys.dead_letters()))
     finally:
         await redis.aclose()
 

@@ -22,7 +22,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import dramatiq
 import redis.exceptions
@@ -30,6 +30,7 @@ from dramatiq.common import xq_name
 from prometheus_client import Counter
 
 from goalhorn.dispatch.pause import PAUSED_RECHECK_S, ProviderPaused
+from goalhorn.models import ActorFailureOutcome
 from goalhorn.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,6 @@ REDIS_WAITS = "redis_waits"
 """Message option: how many times the batch was put back because Redis was unreachable."""
 LOG_EVERY_S = 10.0
 
-Outcome = Literal["redis_wait", "paused", "retried", "dead_lettered", "left_in_xq"]
 OUTCOMES = Counter(
     "goalhorn_delivery_failures",
     "Delivery messages whose actor raised, by what became of them.",
@@ -170,7 +170,7 @@ class ActorFailures(dramatiq.Middleware):
         message.fail()
 
     @staticmethod
-    def _count(outcome: Outcome) -> None:
+    def _count(outcome: ActorFailureOutcome) -> None:
         OUTCOMES.labels(outcome).inc()
 
     def _log_wait(self, message: dramatiq.MessageProxy, delay_s: float) -> None:

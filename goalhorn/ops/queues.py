@@ -78,7 +78,7 @@ def stats_table(namespace: str, rows: list[QueueStats]) -> Table:
             table.add_row(name, str(row.kind), "-", "-", "-", "not declared", _paused(row), style="dim")
             continue
         unacked = "?" if row.unacked is None else f"{row.unacked:,}"
-        style = "red" if row.kind == "dead" and row.ready else None
+        style = "red" if row.kind in ("dead", "dead letters") and row.ready else None
         table.add_row(
             name,
             str(row.kind),
