@@ -82,6 +82,10 @@ class Keys:
         """LIST of score-change-to-delivery latencies in milliseconds."""
         return f"{self.namespace}:latency_ms"
 
+    def stage_latencies(self, stage: str) -> str:
+        """LIST of one stage's latest latencies in milliseconds (``goalhorn.counters.STAGE_LATENCIES``)."""
+        return f"{self.namespace}:latency_ms:{stage}"
+
     def layout(self) -> str:
         """HASH of the parameters the stored data was written with (format version, preference buckets)."""
         return f"{self.namespace}:layout"
