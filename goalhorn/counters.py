@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal, get_args
 
 from prometheus_client import Counter
 
@@ -26,6 +27,10 @@ def delivery_counter(platform: Platform, count: DeliveryCount) -> str:
 
 
 LATENCY_SAMPLES = 200_000
+StageLatency = Literal["ingest", "fanout"]
+"""Stages whose own latency is sampled, besides score change to delivery: ``ingest`` (score change to
+its intent), ``fanout`` (intent to the end of its expansion)."""
+STAGE_LATENCY_SAMPLES = 10_000
 TRACE_TTL_S = 72 * 3600
 """How long an intent's trace is kept after its last update (as long as its sent markers, by default)."""
 
@@ -88,6 +93,19 @@ class PipelineCounters:
             if value > 0:  # once Redis took them, so a retried add is not counted twice here either
                 PROCESS_COUNTS.labels(name).inc(value)
 
+    async def add_stage_latencies(self, samples: Mapping[StageLatency, float]) -> None:
+        """One latency sample (milliseconds) per stage, each list capped at ``STAGE_LATENCY_SAMPLES``."""
+        pipe = self._redis.pipeline(transaction=False)
+        for stage, ms in samples.items():
+            pipe.rpush(self._keys.stage_latencies(stage), f"{ms:.3f}")
+            pipe.ltrim(self._keys.stage_latencies(stage), -STAGE_LATENCY_SAMPLES, -1)
+        await pipe.execute()
+
+    async def recent_latencies(self, stage: StageLatency | None, newest: int) -> list[float]:
+        """The newest samples of a stage, or of score change to delivery (``None``)."""
+        key = self._keys.latencies() if stage is None else self._keys.stage_latencies(stage)
+        return [float(v) for v in await self._redis.lrange(key, -newest, -1)]
+
     async def snapshot(self) -> CounterSnapshot:
         pipe = self._redis.pipeline(transaction=False)
         pipe.hgetall(self._keys.stats())
@@ -97,7 +115,8 @@ class PipelineCounters:
         return CounterSnapshot(counts, [float(v) for v in raw_latencies])
 
     async def reset(self) -> None:
-        await self._redis.delete(self._keys.stats(), self._keys.latencies())
+        stages = [self._keys.stage_latencies(stage) for stage in get_args(StageLatency)]
+        await self._redis.delete(self._keys.stats(), self._keys.latencies(), *stages)
 
 
 class IntentTraces:

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from goalhorn.counters import PipelineCounters
 from goalhorn.dispatch import deadletters
 from goalhorn.dispatch.breaker import Breakers
 from goalhorn.dispatch.breaker_board import BreakerBoard
@@ -45,6 +46,8 @@ async def test_status_shows_throughput_queues_pauses_breakers_dead_letters_and_s
                 devices=3,
             ),
         )
+        for ms in [12.0] * 98 + [30.0] * 2:
+            await PipelineCounters(redis, keys).add_stage_latencies({"fanout": ms})
         await redis.zadd(keys.live_games(), {"espn:401": (time.time() - 90) * 1000, "espn:402": time.time() * 1000})
 
         async def publish() -> None:
@@ -61,7 +64,9 @@ async def test_status_shows_throughput_queues_pauses_breakers_dead_letters_and_s
     status = json.loads(result.stdout)
     assert status["rates"]["deliver batches"] > 0
     assert status["rates"]["sent:fcm"] > status["rates"]["sent:apns"] == 0
-    assert status["latency_ms"]["p50"] is not None
+    assert status["latency_ms"]["delivery"]["p50"] is not None
+    assert status["latency_ms"]["fanout"] == {"p50": 12.0, "p99": 30.0}
+    assert status["latency_ms"]["ingest"] == {"p50": None, "p99": None}
     assert [(b["circuit"], b["state"], b["failures"]) for b in status["breakers"]] == [("fcm:project-9", "open", 2)]
     assert list(status["paused"]) == ["apns"]
     assert status["paused"]["apns"]["reason"] == "vendor incident"
@@ -75,7 +80,13 @@ async def test_status_shows_throughput_queues_pauses_breakers_dead_letters_and_s
     assert queues[keys.delivery_queue("apns")]["paused"] is True
     assert queues[keys.delivery_queue("fcm")]["consumers"] == 1
     assert screen.returncode == 0, screen.stderr
-    for text in ("PAUSED apns", "breaker fcm:project-9 open", "attempts_exhausted webhook 3 devices", "oldest state"):
+    for text in (
+        "latency fanout (intent to expansion): p50 12 ms, p99 30 ms",
+        "PAUSED apns",
+        "breaker fcm:project-9 open",
+        "attempts_exhausted webhook 3 devices",
+        "oldest state",
+    ):
         assert text in screen.stdout, text
 
 

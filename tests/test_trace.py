@@ -11,6 +11,7 @@ import pytest
 
 from goalhorn.admin.trace import parse
 from goalhorn.app.pipeline import Pipeline
+from goalhorn.counters import PipelineCounters
 from goalhorn.keys import Keys
 from goalhorn.models import Device, EventKind, GameEvent, Sport, utcnow
 from goalhorn.preferences.bloom import PreferenceBloom
@@ -77,6 +78,8 @@ async def test_the_trace_of_a_goal_matches_the_sandbox_record_device_for_device(
                     run_command, ["trace", "--event", event.event_id, "--devices", "--json"], env
                 )
                 readable = await asyncio.to_thread(run_command, ["trace", "--event", event.event_id], env)
+                counters = PipelineCounters(pipeline.redis, keys)
+                stage_samples = [len(await counters.recent_latencies(s, 10)) for s in ("ingest", "fanout")]
                 unknown = await asyncio.to_thread(run_command, ["trace", "nope"], env)
         finally:
             await delete_delivery_queues(settings)
@@ -106,6 +109,7 @@ async def test_the_trace_of_a_goal_matches_the_sandbox_record_device_for_device(
         assert timings[f"{platform}_first_delivered"] <= timings[f"{platform}_last_delivered"]
     assert readable.returncode == 0
     assert "suppressed: muted 3" in readable.stdout
+    assert stage_samples == [1, 1], "the fanout sampled the ingest and its own latency of the goal"
     assert unknown.returncode == 1
     assert "nothing known of intent 'nope'" in unknown.stderr
 

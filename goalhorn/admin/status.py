@@ -2,7 +2,8 @@
 open breakers, paused providers, recent dead letters and the oldest live game state.
 
 Throughput is the change of the shared pipeline counters over a short sampling interval (two
-snapshots); latency is score change to delivery over the newest ``RECENT_LATENCIES`` samples.
+snapshots); latencies (score change to intent, intent to expansion done, score change to delivery)
+are over each one's newest ``RECENT_LATENCIES`` samples.
 Queue depths need RabbitMQ (``GOALHORN_AMQP_URL``); everything else comes from Redis.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 
 from goalhorn.admin.dlq import Filter, Group, list_groups
 from goalhorn.admin.queues import QueueStats, queue_stats
-from goalhorn.counters import PipelineCounters, delivery_counter
+from goalhorn.counters import PipelineCounters, StageLatency, delivery_counter
 from goalhorn.dispatch.breaker import State
 from goalhorn.dispatch.breaker_board import BreakerView, read_board
 from goalhorn.dispatch.pause import paused
@@ -43,8 +44,9 @@ class Status:
     rates: dict[str, float] = field(default_factory=dict)
     """Per second over the interval: each stage (``STAGES``) and ``sent:<platform>``."""
     totals: dict[str, int] = field(default_factory=dict)
-    latency_ms: dict[str, float | None] = field(default_factory=dict)
-    """p50 and p99 of the newest samples."""
+    latency_ms: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    """Per stage (ingest: score change to intent; fanout: intent to expansion done; delivery: score
+    change to delivery), p50 and p99 of the newest samples."""
     queues: list[QueueStats] | None = None
     """None without RabbitMQ settings."""
     breakers: list[BreakerView] = field(default_factory=list)
@@ -78,10 +80,17 @@ async def _status(settings: Settings, redis: Redis, keys: Keys, interval_s: floa
     for label, counter in names.items():
         out.rates[label] = max(0, after.get(counter) - before.get(counter)) / elapsed
         out.totals[label] = after.get(counter)
-    recent = [float(v) for v in await redis.lrange(keys.latencies(), -RECENT_LATENCIES, -1)]
-    recent.sort()
-    for name, q in (("p50", 50), ("p99", 99)):
-        out.latency_ms[name] = recent[min(len(recent) - 1, int(len(recent) * q / 100))] if recent else None
+    stages: tuple[tuple[str, StageLatency | None], ...] = (
+        ("ingest", "ingest"),
+        ("fanout", "fanout"),
+        ("delivery", None),
+    )
+    for name, stage in stages:
+        recent = sorted(await counters.recent_latencies(stage, RECENT_LATENCIES))
+        out.latency_ms[name] = {
+            q: recent[min(len(recent) - 1, int(len(recent) * n / 100))] if recent else None
+            for q, n in (("p50", 50), ("p99", 99))
+        }
     out.breakers = [b for b in await read_board(redis, keys) if b.state is not State.CLOSED]
     out.paused = {str(k): v for k, v in (await paused(redis, keys)).items()}
     since = utcnow() - timedelta(hours=1)

@@ -71,9 +71,15 @@ def render(s: Status) -> Group:
     for label in [*STAGES, *(k for k in s.rates if k.startswith("sent:"))]:
         flow.add_row(label, f"{s.rates[label]:,.1f}", f"{s.totals[label]:,}")
     parts.append(flow)
-    p50, p99 = s.latency_ms.get("p50"), s.latency_ms.get("p99")
-    latency = f"p50 {p50:,.0f} ms, p99 {p99:,.0f} ms" if p50 is not None and p99 is not None else "no deliveries yet"
-    parts.append(Text(f"score change to delivery (newest samples): {latency}"))
+    labels = {
+        "ingest": "score change to intent",
+        "fanout": "intent to expansion",
+        "delivery": "score change to delivery",
+    }
+    for stage, label in labels.items():
+        p50, p99 = s.latency_ms[stage]["p50"], s.latency_ms[stage]["p99"]
+        latency = f"p50 {p50:,.0f} ms, p99 {p99:,.0f} ms" if p50 is not None and p99 is not None else "no samples yet"
+        parts.append(Text(f"latency {stage} ({label}): {latency}"))
     if s.queues is None:
         parts.append(Text("queues: GOALHORN_AMQP_URL is not set", style="dim"))
     else:

@@ -59,6 +59,13 @@ class IntentConsumer:
             await self._counters.add({"batches_published": 1})
             queued[f"batches:{batch.platform}"] += 1
             queued[f"devices:{batch.platform}"] += batch.size
+        done = utcnow()
+        await self._counters.add_stage_latencies(
+            {
+                "ingest": (intent.created_at - intent.event_at).total_seconds() * 1000,
+                "fanout": (done - intent.created_at).total_seconds() * 1000,
+            }
+        )
         await self._traces.expanded(
             intent.intent_id,
             intent.event_id,
@@ -69,7 +76,7 @@ class IntentConsumer:
                 "event_at": intent.event_at.isoformat(),
                 "created_at": intent.created_at.isoformat(),
                 "expand_started_at": started.isoformat(),
-                "expand_done_at": utcnow().isoformat(),
+                "expand_done_at": done.isoformat(),
             },
             {
                 "recipients": stats.devices,
