@@ -8,7 +8,7 @@ import json
 import signal
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,15 @@ import pytest
 
 from goalhorn.admin.drain import drain, record_of
 from goalhorn.admin.where import Where
+from goalhorn.catalog import default_catalog
+from goalhorn.dispatch.stage import DeliveryStage, make_broker
 from goalhorn.errors import AdminError
 from goalhorn.keys import Keys
+from goalhorn.providers.console import ConsoleProvider
 from goalhorn.settings import Settings
 from tests.conftest import delete_amqp_namespace, make_settings, pipeline_queues
 from tests.processes import Process, real_env, run_command
+from tests.test_dispatch import batch_of, devices
 
 pytestmark = pytest.mark.real
 ARGS: dict[str, Any] = {"x-max-priority": 10, "x-queue-type": "classic"}
@@ -316,3 +320,38 @@ async def test_stats_and_purge(settings: Settings) -> None:
     purged = run_command(["queues", "purge", "intents.expand", "--yes", "--json"], env)
     assert json.loads(purged.stdout)["purged"] == 30
     assert await take_all(settings, queue) == []
+
+
+async def test_stats_peek_reads_the_head_messages_age_and_leaves_it_in_place(settings: Settings) -> None:
+    queue = await declare(settings)
+    assert settings.amqp_url
+    created = datetime.now(UTC) - timedelta(seconds=90)
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        for n in range(3):
+            body = json.dumps({"intent_id": f"i-{n}", "created_at": created.isoformat()}).encode()
+            await channel.default_exchange.publish(aio_pika.Message(body, message_id=f"i-{n}"), routing_key=queue)
+    stage = DeliveryStage(
+        settings, make_broker(settings), lambda platform, render: ConsoleProvider(platform), default_catalog().render
+    )
+    try:
+        await stage.enqueue(batch_of(devices(2)).encode())
+    finally:
+        stage.close()
+        stage.broker.close()
+    await asyncio.sleep(1.0)
+    env = real_env(GOALHORN_NAMESPACE=settings.namespace)
+    plain = await asyncio.to_thread(run_command, ["queues", "stats", "--json"], env)
+    peeked = await asyncio.to_thread(run_command, ["queues", "stats", "--peek", "--json"], env)
+
+    keys = Keys(settings.namespace)
+    before = {row["name"]: row for row in json.loads(plain.stdout)}
+    after = {row["name"]: row for row in json.loads(peeked.stdout)}
+    assert before[queue]["head_age_s"] is None, "without --peek nothing is taken"
+    assert 90 <= after[queue]["head_age_s"] < 120, "an intent's created_at"
+    assert 1.0 <= after[keys.delivery_queue("fcm")]["head_age_s"] < 30, "dramatiq's message_timestamp"
+    assert after[queue]["ready"] == 3
+    left = await take_all(settings, queue)
+    assert [m.message_id for m in left] == ["i-0", "i-1", "i-2"], "the peeked head kept its place"
+    assert left[0].redelivered

@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
@@ -83,7 +84,8 @@ class QueueStats:
     unacked: int | None = None
     """Delivered to a consumer, not yet acked; ``None``: unknown (no ``rabbitmqctl`` here)."""
     head_age_s: float | None = None
-    """Age of the message at the head of the queue, when RabbitMQ knows it (it carries a timestamp)."""
+    """Age of the message at the head of the queue (the next one out, by priority), when known: from
+    RabbitMQ for a message with an AMQP timestamp, else by peeking (``peek``)."""
     paused: bool | None = None
     """For a provider's queues: whether ``goalhorn pause`` holds it (None: no Redis to ask)."""
 
@@ -115,8 +117,10 @@ def _safe(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}:{parts.port or 5672}{parts.path or '/'}"
 
 
-async def queue_stats(settings: Settings) -> list[QueueStats]:
-    """Every goalhorn queue of the namespace, absent ones included (``exists=False``)."""
+async def queue_stats(settings: Settings, *, peek: bool = False) -> list[QueueStats]:
+    """Every goalhorn queue of the namespace, absent ones included (``exists=False``). With ``peek``,
+    the head message of each queue that has one is taken and put straight back (``basic.get`` then
+    ``basic.nack`` with requeue: it keeps its place, marked redelivered) to read its age."""
     keys = Keys(settings.namespace)
     names = namespace_queues(keys)
     if not settings.amqp_url:
@@ -135,6 +139,8 @@ async def queue_stats(settings: Settings) -> list[QueueStats]:
                 continue
             count = result.declaration_result
             unacked, head_age = extra.get(q.name, (None, None))
+            if peek and head_age is None and count.message_count:
+                head_age = await _head_age(result)
             out.append(
                 QueueStats(
                     q.name,
@@ -154,6 +160,38 @@ async def queue_stats(settings: Settings) -> list[QueueStats]:
     if dead_letters is not None:
         out.append(QueueStats(keys.dead_letters(), QueueKind.DEAD_LETTERS, None, exists=True, ready=dead_letters))
     return out
+
+
+async def _head_age(queue: aio_pika.abc.AbstractQueue) -> float | None:
+    """Age of the head message, from its AMQP timestamp, else dramatiq's ``message_timestamp``, else
+    an intent's ``created_at``; None when it has none of them (or another consumer took it first)."""
+    message = await queue.get(no_ack=False, fail=False)
+    if message is None:
+        return None
+    try:
+        return _age_of(message.timestamp, message.body)
+    finally:
+        await message.nack(requeue=True)
+
+
+def _age_of(timestamp: datetime | None, body: bytes) -> float | None:
+    now = time.time()
+    if timestamp is not None:
+        stamp = timestamp if timestamp.tzinfo else timestamp.replace(tzinfo=UTC)
+        return max(0.0, now - stamp.timestamp())
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    if isinstance(data.get("message_timestamp"), int | float):
+        return max(0.0, now - float(data["message_timestamp"]) / 1000)
+    try:
+        created = datetime.fromisoformat(str(data["created_at"]))
+    except (KeyError, ValueError):
+        return None
+    return max(0.0, now - created.timestamp()) if created.tzinfo else None
 
 
 async def _from_redis(settings: Settings) -> tuple[frozenset[str] | None, int | None]:

@@ -58,10 +58,15 @@ def _age(seconds: float | None) -> str:
 
 
 @app.command("stats")
-def stats(as_json: bool = typer.Option(False, "--json", help="Print one JSON object per queue.")) -> None:
+def stats(
+    peek: bool = typer.Option(
+        False, "--peek", help="Read each head message's age: take it and put it straight back (marked redelivered)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per queue."),
+) -> None:
     """Every queue of the namespace: ready, unacked, consumers, head message age (? = unknown here)."""
     settings = settings_or_fail()
-    rows = run(queue_stats(settings))
+    rows = run(queue_stats(settings, peek=peek))
     if as_json:
         typer.echo(json.dumps([row.as_json() for row in rows]))
         return
