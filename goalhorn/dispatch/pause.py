@@ -133,7 +133,7 @@ class PauseGate(dramatiq.Middleware):
             loop = get_event_loop_thread()
             if loop is not None:
                 try:
-                    flags = loop.run_coroutine(paused(self._redis(), self._keys))
+                    flags = loop.run_coroutine(self._read())
                 except Exception as exc:  # Redis away: keep the last flags read
                     now = time.monotonic()
                     if now - self._last_error_log > LOG_EVERY_S:
@@ -142,6 +142,10 @@ class PauseGate(dramatiq.Middleware):
                 else:
                     self.apply(frozenset(flags))
             self._stop.wait(self._poll_s)
+
+    async def _read(self) -> dict[Platform, dict[str, Any]]:
+        # On the worker's event loop, where the stage's Redis client is made and used.
+        return await paused(self._redis(), self._keys)
 
     def apply(self, now_paused: frozenset[Platform]) -> None:
         """Take a new set of paused providers: pause or resume their consumers."""
