@@ -197,3 +197,23 @@ async def test_a_client_that_stops_reading_is_dropped_and_the_others_get_everyth
             stalled.close()
             async for name in services.redis.scan_iter(match=f"{settings.namespace}:*"):
                 await services.redis.delete(name)
+
+
+async def test_the_ingest_stage_appends_score_changes_to_the_stream_the_api_serves(settings: Settings, bus) -> None:
+    from goalhorn.app.ingest import IngestStage
+    from goalhorn.app.parts import Parts
+    from goalhorn.ingest.adapter import Parsed
+
+    parts = Parts.build(settings, bus=bus)
+    try:
+        stage = IngestStage(parts, feeds=False)
+        await stage.absorb(Parsed(states=[state("1", 0), state("2", 0)]), diff=False)
+        await stage.absorb(Parsed(states=[state("1", 0)]), diff=False)  # unchanged: no update
+        await stage.absorb(Parsed(states=[state("1", 1)]), diff=False)
+        entries: list = await parts.redis.xrange(parts.keys.score_updates())
+        games = [(fields[b"game"], json.loads(fields[b"data"])["home_score"]) for _, fields in entries]
+        assert games == [(b"espn:1", 0), (b"espn:2", 0), (b"espn:1", 1)]
+    finally:
+        async for name in parts.redis.scan_iter(match=f"{settings.namespace}:*"):
+            await parts.redis.delete(name)
+        await parts.aclose()

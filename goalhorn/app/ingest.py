@@ -40,6 +40,7 @@ from goalhorn.ingest.statsperform import StatsPerformAdapter, matchevent_url
 from goalhorn.ingest.winprob import ParamTable, WinModel
 from goalhorn.models import Sport
 from goalhorn.settings import Settings
+from goalhorn.sidecar.streams import UpdatePublisher
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,8 @@ class IngestStage:
         settings = parts.settings
         self.parts = parts
         self.summary = IngestSummary()
+        self.updates = UpdatePublisher(parts.redis, parts.keys)
+        """Score changes and edge signals for the API's streams (``goalhorn.sidecar.streams``)."""
         self._feeds = feeds
         self._leagues = leagues_of(settings) if feeds else []
         self._markets = MarketMap.load(Path(settings.market_map_path)) if feeds and settings.market_map_path else None
@@ -172,6 +175,10 @@ class IngestStage:
     async def absorb(self, parsed: Parsed, *, diff: bool) -> Absorbed:
         """One adapter result to live state and the bus (``diff`` for polled feeds), counted."""
         done = await self.ingestor.absorb(parsed, diff=diff)
+        try:
+            await self.updates.publish(parsed.states, done.signals)
+        except RedisError as exc:  # the streams are best effort: live state and intents went through
+            log.warning("could not append to the API's update streams: %s", exc)
         self.summary.states_written += done.states_written
         self.summary.events += len(done.events)
         self.summary.signals += len(done.signals)
