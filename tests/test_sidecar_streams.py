@@ -9,6 +9,7 @@ import json
 import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import cast
 
 import fastapi.routing
 import httpx
@@ -210,7 +211,7 @@ async def test_the_ingest_stage_appends_score_changes_to_the_stream_the_api_serv
         await stage.absorb(Parsed(states=[state("1", 0), state("2", 0)]), diff=False)
         await stage.absorb(Parsed(states=[state("1", 0)]), diff=False)  # unchanged: no update
         await stage.absorb(Parsed(states=[state("1", 1)]), diff=False)
-        entries: list = await parts.redis.xrange(parts.keys.score_updates())
+        entries = cast(list, await parts.redis.xrange(parts.keys.score_updates()))
         games = [(fields[b"game"], json.loads(fields[b"data"])["home_score"]) for _, fields in entries]
         assert games == [(b"espn:1", 0), (b"espn:2", 0), (b"espn:1", 1)]
     finally:
