@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from goalhorn.admin.breakers import read_board, reset
 from goalhorn.dispatch.breaker import Breakers, State
-from goalhorn.dispatch.breaker_board import BreakerBoard, read_board, reset
+from goalhorn.dispatch.breaker_board import BreakerBoard
 from goalhorn.keys import Keys
 from goalhorn.providers.fcm import FcmProvider
 from goalhorn.redis_client import Redis

@@ -9,11 +9,11 @@ import time
 
 import pytest
 
+from goalhorn.admin.pause import pause
 from goalhorn.counters import PipelineCounters
 from goalhorn.dispatch import deadletters
 from goalhorn.dispatch.breaker import Breakers
 from goalhorn.dispatch.breaker_board import BreakerBoard
-from goalhorn.dispatch.pause import pause
 from goalhorn.models import DeadLetter, DeadLetterCode, DeadLetterKind
 from goalhorn.providers.console import ConsoleProvider
 from tests.conftest import make_settings

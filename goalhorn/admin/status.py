@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from goalhorn.admin.breakers import BreakerView, read_board
 from goalhorn.admin.dlq import Filter, Group, list_groups
 from goalhorn.admin.queues import QueueStats, queue_stats
 from goalhorn.counters import PipelineCounters, StageLatency, delivery_counter
 from goalhorn.dispatch.breaker import State
-from goalhorn.dispatch.breaker_board import BreakerView, read_board
 from goalhorn.dispatch.pause import paused
 from goalhorn.errors import ConfigError
 from goalhorn.keys import PLATFORMS, Keys

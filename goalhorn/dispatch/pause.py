@@ -1,8 +1,8 @@
 """Pausing a provider: workers stop taking its batches, which stay queued in RabbitMQ.
 
 The flags are a Redis HASH (``Keys.paused``, platform -> JSON of who paused it and when), written by
-``goalhorn pause|resume``. Each delivery worker reads it every ``POLL_S`` (in a thread of its own, on
-the worker's event loop), and for a paused platform:
+``goalhorn pause|resume`` (``goalhorn.admin.pause``). Each delivery worker reads it every ``POLL_S``
+(from a thread of its own, on the worker's event loop), and for a paused platform:
 
 - pauses dramatiq's consumer of that provider's queue: its next read returns nothing (the gate
   wraps ``broker.consume``, as dramatiq only pauses a consumer once its queue is idle, which a busy
@@ -33,7 +33,6 @@ from dramatiq.asyncio import get_event_loop_thread
 from prometheus_client import Gauge
 
 from goalhorn.keys import PLATFORMS, Keys, Platform
-from goalhorn.models import utcnow
 from goalhorn.redis_client import Redis
 
 log = logging.getLogger(__name__)
@@ -49,16 +48,6 @@ PAUSED = Gauge("goalhorn_provider_paused", "1 while this worker holds a provider
 
 class ProviderPaused(dramatiq.Retry):
     """Raised by the delivery actor for a batch of a paused provider: put back, not failed."""
-
-
-async def pause(redis: Redis, keys: Keys, platform: Platform, by: str, reason: str = "") -> None:
-    entry = {"since": utcnow().isoformat(), "by": by, "reason": reason}
-    await redis.hset(keys.paused(), platform, json.dumps(entry, separators=(",", ":")))
-
-
-async def resume(redis: Redis, keys: Keys, platform: Platform) -> bool:
-    """Lift a pause; False if the provider was not paused."""
-    return bool(await redis.hdel(keys.paused(), platform))
 
 
 async def paused(redis: Redis, keys: Keys) -> dict[Platform, dict[str, Any]]:

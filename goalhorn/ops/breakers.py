@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from goalhorn.dispatch.breaker_board import BreakerView, read_board, reset
+from goalhorn.admin.breakers import BreakerView, read_board, reset
 from goalhorn.keys import Keys
 from goalhorn.ops.queues import fail, run, settings_or_fail
 from goalhorn.redis_client import make_redis

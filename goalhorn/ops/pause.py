@@ -8,7 +8,7 @@ import socket
 
 import typer
 
-from goalhorn.dispatch.pause import POLL_S, pause, resume
+from goalhorn.admin.pause import POLL_S, pause, resume
 from goalhorn.keys import PLATFORMS, Keys, Platform
 from goalhorn.ops.queues import fail, run, settings_or_fail
 from goalhorn.redis_client import make_redis
