@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import signal
+import subprocess
 import time
 
 import pytest
@@ -17,7 +19,7 @@ from goalhorn.dispatch.breaker_board import BreakerBoard
 from goalhorn.models import DeadLetter, DeadLetterCode, DeadLetterKind
 from goalhorn.providers.console import ConsoleProvider
 from tests.conftest import make_settings
-from tests.processes import clean_env, real_env, run_command
+from tests.processes import GOALHORN, clean_env, real_env, run_command
 from tests.stages import delivery_stage
 from tests.test_dispatch import batch_of, devices
 
@@ -94,3 +96,24 @@ def test_status_needs_redis() -> None:
     result = run_command(["status"], clean_env())
     assert result.returncode == 2
     assert "GOALHORN_REDIS_URL is not set" in result.stderr
+
+
+def test_status_watch_refreshes_until_ctrl_c() -> None:
+    env = real_env()
+    watch = subprocess.Popen(
+        [GOALHORN, "status", "--watch", "--every", "0.5", "--interval", "0.2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(2.0)
+        watch.send_signal(signal.SIGINT)
+        out, err = watch.communicate(timeout=15)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+    assert watch.returncode == 0, err
+    assert "goalhorn status - namespace" in out
+    assert "Traceback" not in err
