@@ -12,18 +12,26 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, get_args
+from typing import Literal, NewType, get_args
 
 from prometheus_client import Counter
 
 from goalhorn.keys import PLATFORMS, Keys, Platform
-from goalhorn.models import DELIVERY_COUNTS, DeliveryCount
+from goalhorn.models import DELIVERY_COUNTS, DeliveryCount, DispatchCount
 from goalhorn.redis_client import Redis
 
+DeliveryCounter = NewType("DeliveryCounter", str)
+"""The name of a ``delivery:<platform>:<count>`` counter (only ``delivery_counter`` makes one)."""
 
-def delivery_counter(platform: Platform, count: DeliveryCount) -> str:
+
+def delivery_counter(platform: Platform, count: DeliveryCount) -> DeliveryCounter:
     """The shared counter of a provider's devices that ended in ``count``."""
-    return f"delivery:{platform}:{count}"
+    return DeliveryCounter(f"delivery:{platform}:{count}")
+
+
+def dispatch_counts(counts: Mapping[DispatchCount | DeliveryCounter, int]) -> dict[str, int]:
+    """Counts of the delivery side, their names checked against the closed set, for ``add``."""
+    return {str(name): n for name, n in counts.items()}
 
 
 LATENCY_SAMPLES = 200_000

@@ -238,6 +238,22 @@ DeliveryCount = Literal["sent", "failed", "invalid_token", "expired", "suppresse
 """Where a device of a batch ended, as counted per provider (``delivery:<platform>:<count>``): an
 outcome, or the dead letters."""
 DELIVERY_COUNTS: tuple[DeliveryCount, ...] = get_args(DeliveryCount)
+DispatchCount = Literal[
+    "batches_done",
+    "batches_published",
+    "duplicates_skipped",
+    "tokens_removed",
+    "tokens_kept_reregistered",
+    "held_requeued",
+    "breaker_deferred",
+    "retries",
+    "dead_letters",
+    "quarantined_batches",
+    "quarantined_devices",
+    "failed_batches",
+    "dlq_replayed",
+]
+"""The shared counters the delivery side keeps besides ``delivery:<platform>:<count>``."""
 ActorFailureOutcome = Literal["redis_wait", "paused", "retried", "dead_lettered", "left_in_xq"]
 """What became of a delivery message whose actor raised: the ``outcome`` label of
 ``goalhorn_delivery_failures_total`` (``goalhorn.dispatch.failures``)."""

@@ -21,7 +21,7 @@ from aio_pika.exceptions import DeliveryError
 from pydantic import ValidationError
 
 from goalhorn.admin.queues import amqp_channel
-from goalhorn.counters import PipelineCounters
+from goalhorn.counters import PipelineCounters, dispatch_counts
 from goalhorn.dispatch import deadletters
 from goalhorn.dispatch.stage import delivery_message
 from goalhorn.errors import AdminError
@@ -203,7 +203,7 @@ async def replay(settings: Settings, redis: Redis, where: Filter, *, dry_run: bo
                     "replayed before it. Run the replay again: replayed entries are gone from the dead letters"
                 ) from None
             # Published again: the pipeline's idle check counts it until a worker counts it done.
-            await counters.add({"batches_published": 1, "dlq_replayed": len(batch.devices)})
+            await counters.add(dispatch_counts({"batches_published": 1, "dlq_replayed": len(batch.devices)}))
             await deadletters.delete(redis, keys, [entry.entry_id or ""])
             report.replayed += 1
             report.devices += len(batch.devices)

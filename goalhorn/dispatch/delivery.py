@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from goalhorn.counters import PipelineCounters, delivery_counter
+from goalhorn.counters import DeliveryCounter, PipelineCounters, delivery_counter, dispatch_counts
 from goalhorn.dispatch import deadletters
 from goalhorn.dispatch.breaker import Breakers
 from goalhorn.dispatch.breaker_board import BreakerBoard
@@ -36,6 +36,7 @@ from goalhorn.models import (
     DeliveryBatch,
     DeliveryResult,
     Device,
+    DispatchCount,
     EncodedBatch,
     utcnow,
 )
@@ -51,13 +52,19 @@ MARK_FLUSH_S = 0.005
 MARK_FLUSH_SIZE = 100
 
 Enqueue = Callable[[EncodedBatch, float], Awaitable[None]]
-TRACED = ("duplicates_skipped", "retries", "breaker_deferred", "held_requeued", "tokens_removed")
+TRACED: tuple[DispatchCount, ...] = (
+    "duplicates_skipped",
+    "retries",
+    "breaker_deferred",
+    "held_requeued",
+    "tokens_removed",
+)
 """Counters of a batch that an intent's trace keeps too (besides ``delivery:<platform>:<outcome>``)."""
 
 
 @dataclass(slots=True)
 class _Tally:
-    counts: Counter[str] = field(default_factory=Counter)
+    counts: Counter[DispatchCount | DeliveryCounter] = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)
     retry: list[Device] = field(default_factory=list)
     retry_after_s: float = 0.0
@@ -70,6 +77,9 @@ class _Tally:
     unsendable: dict[str, list[Device]] = field(default_factory=dict)
     trace: Counter[str] = field(default_factory=Counter)
     """What the intent's trace gets beyond the counts: dead letters by code, retries by reason."""
+
+    def add(self, name: DispatchCount | DeliveryCounter, n: int) -> None:
+        self.counts[name] += n
 
     def trace_counts(self, platform: Platform) -> Counter[str]:
         """This batch's devices, by what became of them, for ``IntentTraces.delivered``."""
@@ -179,10 +189,10 @@ class Deliverer:
         platform = batch.platform
         await self.breaker_board.sync(self.breakers)
         if batch.intent.expired():
-            tally.counts[delivery_counter(platform, "expired")] += len(batch.devices)
+            tally.add(delivery_counter(platform, "expired"), len(batch.devices))
         else:
             claims = await self._markers.claim(batch.intent.intent_id, batch.devices)
-            tally.counts["duplicates_skipped"] += len(claims.already_sent)
+            tally.add("duplicates_skipped", len(claims.already_sent))
             tally.held, tally.held_for_s = claims.held, claims.held_for_s
             marks = _MarkerWrites(self._markers, batch.intent.intent_id)
             try:
@@ -194,12 +204,12 @@ class Deliverer:
         await self._follow_up(batch, tally)
         if tally.dead_tokens:
             removed, kept = await prune_tokens(self._store, tally.dead_tokens)
-            tally.counts["tokens_removed"] += removed
-            tally.counts["tokens_kept_reregistered"] += kept
-        tally.counts["batches_done"] += 1
+            tally.add("tokens_removed", removed)
+            tally.add("tokens_kept_reregistered", kept)
+        tally.add("batches_done", 1)
         await self.breaker_board.publish(self.breakers)
         await self.traces.delivered(batch.intent.intent_id, platform, tally.trace_counts(platform), utcnow())
-        await self.counters.add(tally.counts, tally.latencies_ms)
+        await self.counters.add(dispatch_counts(tally.counts), tally.latencies_ms)
 
     async def _send_one(self, batch: DeliveryBatch, device: Device, tally: _Tally, marks: _MarkerWrites) -> None:
         provider = self._providers[batch.platform]
@@ -245,7 +255,7 @@ class Deliverer:
             return
         if result.outcome == "invalid_token":
             tally.dead_tokens.append((device, result))
-        tally.counts[delivery_counter(batch.platform, result.outcome)] += 1
+        tally.add(delivery_counter(batch.platform, result.outcome), 1)
 
     @staticmethod
     def _schedule_retry(tally: _Tally, device: Device, reason: str, retry_after: float | None) -> None:
@@ -268,19 +278,19 @@ class Deliverer:
         for reason, devices in tally.unsendable.items():
             await self._dead_letter_devices(batch, devices, DeadLetterCode.MESSAGE_ERROR, reason)
             tally.trace[f"dead_lettered:{DeadLetterCode.MESSAGE_ERROR}"] += len(devices)
-            tally.counts["dead_letters"] += len(devices)
-            tally.counts[delivery_counter(batch.platform, "dead_lettered")] += len(devices)
+            tally.add("dead_letters", len(devices))
+            tally.add(delivery_counter(batch.platform, "dead_lettered"), len(devices))
             log.warning("batch %s dead-lettered %d devices: %s", batch.batch_id, len(devices), reason)
         if tally.held:
             # Recheck soon: a live holder usually finishes well before its lease runs out.
             await self._requeue(batch, tally.held, min(tally.held_for_s, HELD_RECHECK_S) + 0.05)
-            tally.counts["batches_published"] += 1
-            tally.counts["held_requeued"] += len(tally.held)
+            tally.add("batches_published", 1)
+            tally.add("held_requeued", len(tally.held))
         if tally.deferred:
             # An open circuit is not the batch's fault: same attempt, after the circuit's wait.
             await self._requeue(batch, tally.deferred, tally.deferred_for_s * random.uniform(1.0, 1.2) + 0.01)
-            tally.counts["batches_published"] += 1
-            tally.counts["breaker_deferred"] += len(tally.deferred)
+            tally.add("batches_published", 1)
+            tally.add("breaker_deferred", len(tally.deferred))
         if not tally.retry:
             return
         reason = ", ".join(f"{r} x{n}" for r, n in tally.retry_reasons.most_common())
@@ -288,11 +298,11 @@ class Deliverer:
             detail = f"attempts exhausted ({batch.attempt}): {reason}"
             await self._dead_letter_devices(batch, tally.retry, DeadLetterCode.ATTEMPTS_EXHAUSTED, detail)
             tally.trace[f"dead_lettered:{DeadLetterCode.ATTEMPTS_EXHAUSTED}"] += len(tally.retry)
-            tally.counts["dead_letters"] += len(tally.retry)
-            tally.counts[delivery_counter(batch.platform, "dead_lettered")] += len(tally.retry)
+            tally.add("dead_letters", len(tally.retry))
+            tally.add(delivery_counter(batch.platform, "dead_lettered"), len(tally.retry))
             log.warning("batch %s dead-lettered %d devices: %s", batch.batch_id, len(tally.retry), reason)
             return
         delay = max(tally.retry_after_s, self.backoff_s(batch.attempt))
         await self._requeue(batch, tally.retry, delay, attempt=batch.attempt + 1)
-        tally.counts["batches_published"] += 1
-        tally.counts["retries"] += len(tally.retry)
+        tally.add("batches_published", 1)
+        tally.add("retries", len(tally.retry))

@@ -30,7 +30,7 @@ from dramatiq.middleware.asyncio import AsyncIO
 from pydantic import ValidationError
 
 from goalhorn.catalog.templates import Renderer
-from goalhorn.counters import PipelineCounters
+from goalhorn.counters import PipelineCounters, dispatch_counts
 from goalhorn.dispatch import deadletters
 from goalhorn.dispatch.delivery import Deliverer
 from goalhorn.dispatch.failures import ActorFailures, RedisUnavailable, redis_unavailable
@@ -242,7 +242,7 @@ class DeliveryStage:
                     payload=payload,
                 )
                 await deliverer.dead_letter(entry)
-                await deliverer.counters.add({"batches_done": 1, "quarantined_batches": 1})
+                await deliverer.counters.add(dispatch_counts({"batches_done": 1, "quarantined_batches": 1}))
                 return
             log.error(
                 "%s batch %s: %d invalid devices quarantined, delivering the other %d",
@@ -251,7 +251,7 @@ class DeliveryStage:
                 len(bad),
                 len(good.devices),
             )
-            await deliverer.counters.add({"quarantined_devices": len(bad)})
+            await deliverer.counters.add(dispatch_counts({"quarantined_devices": len(bad)}))
             code = f"dead_lettered:{DeadLetterCode.INVALID_DEVICE}"
             await deliverer.traces.delivered(
                 good.intent.intent_id, platform, {"dead_lettered": len(bad), code: len(bad)}, utcnow()
@@ -306,7 +306,7 @@ class DeliveryStage:
             if intent_id is not None:
                 traced = {"dead_lettered": devices, f"dead_lettered:{DeadLetterCode.WORKER_FAILED}": devices}
                 await counters.traces(self.settings.sent_marker_ttl_s).delivered(intent_id, platform, traced, utcnow())
-            await counters.add({"batches_done": 1, "failed_batches": 1})
+            await counters.add(dispatch_counts({"batches_done": 1, "failed_batches": 1}))
         except Exception:  # it is in the dead letters: only the counters miss it
             log.exception("dead letter written, counters not updated")
 
