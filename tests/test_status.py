@@ -96,6 +96,11 @@ def test_status_needs_redis() -> None:
     result = run_command(["status"], clean_env())
     assert result.returncode == 2
     assert "GOALHORN_REDIS_URL is not set" in result.stderr
+    for command in (["status"], ["dlq", "list"], ["breakers"], ["trace", "i-1"], ["resume", "fcm"]):
+        down = run_command(command, clean_env(GOALHORN_REDIS_URL="redis://127.0.0.1:1/0"))
+        assert down.returncode == 2, command
+        assert "error: Redis does not answer" in down.stderr, (command, down.stderr)
+        assert "Traceback" not in down.stderr
 
 
 def test_status_watch_refreshes_until_ctrl_c() -> None:

@@ -10,6 +10,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+import aiormq.exceptions
+import redis.exceptions
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -47,6 +49,10 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coroutine)
     except GoalhornError as exc:
         fail(str(exc))
+    except redis.exceptions.RedisError as exc:
+        fail(f"Redis does not answer or refused ({type(exc).__name__}: {exc}); check GOALHORN_REDIS_URL")
+    except aiormq.exceptions.AMQPError as exc:
+        fail(f"RabbitMQ failed ({type(exc).__name__}: {exc}); check GOALHORN_AMQP_URL and run the command again")
     except OSError as exc:
         fail(f"{exc.filename or ''}: {exc.strerror or exc}" if exc.filename else str(exc))
 

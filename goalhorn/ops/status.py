@@ -9,6 +9,7 @@ import signal
 from dataclasses import asdict
 from typing import Any
 
+import redis.exceptions
 import typer
 from rich.console import Console, Group
 from rich.live import Live
@@ -46,8 +47,8 @@ async def _watch(settings: Settings, interval: float, every: float) -> None:
         while not stop.is_set():
             try:
                 live.update(render(await status(settings, interval)), refresh=True)
-            except GoalhornError as exc:
-                live.update(Text(f"error: {exc}", style="red"), refresh=True)
+            except (GoalhornError, redis.exceptions.RedisError) as exc:  # shown, and tried again
+                live.update(Text(f"error: {type(exc).__name__}: {exc}", style="red"), refresh=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(0.0, every - interval))
 
