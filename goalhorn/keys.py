@@ -186,6 +186,10 @@ class Keys:
         """STREAM of game states whose score, status or period changed (capped; the API's SSE source)."""
         return f"{self.namespace}:api:stream:scores"
 
+    def game_events(self, game_key: str) -> str:
+        """LIST of one game's events (GameEvent JSON), oldest first, capped; expires with the live state."""
+        return f"{self.namespace}:api:events:{{{game_key}}}"
+
     def edge_signals(self) -> str:
         """STREAM of edge signals as fusion emitted them (capped; the API's SSE source)."""
         return f"{self.namespace}:api:stream:signals"

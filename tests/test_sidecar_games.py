@@ -9,9 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from goalhorn.ingest.live import LiveState
-from goalhorn.models import GameState, GameStatus, Sport
+from goalhorn.models import EventKind, GameEvent, GameState, GameStatus, Sport
 from goalhorn.settings import Settings
+from goalhorn.sidecar import streams
 from goalhorn.sidecar.routes import games
+from goalhorn.sidecar.streams import UpdatePublisher
 from tests.support.api import Api, running_api
 
 
@@ -111,3 +113,38 @@ async def test_an_unknown_game_is_404_and_games_need_a_key(api: Api) -> None:
     assert (await client.get("/v1/games/espn:nope")).status_code == 404
     assert (await client.get("/v1/games/not-a-key")).status_code == 422
     assert (await api.client.get("/v1/games")).status_code == 401
+
+
+def goal(n: int, game_id: str = "401") -> GameEvent:
+    return GameEvent(
+        event_id=f"e{n}",
+        kind=EventKind.GOAL,
+        source="espn",
+        game_id=game_id,
+        sport=Sport.HOCKEY,
+        league="nhl",
+        team_id="6",
+        home_team="EDM",
+        away_team="PIT",
+        home_score=n,
+        away_score=0,
+        period=1,
+        observed_at=datetime.now(UTC),
+    )
+
+
+async def test_a_games_events_oldest_first_and_capped(api: Api) -> None:
+    client = await api.as_tenant(scopes=("read",))
+    services = api.app.state.services
+    publisher = UpdatePublisher(services.redis, services.keys)
+    await live(api).write([state("401", GameStatus.LIVE)])
+    assert (await client.get("/v1/games/espn:401/events")).json() == {"id": "espn:401", "events": []}
+    await publisher.publish([], events=[goal(1), goal(2), goal(1, game_id="999")])
+    body = (await client.get("/v1/games/espn:401/events")).json()
+    assert [e["event_id"] for e in body["events"]] == ["e1", "e2"]
+    assert body["events"][0]["kind"] == "GOAL"
+    await publisher.publish([], events=[goal(n) for n in range(3, streams.EVENTS_PER_GAME + 3)])
+    kept = (await client.get("/v1/games/espn:401/events")).json()["events"]
+    assert len(kept) == streams.EVENTS_PER_GAME
+    assert kept[-1]["event_id"] == f"e{streams.EVENTS_PER_GAME + 2}"
+    assert (await client.get("/v1/games/espn:nope/events")).status_code == 404

@@ -1,8 +1,8 @@
 """An app's whole journey through the API, with every piece its own process as a deployment runs it:
 a key from ``goalhorn keys create``; users, devices, follows and mutes through ``goalhorn run api``; a
 goal from a feed (a local ESPN) through ``goalhorn run all``; exactly one push per device in the
-sandbox's record, none for the muted user or the other team's fan; and the game's live state read
-back through the API."""
+sandbox's record, none for the muted user or the other team's fan; and the game's live state and
+its goal read back through the API."""
 
 from __future__ import annotations
 
@@ -116,6 +116,8 @@ def test_an_apps_journey_from_a_key_to_one_push_per_device(tmp_path: Path) -> No
                     lambda: client.get(f"/v1/games/espn:{GAME}"), lambda r: r.json()["state"]["home_score"] == 2
                 )
                 assert live.headers["etag"]
+                events = client.get(f"/v1/games/espn:{GAME}/events").json()["events"]
+                assert [(e["kind"], e["home_score"]) for e in events if e["kind"] == "GOAL"] == [("GOAL", 2)]
     finally:
         espn.close()
 

@@ -144,7 +144,7 @@ class IngestStage:
         self.parts = parts
         self.summary = IngestSummary()
         self.updates = UpdatePublisher(parts.redis, parts.keys)
-        """Score changes and edge signals for the API's streams (``goalhorn.sidecar.streams``)."""
+        """Score changes, edge signals and game events for the API (``goalhorn.sidecar.streams``)."""
         self._feeds = feeds
         self._leagues = leagues_of(settings) if feeds else []
         self._markets = MarketMap.load(Path(settings.market_map_path)) if feeds and settings.market_map_path else None
@@ -176,7 +176,7 @@ class IngestStage:
         """One adapter result to live state and the bus (``diff`` for polled feeds), counted."""
         done = await self.ingestor.absorb(parsed, diff=diff)
         try:
-            await self.updates.publish(parsed.states, done.signals)
+            await self.updates.publish(parsed.states, done.signals, done.events)
         except RedisError as exc:  # the streams are best effort: live state and intents went through
             log.warning("could not append to the API's update streams: %s", exc)
         self.summary.states_written += done.states_written

@@ -3,7 +3,8 @@
 Ingest appends (:class:`UpdatePublisher`): a game's state when its score, status or period changed,
 and every edge signal, each stream capped near ``STREAM_MAXLEN`` entries (``XADD MAXLEN ~``), so
 Redis memory is bounded and a client reconnecting with ``Last-Event-ID`` gets what it missed as long
-as it is still within the cap (``XRANGE`` from that id).
+as it is still within the cap (``XRANGE`` from that id). It also keeps each game's last events, for
+``GET /v1/games/{id}/events``.
 
 Each API process reads each stream once (:class:`StreamHub`: one ``XREAD BLOCK`` loop, started by
 the first subscriber, stopped by the last) and hands entries to its subscribers' queues. A queue
@@ -22,11 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from goalhorn.keys import Keys
-from goalhorn.models import EdgeSignal, GameState
+from goalhorn.models import EdgeSignal, GameEvent, GameState
 from goalhorn.redis_client import Redis
 
 log = logging.getLogger(__name__)
 STREAM_MAXLEN = 10_000
+EVENTS_PER_GAME = 500
+EVENTS_TTL_S = 48 * 3600
 CLIENT_BUFFER = 256
 BLOCK_MS = 5_000
 BACKLOG_PAGE = 500
@@ -44,11 +47,19 @@ class UpdatePublisher:
         self._keys = keys
         self._last: dict[str, tuple[int, int, str, int]] = {}
 
-    async def publish(self, states: Sequence[GameState], signals: Sequence[EdgeSignal] = ()) -> int:
+    async def publish(
+        self, states: Sequence[GameState], signals: Sequence[EdgeSignal] = (), events: Sequence[GameEvent] = ()
+    ) -> int:
         """Append the states that changed score, status or period since this publisher last saw
-        their game, and the signals; how many entries were appended."""
+        their game, and the signals; and each event to its game's list (the last ``EVENTS_PER_GAME``,
+        kept ``EVENTS_TTL_S`` after the last one). How many stream entries were appended."""
         pipe = self._redis.pipeline(transaction=False)
         appended = 0
+        for event in events:
+            key = self._keys.game_events(f"{event.source}:{event.game_id}")
+            pipe.rpush(key, event.model_dump_json())
+            pipe.ltrim(key, -EVENTS_PER_GAME, -1)
+            pipe.expire(key, EVENTS_TTL_S)
         for state in states:
             key = game_key(state)
             mark = (state.home_score, state.away_score, state.status.value, state.period)
@@ -62,7 +73,7 @@ class UpdatePublisher:
             fields = {"game": signal.game_id, "data": signal.model_dump_json()}
             pipe.xadd(self._keys.edge_signals(), fields, maxlen=STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
             appended += 1
-        if appended:
+        if appended or events:
             await pipe.execute()
         return appended
 

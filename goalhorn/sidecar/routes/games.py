@@ -25,7 +25,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from goalhorn.ingest.live import LiveGame
-from goalhorn.models import GameState, GameStatus, Sport, utcnow
+from goalhorn.models import GameEvent, GameState, GameStatus, Sport, utcnow
 from goalhorn.sidecar.apikeys import ApiKey
 from goalhorn.sidecar.deps import Services, caller, provide_services
 from goalhorn.sidecar.problems import not_found
@@ -67,6 +67,11 @@ class Game(BaseModel):
     id: str = Field(description="The game's key, <source>:<game id>.")
     updated_at: datetime = Field(description="When ingest stored this state.")
     state: GameState
+
+
+class GameEvents(BaseModel):
+    id: str
+    events: list[GameEvent] = Field(description="The game's events, oldest first (at most the last 500).")
 
 
 class GameList(BaseModel):
@@ -142,3 +147,20 @@ async def get_game(
     if _matches(request.headers.get("if-none-match", ""), rendered.etag):
         return Response(status_code=304, headers=headers)
     return Response(rendered.body, media_type="application/json", headers=headers)
+
+
+@router.get("/{game_id}/events", response_model=GameEvents)
+async def game_events(
+    game_id: GameKey,
+    key: Annotated[ApiKey, Depends(caller("read"))],
+    svc: Annotated[Services, Depends(provide_services)],
+) -> GameEvents:
+    """What happened in a game (goals, period ends, cards...), oldest first, as ingest acted on it;
+    404 when the game is not in live state."""
+    raws, live = await asyncio.gather(
+        svc.redis.lrange(svc.keys.game_events(game_id), 0, -1),
+        svc.live.get(game_id),
+    )
+    if live is None and not raws:
+        raise not_found("game")
+    return GameEvents(id=game_id, events=[GameEvent.model_validate_json(raw) for raw in raws])
