@@ -187,7 +187,7 @@ class Keys:
         return f"{self.namespace}:api:stream:scores"
 
     def game_events(self, game_key: str) -> str:
-        """LIST of one game's events (GameEvent JSON), oldest first, capped; expires with the live state."""
+        """LIST of one game's events (GameEvent JSON), oldest first, capped; expires 48 h after its last event."""
         return f"{self.namespace}:api:events:{{{game_key}}}"
 
     def edge_signals(self) -> str:

@@ -17,7 +17,7 @@ import pytest
 
 from goalhorn.models import EdgeSignal, GameState, GameStatus, Sport
 from goalhorn.settings import Settings
-from goalhorn.sidecar import slowclients, streams
+from goalhorn.sidecar import guard, streams
 from goalhorn.sidecar.streams import UpdatePublisher
 from tests.support.api import serving_api
 
@@ -153,7 +153,7 @@ async def test_signals_stream_and_heartbeats(served, monkeypatch: pytest.MonkeyP
 async def test_a_client_that_stops_reading_is_dropped_and_the_others_get_everything(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(slowclients, "SEND_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(guard, "SEND_TIMEOUT_S", 1.0)
     monkeypatch.setattr(streams, "CLIENT_BUFFER", 64)
     async with serving_api(settings) as (app, base):
         services = app.state.services

@@ -16,12 +16,10 @@ from fastapi.openapi.utils import get_openapi
 from goalhorn import __version__
 from goalhorn.settings import Settings
 from goalhorn.sidecar import problems
-from goalhorn.sidecar.deadline import DeadlineMiddleware
 from goalhorn.sidecar.deps import Services, component_schemas
-from goalhorn.sidecar.metrics import ApiMetrics, MetricsMiddleware
+from goalhorn.sidecar.guard import ApiMetrics, RequestGuard
 from goalhorn.sidecar.routes import admin, games, health, imports, streams, users, webhooks
 from goalhorn.sidecar.routes.health import Check, Readiness
-from goalhorn.sidecar.slowclients import SlowClientGuard
 
 BODY_MODELS = (*users.BODY_MODELS, *webhooks.BODY_MODELS, *admin.BODY_MODELS, problems.ProblemDetails)
 
@@ -54,9 +52,7 @@ def create_app(settings: Settings, svc: Services | None = None, *, checks: dict[
     app.include_router(health.router)
     for module in (games, imports, users, webhooks, streams, admin):  # the hottest first: fewer routes tried
         app.include_router(module.router, responses=problems.PROBLEM_RESPONSES)
-    app.add_middleware(SlowClientGuard)
-    app.add_middleware(DeadlineMiddleware)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(RequestGuard, metrics=app.state.metrics)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
