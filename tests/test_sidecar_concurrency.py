@@ -117,3 +117,18 @@ async def test_concurrent_registrations_never_pass_the_device_limit(settings: Se
             await redis.delete(name)
     assert sorted(codes) == [201] * 50 + [409] * 10
     assert len(stored) == 50
+
+
+async def test_of_concurrent_creations_of_one_user_exactly_one_is_201(settings: Settings) -> None:
+    async with running_api(settings) as one, running_api(settings) as two:
+        key = await one.key("acme")
+        headers = {"Authorization": f"Bearer {key}"}
+        clients = [
+            httpx.AsyncClient(transport=api.client._transport, base_url="http://api", headers=headers)
+            for api in (one, two)
+        ]
+        codes = await asyncio.gather(*(clients[n % 2].put("/v1/users/new", json={"locale": "fr"}) for n in range(20)))
+        redis = one.app.state.services.redis
+        async for name in redis.scan_iter(match=f"{settings.namespace}:*"):
+            await redis.delete(name)
+    assert sorted(c.status_code for c in codes) == [200] * 19 + [201]

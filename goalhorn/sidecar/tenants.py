@@ -61,12 +61,18 @@ class TenantUsers:
         return UserRecord(user_id, data["locale"], data["created_at"])
 
     async def put(self, tenant: str, user_id: str, locale: str) -> tuple[UserRecord, bool]:
-        """Create or update a user's record; True when it was created."""
+        """Create or update a user's record; True when this call created it (HSETNX: of concurrent
+        creations exactly one is)."""
+        key = self._keys.tenant_users(tenant)
+        now = time.time()
+        fresh = json.dumps({"locale": locale, "created_at": now}, separators=(",", ":"))
+        if await self._redis.hsetnx(key, user_id, fresh):
+            return UserRecord(user_id, locale, now), True
         existing = await self.get(tenant, user_id)
-        record = UserRecord(user_id, locale, existing.created_at if existing else time.time())
-        raw = json.dumps({"locale": record.locale, "created_at": record.created_at}, separators=(",", ":"))
-        await self._redis.hset(self._keys.tenant_users(tenant), user_id, raw)
-        return record, existing is None
+        created_at = existing.created_at if existing is not None else now
+        raw = json.dumps({"locale": locale, "created_at": created_at}, separators=(",", ":"))
+        await self._redis.hset(key, user_id, raw)
+        return UserRecord(user_id, locale, created_at), False
 
     async def register(self, tenant: str, users: dict[str, str]) -> None:
         """Records for imported users (user id -> locale) not yet known to the tenant."""
