@@ -255,3 +255,30 @@ async def test_import_takes_the_cli_format_into_the_callers_tenant(api: Api) -> 
     assert (await acme.delete("/v1/users/imp1")).status_code == 204
     assert await services.redis.smembers(services.keys.team_followers("6")) == set()
     problem(await acme.post("/v1/users:import", content=b"{}", headers={"content-type": "image/png"}), 415)
+
+
+async def test_readyz_names_a_service_that_fails_its_check(settings: Settings) -> None:
+    from pydantic import SecretStr
+
+    from goalhorn.errors import ConfigError
+    from goalhorn.sidecar.app import create_app
+    from tests.support.api import SECRET
+
+    async def rabbitmq_down() -> None:
+        raise ConfigError("GOALHORN_AMQP_URL=amqp://127.0.0.1:1/: RabbitMQ is unreachable")
+
+    app = create_app(
+        settings.model_copy(update={"api_key_secret": SecretStr(SECRET)}), checks={"RabbitMQ": rabbitmq_down}
+    )
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+            answer = await client.get("/readyz")
+            alive = await client.get("/healthz")
+    finally:
+        await app.state.services.aclose()
+    assert answer.status_code == 503
+    assert answer.json() == {
+        "status": "not ready",
+        "reasons": ["RabbitMQ: GOALHORN_AMQP_URL=amqp://127.0.0.1:1/: RabbitMQ is unreachable"],
+    }
+    assert alive.status_code == 200
