@@ -8,6 +8,8 @@ import random
 from collections.abc import Awaitable, Callable
 from functools import partial
 
+import pytest
+
 from goalhorn.keys import Keys
 from goalhorn.models import Device
 from goalhorn.preferences.model import Preferences
@@ -102,3 +104,26 @@ async def test_concurrent_edits_through_two_stores_match_a_serial_replay(setting
     devices, prefs, _ = expected["alice"]
     assert len(devices) == 25
     assert (len(prefs.muted_teams), len(prefs.muted_matches)) == (25, 25)
+
+
+async def test_register_device_adds_stamps_keeps_added_at_and_holds_the_limit(settings: Settings, redis: Redis) -> None:
+    from datetime import UTC, datetime
+
+    from goalhorn.preferences.store import DeviceLimit
+
+    store = PreferenceStore(redis, Keys(settings.namespace), buckets=4)
+    first = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    later = datetime(2026, 5, 2, 12, 0, tzinfo=UTC)
+    assert await store.register_device(device("u1", 1), max_devices=2, now=first) is True
+    assert await store.register_device(device("u1", 2), max_devices=2, now=first) is True
+    # the same device again: replaced (a new address), added_at kept, seen now
+    moved = device("u1", 1).model_copy(update={"address": "moved" + "y" * 120})
+    assert await store.register_device(moved, max_devices=2, now=later) is False
+    with pytest.raises(DeviceLimit):
+        await store.register_device(device("u1", 3), max_devices=2, now=later)
+    stored = {d.device_id: d for d in await store.devices_of("u1")}
+    assert sorted(stored) == ["d1", "d2"]
+    assert stored["d1"].address == moved.address
+    assert stored["d1"].added_at == first
+    assert stored["d2"] == device("u1", 2).model_copy(update={"added_at": first})
+    assert await store.last_seen("u1") == {"d1": later, "d2": first}

@@ -48,6 +48,41 @@ MAX_ATTEMPTS = 1000
 another writer's transaction on the same hash committed, so the system as a whole made progress)."""
 
 
+# KEYS: the user's device bucket, last-seen bucket; ARGV: user id, device id, the device's line,
+# most devices, seen at (epoch s). Appends a device the user does not have yet, in one step (no
+# WATCH conflicts with the other users of the bucket): 1; -1 if the user has it (the caller
+# replaces it, keeping when it was added); -2 if the user has the most devices already.
+_ADD_NEW_DEVICE = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+local count = 0
+if raw then
+  for line in string.gmatch(raw, '[^\\n]+') do
+    count = count + 1
+    if cjson.decode(line).device_id == ARGV[2] then
+      return -1
+    end
+  end
+end
+if count >= tonumber(ARGV[4]) then
+  return -2
+end
+if raw then
+  raw = raw .. '\\n' .. ARGV[3]
+else
+  raw = ARGV[3]
+end
+redis.call('HSET', KEYS[1], ARGV[1], raw)
+local seen = redis.call('HGET', KEYS[2], ARGV[1])
+local times = {}
+if seen then
+  times = cjson.decode(seen)
+end
+times[ARGV[2]] = tonumber(ARGV[5])
+redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(times))
+return 1
+"""
+
+
 class DeviceLimit(StoreError):
     """A user has as many devices as allowed."""
 
@@ -67,6 +102,7 @@ class PreferenceStore:
         self._redis = redis
         self._keys = keys
         self.buckets = buckets
+        self._add_new_device = redis.register_script(_ADD_NEW_DEVICE)
 
     # --- devices ------------------------------------------------------------------------------
     async def _rewrite(self, bucket_key: Callable[[int], str], user_ids: Iterable[str], change: Change) -> None:
@@ -139,10 +175,21 @@ class PreferenceStore:
     async def register_device(self, device: Device, *, max_devices: int, now: datetime | None = None) -> bool:
         """Add (or replace) one device of its user, stamped and marked seen as :meth:`add_devices` does,
         unless the user has ``max_devices`` others already (:class:`DeviceLimit`); True when it is
-        new. The check and the write are one transaction, so concurrent registrations cannot pass
-        the limit together."""
+        new. The check and the write are one atomic step, so concurrent registrations cannot pass
+        the limit together: a new device is appended by one script (no WATCH conflicts with the
+        bucket's other users); a known one is replaced by a transaction that keeps its ``added_at``."""
         now = now or utcnow()
         user = check_user_id(device.user_id)
+        bucket = bucket_of(user, self.buckets)
+        line = device.model_copy(update={"added_at": device.added_at or now}).to_json()
+        outcome = await self._add_new_device(
+            keys=[self._keys.device_bucket(bucket), self._keys.last_seen_bucket(bucket)],
+            args=[user, device.device_id, line, max_devices, int(now.timestamp())],
+        )
+        if outcome == 1:
+            return True
+        if outcome == -2:
+            raise DeviceLimit(f"a user has at most {max_devices} devices")
         created = False
 
         def change(user_id: str, raw: bytes | None) -> bytes:
