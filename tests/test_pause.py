@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -126,13 +127,16 @@ async def test_pause_and_resume_with_traffic_on_two_workers(tmp_path: Path) -> N
 
             resumed = await asyncio.to_thread(run_command, ["resume", "fcm"], env)
             assert resumed.returncode == 0, resumed.stderr
+            resumed_at = time.monotonic()
+            while [metric(p, "goalhorn_provider_paused", 'platform="fcm"') for p in workers] != [0.0, 0.0]:
+                assert time.monotonic() - resumed_at < POLL_S + 1.0, "every worker resumes within the bound"
+                await asyncio.sleep(0.05)
             async with asyncio.timeout(60):
                 while True:
                     snap = await counters.snapshot()
                     if snap.get("batches_done") >= snap.get("batches_published"):
                         break
                     await asyncio.sleep(0.1)
-            assert [metric(p, "goalhorn_provider_paused", 'platform="fcm"') for p in workers] == [0.0, 0.0]
             logs = [p.log() for p in workers]
         finally:
             stage.close()
