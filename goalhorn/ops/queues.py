@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import threading
 from collections.abc import Coroutine
 from dataclasses import asdict
 from pathlib import Path
@@ -55,6 +56,13 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
         fail(f"RabbitMQ failed ({type(exc).__name__}: {exc}); check GOALHORN_AMQP_URL and run the command again")
     except OSError as exc:
         fail(f"{exc.filename or ''}: {exc.strerror or exc}" if exc.filename else str(exc))
+
+
+def on_ctrl_c(stop: asyncio.Event) -> None:
+    """Ctrl-C sets ``stop`` instead of raising, so the work in hand finishes (only the main thread
+    can take signals: elsewhere, as when called in-process by tests, Ctrl-C keeps its default)."""
+    if threading.current_thread() is threading.main_thread():
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
 
 
 def _age(seconds: float | None) -> str:
@@ -136,7 +144,7 @@ def drain_command(
 
     async def go() -> DrainReport:
         stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
+        on_ctrl_c(stop)
         task = progress.add_task("drain", total=None)
         return await drain(
             settings,

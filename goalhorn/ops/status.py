@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
 from dataclasses import asdict
 from typing import Any
 
@@ -18,7 +17,7 @@ from rich.text import Text
 
 from goalhorn.admin.status import STAGES, Status, status
 from goalhorn.errors import GoalhornError
-from goalhorn.ops.queues import run, settings_or_fail, stats_table
+from goalhorn.ops.queues import on_ctrl_c, run, settings_or_fail, stats_table
 from goalhorn.settings import Settings
 
 
@@ -42,7 +41,7 @@ def status_command(
 
 async def _watch(settings: Settings, interval: float, every: float) -> None:
     stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
+    on_ctrl_c(stop)
     with Live(Text("measuring..."), auto_refresh=False) as live:
         while not stop.is_set():
             try:
