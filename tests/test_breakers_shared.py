@@ -126,3 +126,19 @@ async def test_goalhorn_breakers_shows_the_workers_open_circuit_and_reset_closes
     unknown = run_command(["breakers", "reset", "fcm:nope"], env)
     assert unknown.returncode == 2
     assert "no circuit 'fcm:nope'" in unknown.stderr
+
+
+async def test_every_circuit_in_use_is_listed_and_a_newcomer_does_not_reset_its_failures(
+    settings: Settings, redis: Redis
+) -> None:
+    keys = Keys(settings.namespace)
+    first, second = Breakers(5, 30.0), Breakers(5, 30.0)
+    first["webhook:https://a.example/hook"].record(ok=True)
+    for _ in range(2):
+        first["fcm:p"].record(ok=False)
+    await BreakerBoard(redis, keys, worker="w1").publish(first)
+    second["fcm:p"].admit()  # another worker's first use of it
+    await BreakerBoard(redis, keys, worker="w2").publish(second)
+
+    views = {v.circuit: (v.state, v.failures) for v in await read_board(redis, keys)}
+    assert views == {"webhook:https://a.example/hook": (State.CLOSED, 0), "fcm:p": (State.CLOSED, 2)}

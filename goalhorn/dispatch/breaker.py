@@ -57,6 +57,8 @@ class CircuitBreaker:
     unshared: Transition | None = None
     """A transition made here that is not in Redis yet."""
     failures_unshared: bool = False
+    registered: bool = False
+    """Whether the circuit is listed in Redis yet (``goalhorn breakers`` lists every circuit in use)."""
 
     def admit(self) -> float:
         """0 if a send may go out now, else how many seconds to defer it."""

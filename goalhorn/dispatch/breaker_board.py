@@ -72,30 +72,38 @@ class BreakerBoard:
         self._synced_at = float("-inf")
 
     async def publish(self, breakers: Breakers) -> None:
-        """Write the transitions and failure counts made here since the last publish (no call if none)."""
-        transitions: dict[str, str] = {}
-        failures: dict[str, int] = {}
+        """Write the transitions and failure counts made here since the last publish, and list the
+        circuits used for the first time (no call if there is nothing)."""
+        sent: dict[str, Transition] = {}
+        counts: dict[str, int] = {}
+        new: list[str] = []
         for circuit, breaker in breakers.items():
+            if not breaker.registered:
+                new.append(circuit)
             if breaker.unshared is not None:
-                shared = Transition(
-                    breaker.unshared.state, breaker.unshared.changed_at, breaker.unshared.open_until, self._worker
-                )
-                transitions[circuit] = encode(shared)
+                sent[circuit] = breaker.unshared
             if breaker.failures_unshared:
-                failures[circuit] = breaker.failures
-        if not transitions and not failures:
+                counts[circuit] = breaker.failures
+        if not sent and not counts and not new:
             return
         pipe = self._redis.pipeline(transaction=False)
-        if transitions:
-            pipe.hset(self._keys.breakers(), mapping=transitions)  # type: ignore[arg-type]
-        if failures:
-            pipe.hset(self._keys.breaker_failures(), mapping=failures)  # type: ignore[arg-type]
+        for circuit in new:  # listed at first use, as closed with no failure, unless listed already
+            pipe.hsetnx(self._keys.breaker_failures(), circuit, 0)
+        if sent:
+            mine = {c: encode(Transition(t.state, t.changed_at, t.open_until, self._worker)) for c, t in sent.items()}
+            pipe.hset(self._keys.breakers(), mapping=mine)  # type: ignore[arg-type]
+        if counts:
+            pipe.hset(self._keys.breaker_failures(), mapping=counts)  # type: ignore[arg-type]
         await pipe.execute()
-        for circuit, breaker in breakers.items():  # only now: a failed write is tried again next time
-            if circuit in transitions:
+        # Only now, a failed write being tried again next time; and only what was written: sends
+        # that ran meanwhile may have changed a breaker again.
+        for circuit, breaker in breakers.items():
+            if circuit in sent and breaker.unshared is sent[circuit]:
                 breaker.unshared = None
-            if circuit in failures:
+            if circuit in counts and breaker.failures == counts[circuit]:
                 breaker.failures_unshared = False
+            if circuit in new:
+                breaker.registered = True
 
     async def sync(self, breakers: Breakers, *, force: bool = False) -> None:
         """Publish, then adopt newer transitions from Redis; at most every ``sync_s`` unless ``force``."""

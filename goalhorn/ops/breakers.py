@@ -58,7 +58,7 @@ def breakers(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", h
         table.add_row(v.circuit, v.state.value, str(v.failures), probe, changed, v.by, style=style)
     Console().print(table)
     if not views:
-        typer.echo("no circuit has been used yet (workers share a circuit once it sees a failure)")
+        typer.echo("no circuit has been used yet")
 
 
 @app.command("reset")
