@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from datetime import UTC, datetime
 
 import typer
@@ -11,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from goalhorn.admin.breakers import BreakerView, read_board, reset
+from goalhorn.admin.documents import breakers_json
 from goalhorn.keys import Keys
 from goalhorn.ops.queues import fail, run, settings_or_fail
 from goalhorn.redis_client import make_redis
@@ -46,7 +46,7 @@ def breakers(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", h
     settings = _redis_settings()
     views = run(_board(settings))
     if as_json:
-        typer.echo(json.dumps([{**asdict(v), "state": v.state.value} for v in views]))
+        typer.echo(json.dumps(breakers_json(views)))
         return
     table = Table(title=f"circuit breakers of namespace {settings.namespace}")
     for column in ("circuit", "state", "failures", "next probe", "changed", "by"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
 from typing import Any, TypeVar
 
 import typer
@@ -12,9 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 from goalhorn.admin.dlq import Filter, Listing, ReplayReport, list_groups, replay, show
+from goalhorn.admin.documents import entries_json, listing_json, replay_json
 from goalhorn.errors import GoalhornError
 from goalhorn.keys import Keys
-from goalhorn.models import DeadLetter, DeadLetterCode
+from goalhorn.models import DeadLetterCode
 from goalhorn.ops.queues import fail, run, settings_or_fail
 from goalhorn.redis_client import Redis, make_redis
 from goalhorn.settings import Settings
@@ -49,10 +49,6 @@ def _with_redis(settings: Settings, call: Callable[[Redis], Awaitable[T]]) -> T:
     return run(go())
 
 
-def _entry_json(entry: DeadLetter) -> dict[str, Any]:
-    return entry.model_dump(mode="json")
-
-
 @app.command("list")
 def list_command(
     provider: str | None = PROVIDER, reason: str | None = REASON, since: str | None = SINCE, as_json: bool = JSON
@@ -61,8 +57,7 @@ def list_command(
     settings, where = _setup(provider, reason, since)
     listing: Listing = _with_redis(settings, lambda redis: list_groups(redis, Keys(settings.namespace), where))
     if as_json:
-        groups = [{**asdict(g), "first": _iso(g.first), "last": _iso(g.last)} for g in listing.groups]
-        typer.echo(json.dumps({"groups": groups, "unreadable": listing.unreadable}))
+        typer.echo(json.dumps(listing_json(listing)))
         return
     table = Table(title=f"dead letters of namespace {settings.namespace}")
     for column in ("code", "provider", "entries", "devices", "first", "last", "e.g."):
@@ -89,7 +84,7 @@ def show_command(
     settings, where = _setup(provider, reason, since)
     found = _with_redis(settings, lambda redis: show(redis, Keys(settings.namespace), where, limit))
     if as_json:
-        typer.echo(json.dumps([_entry_json(e) for e in found]))
+        typer.echo(json.dumps(entries_json(found)))
         return
     console = Console()
     for entry in found:
@@ -114,7 +109,7 @@ def replay_command(
     settings, where = _setup(provider, reason, since)
     report: ReplayReport = _with_redis(settings, lambda redis: replay(settings, redis, where, dry_run=dry_run))
     if as_json:
-        typer.echo(json.dumps(asdict(report)))
+        typer.echo(json.dumps(replay_json(report)))
         return
     verb = "would replay" if dry_run else "replayed"
     typer.echo(f"{verb} {report.replayed:,} entries ({report.devices:,} devices)")

@@ -8,6 +8,7 @@ import socket
 
 import typer
 
+from goalhorn.admin.documents import pause_json, resume_json
 from goalhorn.admin.pause import POLL_S, pause, resume
 from goalhorn.keys import PLATFORMS, Keys, Platform
 from goalhorn.ops.queues import fail, run, settings_or_fail
@@ -44,7 +45,7 @@ def pause_command(
 
     run(go())
     if as_json:
-        typer.echo(json.dumps({"provider": platform, "paused": True, "by": by, "within_s": POLL_S}))
+        typer.echo(json.dumps(pause_json(platform, by, POLL_S)))
         return
     typer.echo(f"paused {platform}: {BOUND}; its batches wait in RabbitMQ")
 
@@ -65,7 +66,7 @@ def resume_command(
 
     was = run(go())
     if as_json:
-        typer.echo(json.dumps({"provider": platform, "paused": False, "was_paused": was, "within_s": POLL_S}))
+        typer.echo(json.dumps(resume_json(platform, was, POLL_S)))
         return
     typer.echo(f"resumed {platform}: every worker within {POLL_S:.0f} s" if was else f"{platform} was not paused")
 

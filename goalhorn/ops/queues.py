@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from goalhorn.admin.documents import queues_json
 from goalhorn.admin.drain import DrainReport, drain, load
 from goalhorn.admin.queues import QueueStats, purge, queue_stats
 from goalhorn.admin.where import Where
@@ -82,7 +83,7 @@ def stats(
     settings = settings_or_fail()
     rows = run(queue_stats(settings, peek=peek))
     if as_json:
-        typer.echo(json.dumps([row.as_json() for row in rows]))
+        typer.echo(json.dumps(queues_json(rows)))
         return
     Console().print(stats_table(settings.namespace, rows))
 

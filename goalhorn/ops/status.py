@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from dataclasses import asdict
 from typing import Any
 
 import redis.exceptions
@@ -15,6 +14,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from goalhorn.admin.documents import status_json
 from goalhorn.admin.status import STAGES, Status, status
 from goalhorn.errors import GoalhornError
 from goalhorn.ops.queues import on_ctrl_c, run, settings_or_fail, stats_table
@@ -32,7 +32,7 @@ def status_command(
     if as_json or not watch:
         current = run(status(settings, interval))
         if as_json:
-            typer.echo(json.dumps(as_json_dict(current)))
+            typer.echo(json.dumps(status_json(current)))
         else:
             Console().print(render(current))
         return
@@ -50,17 +50,6 @@ async def _watch(settings: Settings, interval: float, every: float) -> None:
                 live.update(Text(f"error: {type(exc).__name__}: {exc}", style="red"), refresh=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(0.0, every - interval))
-
-
-def as_json_dict(s: Status) -> dict[str, Any]:
-    out = asdict(s)
-    out["queues"] = None if s.queues is None else [q.as_json() for q in s.queues]
-    out["breakers"] = [{**asdict(b), "state": b.state.value} for b in s.breakers]
-    out["paused"] = {p: {**v, "since": str(v.get("since"))} for p, v in s.paused.items()}
-    out["dead_letters_last_hour"] = [
-        {**asdict(g), "first": str(g.first), "last": str(g.last)} for g in s.dead_letters_last_hour
-    ]
-    return out
 
 
 def render(s: Status) -> Group:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
-from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from goalhorn.admin.documents import trace_json
 from goalhorn.admin.trace import Trace, intents_of_event, trace
 from goalhorn.keys import Keys
 from goalhorn.ops.queues import fail, run, settings_or_fail
@@ -37,7 +36,7 @@ def trace_command(
         typer.echo(f"nothing known of {what} in namespace {settings.namespace!r} (traces are kept 72 h)", err=True)
         raise typer.Exit(1)
     if as_json:
-        typer.echo(json.dumps([_as_json(t) for t in found]))
+        typer.echo(json.dumps([trace_json(t) for t in found]))
         return
     console = Console()
     for t in found:
@@ -53,16 +52,6 @@ async def _traces(settings: Settings, intent_id: str | None, event: str | None, 
         return [t for t in found if t is not None]
     finally:
         await redis.aclose()
-
-
-def _as_json(t: Trace) -> dict[str, Any]:
-    out = asdict(t)
-    out["times"] = {k: v.isoformat() for k, v in t.times.items()}
-    out["timings_s"] = t.timings_s()
-    for p in out["providers"].values():
-        for key in ("first_at", "last_at"):
-            p[key] = p[key].isoformat() if p[key] is not None else None
-    return out
 
 
 def _render(console: Console, t: Trace) -> None:

@@ -1,4 +1,5 @@
-"""``/v1/admin/switches``: kill switches (admin scope), see ``goalhorn.sidecar.switches``."""
+"""``/v1/admin/switches``: kill switches (admin scope), see ``goalhorn.sidecar.switches``; the ops
+commands' routes (``/v1/admin/status``...) are in ``operations``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from goalhorn.sidecar.apikeys import ApiKey
 from goalhorn.sidecar.deps import Services, body_schema, caller, json_body, provide_services
 from goalhorn.sidecar.problems import not_found
+from goalhorn.sidecar.routes import operations
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 Admin = Annotated[ApiKey, Depends(caller("admin", switchable=False))]
@@ -43,4 +45,5 @@ async def switch_on(name: SwitchName, key: Admin, svc: Svc) -> Response:
     return Response(status_code=204)
 
 
+router.include_router(operations.router)
 BODY_MODELS = (SwitchBody,)
