@@ -164,6 +164,10 @@ class Settings(BaseSettings):
     api_webhook_rotation_window_s: int = Field(
         default=24 * 3600, ge=60, description="How long a rotated webhook secret still signs (beside the new one)."
     )
+    admin_api_url: str | None = Field(
+        default=None, description="The sidecar the ops commands go through (as `--api URL`) instead of RabbitMQ/Redis."
+    )
+    admin_api_key: SecretStr | None = Field(default=None, description="An admin-scoped API key for `admin_api_url`.")
 
     @field_validator("amqp_url")
     @classmethod

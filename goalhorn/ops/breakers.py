@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.parse
 from datetime import UTC, datetime
 
 import typer
@@ -13,6 +14,7 @@ from goalhorn.admin.breakers import BreakerView, read_board, reset
 from goalhorn.admin.documents import breakers_json
 from goalhorn.keys import Keys
 from goalhorn.ops.queues import fail, run, settings_or_fail
+from goalhorn.ops.remote import API, AdminApi
 from goalhorn.redis_client import make_redis
 from goalhorn.settings import Settings
 
@@ -39,23 +41,30 @@ async def _board(settings: Settings) -> list[BreakerView]:
 
 
 @app.callback()
-def breakers(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def breakers(
+    ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON."), api: str | None = API
+) -> None:
     """List every circuit: state, consecutive failures, seconds until the next probe, last change."""
     if ctx.invoked_subcommand is not None:
+        ctx.obj = api
         return
-    settings = _redis_settings()
-    views = run(_board(settings))
+    remote = AdminApi.chosen(api)
+    if remote is not None:
+        views, where = remote.call("GET", "breakers"), remote.url
+    else:
+        settings = _redis_settings()
+        views, where = breakers_json(run(_board(settings))), f"namespace {settings.namespace}"
     if as_json:
-        typer.echo(json.dumps(breakers_json(views)))
+        typer.echo(json.dumps(views))
         return
-    table = Table(title=f"circuit breakers of namespace {settings.namespace}")
+    table = Table(title=f"circuit breakers of {where}")
     for column in ("circuit", "state", "failures", "next probe", "changed", "by"):
         table.add_column(column, justify="right" if column in ("failures", "next probe") else "left")
     for v in views:
-        style = {"open": "red", "half_open": "yellow"}.get(v.state.value)
-        probe = f"{v.probe_in_s:.1f}s" if v.state.value == "open" else ""
-        changed = datetime.fromtimestamp(v.changed_at, UTC).strftime("%H:%M:%S") if v.changed_at else ""
-        table.add_row(v.circuit, v.state.value, str(v.failures), probe, changed, v.by, style=style)
+        style = {"open": "red", "half_open": "yellow"}.get(v["state"])
+        probe = f"{v['probe_in_s']:.1f}s" if v["state"] == "open" else ""
+        changed = datetime.fromtimestamp(v["changed_at"], UTC).strftime("%H:%M:%S") if v["changed_at"] else ""
+        table.add_row(v["circuit"], v["state"], str(v["failures"]), probe, changed, v["by"], style=style)
     Console().print(table)
     if not views:
         typer.echo("no circuit has been used yet")
@@ -63,9 +72,18 @@ def breakers(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", h
 
 @app.command("reset")
 def reset_command(
+    ctx: typer.Context,
     circuit: str = typer.Argument(..., metavar="ID", help="A circuit as listed, e.g. fcm:my-project."),
+    api: str | None = API,
 ) -> None:
     """Close one circuit on every worker (each takes it at its next sync, within about a second)."""
+    remote = AdminApi.chosen(api or ctx.obj)
+    if remote is not None:
+        path = "breakers/" + urllib.parse.quote(circuit, safe="") + "/reset"
+        if remote.call("POST", path, missing=True) is None:
+            fail(f"no circuit {circuit!r} behind {remote.url}: 'goalhorn breakers' lists them")
+        typer.echo(f"closed {circuit}")
+        return
     settings = _redis_settings()
 
     async def go() -> bool:

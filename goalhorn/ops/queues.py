@@ -20,7 +20,7 @@ from rich.table import Table
 
 from goalhorn.admin.documents import queues_json
 from goalhorn.admin.drain import DrainReport, drain, load
-from goalhorn.admin.queues import QueueStats, purge, queue_stats
+from goalhorn.admin.queues import QueueKind, QueueStats, purge, queue_stats
 from goalhorn.admin.where import Where
 from goalhorn.errors import GoalhornError
 from goalhorn.settings import Settings, load_settings
@@ -78,14 +78,32 @@ def stats(
         False, "--peek", help="Read each head message's age: take it and put it straight back (marked redelivered)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per queue."),
+    api: str | None = typer.Option(
+        None, "--api", metavar="URL", help="Through the sidecar at URL (GOALHORN_ADMIN_API_URL), with an admin key."
+    ),
 ) -> None:
     """Every queue of the namespace: ready, unacked, consumers, head message age (? = unknown here)."""
-    settings = settings_or_fail()
-    rows = run(queue_stats(settings, peek=peek))
+    from goalhorn.ops.remote import AdminApi  # it uses this module's fail()
+
+    remote = AdminApi.chosen(api)
+    if remote is not None:
+        if peek:
+            fail("--peek needs direct RabbitMQ access (not --api)")
+        docs = remote.call("GET", "queues")
+        namespace = str(docs[0]["name"]).split(".")[0] if docs else ""  # a namespace has no dots
+    else:
+        settings = settings_or_fail()
+        docs = queues_json(run(queue_stats(settings, peek=peek)))
+        namespace = settings.namespace
     if as_json:
-        typer.echo(json.dumps(queues_json(rows)))
+        typer.echo(json.dumps(docs))
         return
-    Console().print(stats_table(settings.namespace, rows))
+    Console().print(stats_table(namespace, queue_rows(docs)))
+
+
+def queue_rows(docs: list[dict[str, Any]]) -> list[QueueStats]:
+    """The rows of a queues document (``queues_json``, or the sidecar's answer)."""
+    return [QueueStats(**{**d, "kind": QueueKind(d["kind"])}) for d in docs]
 
 
 def stats_table(namespace: str, rows: list[QueueStats]) -> Table:
