@@ -52,7 +52,8 @@ def create_app(settings: Settings, svc: Services | None = None, *, checks: dict[
     app.include_router(health.router)
     for module in (games, imports, users, webhooks, streams, admin):  # the hottest first: fewer routes tried
         app.include_router(module.router, responses=problems.PROBLEM_RESPONSES)
-    app.add_middleware(RequestGuard, metrics=app.state.metrics)
+    app.add_middleware(games.CachedGameReads, services=services, cache=app.state.game_cache)
+    app.add_middleware(RequestGuard, metrics=app.state.metrics)  # added last: the outer layer
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

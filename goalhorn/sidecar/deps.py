@@ -24,7 +24,7 @@ from goalhorn.redis_client import Redis, make_redis
 from goalhorn.settings import Settings
 from goalhorn.sidecar.apikeys import ApiKey, KeyStore, Scope
 from goalhorn.sidecar.problems import Invalid, Problem, invalid
-from goalhorn.sidecar.ratelimit import RateLimiter
+from goalhorn.sidecar.ratelimit import RateLimiter, Verdict
 from goalhorn.sidecar.streams import StreamHub
 from goalhorn.sidecar.switches import KillSwitches
 from goalhorn.sidecar.tenants import TenantUsers
@@ -95,14 +95,13 @@ def caller(scope: Scope, *, switchable: bool = True) -> Callable[[Request], Awai
     ``switchable=False`` for the routes that set the kill switches themselves."""
 
     async def authenticate(request: Request) -> ApiKey:
-        header = request.headers.get("authorization", "")
-        kind, _, token = header.partition(" ")
-        if kind.lower() != "bearer" or not token.strip():
+        token = bearer_token(request.headers.get("authorization", ""))
+        if token is None:
             raise Problem(401, "an API key is needed: Authorization: Bearer <key>", headers=UNAUTHENTICATED)
-        key = await services(request).api_keys.verify(token.strip())
+        key = await services(request).api_keys.verify(token)
         if key is None:
             raise Problem(401, "the API key is not valid (unknown, revoked or mistyped)", headers=UNAUTHENTICATED)
-        if scope not in key.scopes and "admin" not in key.scopes:
+        if not holds(key, scope):
             raise Problem(403, f"the API key lacks the {scope!r} scope")
         svc = services(request)
         route = request.scope.get("route")
@@ -113,16 +112,32 @@ def caller(scope: Scope, *, switchable: bool = True) -> Callable[[Request], Awai
                 raise Problem(503, f"{off[0]} is switched off: {off[1]}", headers={"Retry-After": "60"})
         verdict = await svc.limiter.hit(key.id, key.tier)
         if not verdict.allowed:
-            raise Problem(
-                429,
-                f"rate limit of the {key.tier} tier exceeded; retry after {verdict.retry_after_s:.3f}s",
-                headers={"Retry-After": verdict.retry_after_header},
-                retry_after_s=round(verdict.retry_after_s, 3),
-            )
+            raise rate_limited(key, verdict)
         request.state.api_key = key
         return key
 
     return authenticate
+
+
+def bearer_token(header: str) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` header, or None."""
+    kind, _, token = header.partition(" ")
+    token = token.strip()
+    return token if kind.lower() == "bearer" and token else None
+
+
+def holds(key: ApiKey, scope: Scope) -> bool:
+    return scope in key.scopes or "admin" in key.scopes
+
+
+def rate_limited(key: ApiKey, verdict: Verdict) -> Problem:
+    """The 429 of a key over its tier's rate."""
+    return Problem(
+        429,
+        f"rate limit of the {key.tier} tier exceeded; retry after {verdict.retry_after_s:.3f}s",
+        headers={"Retry-After": verdict.retry_after_header},
+        retry_after_s=round(verdict.retry_after_s, 3),
+    )
 
 
 async def capped_body(request: Request, cap: int) -> bytes:
@@ -173,10 +188,13 @@ def component_schemas(models: Iterable[type[BaseModel]]) -> dict[str, Any]:
 __all__ = [
     "Invalid",
     "Services",
+    "bearer_token",
     "body_schema",
     "caller",
     "component_schemas",
+    "holds",
     "json_body",
     "provide_services",
+    "rate_limited",
     "services",
 ]
