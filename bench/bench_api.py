@@ -302,11 +302,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument(
+        "--namespace", default=None, help="Redis namespace to write under (deleted after); default: a new one."
+    )
     args = parser.parse_args(argv)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4096)), hard))
 
-    namespace = f"bench-api-{uuid.uuid4().hex[:8]}"
+    namespace = args.namespace or f"bench-api-{uuid.uuid4().hex[:8]}"
     keys, _ = asyncio.run(_prepare(namespace, args.connections))
     body_file = f"/tmp/goalhorn-bench-body-{namespace}.json"
     api = _start("api", namespace, body_file)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import redis as sync_redis
 
 from bench import bench_api
@@ -11,7 +13,9 @@ from tests.conftest import require_real_services
 
 def test_bench_api_runs_small_and_cleans_up(capsys) -> None:
     require_real_services()
-    assert bench_api.main(["--seconds", "0.5", "--connections", "4", "--clients", "20"]) == 0
+    namespace = f"bench-api-t{uuid.uuid4().hex[:8]}"  # its own, as other benches may run meanwhile
+    args = ["--seconds", "0.5", "--connections", "4", "--clients", "20", "--namespace", namespace]
+    assert bench_api.main(args) == 0
     out = capsys.readouterr().out
     assert "x the bare route" in out
     assert "If-None-Match (304)" in out
@@ -19,6 +23,6 @@ def test_bench_api_runs_small_and_cleans_up(capsys) -> None:
     assert "SSE fan-out to    20 clients" in out
     client = sync_redis.Redis.from_url(LOCAL_REDIS_URL)
     try:
-        assert list(client.scan_iter(match="bench-api-*")) == []
+        assert list(client.scan_iter(match=f"{namespace}:*")) == []
     finally:
         client.close()
