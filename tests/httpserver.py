@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -40,13 +41,11 @@ def chunked(data: bytes, size: int = 4096, headers: dict[str, str] | None = None
         response = web.StreamResponse(headers={"Content-Type": "application/json", **(headers or {})})
         response.enable_chunked_encoding()
         await response.prepare(request)
-        try:
+        with contextlib.suppress(ConnectionResetError):  # the client stopped reading (a body over its cap)
             for start in range(0, len(data), size):
                 await response.write(data[start : start + size])
                 await asyncio.sleep(0)
             await response.write_eof()
-        except ConnectionResetError:  # the client stopped reading (a body over its cap)
-            pass
         return response
 
     return step

@@ -11,7 +11,7 @@ from goalhorn.models import DeliveryBatch, Device
 from goalhorn.providers.apns import ApnsProvider, result_for_notification
 from goalhorn.sandbox.apns_server import ApnsSandbox
 from goalhorn.settings import Settings
-from tests.test_delivery import make_intent
+from tests.support.builders import make_intent
 
 FIXTURES = Path(__file__).parent / "fixtures" / "push"
 

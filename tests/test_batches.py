@@ -15,7 +15,7 @@ from goalhorn.keys import PLATFORMS
 from goalhorn.models import DeliveryBatch, Device
 from goalhorn.preferences.model import decode_devices, encode_devices
 from goalhorn.segmenter.batches import PREFIX_LENGTH, PREFIXES, BatchCutter
-from tests.test_delivery import make_intent
+from tests.support.builders import make_intent
 
 UNKNOWN_LINES = [
     b"{}",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 from collections import Counter
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -13,38 +12,13 @@ import pytest
 from goalhorn.catalog import default_catalog
 from goalhorn.dispatch.stage import DeliveryStage, DeliveryWorker, make_broker
 from goalhorn.keys import Keys, Platform
-from goalhorn.models import DeliveryBatch, Device, EventKind, Intent, Sport, utcnow
+from goalhorn.models import DeliveryBatch, Device, Intent
 from goalhorn.providers import Provider
 from goalhorn.providers.console import ConsoleProvider
 from goalhorn.settings import Settings
 from tests.conftest import delete_namespace, make_settings
 from tests.stages import deliver_all, delivery_stage
-
-
-def make_intent(intent_id: str = "i-1", ttl_s: float = 300) -> Intent:
-    now = utcnow()
-    return Intent(
-        intent_id=intent_id,
-        event_id=f"e-{intent_id}",
-        kind=EventKind.GOAL,
-        sport=Sport.SOCCER,
-        game_id="g1",
-        team_id="t1",
-        priority=9,
-        segments=("team:t1:followers",),
-        template="goal",
-        data={
-            "team": "NYC",
-            "home_team": "NYC",
-            "away_team": "NY",
-            "home_score": "1",
-            "away_score": "0",
-            "clock": "12'",
-        },
-        event_at=now,
-        created_at=now,
-        expires_at=now + timedelta(seconds=ttl_s),
-    )
+from tests.support.builders import make_intent
 
 
 def make_batch(n: int, intent: Intent | None = None) -> DeliveryBatch:

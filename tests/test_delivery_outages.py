@@ -37,8 +37,8 @@ from goalhorn.settings import LOCAL_REDIS_URL, Settings
 from tests.conftest import delete_namespace, make_settings
 from tests.queues import delete_delivery_queues
 from tests.stages import deliver_all, delivery_stage
+from tests.support.builders import make_intent
 from tests.tcpproxy import TCPProxy
-from tests.test_delivery import make_intent
 
 
 class Recording(Provider):

@@ -27,7 +27,7 @@ from goalhorn.sandbox.fcm_server import FcmSandbox
 from goalhorn.settings import Settings
 from tests.conftest import delete_namespace, make_settings
 from tests.stages import deliver_all, delivery_stage
-from tests.test_delivery import make_intent
+from tests.support.builders import make_intent
 
 
 def devices(n: int, platform: Platform = "fcm", **extra: Any) -> tuple[Device, ...]:

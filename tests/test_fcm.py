@@ -17,7 +17,7 @@ from goalhorn.models import DeliveryBatch, Device
 from goalhorn.providers.fcm import FcmProvider, build_message, result_for_response
 from goalhorn.sandbox.fcm_server import FcmSandbox, sandbox_certificate
 from goalhorn.settings import Settings
-from tests.test_delivery import make_intent
+from tests.support.builders import make_intent
 
 FIXTURES = Path(__file__).parent / "fixtures" / "push"
 

@@ -4,27 +4,14 @@ from datetime import UTC, datetime, timedelta
 
 from goalhorn.ingest.live import LiveState, game_key
 from goalhorn.keys import Keys
-from goalhorn.models import GameState, GameStatus, Sport
+from goalhorn.models import GameStatus, Sport
+from tests.support.builders import game_state
 
 T0 = datetime(2026, 5, 2, 1, 0, tzinfo=UTC)
 
 
 def state(game_id: str, status: GameStatus, *, sport: Sport = Sport.BASKETBALL, home: int = 0, at: datetime = T0):
-    return GameState(
-        game_id=game_id,
-        source="espn",
-        sport=sport,
-        league="nba" if sport is Sport.BASKETBALL else "nhl",
-        status=status,
-        home_team="BOS",
-        away_team="NYK",
-        home_team_id="2",
-        away_team_id="18",
-        home_score=home,
-        away_score=0,
-        period=1,
-        observed_at=at,
-    )
+    return game_state(game_id, status, sport=sport, home=home, observed_at=at)
 
 
 def live_state(redis, settings) -> LiveState:

@@ -26,7 +26,7 @@ from goalhorn.providers.console import ConsoleProvider
 from goalhorn.redis_client import make_redis
 from goalhorn.settings import Settings
 from tests.processes import Process, exports, free_port, processes, read_records, real_env, run_command
-from tests.test_delivery import make_intent
+from tests.support.builders import make_intent
 
 pytestmark = pytest.mark.real
 

@@ -8,7 +8,6 @@ import asyncio
 import io
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from goalhorn.counters import PipelineCounters
 from goalhorn.dispatch.breaker import State
 from goalhorn.dispatch.delivery import Deliverer
 from goalhorn.keys import Keys, Platform
-from goalhorn.models import DeliveryBatch, DeliveryResult, Device, EncodedBatch, EventKind, Intent, Sport, utcnow
+from goalhorn.models import DeliveryBatch, DeliveryResult, Device, EncodedBatch, Intent
 from goalhorn.providers import Provider
 from goalhorn.providers.apns import ApnsProvider
 from goalhorn.providers.console import ConsoleProvider
@@ -32,6 +31,7 @@ from goalhorn.sandbox.webhook_receiver import WebhookReceiver
 from goalhorn.settings import Settings
 from tests.conftest import make_settings
 from tests.stages import deliver_all, delivery_stage
+from tests.support.builders import make_intent
 
 WEBHOOK_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo="
 
@@ -44,25 +44,6 @@ CATALOG = Catalog(
         "broken": {"en": ("GOAL {team.__class__.__mro__}", "{0}")},
     },
 )
-
-
-def make_intent(intent_id: str, template: str = "goal", **data: str) -> Intent:
-    now = utcnow()
-    return Intent(
-        intent_id=intent_id,
-        event_id=f"e-{intent_id}",
-        kind=EventKind.GOAL,
-        sport=Sport.SOCCER,
-        game_id="g1",
-        team_id="t1",
-        priority=9,
-        segments=("fans",),
-        template=template,
-        data={"team": "NYC", "home_score": "1", "away_score": "0", "clock": "12'", **data},
-        event_at=now,
-        created_at=now,
-        expires_at=now + timedelta(minutes=5),
-    )
 
 
 def without(intent: Intent, field: str) -> Intent:
@@ -159,7 +140,8 @@ async def test_a_batch_that_cannot_render_is_dead_lettered_with_its_reason_and_t
     settings = make_settings(backend, breaker_failure_threshold=3, delivery_max_attempts=2)
     out = io.StringIO()
     old = without(make_intent("old"), "clock")
-    unrenderable = [console_batch("broken", make_intent("broken", "broken"), 10), console_batch("old", old, 10)]
+    broken = make_intent("broken", template="broken")
+    unrenderable = [console_batch("broken", broken, 10), console_batch("old", old, 10)]
     good = [console_batch(f"good{i}", make_intent(f"good{i}"), 10) for i in range(3)]
     async with delivery_stage(settings, ConsoleProvider("fcm", out, render=CATALOG.render)) as (stage, redis):
         first = await deliver_all(stage, redis, unrenderable, timeout_s=20)
@@ -195,12 +177,14 @@ async def test_a_render_failure_neither_resets_nor_takes_the_probe_of_a_breaker(
     breaker = deliverer.breakers["fcm"]
     try:
         breaker.record(ok=False)
-        await deliverer.process(DeliveryBatch.from_json(console_batch("b1", make_intent("b1", "broken"), 5).payload))
+        unrenderable = console_batch("b1", make_intent("b1", template="broken"), 5)
+        await deliverer.process(DeliveryBatch.from_json(unrenderable.payload))
         assert (breaker.state, breaker.failures) == (State.CLOSED, 1), "a render failure is not a provider success"
         breaker.record(ok=False)
         assert breaker.state is State.OPEN
         await asyncio.sleep(0.25)
-        await deliverer.process(DeliveryBatch.from_json(console_batch("b2", make_intent("b2", "broken"), 1).payload))
+        unrenderable = console_batch("b2", make_intent("b2", template="broken"), 1)
+        await deliverer.process(DeliveryBatch.from_json(unrenderable.payload))
         await deliverer.process(DeliveryBatch.from_json(console_batch("b3", make_intent("b3"), 1).payload))
         assert enqueued == [], "the good send was the probe, not deferred behind a probe that never reported"
         assert deliverer.breakers.states() == {"fcm": State.CLOSED}

@@ -19,7 +19,8 @@ from goalhorn.providers.console import ConsoleProvider
 from goalhorn.settings import Settings
 from tests.conftest import delete_namespace, make_settings
 from tests.stages import deliver_all, delivery_stage
-from tests.test_delivery import make_intent, pushes
+from tests.support.builders import make_intent
+from tests.test_delivery import pushes
 
 
 def hook(n: int) -> dict[str, Any]:

@@ -9,30 +9,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from goalhorn.ingest.live import LiveState
-from goalhorn.models import EventKind, GameEvent, GameState, GameStatus, Sport
+from goalhorn.models import EventKind, GameEvent, GameStatus, Sport
 from goalhorn.settings import Settings
 from goalhorn.sidecar import streams
 from goalhorn.sidecar.routes import games
 from goalhorn.sidecar.streams import UpdatePublisher
 from tests.support.api import Api, running_api
+from tests.support.builders import game_state
 
 
 def state(game_id: str, status: GameStatus, *, sport: Sport = Sport.BASKETBALL, home: int = 0, age_s: float = 2.0):
-    return GameState(
-        game_id=game_id,
-        source="espn",
-        sport=sport,
-        league="nba" if sport is Sport.BASKETBALL else "nhl",
-        status=status,
-        home_team="BOS",
-        away_team="NYK",
-        home_team_id="2",
-        away_team_id="18",
-        home_score=home,
-        away_score=0,
-        period=1,
-        observed_at=datetime.now(UTC) - timedelta(seconds=age_s),
-    )
+    return game_state(game_id, status, sport=sport, home=home, observed_at=datetime.now(UTC) - timedelta(seconds=age_s))
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from goalhorn.redis_client import make_redis
 from goalhorn.sandbox.fcm_server import FcmSandbox
 from tests.conftest import delete_namespace, make_settings
 from tests.queues import delete_delivery_queues
-from tests.test_delivery import make_intent
+from tests.support.builders import make_intent
 
 pytestmark = pytest.mark.real
 
