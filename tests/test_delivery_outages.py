@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiormq.exceptions
 import pytest
 from dramatiq.brokers.stub import StubBroker
 
@@ -133,7 +134,12 @@ async def dead_letter_queues(settings: Settings) -> dict[str, list[bytes]]:
     async with connection:
         channel = await connection.channel()
         for platform in PLATFORMS:
-            queue = await channel.declare_queue(keys.delivery_queue(platform) + ".XQ", passive=True)
+            try:
+                queue = await channel.declare_queue(keys.delivery_queue(platform) + ".XQ", passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:  # dramatiq has not declared it yet: empty
+                found[platform] = []
+                channel = await connection.channel()
+                continue
             bodies = []
             while (message := await queue.get(no_ack=True, fail=False)) is not None:
                 bodies.append(message.body)
