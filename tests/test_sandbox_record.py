@@ -53,14 +53,21 @@ async def test_each_accepted_push_is_one_line(servers: SandboxServers, tmp_path:
         "token": FCM,
         "title": "GOAL! EDM",
         "body": "CGY 0 - 1 EDM (12:01)",
+        "intent_id": intent.intent_id,
     }
-    assert (apns["provider"], apns["token"], apns["title"], apns["body"]) == (
+    assert (apns["provider"], apns["token"], apns["title"], apns["body"], apns["intent_id"]) == (
         "apns",
         APNS,
         "GOAL! EDM",
         "CGY 0 - 1 EDM (12:01)",
+        intent.intent_id,
     )
-    assert (webhook["provider"], webhook["url"], webhook["title"]) == ("webhook", hook, "GOAL! EDM")
+    assert (webhook["provider"], webhook["url"], webhook["title"], webhook["intent_id"]) == (
+        "webhook",
+        hook,
+        "GOAL! EDM",
+        intent.intent_id,
+    )
     stamps = [datetime.fromisoformat(r["at"]) for r in (fcm, apns, webhook)]
     assert stamps == sorted(stamps)
     assert all(s.tzinfo is not None for s in stamps)

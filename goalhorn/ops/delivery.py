@@ -41,6 +41,13 @@ def sandbox(
         metavar="whsec_...",
         help="The secret webhooks must be signed with (Standard Webhooks); default: a new random one.",
     ),
+    control_port: int | None = typer.Option(
+        None,
+        "--control-port",
+        help="Also serve the control endpoint on this port (0: any free port): fault windows per provider "
+        "(POST /faults/{fcm,apns,webhook}), unregistered tokens, and counts of requests received and answered "
+        "(GET /counts).",
+    ),
 ) -> None:
     """Run the sandbox FCM, APNs and webhook servers on 127.0.0.1 until Ctrl-C or SIGTERM."""
     from goalhorn.sandbox.servers import SandboxServers
@@ -63,6 +70,7 @@ def sandbox(
             webhook_port=webhook_port,
             record=Path(record) if record else None,
             webhook_secret=webhook_secret,
+            control_port=control_port,
         )
         async with servers:
             # typer.echo flushes each line: a parent reading this through a pipe sees it at once.
@@ -70,6 +78,8 @@ def sandbox(
             typer.echo(f"APNs     https://{servers.apns.host}:{servers.apns.port}/3/device/<token>")
             typer.echo(f"webhooks {servers.webhooks.url}/hooks/<endpoint>")
             typer.echo(f"webhook secret {servers.webhook_secret}")
+            if servers.control is not None:
+                typer.echo(f"control  {servers.control.url}/counts")
             if record is not None:
                 typer.echo(f"recording accepted pushes to {record}")
             typer.echo("Point goalhorn at them with:")

@@ -6,7 +6,7 @@ the topic, push type, priority, expiration, collapse id and the 4 KiB payload ca
 and answers 200 with headers only: no body frame (aioapns fails on an empty DATA frame). Errors
 carry Apple's ``{"reason": ...}`` body; an unregistered token gets 410 with the ``timestamp`` (ms)
 since when it was invalid. Tests steer it like the FCM sandbox: ``unregistered``, ``fail_next``,
-``unavailable_for``, ``delay_s``, ``stall_after``.
+``unavailable_for``, ``delay_s``, ``stall_after``, and ``faults`` (windows opened at runtime).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from h2.events import ConnectionTerminated, DataReceived, RequestReceived, Strea
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 
+from goalhorn.sandbox.faults import Faults
 from goalhorn.sandbox.recorder import PushRecorder, alert_text
 from goalhorn.sandbox.steering import Steering
 
@@ -46,6 +47,7 @@ CONNECTION_WINDOW = 16 * 1024 * 1024
 PUSH_TYPES = {"alert", "background", "voip", "complication", "fileprovider", "mdm", "liveactivity", "location"}
 _TOKEN = re.compile(r"^[0-9a-fA-F]{16,200}$")
 _PATH = re.compile(r"^/3/device/([^/]+)$")
+_REFUSAL_REASONS = {429: "TooManyRequests", 500: "InternalServerError", 503: "ServiceUnavailable"}
 
 
 def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -119,6 +121,7 @@ class ApnsSandbox(Steering):
         self.unregistered: dict[str, int] = {}
         """token -> ms timestamp since when it is invalid (410)."""
         self.delay_s = 0.0
+        self.faults = Faults()
         self._keys: dict[str, Any] = {}
         self._verified: dict[str, dict[str, Any]] = {}
         self._failures: deque[_Failure] = deque()
@@ -171,17 +174,27 @@ class ApnsSandbox(Steering):
     # --- the provider API -------------------------------------------------------------------
     async def answer(self, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any] | None]:
         """Status and error body (None on success) for one request."""
+        self.faults.received += 1
+        status, error = await self._answer(headers, body)
+        self.faults.count(status)
+        return status, error
+
+    async def _answer(self, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any] | None]:
         if self.delay_s > 0:
             await asyncio.sleep(self.delay_s)
         status, error = self._check(headers, body)
         if status != 200:
             return status, error
         token = _PATH.match(headers[":path"]).group(1)  # type: ignore[union-attr]  # checked above
+        refusal = await self.faults.verdict(token)
+        if refusal is not None:
+            return refusal.status, {"reason": _REFUSAL_REASONS.get(refusal.status, "InternalServerError")}
         await self.accept(token)
         payload = json.loads(body)
         self.requests.append(ApnsRequest(token, headers, payload))
         if self.recorder is not None:
-            self.recorder.record("apns", {"token": token}, *alert_text(payload["aps"].get("alert")))
+            title, text = alert_text(payload["aps"].get("alert"))
+            self.recorder.record("apns", {"token": token}, title, text, payload.get("intent_id"))
         return 200, None
 
     def _check(self, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:

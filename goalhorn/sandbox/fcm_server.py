@@ -7,7 +7,8 @@ token, validates the message (exactly one target: ``token``, ``fid``, ``topic`` 
 string-only data; android priority and ttl; the 4 KiB payload cap) and answers with the real
 response and error bodies. Tests steer failures: ``unregistered`` tokens (404 UNREGISTERED),
 :meth:`FcmSandbox.fail_next` (429 with Retry-After, 5xx), :meth:`FcmSandbox.unavailable_for`
-(a 503 window), ``delay_s`` and :meth:`FcmSandbox.stall_after` (requests hang until released).
+(a 503 window), ``delay_s``, :meth:`FcmSandbox.stall_after` (requests hang until released) and
+``faults`` (windows opened at runtime, :mod:`goalhorn.sandbox.faults`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from firebase_admin import credentials
 
+from goalhorn.sandbox.faults import Faults
 from goalhorn.sandbox.recorder import PushRecorder
 from goalhorn.sandbox.steering import Steering
 
@@ -133,6 +135,7 @@ class FcmSandbox(Steering):
         self.unregistered: set[str] = set()
         self.delay_s = 0.0
         self.requests = 0
+        self.faults = Faults()
         self.tokens_issued = 0
         self._keys: dict[str, Any] = {}
         self._tokens: dict[str, float] = {}
@@ -228,6 +231,12 @@ class FcmSandbox(Steering):
 
     async def _send(self, request: web.BaseRequest, project: str) -> web.Response:
         self.requests += 1
+        self.faults.received += 1
+        response = await self._answer_send(request, project)
+        self.faults.count(response.status)
+        return response
+
+    async def _answer_send(self, request: web.BaseRequest, project: str) -> web.Response:
         raw = await request.read()
         if self.delay_s > 0:
             await asyncio.sleep(self.delay_s)
@@ -250,6 +259,12 @@ class FcmSandbox(Steering):
             field = exc.field if isinstance(exc, InvalidMessage) else None
             text = str(exc) if isinstance(exc, InvalidMessage) else "Request contains an invalid argument."
             return web.json_response(error_body(400, text, "INVALID_ARGUMENT", field), status=400)
+        refusal = await self.faults.verdict(target)
+        if refusal is not None:
+            extra = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after is not None else {}
+            return self._error(
+                refusal.status, "Failure window opened on the sandbox.", _FCM_CODE.get(refusal.status), **extra
+            )
         if target in self.unregistered:
             return self._error(404, "Requested entity was not found.", "UNREGISTERED")
         await self.accept(target)  # cancelled, unrecorded, if the client goes away while stalled
@@ -262,4 +277,5 @@ class FcmSandbox(Steering):
     def _record(recorder: PushRecorder, message: dict[str, Any]) -> None:
         kind = next(t for t in _TARGETS if t in message)
         notification = message.get("notification", {})
-        recorder.record("fcm", {kind: message[kind]}, notification.get("title"), notification.get("body"))
+        intent_id = message.get("data", {}).get("intent_id")
+        recorder.record("fcm", {kind: message[kind]}, notification.get("title"), notification.get("body"), intent_id)

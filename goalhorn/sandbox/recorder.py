@@ -1,10 +1,11 @@
 """The sandbox's record of what a phone (or a bot) would have shown: one JSON line per accepted push.
 
-``{"provider": "fcm", "token": "...", "title": "GOAL!", "body": "...", "at": "2026-05-02T23:41:07.123+00:00"}``
-(``url`` instead of ``token`` for a webhook; an FCM message sent to a topic or condition names that
-instead). Each line goes to the file in one ``write(2)`` on a descriptor opened with ``O_APPEND``, so
-it is on disk for a reader as soon as the push is answered, and lines from several threads or
-processes recording into one file never interleave.
+``{"provider": "fcm", "token": "...", "title": "GOAL!", "body": "...", "intent_id": "...",
+"at": "2026-05-02T23:41:07.123+00:00"}`` (``url`` instead of ``token`` for a webhook; an FCM message
+sent to a topic or condition names that instead; ``intent_id`` is the one goalhorn put in the push,
+left out when there is none). Each line goes to the file in one ``write(2)`` on a descriptor opened
+with ``O_APPEND``, so it is on disk for a reader as soon as the push is answered, and lines from
+several threads or processes recording into one file never interleave.
 """
 
 from __future__ import annotations
@@ -29,9 +30,13 @@ class PushRecorder:
         self._lock = threading.Lock()
         self.recorded = 0
 
-    def record(self, provider: Provider, target: dict[str, str], title: str | None, body: str | None) -> None:
-        """One accepted push to ``target`` (``{"token": ...}``, ``{"url": ...}``...)."""
+    def record(
+        self, provider: Provider, target: dict[str, str], title: str | None, body: str | None, intent_id: Any = None
+    ) -> None:
+        """One accepted push to ``target`` (``{"token": ...}``, ``{"url": ...}``...) of ``intent_id``."""
         entry: dict[str, Any] = {"provider": provider, **target, "title": title, "body": body}
+        if isinstance(intent_id, str):
+            entry["intent_id"] = intent_id
         entry["at"] = datetime.now(UTC).isoformat(timespec="milliseconds")
         line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
         with self._lock:

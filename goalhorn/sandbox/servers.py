@@ -3,7 +3,8 @@
 ``goalhorn sandbox`` runs this in the foreground; the demo and the tests run it in-process.
 :meth:`SandboxServers.settings_env` gives the ``GOALHORN_*`` variables that point goalhorn's real
 FCM, APNs and webhook providers at these servers. With ``record``, every push they accept is appended
-to that JSONL file (:mod:`goalhorn.sandbox.recorder`).
+to that JSONL file (:mod:`goalhorn.sandbox.recorder`); with ``control_port``, another process can
+open fault windows and read counts over HTTP (:mod:`goalhorn.sandbox.control`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from types import TracebackType
 from typing import Self
 
 from goalhorn.sandbox.apns_server import ApnsSandbox
+from goalhorn.sandbox.control import SandboxControl
 from goalhorn.sandbox.fcm_server import FcmSandbox
 from goalhorn.sandbox.recorder import PushRecorder
 from goalhorn.sandbox.webhook_receiver import WebhookReceiver
@@ -36,6 +38,7 @@ class SandboxServers:
         webhook_port: int = 0,
         webhook_secret: str | None = None,
         record: Path | None = None,
+        control_port: int | None = None,
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
@@ -45,6 +48,9 @@ class SandboxServers:
         self.fcm = FcmSandbox(host, fcm_port)
         self.apns = ApnsSandbox(directory, host, apns_port)
         self.webhooks = WebhookReceiver(secret_for=lambda endpoint: self.webhook_secret, host=host, port=webhook_port)
+        self.control = (
+            SandboxControl(self.fcm, self.apns, self.webhooks, host, control_port) if control_port is not None else None
+        )
         self.fcm_credentials: Path | None = None
         self.apns_key: Path | None = None
 
@@ -55,10 +61,14 @@ class SandboxServers:
         await self.fcm.start()
         await self.apns.start()
         await self.webhooks.start()
+        if self.control is not None:
+            await self.control.start()
         self.fcm_credentials = self.fcm.service_account(self.directory / "fcm-service-account.json")
         self.apns_key = self.apns.signing_key(APNS_KEY_ID)
 
     async def stop(self) -> None:
+        if self.control is not None:
+            await self.control.stop()
         await self.webhooks.stop()
         await self.apns.stop()
         await self.fcm.stop()

@@ -3,7 +3,7 @@
 It serves ``POST /hooks/{endpoint}``, checks the signature on its own (not with goalhorn's
 signing code, so a signing bug cannot hide behind a matching verification bug), records what it
 accepted and answers 204. Tests steer it at runtime: :meth:`WebhookReceiver.fail_next`,
-``delay_s`` and ``gone`` endpoints.
+``delay_s``, ``gone`` endpoints and ``faults`` (windows per endpoint-name prefix, e.g. hanging ones).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from goalhorn.sandbox.faults import Faults
 from goalhorn.sandbox.recorder import PushRecorder
 
 TOLERANCE_S = 5 * 60
@@ -102,6 +103,7 @@ class WebhookReceiver:
         self.attempts: list[ReceivedWebhook] = []
         self.delay_s = 0.0
         self.gone: set[str] = set()
+        self.faults = Faults()
         self._failures: deque[_Failure] = deque()
         self._runner: web.BaseRunner | None = None
         self._url = ""
@@ -154,6 +156,12 @@ class WebhookReceiver:
         return await self._handle(request, endpoint)
 
     async def _handle(self, request: web.BaseRequest, endpoint: str) -> web.StreamResponse:
+        self.faults.received += 1
+        response = await self._receive(request, endpoint)
+        self.faults.count(response.status)
+        return response
+
+    async def _receive(self, request: web.BaseRequest, endpoint: str) -> web.StreamResponse:
         raw = await request.read()
         if self.delay_s > 0:
             await asyncio.sleep(self.delay_s)
@@ -162,7 +170,12 @@ class WebhookReceiver:
             body, is_json = json.loads(raw), True
         except ValueError:
             body, is_json = None, False
-        response = self._answer(endpoint, headers, raw, is_json)
+        refusal = await self.faults.verdict(endpoint)
+        if refusal is not None:
+            extra = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after is not None else {}
+            response = web.Response(status=refusal.status, headers=extra)
+        else:
+            response = self._answer(endpoint, headers, raw, is_json)
         record = ReceivedWebhook(
             endpoint=endpoint,
             webhook_id=headers.get("webhook-id", ""),
@@ -177,8 +190,12 @@ class WebhookReceiver:
             self.deliveries.append(record)
             if self.recorder is not None:
                 data = body.get("data") if isinstance(body, dict) else None
-                title, text = (data.get("title"), data.get("body")) if isinstance(data, dict) else (None, None)
-                self.recorder.record("webhook", {"url": str(request.url)}, title, text)
+                if isinstance(data, dict):
+                    self.recorder.record(
+                        "webhook", {"url": str(request.url)}, data.get("title"), data.get("body"), data.get("intent_id")
+                    )
+                else:
+                    self.recorder.record("webhook", {"url": str(request.url)}, None, None)
         return response
 
     def _answer(self, endpoint: str, headers: dict[str, str], raw: bytes, is_json: bool) -> web.Response:
