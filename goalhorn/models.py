@@ -234,9 +234,10 @@ class EncodedBatch:
 
 Outcome = Literal["sent", "failed", "invalid_token", "expired", "suppressed"]
 """What happened to one device of a batch (``DeliveryResult.outcome``)."""
-DeliveryCount = Literal["sent", "failed", "invalid_token", "expired", "suppressed", "dead_lettered"]
+DeliveryCount = Literal["sent", "failed", "invalid_token", "expired", "suppressed", "dead_lettered", "superseded"]
 """Where a device of a batch ended, as counted per provider (``delivery:<platform>:<count>``): an
-outcome, or the dead letters."""
+outcome, the dead letters, or ``superseded`` (not sent: a strictly newer intent with the same
+collapse key was already sent or claimed for the device)."""
 DELIVERY_COUNTS: tuple[DeliveryCount, ...] = get_args(DeliveryCount)
 DispatchCount = Literal[
     "batches_done",
@@ -276,13 +277,18 @@ class DeliveryResult(Model):
         description="For failed: the message could not be built for this device (its template does not render), "
         "so nothing reached the provider; neither the device's nor the provider's fault, and no retry helps.",
     )
+    refused: bool = Field(
+        default=False,
+        description="For failed: refused before anything was sent (a webhook URL the SSRF guard refuses, an "
+        "unusable URL or secret); not retried, and the circuit breaker learns nothing from it.",
+    )
 
     @model_validator(mode="after")
     def _only_failures_retry(self) -> Self:
         if self.retryable and self.outcome != "failed":
             raise ValueError("only a failed delivery can be retryable")
-        if self.message_error and (self.outcome != "failed" or self.retryable):
-            raise ValueError("a message error is a failure that no retry fixes")
+        if (self.message_error or self.refused) and (self.outcome != "failed" or self.retryable):
+            raise ValueError("a message error or a refused request is a failure that no retry fixes")
         return self
 
 

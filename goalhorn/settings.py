@@ -37,11 +37,22 @@ class Settings(BaseSettings):
     expand_chunk: int = Field(default=2000, ge=10, le=100_000, description="SSCAN COUNT per chunk.")
     batch_size: int = Field(default=500, ge=1, le=500)
     worker_threads: int = Field(default=8, ge=1, description="dramatiq worker threads per process.")
+    critical_priority: int = Field(
+        default=8,
+        ge=0,
+        le=10,
+        description="Batches of intents at this priority or above go to the critical delivery lane (10: none).",
+    )
+    critical_worker_threads: int = Field(
+        default=4, ge=1, description="Worker threads per deliver process that take only critical-lane batches."
+    )
     delivery_max_attempts: int = Field(default=5, ge=1)
     retry_base_delay_s: float = Field(default=0.2, gt=0)
     retry_max_delay_s: float = Field(default=30.0, gt=0)
     claim_lease_s: int = Field(
-        default=60, ge=1, description="How long an in-flight delivery marker blocks a second send."
+        default=10,
+        ge=1,
+        description="How long an in-flight delivery marker blocks a second send (renewed while its worker lives).",
     )
     sent_marker_ttl_s: int = Field(
         default=72 * 3600,
@@ -52,6 +63,9 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(default=5.0, gt=0)
     webhook_connect_timeout_s: float = Field(default=2.0, gt=0)
     webhook_concurrency: int = Field(default=200, ge=1)
+    webhook_endpoint_concurrency: int = Field(
+        default=4, ge=1, description="Webhook requests in flight per endpoint (before a shared slot)."
+    )
     webhook_allowlist: str = Field(
         default="",
         description="Comma-separated hosts and CIDRs a webhook may reach even though they are local or private.",

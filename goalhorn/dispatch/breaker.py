@@ -1,9 +1,17 @@
 """Circuit breakers: stop sending to a provider (or one webhook endpoint) that keeps failing.
 
 A circuit is closed (sends go out), open (sends are deferred for ``open_s``) or half-open (one
-probe goes out; its answer closes the circuit again or re-opens it). Only provider-side failures
-count (5xx, 429, auth, timeouts: retryable failures and whole-batch ``ProviderError`` s); a per-token
-error (unregistered, bad device token) is a working provider answering, so it counts as success.
+probe goes out; its answer closes the circuit again or re-opens it). It is consulted for each request
+at the moment it would go out (``admit``), and counts the requests it let out until they report
+(``record`` / ``abstain``). A closed circuit that has not proven healthy yet (no success since it
+was made or since it last opened) lets out only as many requests as could still fail before it
+opens (``threshold - failures - in flight``); the others wait for an answer (``BUSY``). So a
+provider that fails every request gets at most ``threshold`` of them, then one probe per open
+period; once a request succeeded, failures no longer hold sends back until the circuit opens.
+
+Only provider-side failures count (5xx, 429, auth, timeouts: retryable failures and whole-batch
+``ProviderError`` s); a per-token error (unregistered, bad device token) is a working provider
+answering, so it counts as success.
 Each worker keeps its breakers in memory, so the hot path never waits on Redis, and shares their
 transitions through Redis (:mod:`goalhorn.dispatch.breaker_board`): a circuit one worker opened is
 open on every worker within a sync interval, ops can see every circuit (``goalhorn breakers``) and
@@ -20,6 +28,8 @@ from dataclasses import dataclass, field
 
 PROBE_WAIT_S = 0.5
 """How long a send waits while another one probes a half-open circuit."""
+BUSY = -1.0
+"""``admit``: not now, but soon: wait for a request in flight to report, then ask again."""
 
 
 class State(enum.StrEnum):
@@ -59,9 +69,14 @@ class CircuitBreaker:
     failures_unshared: bool = False
     registered: bool = False
     """Whether the circuit is listed in Redis yet (``goalhorn breakers`` lists every circuit in use)."""
+    in_flight: int = 0
+    """Requests admitted that have not reported yet."""
+    proven: bool = False
+    """A request succeeded since the circuit was made or last opened: requests go out without a ramp."""
 
     def admit(self) -> float:
-        """0 if a send may go out now, else how many seconds to defer it."""
+        """0 if a request may go out now (it is then in flight until ``record`` or ``abstain``);
+        ``BUSY`` if it should wait for one in flight to report; else how many seconds to defer it."""
         now = self.clock()
         if self.state is State.OPEN:
             left = self.opened_at + self.open_s - now
@@ -73,16 +88,24 @@ class CircuitBreaker:
             if self.probing and now - self.probe_at < self.open_s:
                 return min(PROBE_WAIT_S, self.open_s)
             self.probing, self.probe_at = True, now
+        elif not self.proven and self.in_flight + self.failures >= self.threshold:
+            return BUSY
+        self.in_flight += 1
         return 0.0
 
     def abstain(self) -> None:
-        """An admitted send that never reached the provider (its message could not be built): the
-        circuit learns nothing, and a half-open probe slot it took is free for the next send."""
+        """An admitted send that never reached the provider (its message could not be built, its address
+        was refused, it was cancelled): the circuit learns nothing, and a half-open probe slot it took is
+        free for the next send."""
+        self.in_flight = max(0, self.in_flight - 1)
         if self.state is State.HALF_OPEN:
             self.probing = False
 
     def record(self, ok: bool) -> None:
+        """The answer of an admitted request: ``ok`` unless the provider itself failed."""
+        self.in_flight = max(0, self.in_flight - 1)
         if ok:
+            self.proven = True
             if self.state is not State.CLOSED:
                 self._transition(State.CLOSED)
             if self.failures:
@@ -94,7 +117,7 @@ class CircuitBreaker:
         if self.state is State.HALF_OPEN or self.failures >= self.threshold:
             if self.state is not State.OPEN:
                 self.opened_count += 1
-            self.state, self.opened_at, self.probing = State.OPEN, self.clock(), False
+            self.state, self.opened_at, self.probing, self.proven = State.OPEN, self.clock(), False, False
             self._transition(State.OPEN)
 
     def _transition(self, state: State) -> None:
@@ -112,7 +135,7 @@ class CircuitBreaker:
             left = shared.open_until - self.wall()
             if self.state is not State.OPEN:
                 self.opened_count += 1
-            self.state, self.opened_at = State.OPEN, self.clock() - (self.open_s - left)
+            self.state, self.opened_at, self.proven = State.OPEN, self.clock() - (self.open_s - left), False
         else:
             self.state, self.failures = State.CLOSED, 0
         return True

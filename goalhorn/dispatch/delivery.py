@@ -1,30 +1,45 @@
 """Delivering one batch: expiry, claims, breakers, pacing, sending, and what happens to each device after.
 
-Every device of a batch ends in exactly one place: a terminal result counted under
-``delivery:<platform>:<outcome>``, a new batch attempt (retryable failures; devices held by another
-attempt's claim; devices deferred by an open circuit breaker, without spending an attempt), or the
-dead letters (attempts exhausted, or a message that cannot be built for the device: a template error
-is neither the device's nor the provider's fault, so it is not retried and no breaker counts it).
-Devices are sent concurrently, each on its own, and marked sent as soon as the provider accepts it
-(marks are coalesced into one Redis call per burst), so a crash part way through leaves everything
-accepted so far recorded.
+Every device of a batch ends in exactly one place: a final marker counted under
+``delivery:<platform>:<count>`` (sent, failed, invalid_token, superseded, expired), a new batch attempt
+(retryable failures; devices held by another attempt's claim; devices deferred by an open circuit
+breaker, without spending an attempt), or the dead letters (attempts exhausted, or a message that
+cannot be built for the device: a template error is neither the device's nor the provider's fault, so
+it is not retried and no breaker counts it).
+
+The send path: the provider prepares the batch once (``Provider.prepare``), then a bounded number of
+worker coroutines (``Provider.concurrency``) pull its devices one at a time. A worker takes one of the
+platform's shared slots (``concurrency`` in flight per worker process, over all batches), then a
+device, which it claims in a small window with the devices the batch's other slot holders need (one
+script call per window, so what a killed worker leaves claimed is about what it had in flight); for a
+provider with per-endpoint caps (webhooks) it takes the endpoint's cap before the shared slot, giving
+the slot back while it waits. Then the pacing bucket, then the circuit breaker, consulted for this
+request at the moment it goes out, then the send. Each device is finished (``sent``...) or released
+as soon as its answer is known (coalesced into one Redis call per burst), and the leases of the claims
+still held are renewed while the batch runs, so a lease can be short: a worker that dies blocks its
+claims for one lease at most.
+
+The delivery counts are a ledger: a device is counted when its marker moves to a final state (the
+scripts say how many moved), so a redelivered batch never counts a device twice. ``docs/delivery.md``
+says which counters are exact and which count message handling.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from goalhorn.counters import DeliveryCounter, PipelineCounters, delivery_counter, dispatch_counts
 from goalhorn.dispatch import deadletters
-from goalhorn.dispatch.breaker import Breakers
+from goalhorn.dispatch.breaker import BUSY, Breakers, CircuitBreaker
 from goalhorn.dispatch.breaker_board import BreakerBoard
 from goalhorn.dispatch.hygiene import prune_tokens
-from goalhorn.dispatch.markers import DeliveryMarkers
+from goalhorn.dispatch.markers import Claims, DeliveryMarkers, Final
 from goalhorn.dispatch.pacing import TokenBucket
 from goalhorn.errors import ProviderError, ProviderRateLimited
 from goalhorn.keys import Keys, Platform
@@ -41,7 +56,7 @@ from goalhorn.models import (
     utcnow,
 )
 from goalhorn.preferences.store import PreferenceStore
-from goalhorn.providers import Provider
+from goalhorn.providers import Provider, Send
 from goalhorn.redis_client import Redis
 from goalhorn.settings import Settings
 
@@ -50,6 +65,10 @@ log = logging.getLogger(__name__)
 HELD_RECHECK_S = 2.0
 MARK_FLUSH_S = 0.005
 MARK_FLUSH_SIZE = 100
+MIN_WINDOW = 8
+"""The fewest devices a claim window takes (fewer when fewer are left)."""
+BREAKER_WAIT_S = 0.005
+"""How often a request a ramping circuit holds back (``BUSY``) asks again."""
 
 Enqueue = Callable[[EncodedBatch, float], Awaitable[None]]
 TRACED: tuple[DispatchCount, ...] = (
@@ -69,6 +88,8 @@ class _Tally:
     retry: list[Device] = field(default_factory=list)
     retry_after_s: float = 0.0
     retry_reasons: Counter[str] = field(default_factory=Counter)
+    crashed: bool = False
+    """A send raised something unexpected: its claim is kept, so its retry waits for the lease."""
     held: list[Device] = field(default_factory=list)
     held_for_s: float = 0.0
     deferred: list[Device] = field(default_factory=list)
@@ -81,6 +102,25 @@ class _Tally:
     def add(self, name: DispatchCount | DeliveryCounter, n: int) -> None:
         self.counts[name] += n
 
+    def claimed(self, platform: Platform, claims: Claims, ended: Final) -> None:
+        """What a claim found: devices that ended before, held by another attempt, or ended now."""
+        self.add("duplicates_skipped", len(claims.already_done))
+        self.add(delivery_counter(platform, ended), len(claims.ended))
+        if claims.held:
+            self.held += claims.held
+            self.held_for_s = max(self.held_for_s, claims.held_for_s)
+
+    def retry_later(self, device: Device, reason: str, retry_after: float | None) -> None:
+        self.retry.append(device)
+        self.retry_reasons[reason] += 1
+        self.trace[f"retry:{reason[:60]}"] += 1
+        if retry_after:
+            self.retry_after_s = max(self.retry_after_s, retry_after)
+
+    def defer(self, device: Device, wait_s: float) -> None:
+        self.deferred.append(device)
+        self.deferred_for_s = max(self.deferred_for_s, wait_s)
+
     def trace_counts(self, platform: Platform) -> Counter[str]:
         """This batch's devices, by what became of them, for ``IntentTraces.delivered``."""
         out = Counter(self.trace)
@@ -92,29 +132,35 @@ class _Tally:
 
 
 class _MarkerWrites:
-    """Coalesces marker writes: ``sent`` for accepted devices, releases for definite failures.
+    """Coalesces marker writes: final states for answered devices, releases for definite non-sends.
 
-    They go out in bursts (``MARK_FLUSH_SIZE`` devices or ``MARK_FLUSH_S``), one Redis call each.
+    They go out in bursts (``MARK_FLUSH_SIZE`` devices or ``MARK_FLUSH_S``), one Redis call each; each
+    device counts under its final state only if its marker actually moved there.
     """
 
-    def __init__(self, markers: DeliveryMarkers, intent_id: str) -> None:
+    def __init__(self, markers: DeliveryMarkers, intent_id: str, platform: Platform, tally: _Tally) -> None:
         self._markers = markers
         self._intent_id = intent_id
-        self._sent: list[str] = []
-        self._released: list[str] = []
+        self._platform = platform
+        self._tally = tally
+        self._pending: dict[Final | None, list[str]] = {}
+        self._size = 0
         self._writes: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
 
-    def sent(self, device_id: str) -> None:
-        self._sent.append(device_id)
-        self._soon()
+    def finish(self, device_id: str, state: Final) -> None:
+        self._add(state, device_id)
 
     def release(self, device_id: str) -> None:
-        self._released.append(device_id)
-        self._soon()
+        self._add(None, device_id)
 
-    def _soon(self) -> None:
-        if len(self._sent) + len(self._released) >= MARK_FLUSH_SIZE:
+    def _add(self, state: Final | None, device_id: str) -> None:
+        ids = self._pending.get(state)
+        if ids is None:
+            ids = self._pending[state] = []
+        ids.append(device_id)
+        self._size += 1
+        if self._size >= MARK_FLUSH_SIZE:
             self._flush()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(MARK_FLUSH_S, self._flush)
@@ -123,17 +169,135 @@ class _MarkerWrites:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for ids, write in ((self._sent, self._markers.mark_sent), (self._released, self._markers.release)):
-            if ids:
-                task = asyncio.ensure_future(write(self._intent_id, list(ids)))
-                ids.clear()
-                self._writes.add(task)
-                task.add_done_callback(self._writes.discard)
+        pending, self._pending, self._size = self._pending, {}, 0
+        for state, ids in pending.items():
+            task = asyncio.ensure_future(self._write(state, ids))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    async def _write(self, state: Final | None, ids: list[str]) -> None:
+        if state is None:
+            await self._markers.release(self._intent_id, ids)
+        else:
+            moved = await self._markers.finish(self._intent_id, ids, state)
+            self._tally.add(delivery_counter(self._platform, state), moved)
 
     async def close(self) -> None:
         self._flush()
         while self._writes:
             await asyncio.gather(*self._writes)
+
+
+class _EndpointSlots:
+    """A cap on requests in flight per circuit, made on first use and dropped once idle."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._users: Counter[str] = Counter()
+
+    def busy(self, circuit: str) -> bool:
+        slots = self._slots.get(circuit)
+        return slots is not None and slots.locked()
+
+    async def acquire(self, circuit: str) -> None:
+        slots = self._slots.get(circuit)
+        if slots is None:
+            slots = self._slots[circuit] = asyncio.Semaphore(self._limit)
+        self._users[circuit] += 1
+        try:
+            await slots.acquire()
+        except BaseException:
+            self._leave(circuit)
+            raise
+
+    def release(self, circuit: str) -> None:
+        self._slots[circuit].release()
+        self._leave(circuit)
+
+    def _leave(self, circuit: str) -> None:
+        self._users[circuit] -= 1
+        if not self._users[circuit]:
+            del self._users[circuit], self._slots[circuit]
+
+
+class _Run:
+    """One batch being delivered: its devices not claimed yet, the claimed ones ready to go, the claims
+    it holds (renewed until the run ends), and what became of each device."""
+
+    def __init__(
+        self, deliverer: Deliverer, batch: DeliveryBatch, provider: Provider, send: Send, tally: _Tally
+    ) -> None:
+        self.batch = batch
+        self.platform = batch.platform
+        self.provider = provider
+        self.send = send
+        self.tally = tally
+        self.marks = _MarkerWrites(deliverer.markers, batch.intent.intent_id, batch.platform, tally)
+        self._markers = deliverer.markers
+        self._breakers = deliverer.breakers
+        self._todo = deque(batch.devices)
+        self._ready: deque[Device] = deque()
+        self._claiming = asyncio.Lock()
+        self.holding: set[str] = set()
+        """Devices claimed by this run and not answered yet."""
+        self.active = 0
+        """This run's workers holding a shared slot: the size of the next claim window."""
+
+    async def next_device(self) -> Device | None:
+        """The next device to send, claimed; None when the batch has none left."""
+        while not self._ready:
+            if not self._todo:
+                return None
+            async with self._claiming:
+                if self._ready or not self._todo:
+                    continue
+                window = self._window(max(MIN_WINDOW, self.active))
+                if not window:
+                    continue
+                claims = await self._markers.claim(self.batch.intent, window)
+                self.tally.claimed(self.platform, claims, "superseded")
+                self._ready.extend(claims.claimed)
+                self.holding.update(d.device_id for d in claims.claimed)
+        return self._ready.popleft()
+
+    def _window(self, size: int) -> list[Device]:
+        """Up to ``size`` devices to claim; devices whose circuit is open are deferred unclaimed."""
+        window: list[Device] = []
+        while self._todo and len(window) < size:
+            device = self._todo.popleft()
+            wait = self._breakers[self.provider.circuit(device)].probe_in()
+            if wait > 0:
+                self.tally.defer(device, wait)
+            else:
+                window.append(device)
+        return window
+
+    def defer(self, device: Device, wait_s: float) -> None:
+        self.tally.defer(device, wait_s)
+        self.release(device)
+
+    def release(self, device: Device) -> None:
+        self.holding.discard(device.device_id)
+        self.marks.release(device.device_id)
+
+    def finish(self, device: Device, state: Final) -> None:
+        self.holding.discard(device.device_id)
+        self.marks.finish(device.device_id, state)
+
+    def keep_claim(self, device: Device) -> None:
+        """Stop renewing a claim whose send may have happened: it lapses after one lease."""
+        self.holding.discard(device.device_id)
+
+    async def renew_claims(self) -> None:
+        """Renew the leases of the claims held, three times a lease, until cancelled."""
+        every_s = self._markers.lease_s / 3
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self._markers.renew(self.batch.intent.intent_id, list(self.holding))
+            except Exception as exc:  # the sends go on; a claim that lapses is at worst sent again
+                log.warning("could not renew %d claims (%s)", len(self.holding), type(exc).__name__)
 
 
 class Deliverer:
@@ -145,7 +309,7 @@ class Deliverer:
         self._redis = redis
         self._providers = providers
         self._enqueue = enqueue
-        self._markers = DeliveryMarkers(
+        self.markers = DeliveryMarkers(
             redis, self._keys, lease_s=settings.claim_lease_s, sent_ttl_s=settings.sent_marker_ttl_s
         )
         self._store = PreferenceStore(redis, self._keys)
@@ -157,6 +321,8 @@ class Deliverer:
             "webhook": settings.webhook_rate_per_s,
         }
         self._buckets = {platform: TokenBucket(rate) for platform, rate in rates.items() if rate > 0}
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._endpoint_slots: dict[str, _EndpointSlots] = {}
         self.counters = PipelineCounters(redis, self._keys)
         self.traces = self.counters.traces(settings.sent_marker_ttl_s)
 
@@ -189,18 +355,10 @@ class Deliverer:
         platform = batch.platform
         await self.breaker_board.sync(self.breakers)
         if batch.intent.expired():
-            tally.add(delivery_counter(platform, "expired"), len(batch.devices))
+            claims = await self.markers.claim(batch.intent, batch.devices, final="expired")
+            tally.claimed(platform, claims, "expired")
         else:
-            claims = await self._markers.claim(batch.intent.intent_id, batch.devices)
-            tally.add("duplicates_skipped", len(claims.already_sent))
-            tally.held, tally.held_for_s = claims.held, claims.held_for_s
-            marks = _MarkerWrites(self._markers, batch.intent.intent_id)
-            try:
-                await asyncio.gather(*(self._send_one(batch, device, tally, marks) for device in claims.claimed))
-            finally:
-                await marks.close()
-            deferred_ids = [d.device_id for d in tally.deferred]
-            await self._markers.release(batch.intent.intent_id, deferred_ids)
+            await self._deliver(batch, tally)
         await self._follow_up(batch, tally)
         if tally.dead_tokens:
             removed, kept = await prune_tokens(self._store, tally.dead_tokens)
@@ -211,59 +369,139 @@ class Deliverer:
         await self.traces.delivered(batch.intent.intent_id, platform, tally.trace_counts(platform), utcnow())
         await self.counters.add(dispatch_counts(tally.counts), tally.latencies_ms)
 
-    async def _send_one(self, batch: DeliveryBatch, device: Device, tally: _Tally, marks: _MarkerWrites) -> None:
+    async def _deliver(self, batch: DeliveryBatch, tally: _Tally) -> None:
         provider = self._providers[batch.platform]
-        breaker = self.breakers[provider.circuit(device)]
-        wait = breaker.admit()
-        if wait > 0:
-            tally.deferred.append(device)
-            tally.deferred_for_s = max(tally.deferred_for_s, wait)
+        try:
+            send = await provider.prepare(batch)
+        except ProviderError as exc:  # nothing claimed, nothing sent: the whole batch tries again
+            self.breakers[provider.circuit(batch.devices[0])].record(ok=False)
+            retry_after = exc.retry_after if isinstance(exc, ProviderRateLimited) else None
+            for device in batch.devices:
+                tally.retry_later(device, type(exc).__name__, retry_after)
             return
-        bucket = self._buckets.get(batch.platform)
+        run = _Run(self, batch, provider, send, tally)
+        renewing = asyncio.create_task(run.renew_claims())
+        workers = [asyncio.create_task(self._work(run)) for _ in range(min(len(batch.devices), provider.concurrency))]
+        try:
+            await _all(workers)
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+            await run.marks.close()
+
+    def _platform_slots(self, provider: Provider) -> asyncio.Semaphore:
+        slots = self._slots.get(provider.platform)
+        if slots is None:
+            slots = self._slots[provider.platform] = asyncio.Semaphore(provider.concurrency)
+        return slots
+
+    def _endpoint_slots_of(self, provider: Provider) -> _EndpointSlots | None:
+        if provider.endpoint_concurrency is None:
+            return None
+        slots = self._endpoint_slots.get(provider.platform)
+        if slots is None:
+            slots = self._endpoint_slots[provider.platform] = _EndpointSlots(provider.endpoint_concurrency)
+        return slots
+
+    async def _work(self, run: _Run) -> None:
+        """One of a batch's workers: a shared slot, a claimed device, its endpoint's cap, then the send;
+        until the batch has no device left."""
+        slots = self._platform_slots(run.provider)
+        endpoints = self._endpoint_slots_of(run.provider)
+        while True:
+            await slots.acquire()
+            run.active += 1
+            holding = True
+            try:
+                device = await run.next_device()
+                if device is None:
+                    return
+                circuit = run.provider.circuit(device)
+                if endpoints is None:
+                    await self._attempt(run, device, circuit)
+                    continue
+                if endpoints.busy(circuit):  # wait for the endpoint without holding a shared slot
+                    run.active -= 1
+                    slots.release()
+                    holding = False
+                    await endpoints.acquire(circuit)
+                    try:
+                        await slots.acquire()
+                    except BaseException:
+                        endpoints.release(circuit)
+                        raise
+                    run.active += 1
+                    holding = True
+                else:
+                    await endpoints.acquire(circuit)
+                try:
+                    await self._attempt(run, device, circuit)
+                finally:
+                    endpoints.release(circuit)
+            finally:
+                if holding:
+                    run.active -= 1
+                    slots.release()
+
+    async def _attempt(self, run: _Run, device: Device, circuit: str) -> None:
+        """Pace, ask the device's breaker, send, and settle what became of the device."""
+        bucket = self._buckets.get(run.platform)
         if bucket is not None:
             await bucket.take()
-        part = batch.model_copy(update={"devices": (device,)})
+        breaker = self.breakers[circuit]
+        while (wait := breaker.admit()) != 0:
+            if wait != BUSY:
+                run.defer(device, wait)
+                return
+            await asyncio.sleep(BREAKER_WAIT_S)
         try:
-            (result,) = await provider.send(part)
+            result = await run.send(device)
         except ProviderError as exc:
             breaker.record(ok=False)
-            marks.release(device.device_id)
+            run.release(device)
             retry_after = exc.retry_after if isinstance(exc, ProviderRateLimited) else None
-            self._schedule_retry(tally, device, type(exc).__name__, retry_after)
+            run.tally.retry_later(device, type(exc).__name__, retry_after)
             return
-        except Exception:
-            # Unknown whether it went out: keep the claim, retry once its lease ends.
+        except Exception as exc:
+            # Whether it went out is unknown: keep the claim (no second send before its lease ends), and
+            # spend an attempt, so a provider that always crashes ends in the dead letters.
             breaker.record(ok=False)
-            log.exception("provider %s crashed on batch %s", batch.platform, batch.batch_id)
-            tally.held.append(device)
-            tally.held_for_s = max(tally.held_for_s, float(self._settings.claim_lease_s))
+            log.exception("provider %s crashed on batch %s", run.platform, run.batch.batch_id)
+            run.keep_claim(device)
+            run.tally.crashed = True
+            run.tally.retry_later(device, f"unexpected_error: {type(exc).__name__}", None)
             return
+        except BaseException:
+            breaker.abstain()
+            raise
+        self._settle(run, device, result, breaker)
+
+    def _settle(self, run: _Run, device: Device, result: DeliveryResult, breaker: CircuitBreaker) -> None:
+        tally = run.tally
         if result.message_error:
             # Nothing reached the provider and no retry fixes the message: dead letters, breaker untouched.
             breaker.abstain()
-            marks.release(device.device_id)
+            run.release(device)
             tally.unsendable.setdefault(result.reason or "message_error", []).append(device)
             return
-        breaker.record(ok=not (result.outcome == "failed" and result.retryable))
-        if result.outcome == "sent":
-            marks.sent(device.device_id)
-            tally.latencies_ms.append((utcnow() - batch.intent.event_at).total_seconds() * 1000)
-        else:
-            marks.release(device.device_id)
-        if result.outcome == "failed" and result.retryable:
-            self._schedule_retry(tally, device, result.reason or "failed", result.retry_after)
+        if result.refused:  # never sent (an address the SSRF guard refuses): the endpoint said nothing
+            breaker.abstain()
+            run.finish(device, "failed")
             return
-        if result.outcome == "invalid_token":
+        retry = result.outcome == "failed" and result.retryable
+        breaker.record(ok=not retry)
+        if retry:
+            run.release(device)
+            tally.retry_later(device, result.reason or "failed", result.retry_after)
+        elif result.outcome == "sent":
+            run.finish(device, "sent")
+            tally.latencies_ms.append((utcnow() - run.batch.intent.event_at).total_seconds() * 1000)
+        elif result.outcome == "invalid_token":
+            run.finish(device, "invalid_token")
             tally.dead_tokens.append((device, result))
-        tally.add(delivery_counter(batch.platform, result.outcome), 1)
-
-    @staticmethod
-    def _schedule_retry(tally: _Tally, device: Device, reason: str, retry_after: float | None) -> None:
-        tally.retry.append(device)
-        tally.retry_reasons[reason] += 1
-        tally.trace[f"retry:{reason[:60]}"] += 1
-        if retry_after:
-            tally.retry_after_s = max(tally.retry_after_s, retry_after)
+        else:
+            run.finish(device, "expired" if result.outcome == "expired" else "failed")
 
     def backoff_s(self, attempt: int) -> float:
         """Exponential backoff with full jitter around the nominal delay."""
@@ -303,6 +541,27 @@ class Deliverer:
             log.warning("batch %s dead-lettered %d devices: %s", batch.batch_id, len(tally.retry), reason)
             return
         delay = max(tally.retry_after_s, self.backoff_s(batch.attempt))
+        if tally.crashed:  # a kept claim blocks the next attempt until its lease ends
+            delay = max(delay, float(self.markers.lease_s))
         await self._requeue(batch, tally.retry, delay, attempt=batch.attempt + 1)
         tally.add("batches_published", 1)
         tally.add("retries", len(tally.retry))
+
+
+async def _all(tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for every task; on the first failure cancel the others and raise it (not as a group, so
+    ``redis_unavailable`` still recognizes a Redis error)."""
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    failed = next((t for t in done if not t.cancelled() and t.exception() is not None), None)
+    if failed is None:
+        return
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    raise failed.exception()  # type: ignore[misc]

@@ -1,13 +1,28 @@
-"""Delivery markers: one Redis key per (intent, device) in two states, in-flight and sent.
+"""Delivery markers: one Redis key per (intent, device), in-flight while a worker holds it, then final.
 
-A worker *claims* a device before sending (``SET NX GET`` with a short lease) and marks it *sent* after
-the provider accepted it (a long TTL, longer than any redelivery window). A redelivered or replayed
-batch therefore skips what was sent; a device whose claim belonged to a worker that died is held only
-until the lease runs out, then it is claimed and sent again, so a crash never loses a push for good.
+A worker *claims* devices in small windows just before sending them (``SET NX GET`` with a short
+lease, one script call per window), renews the leases of the claims it still holds while it works
+(``renew``), and *finishes* each device with its final state once it knows it: ``sent`` when the
+provider accepted it, ``failed`` for a provider's definite refusal, ``superseded`` for a
+push a newer one made stale, ``expired`` for one that came too late (``invalid_token`` for a dead
+token). A final marker lives
+``sent_marker_ttl_s`` (longer than any redelivery window), so a redelivered or replayed batch skips
+every device that already ended. A device whose send definitely did not happen (a retryable failure,
+a deferral, a message that cannot be built) is *released* instead, so its next attempt, or a replay
+from the dead letters, claims it at once. A claim whose worker died is held only until its lease runs
+out, then it is claimed and sent again, so a crash never loses a push for good.
 
-Writes after a send (``sent`` marks, releases) are retried while Redis is unreachable, for up to one
+Counting is done from these transitions: ``finish`` returns how many markers it moved from in-flight
+(or nothing) to a final state, so a device is counted once however many times its batch is delivered.
+
+Writes after a send (finishes, releases) are retried while Redis is unreachable, for up to one
 lease: a push the provider accepted must be recorded, or it is sent again once its claim runs out.
 A claim is not retried: nothing was sent yet, so the batch can simply wait (``goalhorn.dispatch.failures``).
+
+Superseding (``newest``): with a collapse key, a second key per (collapse key, device) holds the event
+time of the newest intent claimed for that device, checked and raised in one script per window. It
+carries the collapse key as its hash tag (all devices of a window share it, so the script is valid
+on Redis Cluster), not the intent's, so it is a separate call from the claim, made just before it.
 """
 
 from __future__ import annotations
@@ -16,16 +31,20 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
 
 from goalhorn.dispatch.failures import redis_unavailable
 from goalhorn.keys import Keys
-from goalhorn.models import Device
+from goalhorn.models import Device, Intent, utcnow
 from goalhorn.redis_client import Redis
 
 log = logging.getLogger(__name__)
 
 IN_FLIGHT = b"inflight"
-SENT = b"sent"
+Final = Literal["sent", "failed", "invalid_token", "superseded", "expired"]
+"""The final states of a marker (anything but in-flight), named as the ``delivery:<platform>:<count>``
+counter a device that ends so is counted under."""
 WRITE_RETRY_FIRST_S = 0.05
 WRITE_RETRY_MAX_S = 1.0
 
@@ -33,67 +52,162 @@ WRITE_RETRY_MAX_S = 1.0
 @dataclass(slots=True)
 class Claims:
     claimed: list[Device] = field(default_factory=list)
-    already_sent: list[Device] = field(default_factory=list)
+    already_done: list[Device] = field(default_factory=list)
+    """Ended before (a redelivery, a replay, a duplicate batch): sent, failed, superseded..."""
     held: list[Device] = field(default_factory=list)
     """Claimed by another attempt (live, or dead with its lease still running)."""
     held_for_s: float = 0.0
     """The longest remaining lease among ``held``."""
+    ended: list[Device] = field(default_factory=list)
+    """Ended by this call: with ``final``, in that state; else superseded (a strictly newer intent with
+    the same collapse key was claimed for them)."""
 
 
-# One round trip and one command per batch, whatever its size: per-key SETs cost the client
-# ~25 us each to pack, which dominated delivery on large batches. All keys of an intent share the
-# {intent_id} hash tag, so the scripts are valid on Redis Cluster.
+# One round trip and one command per window, whatever its size: per-key SETs cost the client
+# ~25 us each to pack. All keys of an intent share the {intent_id} hash tag, so the scripts are valid
+# on Redis Cluster. The first ARGV[5] keys are claimed (ARGV[1] for ARGV[2] s), the others are set to
+# the final ARGV[3] (for ARGV[4] s) unless they hold something already. 0: done now; -1: ended before;
+# else the claim's remaining lease in ms (held by another attempt).
 _CLAIM = """
+local claims = tonumber(ARGV[5])
 local out = {}
 for i, key in ipairs(KEYS) do
-  local old = redis.call('SET', key, ARGV[1], 'NX', 'GET', 'EX', ARGV[2])
+  local old
+  if i <= claims then
+    old = redis.call('SET', key, ARGV[1], 'NX', 'GET', 'EX', ARGV[2])
+  else
+    old = redis.call('SET', key, ARGV[3], 'NX', 'GET', 'EX', ARGV[4])
+  end
   if not old then
     out[i] = 0
-  elseif old == ARGV[3] then
-    out[i] = -1
-  else
+  elseif old == 'inflight' then
     out[i] = redis.call('PTTL', key)
+  else
+    out[i] = -1
   end
 end
 return out
 """
 
-_MARK = """
+# Final state ARGV[1] for ARGV[2] s, on markers that are in flight (or gone: a lease that ran out
+# under a slow send); returns how many moved, the figure the counters take.
+_FINISH = """
+local moved = 0
 for _, key in ipairs(KEYS) do
-  redis.call('SET', key, ARGV[1], 'EX', ARGV[2])
+  local old = redis.call('GET', key)
+  if (not old) or old == 'inflight' then
+    redis.call('SET', key, ARGV[1], 'EX', ARGV[2])
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+_RENEW = """
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == 'inflight' then
+    redis.call('EXPIRE', key, ARGV[1])
+  end
 end
 return #KEYS
 """
+
+# 1 for a device a strictly newer intent (event time ARGV[1], microseconds) was claimed for; else
+# the key is raised to ARGV[1] (for ARGV[2] s) and 0.
+_NEWEST = """
+local mine = tonumber(ARGV[1])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local cur = tonumber(redis.call('GET', key) or '0')
+  if cur > mine then
+    out[i] = 1
+  else
+    if cur < mine then
+      redis.call('SET', key, ARGV[1], 'EX', ARGV[2])
+    end
+    out[i] = 0
+  end
+end
+return out
+"""
+
+
+def newest_key(keys: Keys, collapse_key: str, device_id: str) -> str:
+    """STRING: the event time (microseconds) of the newest intent with ``collapse_key`` claimed for a
+    device; hash tag ``{collapse_key}``. (Built here until ``Keys`` has it: keys.py has another owner.)"""
+    return f"{keys.namespace}:newest:{{{collapse_key}}}:{device_id}"
+
+
+def event_us(at: datetime) -> int:
+    return int(at.timestamp() * 1_000_000)
 
 
 class DeliveryMarkers:
     def __init__(self, redis: Redis, keys: Keys, *, lease_s: int, sent_ttl_s: int) -> None:
         self._keys = keys
         self._redis = redis
-        self._lease_s = lease_s
+        self.lease_s = lease_s
         self._sent_ttl_s = sent_ttl_s
         self._claim = redis.register_script(_CLAIM)
-        self._mark = redis.register_script(_MARK)
+        self._finish = redis.register_script(_FINISH)
+        self._renew = redis.register_script(_RENEW)
+        self._newest = redis.register_script(_NEWEST)
 
-    async def claim(self, intent_id: str, devices: Sequence[Device]) -> Claims:
-        """Claim every device not yet claimed or sent, in one round trip."""
-        keys = [self._keys.delivery_marker(intent_id, d.device_id) for d in devices]
-        states: list[int] = await self._claim(keys=keys, args=[IN_FLIGHT, self._lease_s, SENT])
+    async def claim(self, intent: Intent, devices: Sequence[Device], *, final: Final | None = None) -> Claims:
+        """Claim every device that has not ended and is not held (or, with ``final``, end it so), in
+        one round trip; with a collapse key, first check for newer intents (one more)."""
+        stale: list[Device] = []
+        fresh: Sequence[Device] = devices
+        if final is None and intent.collapse_key:
+            stale, fresh = await self._newer_claimed(intent, intent.collapse_key, devices)
+        ordered = [*fresh, *stale]
+        keys = [self._keys.delivery_marker(intent.intent_id, d.device_id) for d in ordered]
+        claiming = len(fresh) if final is None else 0
+        args: list[bytes | str | int] = [IN_FLIGHT, self.lease_s, final or "superseded", self._sent_ttl_s, claiming]
+        states: list[int] = await self._claim(keys=keys, args=args)
         claims = Claims()
-        for device, state in zip(devices, states, strict=True):
-            if state == 0:
-                claims.claimed.append(device)
-            elif state == -1:
-                claims.already_sent.append(device)
-            else:
+        for n, (device, state) in enumerate(zip(ordered, states, strict=True)):
+            if state == -1:
+                claims.already_done.append(device)
+            elif state != 0:
                 claims.held.append(device)
                 claims.held_for_s = max(claims.held_for_s, max(state, 0) / 1000)
+            elif n < claiming:
+                claims.claimed.append(device)
+            else:
+                claims.ended.append(device)
         return claims
 
-    async def mark_sent(self, intent_id: str, device_ids: Sequence[str]) -> None:
+    async def _newer_claimed(
+        self, intent: Intent, collapse_key: str, devices: Sequence[Device]
+    ) -> tuple[list[Device], list[Device]]:
+        """(devices a strictly newer intent with the collapse key was claimed for, the others), raising
+        each device's newest event time to the intent's. Kept while the intent could still be sent."""
+        keys = [newest_key(self._keys, collapse_key, d.device_id) for d in devices]
+        ttl_s = max(60, int((intent.expires_at - utcnow()).total_seconds()) + 60)
+        flags: list[int] = await self._newest(keys=keys, args=[event_us(intent.event_at), ttl_s])
+        stale = [d for d, flag in zip(devices, flags, strict=True) if flag]
+        fresh = [d for d, flag in zip(devices, flags, strict=True) if not flag] if stale else list(devices)
+        return stale, fresh
+
+    async def finish(self, intent_id: str, device_ids: Sequence[str], state: Final) -> int:
+        """End claimed devices in ``state``; returns how many were not ended before (what to count)."""
+        if not device_ids:
+            return 0
+        keys = [self._keys.delivery_marker(intent_id, d) for d in device_ids]
+        moved: list[int] = []
+
+        async def write() -> None:
+            moved.append(int(await self._finish(keys=keys, args=[state, self._sent_ttl_s])))
+
+        await self._persist(write, len(keys))
+        return moved[-1]
+
+    async def renew(self, intent_id: str, device_ids: Sequence[str]) -> None:
+        """Extend the leases of claims this worker still holds (not of markers that ended meanwhile)."""
         if device_ids:
             keys = [self._keys.delivery_marker(intent_id, d) for d in device_ids]
-            await self._persist(lambda: self._mark(keys=keys, args=[SENT, self._sent_ttl_s]), len(keys))
+            await self._renew(keys=keys, args=[self.lease_s])
 
     async def release(self, intent_id: str, device_ids: Sequence[str]) -> None:
         """Drop claims whose send definitely did not happen, so a retry can claim them at once."""
@@ -105,7 +219,7 @@ class DeliveryMarkers:
         """Run ``write``, again while Redis is unreachable, for up to one lease: what it records happened
         already, and while the claims last no other attempt can act on those devices."""
         loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + self._lease_s
+        give_up_at = loop.time() + self.lease_s
         delay = WRITE_RETRY_FIRST_S
         while True:
             try:

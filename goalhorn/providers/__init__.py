@@ -1,28 +1,71 @@
-"""The provider contract: send a batch, get one result per device.
+"""The provider contract: prepare a batch once, then send it one device at a time.
 
 A provider knows one wire format and maps its vendor's answers into ``DeliveryResult`` values
-(per-token outcomes) or ``ProviderError`` subclasses (whole-batch failures). It decides nothing
-about retries, breakers or idempotency: the dispatch stage does.
+(per-token outcomes) or ``ProviderError`` subclasses (failures of the provider as a whole). It decides
+nothing about retries, breakers, pacing, concurrency or idempotency: the dispatch stage does
+(``goalhorn.dispatch.delivery``), calling ``prepare(batch)`` once per batch (an access token, the
+message bytes per locale) and the ``Send`` it returns once per device, as its own concurrency,
+breakers and claims allow. ``concurrency`` says how many of a provider's requests a worker keeps in
+flight, ``endpoint_concurrency`` (webhooks) how many per circuit.
+
+``send(batch)`` runs a whole batch through the same two steps, for callers that have one batch and
+no dispatch stage (``goalhorn send``, the benchmarks). A provider with nothing to prepare per batch
+(an in-memory stand-in) may implement ``send`` alone instead; its devices are then sent one by one.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Self
 
 from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, DeliveryResult, Device
 
+Send = Callable[[Device], Awaitable[DeliveryResult]]
+"""Sends one device of a prepared batch: its result (``ProviderError`` for a provider-wide failure)."""
+COLLAPSE_ID_MAX_BYTES = 64
+"""APNs refuses an ``apns-collapse-id`` longer than this (FCM passes it on to APNs as is)."""
+
 
 class Provider(abc.ABC):
     """One way out: FCM, APNs, webhooks, or the console."""
 
     platform: Platform
+    concurrency: int = 100
+    """Requests in flight per worker process (the dispatch stage holds the slots)."""
+    endpoint_concurrency: int | None = None
+    """Requests in flight per circuit (``circuit``), taken before a shared slot; None: no such cap."""
 
-    @abc.abstractmethod
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.prepare is Provider.prepare and cls.send is Provider.send:
+            raise TypeError(f"{cls.__name__} implements neither prepare nor send")
+
+    async def prepare(self, batch: DeliveryBatch) -> Send:
+        """What sending the batch's devices needs, done once (default: each device as a batch of one
+        through ``send``, for providers that implement ``send`` alone)."""
+
+        async def send_alone(device: Device) -> DeliveryResult:
+            (result,) = await self.send(batch.model_copy(update={"devices": (device,)}))
+            return result
+
+        return send_alone
+
     async def send(self, batch: DeliveryBatch) -> list[DeliveryResult]:
-        """Deliver to every device of the batch; exactly one result per device, in batch order."""
+        """Deliver to every device of the batch, ``concurrency`` at a time; one result per device, in
+        batch order."""
+        send = await self.prepare(batch)
+        slots = asyncio.Semaphore(self.concurrency)
+
+        async def one(device: Device) -> DeliveryResult:
+            async with slots:
+                return await send(device)
+
+        return list(await asyncio.gather(*(one(device) for device in batch.devices)))
 
     def circuit(self, device: Device) -> str:
         """The circuit breaker a device's sends count against: per provider and credential by default,
@@ -47,3 +90,14 @@ def render_failed(device: Device, exc: Exception) -> DeliveryResult:
     a message error, which the dispatch stage dead-letters without counting it against the provider."""
     reason = f"render_failed: {exc}"
     return DeliveryResult(device_id=device.device_id, outcome="failed", reason=reason, message_error=True)
+
+
+def collapse_id(collapse_key: str) -> str:
+    """An intent's collapse key as an ``apns-collapse-id``: as is up to 64 bytes, else its first bytes
+    and a hash of the whole (the same key always gives the same id, different keys different ids)."""
+    raw = collapse_key.encode()
+    if len(raw) <= COLLAPSE_ID_MAX_BYTES:
+        return collapse_key
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    head = raw[: COLLAPSE_ID_MAX_BYTES - len(digest) - 1].decode(errors="ignore")
+    return f"{head}~{digest}"

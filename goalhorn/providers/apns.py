@@ -4,8 +4,9 @@ aioapns has no host or port parameter; a protocol subclass carrying ``APNS_SERVE
 on ``pool.protocol_class`` points it at the sandbox (or any APNs host). Its pool binds to the
 event loop it is made in, so the client is built on the first ``send``, inside the running loop.
 Per intent: ``apns-priority`` 10 for urgent intents (priority >= 5) and 5 otherwise,
-``apns-expiration`` at the intent's expiry, ``apns-collapse-id`` from its collapse key; the push
-type (alert, background, liveactivity) comes from the intent's ``apns_push_type`` data field.
+``apns-expiration`` at the intent's expiry, ``apns-collapse-id`` from its collapse key (cut to APNs'
+64 bytes with a hash suffix, ``collapse_id``); the push type (alert, background, liveactivity) comes
+from the intent's ``apns_push_type`` data field.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from goalhorn.catalog.templates import Renderer, RenderFailed
 from goalhorn.errors import ConfigError
 from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, DeliveryResult, Device, Intent
-from goalhorn.providers import Provider, render_failed
+from goalhorn.providers import Provider, Send, collapse_id, render_failed
 from goalhorn.settings import Settings
 
 _TOKEN_REASONS = {"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered"}
@@ -87,12 +88,14 @@ class ApnsProvider(Provider):
         except OSError as exc:
             raise ConfigError(f"APNs key file unreadable: {exc}") from exc
         self._settings = settings
+        self._circuit = f"apns:{settings.apns_team_id}:{settings.apns_key_id}"
         self._client: APNs | None = None
-        # aioapns polls every 10 ms for a free stream when its pool is full; waiting here is free.
-        self._slots = asyncio.Semaphore(settings.apns_concurrency)
+        # aioapns polls every 10 ms for a free stream when its pool is full: the dispatch stage keeps
+        # fewer in flight than the pool's streams allow.
+        self.concurrency = settings.apns_concurrency
 
     def circuit(self, device: Device) -> str:
-        return f"apns:{self._settings.apns_team_id}:{self._settings.apns_key_id}"
+        return self._circuit
 
     def _apns(self) -> APNs:
         if self._client is None:
@@ -112,33 +115,36 @@ class ApnsProvider(Provider):
             self._client = client
         return self._client
 
-    async def send(self, batch: DeliveryBatch) -> list[DeliveryResult]:
+    async def prepare(self, batch: DeliveryBatch) -> Send:
         client = self._apns()
         intent = batch.intent
         push_type = PushType(intent.data.get("apns_push_type", "alert"))
         topic = self._settings.apns_topic + (".push-type.liveactivity" if push_type is PushType.LIVEACTIVITY else "")
-        urgent = intent.priority >= 5 and push_type is not PushType.BACKGROUND
+        priority = 10 if intent.priority >= 5 and push_type is not PushType.BACKGROUND else 5
         ttl = max(0, int(intent.expires_at.timestamp() - time.time()))
+        collapse = collapse_id(intent.collapse_key) if intent.collapse_key else None
+        timeout_s = self._settings.apns_timeout_s
         payloads: dict[str, dict[str, Any]] = {}
 
-        async def deliver(device: Device) -> DeliveryResult:
-            if device.locale not in payloads:
+        async def send(device: Device) -> DeliveryResult:
+            payload = payloads.get(device.locale)
+            if payload is None:
                 try:
-                    payloads[device.locale] = payload_for(intent, device.locale, push_type, self._render)
+                    payload = payloads[device.locale] = payload_for(intent, device.locale, push_type, self._render)
                 except RenderFailed as exc:
                     return render_failed(device, exc)
             request = NotificationRequest(
                 device_token=device.address,
-                message=payloads[device.locale],
+                message=payload,
                 notification_id=str(uuid.uuid4()),
                 time_to_live=ttl,
-                priority=10 if urgent else 5,
-                collapse_key=intent.collapse_key,
+                priority=priority,
+                collapse_key=collapse,
                 push_type=push_type,
                 apns_topic=topic,
             )
             try:
-                async with self._slots, asyncio.timeout(self._settings.apns_timeout_s):
+                async with asyncio.timeout(timeout_s):
                     result = await client.send_notification(request)
             except TimeoutError:
                 return DeliveryResult(device_id=device.device_id, outcome="failed", retryable=True, reason="timeout")
@@ -147,7 +153,7 @@ class ApnsProvider(Provider):
                 return DeliveryResult(device_id=device.device_id, outcome="failed", retryable=True, reason=reason)
             return result_for_notification(device, result)
 
-        return list(await asyncio.gather(*(deliver(d) for d in batch.devices)))
+        return send
 
     async def aclose(self) -> None:
         if self._client is not None:

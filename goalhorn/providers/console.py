@@ -12,8 +12,8 @@ from typing import TextIO
 from goalhorn.catalog import default_catalog
 from goalhorn.catalog.templates import Renderer, RenderFailed
 from goalhorn.keys import Platform
-from goalhorn.models import DeliveryBatch, DeliveryResult
-from goalhorn.providers import Provider, render_failed
+from goalhorn.models import DeliveryBatch, DeliveryResult, Device
+from goalhorn.providers import Provider, Send, render_failed
 
 
 def _one_line(text: str) -> str:
@@ -29,28 +29,24 @@ class ConsoleProvider(Provider):
         self._out = out
         self._sequence = itertools.count(1)
 
-    async def send(self, batch: DeliveryBatch) -> list[DeliveryResult]:
+    async def prepare(self, batch: DeliveryBatch) -> Send:
         intent = batch.intent
-        results: list[DeliveryResult] = []
-        lines: list[str] = []
-        for device in batch.devices:
+
+        async def send(device: Device) -> DeliveryResult:
             try:
                 message = self._render(intent, device.locale)
             except RenderFailed as exc:
-                results.append(render_failed(device, exc))
-                continue
-            lines.append(
-                f"{self.platform} {device.device_id} {intent.intent_id}"
-                f" | {_one_line(message.title)} | {_one_line(message.body)}\n"
-            )
-            results.append(
-                DeliveryResult(
-                    device_id=device.device_id,
-                    outcome="sent",
-                    provider_message_id=f"console-{self.platform}-{next(self._sequence)}",
+                return render_failed(device, exc)
+            if self._out is not None:
+                self._out.write(
+                    f"{self.platform} {device.device_id} {intent.intent_id}"
+                    f" | {_one_line(message.title)} | {_one_line(message.body)}\n"
                 )
+                self._out.flush()
+            return DeliveryResult(
+                device_id=device.device_id,
+                outcome="sent",
+                provider_message_id=f"console-{self.platform}-{next(self._sequence)}",
             )
-        if self._out is not None and lines:
-            self._out.writelines(lines)
-            self._out.flush()
-        return results
+
+        return send

@@ -4,8 +4,9 @@ firebase-admin's ``send_each_for_multicast`` spends a thread per message over a 
 pool, and its async path runs on httpx; both are several times slower than aiohttp under
 concurrency. So firebase-admin does what it is good at (service-account or application-default
 credentials with token refresh, and building and validating the ``Message``), and each device's
-request goes out on one shared aiohttp session with ``fcm_concurrency`` in flight. The message is
-built once per (intent, locale) and only the target changes per device.
+request goes out on one shared aiohttp session (``fcm_concurrency`` connections). Per batch, the
+access token is looked up once; per (intent, locale) the request body is serialized once, as the bytes
+before and after the token, so a device costs only its token's splice.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from goalhorn.catalog.templates import Renderer, RenderFailed
 from goalhorn.errors import ConfigError, ProviderAuthError, ProviderUnavailable
 from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, DeliveryResult, Device, Intent, utcnow
-from goalhorn.providers import Provider, render_failed
+from goalhorn.providers import Provider, Send, collapse_id, render_failed
 from goalhorn.providers.webhook import retry_after_seconds
 from goalhorn.settings import Settings
 
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MAX_RESPONSE_BYTES = 16 * 1024
 _PLACEHOLDER = "goalhorn-placeholder"
+_TOKEN_SLOT = json.dumps(_PLACEHOLDER).encode()
 _CACHED_MESSAGES = 256
 _TOKEN_ERRORS = {"UNREGISTERED", "SENDER_ID_MISMATCH"}
 
@@ -55,7 +57,7 @@ def build_message(intent: Intent, locale: str, render: Renderer) -> dict[str, An
         "apns-expiration": str(int(intent.expires_at.timestamp())),
     }
     if intent.collapse_key:
-        apns_headers["apns-collapse-id"] = intent.collapse_key
+        apns_headers["apns-collapse-id"] = collapse_id(intent.collapse_key)
     message = messaging.Message(
         notification=messaging.Notification(title=rendered.title, body=rendered.body),
         data=data,
@@ -128,21 +130,20 @@ class FcmProvider(Provider):
         if not project:
             raise ConfigError("FCM project id unknown: set GOALHORN_FCM_PROJECT_ID or use a service-account file")
         self.project_id: str = project
+        self._circuit = f"fcm:{project}"
         self.url = URL(f"{settings.fcm_base_url.rstrip('/')}/v1/projects/{project}/messages:send")
+        self.concurrency = settings.fcm_concurrency
         self._session: aiohttp.ClientSession | None = None
-        self._slots: asyncio.Semaphore | None = None
         self._refresh = asyncio.Lock()
-        self._messages: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        self._bodies: OrderedDict[tuple[str, str], tuple[bytes, bytes]] = OrderedDict()
 
     def circuit(self, device: Device) -> str:
-        return f"fcm:{self.project_id}"
+        return self._circuit
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            limit = self._settings.fcm_concurrency
-            self._slots = asyncio.Semaphore(limit)
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=limit),
+                connector=aiohttp.TCPConnector(limit=self._settings.fcm_concurrency),
                 timeout=aiohttp.ClientTimeout(total=self._settings.fcm_timeout_s),
                 headers={"Content-Type": "application/json; charset=UTF-8"},
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
@@ -165,36 +166,36 @@ class FcmProvider(Provider):
                         raise ProviderAuthError(f"FCM credentials rejected: {exc}") from exc
         return str(self._google.token)
 
-    def _message(self, intent: Intent, locale: str) -> dict[str, Any]:
+    def _body(self, intent: Intent, locale: str) -> tuple[bytes, bytes]:
+        """The request body of an (intent, locale) as the bytes before and after the device's token."""
         key = (intent.intent_id, locale)
-        message = self._messages.get(key)
-        if message is None:
-            message = self._messages[key] = build_message(intent, locale, self._render)
-            if len(self._messages) > _CACHED_MESSAGES:
-                self._messages.popitem(last=False)
-        return message
+        body = self._bodies.get(key)
+        if body is None:
+            message = build_message(intent, locale, self._render)
+            whole = json.dumps({"message": {**message, "token": _PLACEHOLDER}}, separators=(",", ":")).encode()
+            head, _, tail = whole.partition(_TOKEN_SLOT)
+            body = self._bodies[key] = (head, tail)
+            if len(self._bodies) > _CACHED_MESSAGES:
+                self._bodies.popitem(last=False)
+        return body
 
-    async def send(self, batch: DeliveryBatch) -> list[DeliveryResult]:
+    async def prepare(self, batch: DeliveryBatch) -> Send:
         session = self._client()
-        token = await self.access_token()
-        headers = {"Authorization": f"Bearer {token}"}
-        return list(await asyncio.gather(*(self._deliver(session, headers, batch.intent, d) for d in batch.devices)))
+        headers = {"Authorization": f"Bearer {await self.access_token()}"}
+        intent = batch.intent
+        url = self.url
 
-    async def _deliver(
-        self, session: aiohttp.ClientSession, headers: dict[str, str], intent: Intent, device: Device
-    ) -> DeliveryResult:
-        try:
-            message = self._message(intent, device.locale)
-        except RenderFailed as exc:
-            return render_failed(device, exc)
-        except ValueError as exc:  # firebase-admin refused the message (e.g. a reserved data key)
-            reason = f"invalid_message: {exc}"
-            return DeliveryResult(device_id=device.device_id, outcome="failed", reason=reason, message_error=True)
-        body = json.dumps({"message": {**message, "token": device.address}}, separators=(",", ":")).encode()
-        assert self._slots is not None
-        async with self._slots:
+        async def send(device: Device) -> DeliveryResult:
             try:
-                async with session.post(self.url, data=body, headers=headers) as response:
+                head, tail = self._body(intent, device.locale)
+            except RenderFailed as exc:
+                return render_failed(device, exc)
+            except ValueError as exc:  # firebase-admin refused the message (e.g. a reserved data key)
+                reason = f"invalid_message: {exc}"
+                return DeliveryResult(device_id=device.device_id, outcome="failed", reason=reason, message_error=True)
+            body = head + json.dumps(device.address).encode() + tail
+            try:
+                async with session.post(url, data=body, headers=headers) as response:
                     raw = await response.content.read(MAX_RESPONSE_BYTES)
                     try:
                         payload = json.loads(raw) if raw else None
@@ -208,6 +209,8 @@ class FcmProvider(Provider):
             except aiohttp.ClientError as exc:
                 reason = f"connection_error: {type(exc).__name__}"
                 return DeliveryResult(device_id=device.device_id, outcome="failed", retryable=True, reason=reason)
+
+        return send
 
     async def aclose(self) -> None:
         if self._session is not None:

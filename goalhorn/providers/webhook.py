@@ -5,11 +5,16 @@ receiver can drop duplicates), ``webhook-timestamp`` and ``webhook-signature``: 
 HMAC-SHA256 of "{id}.{timestamp}.{body}">`` under each of the device's secrets (two during a
 rotation). Targets pass the SSRF guard of :mod:`goalhorn.providers.ssrf`; redirects are never
 followed, since a redirect could lead anywhere the guard would refuse.
+
+Each endpoint URL is its own circuit, with at most ``webhook_endpoint_concurrency`` requests in flight
+(taken by the dispatch stage before one of the ``webhook_concurrency`` shared slots), so a hanging
+endpoint holds a few slots until its breaker opens on the timeouts, not all of them. For the breaker,
+an endpoint's 4xx answer is the endpoint working (a success); a request refused before it was sent
+(the SSRF guard, an unusable URL or secret) says nothing about the endpoint (``refused``: abstain).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -31,7 +36,7 @@ from goalhorn.catalog.templates import Rendered, Renderer, RenderFailed
 from goalhorn.errors import AddressRefused
 from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, DeliveryResult, Device, Intent
-from goalhorn.providers import Provider, render_failed
+from goalhorn.providers import Provider, Send, render_failed
 from goalhorn.providers.ssrf import AddressPolicy, VettingResolver
 from goalhorn.settings import Settings
 
@@ -131,6 +136,11 @@ def _failed(device: Device, reason: str, *, retryable: bool, retry_after: float 
     )
 
 
+def _refused(device: Device, reason: str) -> DeliveryResult:
+    """A request that was never sent: the device's URL or secret cannot be used (not retried)."""
+    return DeliveryResult(device_id=device.device_id, outcome="failed", reason=reason, refused=True)
+
+
 def result_for_status(device: Device, msg_id: str, status: int, headers: Mapping[str, str]) -> DeliveryResult:
     """Map a receiver's HTTP status to the device's outcome."""
     if 200 <= status < 300:
@@ -164,9 +174,10 @@ async def _drain(response: aiohttp.ClientResponse) -> None:
 
 
 class WebhookProvider(Provider):
-    """Posts each device's notification to its URL, with at most ``webhook_concurrency`` in flight.
+    """Posts each device's notification to its URL, with at most ``webhook_concurrency`` in flight,
+    ``webhook_endpoint_concurrency`` per endpoint.
 
-    The HTTP session is made on the first ``send``, inside the running loop; ``resolver``
+    The HTTP session is made on the first ``prepare``, inside the running loop; ``resolver``
     (for tests) replaces the system resolver under the SSRF check, and is closed with the provider.
     """
 
@@ -180,7 +191,8 @@ class WebhookProvider(Provider):
         self._policy = AddressPolicy.from_allowlist(settings.webhook_allowlist)
         self._resolver = VettingResolver(self._policy, resolver)
         self._session: aiohttp.ClientSession | None = None
-        self._slots = asyncio.Semaphore(settings.webhook_concurrency)
+        self.concurrency = settings.webhook_concurrency
+        self.endpoint_concurrency = settings.webhook_endpoint_concurrency
         # Per device only the signature differs: bodies, keys and vetted URLs are computed once.
         self._bodies: dict[tuple[str, str], bytes] = {}
         self._keys: dict[str, list[bytes]] = {}
@@ -206,10 +218,14 @@ class WebhookProvider(Provider):
             )
         return self._session
 
-    async def send(self, batch: DeliveryBatch) -> list[DeliveryResult]:
+    async def prepare(self, batch: DeliveryBatch) -> Send:
         session = self._client()
-        deliveries = (self._deliver(session, batch.intent, device) for device in batch.devices)
-        return list(await asyncio.gather(*deliveries))
+        intent = batch.intent
+
+        async def send(device: Device) -> DeliveryResult:
+            return await self._deliver(session, intent, device)
+
+        return send
 
     async def _deliver(self, session: aiohttp.ClientSession, intent: Intent, device: Device) -> DeliveryResult:
         try:
@@ -223,28 +239,24 @@ class WebhookProvider(Provider):
         try:
             keys = _memo(self._keys, device.secret or "", lambda: signing_keys(device.secret or ""))
         except ValueError as exc:
-            return _failed(device, f"bad_secret: {exc}", retryable=False)
+            return _refused(device, f"bad_secret: {exc}")
         try:
             url = _memo(self._urls, device.address, lambda: self._policy.check_url(device.address))
         except AddressRefused as exc:
-            return _failed(device, f"ssrf_refused: {exc}", retryable=False)
+            return _refused(device, f"ssrf_refused: {exc}")
         except ValueError as exc:
-            return _failed(device, f"invalid_url: {type(exc).__name__}", retryable=False)
+            return _refused(device, f"invalid_url: {type(exc).__name__}")
         msg_id = webhook_id(intent.intent_id, device.device_id)
-        async with self._slots:
-            try:
-                return await self._post(session, url, device, msg_id, keys, body)
-            except AddressRefused as exc:  # raised by the resolver for a host name
-                return _failed(device, f"ssrf_refused: {exc}", retryable=False)
-            except aiohttp.InvalidURL as exc:
-                return _failed(device, f"invalid_url: {type(exc).__name__}", retryable=False)
-            except TimeoutError:
-                return _failed(device, "timeout", retryable=True)
-            except aiohttp.ClientError as exc:
-                return _failed(device, f"connection_error: {type(exc).__name__}", retryable=True)
-            except Exception as exc:
-                log.exception("webhook delivery to device %s failed unexpectedly", device.device_id)
-                return _failed(device, f"unexpected_error: {type(exc).__name__}", retryable=True)
+        try:
+            return await self._post(session, url, device, msg_id, keys, body)
+        except AddressRefused as exc:  # raised by the resolver for a host name
+            return _refused(device, f"ssrf_refused: {exc}")
+        except aiohttp.InvalidURL as exc:
+            return _refused(device, f"invalid_url: {type(exc).__name__}")
+        except TimeoutError:
+            return _failed(device, "timeout", retryable=True)
+        except aiohttp.ClientError as exc:
+            return _failed(device, f"connection_error: {type(exc).__name__}", retryable=True)
 
     async def _post(
         self,
