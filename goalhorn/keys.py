@@ -13,6 +13,9 @@ from typing import Literal
 
 Platform = Literal["fcm", "apns", "webhook"]
 PLATFORMS: tuple[Platform, ...] = ("fcm", "apns", "webhook")
+Lane = Literal["normal", "critical"]
+"""A provider's delivery queues are split by intent priority into lanes (``goalhorn.dispatch.lanes``)."""
+LANES: tuple[Lane, ...] = ("normal", "critical")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +106,19 @@ class Keys:
     def intent_queue(self) -> str:
         return f"{self.namespace}.intents.expand"
 
-    def delivery_queue(self, platform: Platform) -> str:
-        """dramatiq queue of one provider's delivery batches."""
-        return f"{self.namespace}.delivery.{platform}"
+    def delivery_queue(self, platform: Platform, lane: Lane = "normal") -> str:
+        """dramatiq queue of one provider's delivery batches of one lane: ``<ns>.delivery.<platform>``
+        for the normal lane, ``<ns>.delivery.<platform>.critical`` for the critical one."""
+        base = f"{self.namespace}.delivery.{platform}"
+        return base if lane == "normal" else f"{base}.{lane}"
 
-    def delivery_actor(self, platform: Platform) -> str:
-        return f"{self.namespace.replace('-', '_')}_deliver_{platform}"
+    def delivery_queues(self, platform: Platform) -> tuple[str, ...]:
+        """Every lane's queue of one provider (without dramatiq's ``.DQ`` and ``.XQ``)."""
+        return tuple(self.delivery_queue(platform, lane) for lane in LANES)
+
+    def delivery_actor(self, platform: Platform, lane: Lane = "normal") -> str:
+        base = f"{self.namespace.replace('-', '_')}_deliver_{platform}"
+        return base if lane == "normal" else f"{base}_{lane}"
 
     # --- Redis: live state (ingest) ----------------------------------------------------------
     def live_games(self) -> str:
@@ -222,3 +232,14 @@ class Keys:
     def ingest_quarantine(self) -> str:
         """LIST of the newest rejected feed payloads (JSON), capped."""
         return f"{self.namespace}:ingest:quarantine"
+
+    # --- Redis: subscriber data safety (issue 14) -------------------------------------------------
+    def subscriber_epoch(self) -> str:
+        """STRING token stored with the subscriber data: set (NX) by every writer of follower, device
+        or preference data, so Redis that restarted empty has none (``goalhorn.preferences.epoch``)."""
+        return f"{self.namespace}:subscribers:epoch"
+
+    def intent_counted(self, intent_id: str) -> str:
+        """STRING set NX once the fanout counted an intent done, so a redelivery is not counted again;
+        same hash tag as the intent's trace."""
+        return f"{self.namespace}:fanout:counted:{{{intent_id}}}"

@@ -51,12 +51,13 @@ async def test_batches_are_enqueued_and_an_unknown_segment_is_counted_not_raised
     async def enqueue(batch: EncodedBatch) -> None:
         enqueued.append(batch.decode())
 
-    consumer = IntentConsumer(Expander(redis, keys, default_catalog, batch_size=2), enqueue, counters)
+    expander = Expander(redis, keys, default_catalog, batch_size=2)
+    consumer = IntentConsumer(expander, enqueue, counters, redis=redis, keys=keys, buckets=settings.preference_buckets)
     good = intent(("scoring_team_followers", "match_watchers"))
     await consumer(BusMessage(body=good.to_json(), priority=9, message_id="i1", redelivered=False))
     assert sorted(d.device_id for b in enqueued for d in b.devices) == ["u1-a", "u2-a", "u3-a", "u4-a"]
     assert all(len(b.devices) <= 2 for b in enqueued)
-    bad = intent(("no_such_segment",))
+    bad = intent(("no_such_segment",)).model_copy(update={"intent_id": "i2"})
     await consumer(BusMessage(body=bad.to_json(), priority=9, message_id="i2", redelivered=False))
     snap = await counters.snapshot()
     assert snap.get("intents_done") == 2

@@ -78,10 +78,11 @@ async def snapshot(redis: Redis, namespace: str) -> dict[str, Any]:
 
 
 async def records(redis: Redis, namespace: str) -> dict[str, Any]:
-    """:func:`snapshot` without the namespace, the last-seen times, and the devices' added times."""
+    """:func:`snapshot` without the namespace, the last-seen times, the devices' added times and the
+    subscriber epoch (a random token per namespace)."""
     out = {}
     for key, value in (await snapshot(redis, namespace)).items():
-        if ":seen:" in key:
+        if ":seen:" in key or key == Keys(namespace).subscriber_epoch():
             continue
         if ":devices:" in key:
             value = {user: re.sub(rb',"added_at":"[^"]*"', b"", raw) for user, raw in value.items()}

@@ -263,7 +263,7 @@ class _ChunkWriter:
         await self._store.watch_markets(added["markets"])
         await self._store.follow_sports(added["sports"])
         await self._store.set_preferences(new_preferences)
-        await self._remove_members(removed)
+        await self._store.leave(removed)
         await self._remove_devices(removed_devices)
         await self._write_profiles(new_profiles)
         report.devices_written += len(new_devices)
@@ -289,13 +289,6 @@ class _ChunkWriter:
                 if record is not None:
                     preferences[user] = record
         return profiles, preferences
-
-    async def _remove_members(self, removed: Sequence[tuple[str, str]]) -> None:
-        if removed:
-            pipe = self._redis.pipeline(transaction=False)
-            for set_key, user in removed:
-                pipe.srem(set_key, user)
-            await pipe.execute()
 
     async def _remove_devices(self, removed: dict[str, list[str]]) -> None:
         """Each user's devices one after the other (each removal rewrites the user's record), users

@@ -2,13 +2,17 @@
 
 ``goalhorn run fanout`` runs it (as many as the intent load needs; RabbitMQ spreads intents over them).
 An intent is acked only after its last batch was confirmed by the broker, so a fanout process killed
-mid-intent leaves it to be expanded again elsewhere (the delivery markers drop the repeats). On stop
-the consumer takes no new intent and waits for those being expanded.
+mid-intent leaves it to be expanded again elsewhere (the delivery markers drop the repeats). While
+Redis is unreachable or has lost the subscriber data, intents are held unacked, not expanded to
+nobody (``goalhorn.segmenter.hold``, ``goalhorn.segmenter.epoch_watch``); ``/readyz`` says why. On
+stop the consumer takes no new intent, requeues those it holds and waits for those being expanded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Callable
 
 from goalhorn.app.parts import Parts
@@ -18,9 +22,14 @@ from goalhorn.keys import Keys
 from goalhorn.redis_client import Redis
 from goalhorn.segmenter.consumer import IntentConsumer
 from goalhorn.segmenter.expander import Expander
+from goalhorn.segmenter.hold import describe
 from goalhorn.settings import Settings
 
+log = logging.getLogger(__name__)
+
 NAME = "fanout"
+WATCH_INTERVAL_S = 5.0
+"""How often an idle fanout process checks the subscriber epoch, so a loss is reported before an intent meets it."""
 
 
 def make_expander(settings: Settings, redis: Redis, catalog: Callable[[], Catalog]) -> Expander:
@@ -45,8 +54,16 @@ class FanoutStage:
     def __init__(self, parts: Parts) -> None:
         self.parts = parts
         expander = make_expander(parts.settings, parts.redis, parts.catalog.current)
-        self.consumer = IntentConsumer(expander, parts.delivery.enqueue, parts.counters)
+        self.consumer = IntentConsumer(
+            expander,
+            parts.delivery.enqueue,
+            parts.counters,
+            redis=parts.redis,
+            keys=parts.keys,
+            buckets=parts.settings.preference_buckets,
+        )
         self._subscription: Subscription | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         queue = self.parts.keys.intent_queue
@@ -54,14 +71,39 @@ class FanoutStage:
         self._subscription = await self.parts.bus.consume(
             queue, self.consumer, prefetch=self.parts.settings.intent_prefetch
         )
+        self._watcher = asyncio.create_task(self._watch())
 
     def ready(self) -> bool:
         return self._subscription is not None
 
+    def alarms(self) -> list[str]:
+        """Why intents are not being expanded, for ``/readyz``."""
+        out = []
+        if self.consumer.watch.alarm is not None:
+            out.append(f"Redis lost the subscriber data ({self.consumer.watch.alarm}); intents are held")
+        gate = self.consumer.gate
+        if not gate.is_open:
+            out.append(f"fanout holds {gate.holding} intents: {gate.reason}")
+        return out
+
     async def stop(self) -> None:
         subscription, self._subscription = self._subscription, None
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        await self.consumer.close()
         if subscription is not None:
             await subscription.cancel()
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                await self.consumer.watch.check()
+            except Exception as exc:  # reported by the watch (a loss) or by /readyz (Redis down)
+                log.debug("subscriber epoch check failed: %s", describe(exc))
+            await asyncio.sleep(WATCH_INTERVAL_S)
 
 
 def build(settings: Settings, parts: Parts | None = None) -> FanoutStage:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from goalhorn.app import deliver, fanout, ingest
 from goalhorn.app.health import HealthServer
@@ -45,6 +45,13 @@ class Stage(Protocol):
     def ready(self) -> bool: ...
 
     async def stop(self) -> None: ...
+
+
+@runtime_checkable
+class Alarming(Protocol):
+    def alarms(self) -> list[str]:
+        """What keeps the stage from doing its work though it runs (for ``/readyz``)."""
+        ...
 
 
 _BUILDERS: dict[str, Callable[[Parts], Stage]] = {
@@ -102,6 +109,7 @@ async def serve_stages(
 
         async def readiness() -> list[str]:
             reasons = [f"{stage.name} is not running" for stage in stages if not stage.ready()]
+            reasons += [alarm for stage in stages if isinstance(stage, Alarming) for alarm in stage.alarms()]
             try:
                 await parts.redis.ping()
             except Exception as exc:  # any failure means "not ready", with why

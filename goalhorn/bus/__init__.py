@@ -4,7 +4,9 @@ Two backends with one behaviour: ``rabbitmq.RabbitBus`` (aio-pika; durable excha
 queues, persistent messages, publisher confirms with ``mandatory``, manual acks) and
 ``memory.MemoryBus`` (in-process, the embedded default and a test backend). A consumer's handler
 runs to completion before its message is acked; if it raises, the message is requeued and comes
-back with ``redelivered`` set.
+back with ``redelivered`` set. A handler that wants its message back later (its input is not
+available yet) waits as long as it sees fit and raises :class:`Requeue`: the same requeue, logged as
+one line instead of a failure with its traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
+from goalhorn.errors import BusError
 from goalhorn.settings import Settings
 
 MAX_PRIORITY = 10
@@ -32,6 +35,10 @@ class BusMessage:
 
 
 Handler = Callable[[BusMessage], Awaitable[None]]
+
+
+class Requeue(BusError):
+    """Raised by a handler to have its message requeued as planned, not as a failure."""
 
 
 class Subscription(abc.ABC):

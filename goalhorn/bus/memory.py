@@ -13,7 +13,7 @@ import itertools
 import logging
 from collections.abc import Iterable
 
-from goalhorn.bus import Bus, BusMessage, Handler, Subscription, check_publish
+from goalhorn.bus import Bus, BusMessage, Handler, Requeue, Subscription, check_publish
 from goalhorn.errors import BusError, UnknownQueue
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,9 @@ class MemoryBus(Bus):
             redelivery = BusMessage(message.body, message.priority, message.message_id, True, message.headers)
             try:
                 await handler(message)
+            except Requeue as exc:
+                log.info("%s message %s requeued: %s", queue, message.message_id, exc)
+                await q.put((neg_priority, seq, redelivery))
             except Exception:
                 log.exception("handler failed on %s message %s; requeued", queue, message.message_id)
                 await q.put((neg_priority, seq, redelivery))

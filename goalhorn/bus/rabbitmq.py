@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -32,7 +31,8 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 
-from goalhorn.bus import MAX_PRIORITY, Bus, BusMessage, Handler, Subscription, check_publish
+from goalhorn.backoff import Backoff
+from goalhorn.bus import MAX_PRIORITY, Bus, BusMessage, Handler, Requeue, Subscription, check_publish
 from goalhorn.errors import BusError, BusUnavailable, ConfigError, PublishNotConfirmed, UnknownQueue
 from goalhorn.keys import Keys
 from goalhorn.settings import Settings
@@ -265,7 +265,7 @@ class RabbitBus(Bus):
         # A channel-only failure leaves the connection up: drop it too, so the broker requeues what
         # it holds and everything restarts from one state.
         await _close_quietly(old.connection)
-        attempt = 0
+        backoff = Backoff(_FIRST_RETRY_DELAY_S, max(_FIRST_RETRY_DELAY_S, self._settings.reconnect_max_delay_s))
         while not self._closed:
             async with self._lock:
                 try:
@@ -273,17 +273,12 @@ class RabbitBus(Bus):
                 except Exception as exc:
                     failure: Exception = exc
                 else:
-                    log.info("reconnected to RabbitMQ after %d failed attempts", attempt)
+                    log.info("reconnected to RabbitMQ after %d failed attempts", backoff.failures)
                     self._install(link)
                     return
-            delay = self._backoff(attempt)
-            attempt += 1
-            log.warning("RabbitMQ reconnect attempt %d failed (%r); next in %.2fs", attempt, failure, delay)
+            delay = backoff.next_delay()
+            log.warning("RabbitMQ reconnect attempt %d failed (%r); next in %.2fs", backoff.failures, failure, delay)
             await asyncio.sleep(delay)
-
-    def _backoff(self, attempt: int) -> float:
-        ceiling = min(self._settings.reconnect_max_delay_s, _FIRST_RETRY_DELAY_S * 2 ** min(attempt, 30))
-        return random.uniform(ceiling / 2, ceiling)
 
     async def _wait_link(self, deadline: float) -> _Link:
         """The current link, waiting for a reconnection until ``deadline`` (loop time)."""
@@ -405,6 +400,9 @@ class _RabbitSubscription(Subscription):
             )
             try:
                 await self._handler(bus_message)
+            except Requeue as exc:
+                log.info("%s message %s requeued: %s", self._queue, message.message_id, exc)
+                await self._settle(message, ack=False)
             except Exception:
                 log.exception("handler failed on %s message %s; requeued", self._queue, message.message_id)
                 await self._settle(message, ack=False)

@@ -6,7 +6,9 @@ preferences record, each in one of ``buckets`` HASHes chosen by a hash of the us
 reads the devices and preferences of a whole chunk of users with one call per bucket, in one round
 trip, whatever the chunk size (``goalhorn.preferences.reader``). Every preference write also adds the
 user to the Bloom filter's pending set, so a filter built before the write can never hide it (see
-``goalhorn.preferences.bloom``).
+``goalhorn.preferences.bloom``). Every write of follows, devices or preferences sets the namespace's
+subscriber epoch first (``goalhorn.preferences.epoch``), so Redis that lost the data can be told
+from an audience that is really empty; other writers of these keys go through this store.
 
 Every write that reads a record to change it (devices, last-seen times, mutes, opt-ins) is one
 optimistic transaction: ``WATCH`` the hashes it reads, compute, ``MULTI``/``EXEC``, and start over
@@ -29,6 +31,7 @@ from redis.exceptions import WatchError
 from goalhorn.errors import ConfigError, StoreError
 from goalhorn.keys import Keys
 from goalhorn.models import Device, utcnow
+from goalhorn.preferences.epoch import SubscriberEpoch
 from goalhorn.preferences.model import (
     DEFAULT_PREFERENCES,
     Preferences,
@@ -103,6 +106,7 @@ class PreferenceStore:
         self._keys = keys
         self.buckets = buckets
         self._add_new_device = redis.register_script(_ADD_NEW_DEVICE)
+        self.epoch = SubscriberEpoch(redis, keys)
 
     # --- devices ------------------------------------------------------------------------------
     async def _rewrite(self, bucket_key: Callable[[int], str], user_ids: Iterable[str], change: Change) -> None:
@@ -124,6 +128,7 @@ class PreferenceStore:
         ]
         if not plan:
             return
+        await self.epoch.ensure()  # its own slot on Redis Cluster: not inside the transaction
         async with self._redis.pipeline(transaction=True) as pipe:
             for attempt in range(MAX_ATTEMPTS):
                 try:
@@ -182,6 +187,7 @@ class PreferenceStore:
         user = check_user_id(device.user_id)
         bucket = bucket_of(user, self.buckets)
         line = device.model_copy(update={"added_at": device.added_at or now}).to_json()
+        await self.epoch.ensure()
         outcome = await self._add_new_device(
             keys=[self._keys.device_bucket(bucket), self._keys.last_seen_bucket(bucket)],
             args=[user, device.device_id, line, max_devices, int(now.timestamp())],
@@ -265,6 +271,7 @@ class PreferenceStore:
         """Forget a user's devices, last-seen times and preferences (their follows are in the follower
         sets, which the caller knows); True if they had devices or preferences."""
         bucket = bucket_of(user_id, self.buckets)
+        await self.epoch.ensure()
         await self._redis.sadd(self._keys.bloom_pending(), user_id)
         pipe = self._redis.pipeline(transaction=True)  # one hash tag: the user's bucket
         pipe.hdel(self._keys.device_bucket(bucket), user_id)
@@ -294,8 +301,19 @@ class PreferenceStore:
             members[key(target)].append(check_user_id(user_id))
         if members:
             pipe = self._redis.pipeline(transaction=False)
+            self.epoch.stamp(pipe)
             for set_key, users in members.items():
                 pipe.sadd(set_key, *users)
+            await pipe.execute()
+
+    async def leave(self, memberships: Iterable[tuple[str, str]]) -> None:
+        """Take users out of follower sets: ``(set key, user id)`` pairs, in one round trip."""
+        pairs = list(memberships)
+        if pairs:
+            pipe = self._redis.pipeline(transaction=False)
+            self.epoch.stamp(pipe)
+            for set_key, user_id in pairs:
+                pipe.srem(set_key, user_id)
             await pipe.execute()
 
     async def follow_teams(self, follows: Iterable[tuple[str, str]]) -> None:
@@ -303,28 +321,28 @@ class PreferenceStore:
         await self._add_members(self._keys.team_followers, follows)
 
     async def unfollow_team(self, user_id: str, team_id: str) -> None:
-        await self._redis.srem(self._keys.team_followers(team_id), user_id)
+        await self.leave([(self._keys.team_followers(team_id), user_id)])
 
     async def watch_matches(self, watches: Iterable[tuple[str, str]]) -> None:
         """Record ``(user_id, game_id)`` watches."""
         await self._add_members(self._keys.match_watchers, watches)
 
     async def unwatch_match(self, user_id: str, game_id: str) -> None:
-        await self._redis.srem(self._keys.match_watchers(game_id), user_id)
+        await self.leave([(self._keys.match_watchers(game_id), user_id)])
 
     async def watch_markets(self, watches: Iterable[tuple[str, str]]) -> None:
         """Record ``(user_id, token_id)`` market watches."""
         await self._add_members(self._keys.market_watchers, watches)
 
     async def unwatch_market(self, user_id: str, token_id: str) -> None:
-        await self._redis.srem(self._keys.market_watchers(token_id), user_id)
+        await self.leave([(self._keys.market_watchers(token_id), user_id)])
 
     async def follow_sports(self, follows: Iterable[tuple[str, str]]) -> None:
         """Record ``(user_id, sport)`` follows of a whole sport."""
         await self._add_members(self._keys.sport_fans, follows)
 
     async def unfollow_sport(self, user_id: str, sport: str) -> None:
-        await self._redis.srem(self._keys.sport_fans(sport), user_id)
+        await self.leave([(self._keys.sport_fans(sport), user_id)])
 
     # --- preferences --------------------------------------------------------------------------
     async def preferences_of(self, user_id: str) -> Preferences:
@@ -341,6 +359,7 @@ class PreferenceStore:
             check_user_id(user_id)
             zone(prefs.time_zone)
         pipe = self._redis.pipeline(transaction=False)
+        self.epoch.stamp(pipe)
         for bucket, users in group_by_bucket(preferences, self.buckets).items():
             key = self._keys.preference_bucket(bucket)
             custom = {u: preferences[u].encode() for u in users if not preferences[u].is_default()}

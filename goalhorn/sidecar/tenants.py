@@ -7,13 +7,15 @@ what it writes is always under the stored id. The user record holds what the pre
 not: the locale new devices get, and when the user was created. Follows made through the API are
 also remembered per user, so deleting a user leaves every follower set it joined; those of users
 that came in through ``POST /v1/users:import`` are in the import's profile record, which is read too.
+Follower sets, devices and preferences are written through the preference store (which keeps the
+subscriber epoch with them, ``goalhorn.preferences.epoch``).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -51,6 +53,12 @@ class TenantUsers:
             "matches": keys.match_watchers,
             "markets": keys.market_watchers,
             "sports": keys.sport_fans,
+        }
+        self._joins: dict[FollowKind, Callable[[Iterable[tuple[str, str]]], Awaitable[None]]] = {
+            "teams": store.follow_teams,
+            "matches": store.watch_matches,
+            "markets": store.watch_markets,
+            "sports": store.follow_sports,
         }
 
     async def get(self, tenant: str, user_id: str) -> UserRecord | None:
@@ -106,11 +114,11 @@ class TenantUsers:
         user = stored_id(tenant, user_id)
         # The user's own list first: a delete that runs in between still finds the set to leave.
         await self._redis.sadd(self._keys.user_follows(user), f"{kind}:{target}")
-        await self._redis.sadd(self._follow_sets[kind](target), user)
+        await self._joins[kind]([(user, target)])
 
     async def unfollow(self, tenant: str, user_id: str, kind: FollowKind, target: str) -> None:
         user = stored_id(tenant, user_id)
-        await self._redis.srem(self._follow_sets[kind](target), user)
+        await self._store.leave([(self._follow_sets[kind](target), user)])
         await self._redis.srem(self._keys.user_follows(user), f"{kind}:{target}")
 
     async def delete(self, tenant: str, user_id: str) -> bool:
@@ -119,9 +127,10 @@ class TenantUsers:
         if not await self._redis.hdel(self._keys.tenant_users(tenant), user_id):
             return False
         user = stored_id(tenant, user_id)
-        for kind, targets in (await self.follows(tenant, user_id)).items():
-            for target in targets:
-                await self._redis.srem(self._follow_sets[kind](target), user)
+        follows = await self.follows(tenant, user_id)
+        await self._store.leave(
+            (self._follow_sets[kind](target), user) for kind, targets in follows.items() for target in targets
+        )
         await self._redis.delete(self._keys.user_follows(user))
         await self._redis.hdel(profile_bucket(self._keys, bucket_of(user, self._store.buckets)), user)
         await self._store.remove_user(user)
