@@ -239,6 +239,7 @@ class _Run:
         self._todo = deque(batch.devices)
         self._ready: deque[Device] = deque()
         self._claiming = asyncio.Lock()
+        self._parked: dict[str, deque[Device]] = {}
         self.holding: set[str] = set()
         """Devices claimed by this run and not answered yet."""
         self.active = 0
@@ -272,6 +273,20 @@ class _Run:
             else:
                 window.append(device)
         return window
+
+    def park(self, device: Device, circuit: str) -> None:
+        """Set a claimed device aside until its endpoint has room."""
+        self._parked.setdefault(circuit, deque()).append(device)
+
+    def unparked(self, endpoints: _EndpointSlots | None) -> tuple[Device, str] | None:
+        """A parked device whose endpoint has room (any parked device if ``endpoints`` is None)."""
+        for circuit, devices in self._parked.items():
+            if endpoints is None or not endpoints.busy(circuit):
+                device = devices.popleft()
+                if not devices:
+                    del self._parked[circuit]
+                return device, circuit
+        return None
 
     def defer(self, device: Device, wait_s: float) -> None:
         self.tally.defer(device, wait_s)
@@ -406,7 +421,9 @@ class Deliverer:
 
     async def _work(self, run: _Run) -> None:
         """One of a batch's workers: a shared slot, a claimed device, its endpoint's cap, then the send;
-        until the batch has no device left."""
+        until the batch has no device left. A device whose endpoint is at its cap is parked while the
+        worker goes on with others; parked devices go once their endpoint has room, or last, then
+        waiting for it without holding a shared slot."""
         slots = self._platform_slots(run.provider)
         endpoints = self._endpoint_slots_of(run.provider)
         while True:
@@ -414,14 +431,29 @@ class Deliverer:
             run.active += 1
             holding = True
             try:
-                device = await run.next_device()
-                if device is None:
-                    return
-                circuit = run.provider.circuit(device)
                 if endpoints is None:
-                    await self._attempt(run, device, circuit)
+                    device = await run.next_device()
+                    if device is None:
+                        return
+                    await self._attempt(run, device, run.provider.circuit(device))
                     continue
-                if endpoints.busy(circuit):  # wait for the endpoint without holding a shared slot
+                last = False
+                parked = run.unparked(endpoints)
+                if parked is None:
+                    device = await run.next_device()
+                    if device is None:
+                        parked, last = run.unparked(None), True
+                        if parked is None:
+                            return
+                if parked is not None:
+                    device, circuit = parked
+                else:
+                    assert device is not None
+                    circuit = run.provider.circuit(device)
+                    if endpoints.busy(circuit):
+                        run.park(device, circuit)
+                        continue
+                if last and endpoints.busy(circuit):  # nothing else to do: wait, but not on a shared slot
                     run.active -= 1
                     slots.release()
                     holding = False
