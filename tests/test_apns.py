@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from goalhorn.models import DeliveryBatch, Device
+from goalhorn.providers import collapse_id
 from goalhorn.providers.apns import ApnsProvider, result_for_notification
 from goalhorn.sandbox.apns_server import ApnsSandbox
 from goalhorn.settings import Settings
@@ -126,3 +127,17 @@ def test_recorded_apns_errors_map_to_outcomes() -> None:
         expected = "failed" if body["reason"] == "MissingDeviceToken" else "invalid_token"
         assert result.outcome == expected, name
         assert not result.retryable
+
+
+async def test_a_collapse_key_longer_than_64_bytes_is_cut_with_a_hash_and_every_push_goes(sandbox) -> None:
+    long_key = "game:" + "é" * 40 + ":score"  # 91 bytes of UTF-8
+    async with ApnsProvider(settings_for(sandbox)) as provider:
+        results = await provider.send(apns_batch(3, collapse_key=long_key))
+        other = await provider.send(apns_batch(1, collapse_key=long_key.replace("score", "state")))
+    assert [r.outcome for r in results + other] == ["sent"] * 4
+    sent = [request.headers["apns-collapse-id"] for request in sandbox.requests]
+    assert all(len(collapse.encode()) <= 64 for collapse in sent)
+    assert len(set(sent[:3])) == 1, "the same key gives the same id on every push"
+    assert sent[3] != sent[0], "another key, another id"
+    assert sent[0] == collapse_id(long_key)
+    assert collapse_id("g1-score") == "g1-score", "a key that fits is kept as it is"

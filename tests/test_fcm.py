@@ -14,6 +14,7 @@ from firebase_admin import messaging
 from goalhorn.catalog import default_catalog
 from goalhorn.errors import ProviderAuthError
 from goalhorn.models import DeliveryBatch, Device
+from goalhorn.providers import collapse_id
 from goalhorn.providers.fcm import FcmProvider, build_message, result_for_response
 from goalhorn.sandbox.fcm_server import FcmSandbox, sandbox_certificate
 from goalhorn.settings import Settings
@@ -66,6 +67,9 @@ async def test_low_priority_intent_is_normal_and_collapses() -> None:
         "apns-collapse-id": "g1-score",
         "apns-expiration": str(int(intent.expires_at.timestamp())),
     }
+    long_key = "g1-" + "x" * 80
+    relayed = build_message(intent.model_copy(update={"collapse_key": long_key}), "en", default_catalog().render)
+    assert relayed["apns"]["headers"]["apns-collapse-id"] == collapse_id(long_key), "APNs takes 64 bytes at most"
 
 
 async def test_unregistered_and_malformed_tokens_are_per_token_outcomes(sandbox, fcm_settings) -> None:
