@@ -82,13 +82,25 @@ def test_small_edges_unchanged_edges_and_games_not_live_do_not_signal() -> None:
     fusion = engine(min_edge_cents=5.0)
     fusion.on_state(nba(100, 98), T0)
     assert fusion.on_book(book("111", 0.74), T0) == []
-    assert len(fusion.on_book(book("111", 0.70), T0)) == 1
+    [signal] = fusion.on_book(book("111", 0.70), T0)
+    fusion.sent(signal)
     assert fusion.on_book(book("111", 0.705), T0) == []
-    assert len(fusion.on_book(book("111", 0.65), T0)) == 1
+    [signal] = fusion.on_book(book("111", 0.65), T0)
+    fusion.sent(signal)
     fusion.on_state(nba(100, 98, at=T0 + timedelta(seconds=2), status=GameStatus.FINAL), T0 + timedelta(seconds=2))
     assert fusion.skipped["below_min_edge"] >= 1
     assert fusion.skipped["unchanged"] == 1
     assert fusion.skipped["not_live"] >= 1
+
+
+def test_a_signal_not_reported_sent_is_made_again() -> None:
+    """Its publish failed (the broker was down): the next evaluation is not taken for a repeat."""
+    fusion = engine(min_edge_cents=5.0)
+    fusion.on_state(nba(100, 98), T0)
+    assert len(fusion.on_book(book("111", 0.70), T0)) == 1
+    [again] = fusion.on_book(book("111", 0.70), T0 + timedelta(seconds=1))
+    fusion.sent(again)
+    assert fusion.on_book(book("111", 0.70), T0 + timedelta(seconds=2)) == []
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,7 @@ from goalhorn.errors import StoreError
 from goalhorn.keys import Keys
 from goalhorn.models import Device
 from goalhorn.preferences.bloom import PreferenceBloom
+from goalhorn.preferences.epoch import Epoch, SubscriberEpoch
 from goalhorn.preferences.layout import check_layout
 from goalhorn.preferences.model import DEFAULT_PREFERENCES, Preferences, decode_devices
 from goalhorn.preferences.reader import group_by_bucket
@@ -343,6 +344,19 @@ def _preferences(raw: bytes | None) -> Preferences | None:
         return Preferences.decode(raw)
     except (ValueError, TypeError, IndexError, KeyError):
         return None
+
+
+# --- after a loss ---------------------------------------------------------------------------------
+async def declare_restored(redis: Redis, settings: Settings) -> tuple[Epoch | None, Epoch]:
+    """Declare the namespace's subscriber data whole again, once it was restored after Redis lost it:
+    a new subscriber epoch that every fanout process accepts, so they stop holding intents
+    (``goalhorn.segmenter.epoch_watch``). Returns the epoch before and the new one."""
+    epoch = SubscriberEpoch(redis, Keys(settings.namespace))
+    try:
+        before = await epoch.read()
+        return before, await epoch.restore()
+    except RedisError as exc:
+        raise StoreError(f"Redis failed ({type(exc).__name__}: {exc})") from exc
 
 
 # --- export ---------------------------------------------------------------------------------------

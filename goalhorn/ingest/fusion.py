@@ -6,7 +6,9 @@ signal is emitted when the fair value of the token's side exceeds the best ask b
 ``min_edge_cents``, and only when both inputs are fresh (the book no older than ``max_book_age_s``,
 the game state no older than ``max_state_age_s``) and the game is live; everything skipped is
 counted in ``goalhorn_fusion_skipped_total{reason}``. The same edge is not signalled twice in a
-row: a token signals again only once its ask or fair value has moved by a cent or more.
+row: a token signals again only once its ask or fair value has moved by a cent or more from the last
+signal its caller reported :meth:`EdgeEngine.sent` (published and confirmed), so a signal whose
+publish failed is made again at the next evaluation instead of being taken as already sent.
 """
 
 from __future__ import annotations
@@ -70,6 +72,10 @@ class EdgeEngine:
         signal = self._evaluate(market, now or utcnow())
         return [] if signal is None else [signal]
 
+    def sent(self, signal: EdgeSignal) -> None:
+        """``signal`` went out (its intents were confirmed): the same edge is not signalled again."""
+        self._last[signal.token_id] = (signal.fair, signal.ask)
+
     def _skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
         SKIPPED.labels(reason).inc()
@@ -106,7 +112,6 @@ class EdgeEngine:
         if last is not None and abs(last[0] - fair) < _MOVE and abs(last[1] - book.best_ask) < _MOVE:
             self._skip("unchanged")
             return None
-        self._last[market.token_id] = (fair, book.best_ask)
         SIGNALS.inc()
         return EdgeSignal(
             token_id=market.token_id,

@@ -7,6 +7,8 @@ the claimed events (alert rules) and an edge intent for every signal on the bus.
 confirmed counts as done: those events are marked done, and then the differ keeps the new state of
 their game and live state stores it. A game whose event could not be built or published keeps its
 old state, so the next poll derives the event again and the retry is not taken for a duplicate.
+Likewise a signal is reported sent to the edge engine only once its intents were confirmed, so a
+publish that failed (the broker down) is signalled again on the next poll or book update.
 """
 
 from __future__ import annotations
@@ -138,6 +140,8 @@ class Ingestor:
                 for intent in edge_intents(signal, game, self.rules, moment):
                     await self._publish(intent)
                     out.intents.append(intent)
+            if self.engine is not None:
+                self.engine.sent(signal)
         return out
 
     async def _publish_events(self, events: Sequence[GameEvent], moment: datetime, out: Absorbed) -> Exception | None:

@@ -18,8 +18,15 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from goalhorn.admin.subscriber_lines import Subscriber, format_line
-from goalhorn.admin.subscribers import ImportReport, Rejection, export_subscribers, import_subscribers
+from goalhorn.admin.subscribers import (
+    ImportReport,
+    Rejection,
+    declare_restored,
+    export_subscribers,
+    import_subscribers,
+)
 from goalhorn.errors import ConfigError, GoalhornError
+from goalhorn.preferences.epoch import Epoch
 from goalhorn.redis_client import make_redis
 from goalhorn.settings import Settings, load_settings
 
@@ -144,6 +151,26 @@ def export(
         except OSError as exc:
             _fail(f"cannot write {file}: {exc.strerror or exc}")
     typer.echo(f"exported {len(subscribers):,} subscribers", err=True)
+
+
+@app.command("restored")
+def restored() -> None:
+    """Declare the subscribers whole again after Redis lost them and they were re-imported: fanout
+    processes holding intents (goalhorn_redis_data_lost) expand them again."""
+    settings = _settings()
+    try:
+        before, after = asyncio.run(_restored(settings))
+    except GoalhornError as exc:
+        _fail(str(exc))
+    typer.echo(f"subscriber epoch {before or '(none)'} -> {after}: fanout processes expand held intents again")
+
+
+async def _restored(settings: Settings) -> tuple[Epoch | None, Epoch]:
+    redis = make_redis(settings)
+    try:
+        return await declare_restored(redis, settings)
+    finally:
+        await redis.aclose()
 
 
 async def _export(settings: Settings) -> list[Subscriber]:

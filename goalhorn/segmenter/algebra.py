@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from typing import TypeVar, cast
 
 from goalhorn.redis_client import Redis
@@ -24,7 +24,7 @@ from goalhorn.segmenter.definitions import Members, Op, Resolved, SetKey
 T = TypeVar("T")
 
 
-async def read_ahead(chunks: AsyncIterator[T], depth: int = 2) -> AsyncIterator[T]:
+async def read_ahead(chunks: AsyncIterator[T], depth: int = 2) -> AsyncGenerator[T, None]:
     """Yield ``chunks`` while a task reads up to ``depth`` more, so Redis round trips overlap the work
     done on the current chunk. Stacked, each stage runs ahead of the next (Redis interleaves the
     stages' connections); the reader's error is raised here, and stopping early cancels it."""
@@ -38,6 +38,12 @@ async def read_ahead(chunks: AsyncIterator[T], depth: int = 2) -> AsyncIterator[
             await queue.put((False, None, exc))
         else:
             await queue.put((False, None, None))
+        finally:
+            # Closed here, in its own task, not left half-way for the garbage collector to finalize.
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
 
     task = asyncio.create_task(pump())
     try:
@@ -54,7 +60,7 @@ async def read_ahead(chunks: AsyncIterator[T], depth: int = 2) -> AsyncIterator[
             await task
 
 
-async def overlapped(starts: AsyncIterator[Awaitable[T]], depth: int = 3) -> AsyncIterator[T]:
+async def overlapped(starts: AsyncIterator[Awaitable[T]], depth: int = 3) -> AsyncGenerator[T, None]:
     """The results of ``starts`` in order, with up to ``depth`` of them running at once (each round
     trip on its own connection), so Redis always has the next requests queued while the current
     result is worked on. A finished result is yielded at once, not after ``depth`` more were started

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import aclosing
 
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -67,7 +68,9 @@ class IntentConsumer:
         self._failures: OrderedDict[str, Backoff] = OrderedDict()
 
     async def probe(self) -> None:
-        """Whether an intent could be expanded now: Redis answers and holds whole subscriber data."""
+        """Whether an intent could be expanded now: Redis answers and holds whole subscriber data.
+        Idle connections are dropped first: after a restart each would fail once more, mid-expansion."""
+        await self._redis.connection_pool.disconnect(inuse_connections=False)
         await self._redis.ping()
         await self.watch.check()
 
@@ -137,11 +140,12 @@ class IntentConsumer:
             return
         epoch = await self.watch.check()
         queued: Counter[str] = Counter()
-        async for batch in self._expander.expand(intent, stats, segments=segments):
-            await self._enqueue(batch)
-            await self._counters.add({"batches_published": 1})
-            queued[f"batches:{batch.platform}"] += 1
-            queued[f"devices:{batch.platform}"] += batch.size
+        async with aclosing(self._expander.expand(intent, stats, segments=segments)) as batches:
+            async for batch in batches:
+                await self._enqueue(batch)
+                await self._counters.add({"batches_published": 1})
+                queued[f"batches:{batch.platform}"] += 1
+                queued[f"devices:{batch.platform}"] += batch.size
         if await self.watch.check() != epoch and epoch is not None:
             raise SubscriberDataLost(f"the subscriber epoch changed from {epoch} during the expansion")
         done = utcnow()

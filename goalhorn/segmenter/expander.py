@@ -24,6 +24,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -155,9 +156,11 @@ class Expander:
             members = read_ahead(self._algebra.stream(expr, sizes), depth=4)
             carry: list[_Wanted] = []  # let through by their preferences, devices not read yet
             reads = self._chunks(members, segment, segments[:index], prefilter, stats, eligibility, carry)
-            async for chunk in overlapped(reads, depth=8):
-                for batch in await self._batches(chunk, segment, intent, eligibility, cutter, stats, now, dry_run):
-                    yield batch
+            # Closed in order when the expansion stops early (an error, or its reader gave up).
+            async with aclosing(members), aclosing(reads), aclosing(overlapped(reads, depth=8)) as chunks:
+                async for chunk in chunks:
+                    for batch in await self._batches(chunk, segment, intent, eligibility, cutter, stats, now, dry_run):
+                        yield batch
             if carry:
                 taken, carry[:] = carry[:], []
                 last = _Chunk([], taken, await self._reader.devices([w.user_id for w in taken]))
@@ -204,7 +207,7 @@ class Expander:
         stats: ExpansionStats,
         eligibility: Eligibility,
         carry: list[_Wanted],
-    ) -> AsyncIterator[Awaitable[_Chunk]]:
+    ) -> AsyncGenerator[Awaitable[_Chunk], None]:
         """Reads of chunks of members with their records, to be run (:func:`overlapped`): one by one
         for the Bloom filter's maybes, members of earlier segments, and everyone when the segment
         filters by locale; in bulk for the rest. Each read also fetches the devices of the users in
