@@ -240,6 +240,7 @@ class _Run:
         self._ready: deque[Device] = deque()
         self._claiming = asyncio.Lock()
         self._parked: dict[str, deque[Device]] = {}
+        self._claimed_once = False
         self.holding: set[str] = set()
         """Devices claimed by this run and not answered yet."""
         self.active = 0
@@ -256,7 +257,8 @@ class _Run:
                 window = self._window(max(MIN_WINDOW, self.active))
                 if not window:
                     continue
-                claims = await self._markers.claim(self.batch.intent, window)
+                claims = await self._markers.claim(self.batch.intent, window, patient=self._claimed_once)
+                self._claimed_once = True
                 self.tally.claimed(self.platform, claims, "superseded")
                 self._ready.extend(claims.claimed)
                 self.holding.update(d.device_id for d in claims.claimed)

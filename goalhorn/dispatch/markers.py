@@ -17,7 +17,11 @@ Counting is done from these transitions: ``finish`` returns how many markers it 
 
 Writes after a send (finishes, releases) are retried while Redis is unreachable, for up to one
 lease: a push the provider accepted must be recorded, or it is sent again once its claim runs out.
-A claim is not retried: nothing was sent yet, so the batch can simply wait (``goalhorn.dispatch.failures``).
+A batch's first claim is not retried: nothing was sent yet, so the batch can simply wait
+(``goalhorn.dispatch.failures``). Its later windows' claims are (``patient``), for up to one lease: the
+batch has sent devices whose counts it adds only at its end, and an outage shorter than a lease
+should not abort it. (Should the reply of a claim be lost, the retry finds its own claims held, and
+those devices wait out the lease like any held device.)
 
 Superseding (``newest``): with a collapse key, a second key per (collapse key, device) holds the event
 time of the newest intent claimed for that device, checked and raised in one script per window. It
@@ -153,9 +157,20 @@ class DeliveryMarkers:
         self._renew = redis.register_script(_RENEW)
         self._newest = redis.register_script(_NEWEST)
 
-    async def claim(self, intent: Intent, devices: Sequence[Device], *, final: Final | None = None) -> Claims:
+    async def claim(
+        self, intent: Intent, devices: Sequence[Device], *, final: Final | None = None, patient: bool = False
+    ) -> Claims:
         """Claim every device that has not ended and is not held (or, with ``final``, end it so), in
-        one round trip; with a collapse key, first check for newer intents (one more)."""
+        one round trip; with a collapse key, first check for newer intents (one more). ``patient``:
+        retried while Redis is unreachable, for up to one lease."""
+        if patient:
+            out: list[Claims] = []
+
+            async def attempt() -> None:
+                out.append(await self.claim(intent, devices, final=final))
+
+            await self._persist(attempt, len(devices))
+            return out[-1]
         stale: list[Device] = []
         fresh: Sequence[Device] = devices
         if final is None and intent.collapse_key:
@@ -230,6 +245,6 @@ class DeliveryMarkers:
                 if not redis_unavailable(exc) or left <= 0:
                     raise
                 if delay == WRITE_RETRY_FIRST_S:
-                    log.warning("Redis unavailable (%s): holding %d marker writes", type(exc).__name__, size)
+                    log.warning("Redis unavailable (%s): holding %d marker operations", type(exc).__name__, size)
             await asyncio.sleep(min(delay, left))
             delay = min(delay * 2, WRITE_RETRY_MAX_S)
