@@ -18,10 +18,10 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 # Only the directories that exist: bench/ and tools/ may not yet.
-LINT_DIRS := $(wildcard goalhorn tests bench tools)
+LINT_DIRS := $(wildcard goalhorn tests bench tools chaos)
 TYPE_DIRS := $(wildcard goalhorn tests)
 
-.PHONY: help install demo services lint typecheck pytest test bench lock clean distclean
+.PHONY: help install demo services lint typecheck pytest test bench chaos lock clean distclean
 
 help: ## list the targets
 	@echo "usage: make TARGET   (PYTHON=$(PYTHON), PYTEST_ARGS='$(PYTEST_ARGS)')"
@@ -98,6 +98,10 @@ bench: $(STAMP) ## run the benchmarks (bench/)
 	else \
 	  echo "no benchmarks yet (bench/__main__.py does not exist)"; \
 	fi
+
+# Its own RabbitMQ node and Redis servers on free ports: never the services `make test` uses.
+chaos: $(STAMP) ## the chaos suite: faults under load, a row per scenario (CHAOS_QUICK=1: the quick set, < 3 min)
+	$(BIN)/python -m chaos
 
 # The stamp is touched last: the venv now matches constraints.txt by construction.
 lock: $(STAMP) ## rewrite constraints.txt from what .venv has installed

@@ -1,0 +1,53 @@
+"""A flood of low-priority intents while goals trickle in: the goals' latency must hold."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime
+
+from chaos.report import Row
+from chaos.rig import percentile, records
+from chaos.scenarios import Context, goal
+
+GOAL_P99_TARGET_S = 5.0
+
+
+def flood(ctx: Context) -> Row:
+    row = Row("low-priority-flood")
+    flood_size = ctx.size(50_000, 5_000)
+    with ctx.deployment("flood") as d:
+        d.start_stages(fanout=1, deliver=2)
+        crowd = d.audience("lo", 1, mix=(("fcm", 100),))
+        fans = d.audience("hi", ctx.size(300, 100))
+        lows = [goal(d, "lo", n, priority=1) for n in range(flood_size)]
+
+        def publish_flood() -> None:
+            for intent in lows:
+                d.publish(intent, crowd)
+
+        started = time.time()
+        flooding = threading.Thread(target=publish_flood, daemon=True)
+        flooding.start()
+        goals: dict[str, float] = {}
+        while flooding.is_alive() or len(goals) < 3:
+            time.sleep(2.0)
+            intent = goal(d, "hi", len(goals) + 1, priority=9)
+            goals[intent.intent_id] = d.publish(intent, fans).timestamp()
+        flooding.join()
+        took = time.time() - started
+        row.notes.append(f"{flood_size:,} priority-1 intents published in {took:.0f} s, {len(goals)} goals meanwhile")
+        report = d.ledger.wait(timeout_s=ctx.size(600, 240), settle_s=5)
+        waits = [
+            datetime.fromisoformat(r["at"]).timestamp() - goals[r["intent_id"]]
+            for r in records(d.record)
+            if r.get("intent_id") in goals
+        ]
+        p99 = percentile(waits, 99)
+        row.check(
+            "goal pushes' p99 from publish to provider",
+            f"{p99:.2f} s",
+            f"< {GOAL_P99_TARGET_S:.0f} s",
+            p99 < GOAL_P99_TARGET_S,
+        )
+        return d.settle(row, report, started)
