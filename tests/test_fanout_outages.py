@@ -15,7 +15,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from goalhorn.admin.subscribers import declare_restored
-from goalhorn.bus import BusMessage
+from goalhorn.app.fanout import FanoutStage
+from goalhorn.app.parts import Parts
+from goalhorn.bus import Bus, BusMessage
 from goalhorn.bus.rabbitmq import RabbitBus
 from goalhorn.catalog import default_catalog
 from goalhorn.counters import PipelineCounters
@@ -100,7 +102,7 @@ async def running_fanout(
         await bus.aclose()
 
 
-async def publish(bus: RabbitBus, settings: Settings, *intent_ids: str) -> None:
+async def publish(bus: Bus, settings: Settings, *intent_ids: str) -> None:
     for intent_id in intent_ids:
         intent = make_intent(intent_id).model_copy(update={"segments": ("scoring_team_followers",)})
         await bus.publish(Keys(settings.namespace).intent_queue, intent.to_json(), priority=9, message_id=intent_id)
@@ -185,3 +187,21 @@ async def test_intents_are_held_not_spun_while_redis_is_down_and_not_acked_when_
             assert sum(fanout.deliveries[i] for i in ids) <= 10 + 4
         finally:
             await redis.aclose()
+
+
+async def test_a_stopping_fanout_requeues_the_intents_it_holds_at_once() -> None:
+    with RedisServer() as server:
+        settings = make_settings("real").model_copy(update={"redis_url": server.url})
+        parts = Parts.build(settings)
+        stage = FanoutStage(parts)
+        try:
+            await stage.start()
+            server.stop()
+            await publish(parts.bus, settings, "goal-1", "goal-2", "goal-3")
+            await until(lambda: stage.consumer.gate.holding == 3)
+            assert any("fanout holds 3 intents" in alarm for alarm in stage.alarms())
+            async with asyncio.timeout(5):  # not the 60 s an intent may wait at the gate
+                await stage.stop()
+            assert await parts.bus.depth(Keys(settings.namespace).intent_queue) == 3  # back in the queue
+        finally:
+            await parts.aclose()

@@ -93,9 +93,13 @@ class FanoutStage:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+        # The subscription takes nothing new from its first step; meanwhile the held intents are let go
+        # (requeued), so the cancel does not wait out their hold.
+        cancelling = asyncio.create_task(subscription.cancel()) if subscription is not None else None
+        await asyncio.sleep(0)
         await self.consumer.close()
-        if subscription is not None:
-            await subscription.cancel()
+        if cancelling is not None:
+            await cancelling
 
     async def _watch(self) -> None:
         while True:
