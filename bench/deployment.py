@@ -21,16 +21,18 @@ API::
     # on exit: every process stopped (SIGTERM, then SIGKILL), the namespace's Redis keys and
     # RabbitMQ queues deleted, the sandbox stopped.
 
-- :class:`Deployment` ``(work_dir, *, redis_url, amqp_url, namespace, env, webhook_secret, control)``: a context
-  manager (sync; its helpers that talk to Redis or RabbitMQ are coroutines). ``env`` is added to every
-  process's environment (``GOALHORN_*`` of the caller's own environment are left out). ``processes``
-  maps names to :class:`tests.processes.Process` (``.proc.pid``, ``.log()``, ``.wait_for(regex)``).
-  ``start(stage, name=, env=, wait=True)`` starts ``goalhorn run <stage> --metrics-port <free port>``
-  (stage ``fanout``, ``deliver``, ``ingest`` or ``all``); ``kill`` (SIGKILL), ``terminate`` (SIGTERM and
-  wait; returns the exit code), ``restart(name, kill=True)``; ``peak_rss_mb`` (``VmHWM``; also kept after
-  the process exits when it was read by :meth:`Deployment.sample`), ``cpu_s`` (user + system time),
-  ``metrics`` (the ``/metrics`` samples as ``{"name{labels}": value}``); ``env`` is what the processes
-  get (sandbox exports included); ``record`` the sandbox's JSONL; ``settings()`` the same as
+- :class:`Deployment` ``(work_dir, *, redis_url, amqp_url, namespace, env, webhook_secret, control)``: a
+  context manager (sync; its helpers that talk to Redis or RabbitMQ are coroutines). ``env`` is added to
+  every process's environment (``GOALHORN_*`` of the caller's own environment are left out).
+  ``processes`` maps names to :class:`tests.processes.Process` (``.proc.pid``, ``.log()``,
+  ``.wait_for(regex)``). ``start(stage, name=, env=, wait=True)`` starts ``goalhorn run <stage>
+  --metrics-port <free port>`` (stage ``fanout``, ``deliver``, ``ingest`` or ``all``);
+  ``start_stages(fanout=, deliver=, env=)``; ``kill`` (SIGKILL), ``terminate`` (SIGTERM and wait;
+  returns the exit code), ``restart(name, kill=True)``; ``delete_queues()`` (with the stages stopped:
+  drops a backlog); ``peak_rss_mb`` (``VmHWM``, kept across restarts and after the process exits once
+  :meth:`Deployment.sample` read it); ``cpu_s`` (user + system time of the current run); ``metrics``
+  (``/metrics`` as ``{"name{labels}": value}``). ``env`` is what the processes get (sandbox exports
+  included), ``record`` the sandbox's JSONL, ``settings()`` the same as
   :class:`goalhorn.settings.Settings`; with ``control=True`` the sandbox also serves its control
   endpoint (fault windows, counts) at ``control_url``.
 - :meth:`Deployment.load_audience` ``(team, size, *, mix=MIX, chunk=...)`` -> :class:`Audience`: ``size``
@@ -39,14 +41,16 @@ API::
   sandbox receiver with its secret. Addresses encode the audience's tag and the follower's index, so a
   record maps back to its device without a table.
 - :func:`goal_intent` ``(namespace, team, n, *, priority=9, ttl_s=300, collapse_key=..., kind=GOAL)``:
-  an intent for the team's followers whose rendered body is unique per ``n`` (so a record names its
-  intent; the record has no intent id). :meth:`Deployment.publish_intent` publishes it (priority,
-  message id = intent id) and returns the wall-clock time it was confirmed.
+  an intent for the team's followers (the sandbox records its ``intent_id`` with each push; its
+  rendered body is unique per ``n`` too, for a sandbox that records none).
+  :meth:`Deployment.publish_intent` publishes it (priority, message id = intent id) and returns the
+  wall-clock time it was confirmed.
 - :class:`Ledger` (``deployment.ledger``): ``expect(intent, audience)``; ``scan()`` reads the records
   that arrived since the last scan; ``report()`` -> :class:`LedgerReport` (per intent: ``once``,
   ``lost``, ``duplicated`` devices and ``extra`` copies, ``first_at``/``last_at``, per provider; and
-  ``strays``, records matching no expectation); ``wait(timeout_s, settle_s)`` scans until every
-  expected push arrived (then ``settle_s`` more, for duplicates) or the timeout; ``pushes`` is the
+  ``strays``, records matching no expectation); ``wait(timeout_s, settle_s, intents=, idle_s=)`` scans
+  until every expected push (of ``intents``) arrived (then ``settle_s`` more, for duplicates), the
+  timeout, or ``idle_s`` without any new record; ``pushes`` is the
   number of record lines so far (cheap: counts line ends).
 """
 
@@ -64,7 +68,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -395,17 +399,31 @@ class Ledger:
     def _lines_scanned(self) -> int:
         return sum(sum(e.per_provider.values()) for e in self._by_id.values()) + self.strays
 
-    def wait(self, timeout_s: float, settle_s: float = 2.0, poll_s: float = 0.5) -> LedgerReport:
-        """Scan until every expected push arrived, then ``settle_s`` more (for late duplicates); or
-        until ``timeout_s``. Returns the report either way."""
-        expected = sum(e.audience.size for e in self._by_id.values())
+    def wait(
+        self,
+        timeout_s: float,
+        settle_s: float = 2.0,
+        *,
+        intents: Iterable[str] | None = None,
+        idle_s: float | None = None,
+        poll_s: float = 0.5,
+    ) -> LedgerReport:
+        """Scan until every expected push of ``intents`` (default: all expected) arrived, then
+        ``settle_s`` more (for late duplicates); or until ``timeout_s``, or until no push at all was
+        recorded for ``idle_s``. Returns the report either way."""
+        waited = [self._by_id[i] for i in intents] if intents is not None else list(self._by_id.values())
         deadline = time.monotonic() + timeout_s
+        lines, moved = self.pushes, time.monotonic()
         while time.monotonic() < deadline:
-            if self.pushes >= expected:
-                self.scan()
-                if all(0 not in e.copies for e in self._by_id.values()):
-                    time.sleep(settle_s)
-                    break
+            self.scan()
+            if all(0 not in e.copies for e in waited):
+                time.sleep(settle_s)
+                break
+            now_lines = self.pushes
+            if now_lines != lines:
+                lines, moved = now_lines, time.monotonic()
+            elif idle_s is not None and time.monotonic() - moved > idle_s:
+                break
             time.sleep(poll_s)
         self.scan()
         return self.report()
@@ -528,8 +546,18 @@ class Deployment:
                     process.stop_quietly()
         _run_async(self._cleanup)
 
-    async def _cleanup(self) -> None:
+    def delete_queues(self) -> None:
+        """Delete the namespace's queues and what they hold (stop the stage processes first): a
+        backlog left by one scenario does not slow the next."""
+        _run_async(self._delete_queues)
+
+    async def _delete_queues(self) -> None:
         from goalhorn.admin.queues import namespace_queues
+
+        names = [q.name for q in namespace_queues(self.keys)] + _listed_queues(self.namespace)
+        await _delete_queues(self.settings(), list(dict.fromkeys(names)), self.keys.intent_exchange)
+
+    async def _cleanup(self) -> None:
         from goalhorn.redis_client import make_redis
 
         if self._bus is not None:
@@ -543,8 +571,7 @@ class Deployment:
                 await redis.unlink(*doomed[start : start + 1000])
         finally:
             await redis.aclose()
-        names = [q.name for q in namespace_queues(self.keys)] + _listed_queues(self.namespace)
-        await _delete_queues(settings, list(dict.fromkeys(names)), self.keys.intent_exchange)
+        await self._delete_queues()
 
     def settings(self, **overrides: Any) -> Settings:
         """The processes' settings (sandbox included) as :class:`Settings`."""

@@ -1,0 +1,449 @@
+"""End to end through the deployed processes: a goal intent to its last push, against bare client loops.
+
+Runs what a user deploys (``bench/deployment.py``): ``goalhorn sandbox --record`` in its own process,
+``goalhorn run fanout`` and ``goalhorn run deliver`` (1, then 2) as subprocesses on RabbitMQ and Redis,
+subscribers written by the import's library in the provider mix of a real app (60 % FCM, 35 % APNs,
+5 % webhooks, one device per follower). Per audience (10k, 100k and 1M followers; ``--quick``: 2k and
+10k, two runs each) a priority-9 goal is published on the intent queue and the sandbox's record is checked push by
+push: every device exactly once, nobody else. Reported per run:
+
+- first and last push after the publish, deliveries/s; the expired count (``goalhorn trace``);
+- the per-stage split of the time to the last push, from the processes' own trace of the intent
+  (``goalhorn trace --json``: queued for the fanout, expansion, delivery after the expansion);
+- CPU per push of the deliver processes (``/proc``), and every process's peak RSS (``VmHWM``);
+- the bare client loops (``bench/bare_loops.py``) on an audience of the same mix, to the same sandbox,
+  in the same run: rate and CPU per push, the baselines of the targets;
+- priority under a backlog: two priority-2 intents (2 x 100k deliveries; ``--quick``: 2 x 10k) queued,
+  then 20 priority-9 goals for 1,000 followers: p99 (over the 20) of first and last push.
+
+Targets: worker CPU per push <= 1.3x the bare loops'; a 100k goal's deliveries/s >= 0.7x the bare
+loops'; the 1M goal delivered in full within its TTL (300 s), none expired; time to last push linear
+in the audience (per follower, 1M within 1.25x of 100k); priority p99 first push < 250 ms and last
+< 1 s; worker peak RSS < 150 MB through the 1M goal. ``python -m bench e2e [--quick] [--runs N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bench.bare_loops import run_bare_loops
+from bench.deployment import Audience, Deployment, LedgerReport, goal_intent
+from bench.figures import Figure, Results
+from goalhorn.models import EventKind
+
+TTL_S = 300.0
+PRIORITY_GOALS = 20
+PRIORITY_FOLLOWERS = 1000
+
+
+@dataclass(slots=True)
+class Sizes:
+    audiences: dict[str, int]
+    target_size: str
+    """The audience whose rate is held to the bare loops' (100k; 10k with --quick)."""
+    big: str | None
+    """The audience delivered once, in fresh processes, for the TTL and memory targets (1M)."""
+    baseline: int
+    backlog: int
+    runs: int
+    big_runs: int
+
+
+def sizes(args: argparse.Namespace) -> Sizes:
+    if args.quick:
+        return Sizes({"2k": 2_000, "10k": 10_000}, "10k", None, 5_000, 10_000, min(args.runs, 2), 0)
+    return Sizes({"10k": 10_000, "100k": 100_000, "1M": 1_000_000}, "100k", "1M", 30_000, 100_000, args.runs, 1)
+
+
+@dataclass(slots=True)
+class RunFigures:
+    audience: str
+    workers: int
+    followers: int
+    first_s: float | None
+    last_s: float | None
+    delivered: int
+    lost: int
+    duplicated: int
+    strays: int
+    expired: int
+    worker_cpu_s: float
+    fanout_cpu_s: float
+    sandbox_cpu_s: float
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.delivered / self.last_s if self.last_s else 0.0
+
+    @property
+    def cpu_ms_per_push(self) -> float:
+        return self.worker_cpu_s * 1000 / self.delivered if self.delivered else 0.0
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.delivered == self.followers and not (self.lost or self.duplicated or self.strays)
+
+
+def trace(deployment: Deployment, intent_id: str) -> dict[str, Any]:
+    """``goalhorn trace INTENT_ID --json``: what the processes recorded of the intent."""
+    from tests.processes import run_command
+
+    done = run_command(["trace", intent_id, "--json"], deployment.env, timeout_s=60)
+    if done.returncode != 0:
+        return {}
+    found = json.loads(done.stdout)
+    return found[0] if found else {}
+
+
+def stage_split(traced: dict[str, Any], published: datetime, last_s: float | None) -> dict[str, float]:
+    """Seconds spent queued for the fanout, expanding, and delivering after the expansion ended."""
+    times = {k: datetime.fromisoformat(v) for k, v in traced.get("times", {}).items()}
+    started, done = times.get("expand_started"), times.get("expand_done")
+    if started is None or done is None or last_s is None:
+        return {}
+    queued = (started - published).total_seconds()
+    expanding = (done - started).total_seconds()
+    return {"queued": max(0.0, queued), "expanding": expanding, "after_expansion": last_s - queued - expanding}
+
+
+def expired_of(traced: dict[str, Any]) -> int:
+    if traced.get("expired_at_fanout"):
+        return int(traced.get("recipients") or 0) or -1
+    return sum(int(p.get("outcomes", {}).get("expired", 0)) for p in traced.get("providers", {}).values())
+
+
+def cpu_of(deployment: Deployment, names: list[str]) -> float:
+    return sum(deployment.cpu_s(n) for n in names)
+
+
+async def one_goal(
+    deployment: Deployment, audience: Audience, label: str, workers: int, n: int, timeout_s: float
+) -> RunFigures:
+    """Publish one goal to ``audience`` and wait for its last push (or the timeout)."""
+    delivers = [name for name in deployment.processes if name.startswith("deliver")]
+    before = (cpu_of(deployment, delivers), deployment.cpu_s("fanout"), deployment.cpu_s("sandbox"))
+    intent = goal_intent(deployment.namespace, audience.team, n, ttl_s=TTL_S)
+    deployment.ledger.expect(intent, audience)
+    published = await deployment.publish_intent(intent)
+    report = await asyncio.to_thread(deployment.ledger.wait, timeout_s, 1.0, intents=[intent.intent_id], idle_s=30.0)
+    tally = report.intents[intent.intent_id]
+    after = (cpu_of(deployment, delivers), deployment.cpu_s("fanout"), deployment.cpu_s("sandbox"))
+    first_s = (tally.first_at - published).total_seconds() if tally.first_at else None
+    last_s = (tally.last_at - published).total_seconds() if tally.last_at else None
+    traced = await asyncio.to_thread(trace, deployment, intent.intent_id)
+    return RunFigures(
+        audience=label,
+        workers=workers,
+        followers=audience.size,
+        first_s=first_s,
+        last_s=last_s,
+        delivered=tally.once + tally.duplicated,
+        lost=tally.lost,
+        duplicated=tally.duplicated,
+        strays=report.strays,
+        expired=expired_of(traced),
+        worker_cpu_s=after[0] - before[0],
+        fanout_cpu_s=after[1] - before[1],
+        sandbox_cpu_s=after[2] - before[2],
+        stages=stage_split(traced, published, last_s),
+    )
+
+
+def stop_stages(deployment: Deployment) -> dict[str, float]:
+    """SIGTERM every stage process; their peak RSS (MB)."""
+    peaks = {}
+    for name in [n for n in deployment.processes if n != "sandbox"]:
+        process = deployment.processes[name]
+        if process.proc is not None and process.proc.poll() is None:
+            peaks[name] = deployment.peak_rss_mb(name)
+            deployment.terminate(name)
+        deployment.processes.pop(name)
+    return peaks
+
+
+async def warm_up(deployment: Deployment, audience: Audience) -> None:
+    """One goal to a small audience: connections, tokens and caches of fresh processes."""
+    await one_goal(deployment, audience, "warm-up", 0, 0, 60.0)
+
+
+def print_run(run: RunFigures) -> None:
+    stages = ", ".join(f"{k} {v:.2f} s" for k, v in run.stages.items())
+    first = f"{run.first_s:.3f}" if run.first_s is not None else "-"
+    last = f"{run.last_s:.2f}" if run.last_s is not None else "-"
+    print(
+        f"  {run.audience:>5} x{run.workers} worker(s): first push {first} s, last {last} s, "
+        f"{run.rate:,.0f} pushes/s; {run.delivered:,}/{run.followers:,} delivered, lost {run.lost:,}, "
+        f"duplicated {run.duplicated:,}, strays {run.strays}, expired {run.expired:,}; "
+        f"worker CPU {run.cpu_ms_per_push:.3f} ms/push, fanout CPU {run.fanout_cpu_s:.1f} s, "
+        f"sandbox CPU {run.sandbox_cpu_s:.1f} s; stages: {stages or 'no trace'}",
+        flush=True,
+    )
+
+
+async def priority_run(
+    deployment: Deployment, backlog: Audience, goals: Audience, run: int
+) -> tuple[list[float], list[float], LedgerReport]:
+    """Two priority-2 intents to ``backlog`` queued, then 20 priority-9 goals to ``goals``; each goal's
+    first and last push after its publish (s)."""
+    deployment.start_stages(fanout=1, deliver=1)
+    try:
+        await warm_up(deployment, goals)
+        fanout_done = deployment.metrics("fanout").get('goalhorn_pipeline_total{counter="intents_done"}', 0.0)
+        for k in range(2):
+            low = goal_intent(
+                deployment.namespace, backlog.team, 1000 + 10 * run + k, priority=2, kind=EventKind.PERIOD_END
+            )
+            deployment.ledger.expect(low, backlog)
+            await deployment.publish_intent(low)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the backlog is expanded: its batches wait on the delivery queues
+            done = deployment.metrics("fanout").get('goalhorn_pipeline_total{counter="intents_done"}', 0.0)
+            if done >= fanout_done + 2:
+                break
+            await asyncio.sleep(0.1)
+        published = {}
+        for n in range(PRIORITY_GOALS):
+            # 20 goals of 20 games: a goal's collapse key is its game's, and a newer alert supersedes a
+            # queued older one of the same key
+            intent = goal_intent(deployment.namespace, goals.team, 100 * (run + 1) + n, game_id=f"prio-game-{n}")
+            deployment.ledger.expect(intent, goals)
+            published[intent.intent_id] = await deployment.publish_intent(intent)
+            await asyncio.sleep(0.05)
+        report = await asyncio.to_thread(deployment.ledger.wait, 120.0, 1.0, intents=list(published), idle_s=15.0)
+        firsts, lasts = [], []
+        for intent_id, at in published.items():
+            tally = report.intents[intent_id]
+            firsts.append((tally.first_at - at).total_seconds() if tally.first_at else float("inf"))
+            lasts.append((tally.last_at - at).total_seconds() if tally.last_at and not tally.lost else float("inf"))
+        return firsts, lasts, report
+    finally:
+        stop_stages(deployment)
+        deployment.delete_queues()
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, round(0.99 * len(ordered) + 0.5) - 1))]
+
+
+async def run(args: argparse.Namespace, results: Results) -> bool:
+    plan = sizes(args)
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="goalhorn-bench-e2e-") as tmp, Deployment(Path(tmp)) as deployment:
+        started = time.perf_counter()
+        audiences = {}
+        for label, size in plan.audiences.items():
+            audiences[label] = await deployment.load_audience(f"team-{label.lower()}", size)
+        warm = await deployment.load_audience("team-warm", 1000)
+        prio = await deployment.load_audience("team-prio", PRIORITY_FOLLOWERS)
+        base = await deployment.load_audience("team-baseline", plan.baseline)
+        loaded = sum(plan.audiences.values()) + 2000 + plan.baseline
+        print(f"loaded {loaded:,} followers in {time.perf_counter() - started:.1f} s", flush=True)
+
+        # --- the bare loops, alone on the machine but for the sandbox --------------------------------
+        bare_rates, bare_cpu, bare_ids = [], [], []
+        for n in range(plan.runs):
+            intent = goal_intent(deployment.namespace, base.team, n)
+            deployment.ledger.expect(intent, base)
+            bare_ids.append(intent.intent_id)
+            loop = await run_bare_loops(deployment.settings(), base, intent, deployment.webhook_secret)
+            bare_rates.append(loop.rate)
+            bare_cpu.append(loop.cpu_ms_per_push)
+            print(
+                f"  bare loops, {base.size:,} pushes: {loop.rate:,.0f} pushes/s, "
+                f"{loop.cpu_ms_per_push:.3f} ms CPU/push",
+                flush=True,
+            )
+        bare = await asyncio.to_thread(deployment.ledger.wait, 30.0, 0.5, intents=bare_ids)
+        results.add(Figure("bare loops: pushes/s", bare_rates, "pushes/s"))
+        results.add(Figure("bare loops: CPU per push", bare_cpu, "ms"))
+
+        # --- 1 and 2 workers, every audience but the big one -----------------------------------------
+        runs: list[RunFigures] = []
+        peaks: dict[str, float] = {}
+        for workers in (1, 2):
+            deployment.start_stages(fanout=1, deliver=workers)
+            await warm_up(deployment, warm)
+            for label, audience in audiences.items():
+                if label == plan.big:
+                    continue
+                for n in range(plan.runs):
+                    figures = await one_goal(deployment, audience, label, workers, 10 * workers + n + 1, TTL_S + 60)
+                    print_run(figures)
+                    runs.append(figures)
+            for name, mb in stop_stages(deployment).items():
+                peaks[f"{name} ({workers} worker{'s' if workers > 1 else ''})"] = mb
+
+        big_runs: list[RunFigures] = []
+        big_peaks: dict[str, float] = {}
+        if plan.big is not None:
+            for n in range(plan.big_runs):
+                deployment.start_stages(fanout=1, deliver=1)
+                await warm_up(deployment, warm)
+                figures = await one_goal(deployment, audiences[plan.big], plan.big, 1, 100 + n, TTL_S + 60)
+                print_run(figures)
+                big_runs.append(figures)
+                for name, mb in stop_stages(deployment).items():
+                    big_peaks[name] = max(big_peaks.get(name, 0.0), mb)
+                deployment.delete_queues()
+
+        backlog = audiences["100k" if "100k" in audiences else "10k"]
+        prio_firsts, prio_lasts = [], []
+        prio_exact = True
+        for n in range(plan.runs):
+            firsts, lasts, report = await priority_run(deployment, backlog, prio, n)
+            prio_firsts.append(p99(firsts))
+            prio_lasts.append(p99(lasts))
+            prio_exact &= all(
+                report.intents[i].exactly_once for i in report.intents if report.intents[i].expected == prio.size
+            )
+            print(
+                f"  priority under a {2 * backlog.size:,}-push backlog: p99 first {p99(firsts) * 1000:.0f} ms, "
+                f"p99 last {p99(lasts) * 1000:.0f} ms over {len(firsts)} goals",
+                flush=True,
+            )
+        peaks["sandbox"] = deployment.peak_rss_mb("sandbox")
+
+    ok &= report_figures(results, plan, runs, big_runs, bare_rates, bare_cpu, bare, peaks, big_peaks)
+    results.add(Figure("priority: p99 first push (20 goals)", [v * 1000 for v in prio_firsts], "ms", target="< 250"))
+    results.add(Figure("priority: p99 last push (20 goals)", [v * 1000 for v in prio_lasts], "ms", target="< 1000"))
+    ok &= max(prio_firsts) < 0.25 and max(prio_lasts) < 1.0 and prio_exact
+    results.note(f"priority goals exactly once: {'yes' if prio_exact else 'NO'}")
+    return ok
+
+
+def report_figures(
+    results: Results,
+    plan: Sizes,
+    runs: list[RunFigures],
+    big_runs: list[RunFigures],
+    bare_rates: list[float],
+    bare_cpu: list[float],
+    bare: LedgerReport,
+    peaks: dict[str, float],
+    big_peaks: dict[str, float],
+) -> bool:
+    ok = True
+    bare_rate, bare_cpu_ms = statistics.median(bare_rates), statistics.median(bare_cpu)
+    exact = all(r.exactly_once for r in runs + big_runs)
+    results.note(
+        f"exactly once per token: {'every run' if exact else 'NOT every run'} "
+        f"({sum(r.delivered for r in runs + big_runs):,} pushes checked; bare loops "
+        f"{'exactly once' if bare.exactly_once else 'NOT exactly once'})"
+    )
+    ok &= exact
+    for workers in (1, 2):
+        for label in plan.audiences:
+            mine = [r for r in runs if r.audience == label and r.workers == workers]
+            if not mine:
+                continue
+            tag = f"{label}, {workers} worker{'s' if workers > 1 else ''}"
+            results.add(Figure(f"{tag}: first push", [r.first_s or 0.0 for r in mine], "s"))
+            results.add(Figure(f"{tag}: last push", [r.last_s or 0.0 for r in mine], "s"))
+            target = label == plan.target_size and workers == 1
+            results.add(
+                Figure(
+                    f"{tag}: deliveries/s",
+                    [r.rate for r in mine],
+                    "pushes/s",
+                    baseline=("bare loops", bare_rate),
+                    target=">= 0.7x" if target else None,
+                )
+            )
+            results.add(
+                Figure(
+                    f"{tag}: worker CPU per push",
+                    [r.cpu_ms_per_push for r in mine],
+                    "ms",
+                    baseline=("bare loops", bare_cpu_ms),
+                    target="<= 1.3x" if target else None,
+                )
+            )
+            for stage in ("queued", "expanding", "after_expansion"):
+                shares = [r.stages[stage] / r.last_s for r in mine if r.stages and r.last_s]
+                if shares:
+                    results.add(
+                        Figure(f"{tag}: share of time {stage.replace('_', ' ')}", [100 * s for s in shares], "%")
+                    )
+            if target:
+                ok &= statistics.median(r.rate for r in mine) >= 0.7 * bare_rate
+                ok &= statistics.median(r.cpu_ms_per_push for r in mine) <= 1.3 * bare_cpu_ms
+    for run in big_runs:
+        tag = f"{run.audience}, 1 worker"
+        results.add(Figure(f"{tag}: first push", [run.first_s or 0.0], "s"))
+        results.add(Figure(f"{tag}: last push", [run.last_s or 0.0], "s", target=f"<= {TTL_S:.0f} (TTL)"))
+        results.add(Figure(f"{tag}: deliveries/s", [run.rate], "pushes/s", baseline=("bare loops", bare_rate)))
+        results.add(Figure(f"{tag}: delivered", [run.delivered], "pushes"))
+        results.add(Figure(f"{tag}: expired", [run.expired], "pushes", target="0"))
+        results.add(
+            Figure(
+                f"{tag}: worker CPU per push",
+                [run.cpu_ms_per_push],
+                "ms",
+                baseline=("bare loops", bare_cpu_ms),
+            )
+        )
+        ok &= run.delivered == run.followers and run.expired == 0 and (run.last_s or 1e9) <= TTL_S
+    for name, mb in big_peaks.items():
+        rss_target = "< 150" if name.startswith("deliver") else None
+        results.add(Figure(f"peak RSS through the {plan.big} goal: {name}", [mb], "MB", target=rss_target))
+        if rss_target:
+            ok &= mb < 150
+    for name, mb in peaks.items():
+        results.add(Figure(f"peak RSS: {name}", [mb], "MB"))
+    ok &= linearity(results, plan, runs, big_runs)
+    return ok
+
+
+def linearity(results: Results, plan: Sizes, runs: list[RunFigures], big_runs: list[RunFigures]) -> bool:
+    """Time to last push per follower, per stage, for each audience (1 worker); the largest against the
+    target size's."""
+    per_follower: dict[str, dict[str, float]] = {}
+    for label, size in plan.audiences.items():
+        mine = [r for r in runs + big_runs if r.audience == label and r.workers == 1 and r.last_s]
+        if not mine:
+            continue
+        split: dict[str, float] = {"total": statistics.median(r.last_s or 0.0 for r in mine) / size * 1e6}
+        for stage in ("queued", "expanding", "after_expansion"):
+            values = [r.stages[stage] for r in mine if r.stages]
+            if values:
+                split[stage] = statistics.median(values) / size * 1e6
+        per_follower[label] = split
+        text = ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in split.items())
+        results.note(f"time to last push per follower, {label} (1 worker), µs: {text}")
+    largest = plan.big or list(plan.audiences)[-1]
+    if largest in per_follower and plan.target_size in per_follower and largest != plan.target_size:
+        ratio = per_follower[largest]["total"] / per_follower[plan.target_size]["total"]
+        results.note(
+            f"linearity: per-follower time to last push, {largest} / {plan.target_size} = {ratio:.2f}x (<= 1.25x "
+            f"{'ok' if ratio <= 1.25 else 'MISSED'})"
+        )
+        return ratio <= 1.25
+    return True
+
+
+def main(argv: list[str], results: Results | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench e2e", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2k and 10k audiences, a 20k backlog")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each figure (the 1M goal runs once)")
+    args = parser.parse_args(argv)
+    own = results if results is not None else Results("e2e")
+    ok = asyncio.run(run(args, own))
+    if results is None:
+        own.print()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
