@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import aio_pika
 import pytest
 
-from goalhorn.bus import Bus, BusMessage
+from goalhorn.bus import Bus, BusMessage, Requeue
 from goalhorn.bus.rabbitmq import RabbitBus
 from goalhorn.errors import BusError, BusUnavailable, PublishNotConfirmed, UnknownQueue
 from goalhorn.keys import Keys
@@ -74,6 +74,30 @@ async def test_failed_handler_sees_the_message_again_and_it_is_acked_once(
     assert await bus.depth(queue) == 0
     # One logged handler failure, and no lost channel (a second ack of one delivery would close it).
     assert [record.levelname for record in caplog.records] == ["ERROR"]
+
+
+async def test_a_handler_asking_for_a_requeue_sees_the_message_again_without_an_error_logged(
+    bus: Bus, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = queue_of(settings)
+    await bus.start([queue])
+    redelivered: list[bool] = []
+
+    async def handler(message: BusMessage) -> None:
+        redelivered.append(message.redelivered)
+        if len(redelivered) == 1:
+            raise Requeue("its audience cannot be read yet")
+
+    await bus.publish(queue, b"x", message_id="i-1")
+    with caplog.at_level(logging.INFO, logger="goalhorn.bus"):
+        subscription = await bus.consume(queue, handler, prefetch=1)
+        await eventually(lambda: len(redelivered) == 2)
+        await subscription.cancel()
+
+    assert redelivered == [False, True]
+    assert await bus.depth(queue) == 0
+    assert [record.levelname for record in caplog.records] == ["INFO"]
+    assert "its audience cannot be read yet" in caplog.records[0].getMessage()
 
 
 async def test_prefetch_bounds_concurrent_handlers(bus: Bus, settings: Settings) -> None:
