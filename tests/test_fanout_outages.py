@@ -177,6 +177,7 @@ async def test_intents_are_held_not_spun_while_redis_is_down_and_not_acked_when_
                 assert data_lost(settings) == 1
                 await asyncio.sleep(1.0)
                 assert fanout.done == Counter({"warm-up": 1})
+                assert {b.batch_id.split(".")[0] for b in fanout.batches} == {"warm-up"}  # nothing expanded yet
 
                 await load_audience(redis, settings)
                 await declare_restored(redis, settings)
