@@ -35,8 +35,10 @@ log = logging.getLogger(__name__)
 
 EnqueueBatch = Callable[[EncodedBatch], Awaitable[None]]
 
-AUDIENCE_UNREADABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, SubscriberDataLost)
-"""Failures that say nothing about the intent, only that its audience cannot be read now: hold it."""
+AUDIENCE_UNREADABLE = (RedisConnectionError, RedisTimeoutError, SubscriberDataLost)
+"""Failures that say nothing about the intent, only that its audience cannot be read now: hold it.
+(redis-py raises its own ``ConnectionError`` for socket errors, and for a Redis still loading its
+data; a broker that refuses a batch is a failure of the intent's own, retried after its delay.)"""
 RETRY_BASE_S = 0.5
 RETRY_CAP_S = 30.0
 REMEMBERED_FAILURES = 10_000
