@@ -45,7 +45,7 @@ API::
   rendered body is unique per ``n`` too, for a sandbox that records none).
   :meth:`Deployment.publish_intent` publishes it (priority, message id = intent id) and returns the
   wall-clock time it was confirmed.
-- :class:`Ledger` (``deployment.ledger``): ``expect(intent, audience)``; ``scan()`` reads the records
+- :class:`Ledger` (``deployment.ledger``): ``expect(intent, audience)``; ``intent(id)``; ``scan()`` reads the records
   that arrived since the last scan; ``report()`` -> :class:`LedgerReport` (per intent: ``once``,
   ``lost``, ``duplicated`` devices and ``extra`` copies, ``first_at``/``last_at``, per provider; and
   ``strays``, records matching no expectation); ``wait(timeout_s, settle_s, intents=, idle_s=)`` scans
@@ -287,7 +287,7 @@ class LedgerReport:
 
 @dataclass(slots=True)
 class _Expectation:
-    intent_id: str
+    intent: Intent
     audience: Audience
     copies: bytearray
     first_at: str | None = None
@@ -315,9 +315,13 @@ class Ledger:
 
     def expect(self, intent: Intent, audience: Audience, locale: str = "en") -> None:
         rendered = default_catalog().render(intent, locale)
-        expectation = _Expectation(intent.intent_id, audience, bytearray(audience.size))
+        expectation = _Expectation(intent, audience, bytearray(audience.size))
         self._by_text[(rendered.title, rendered.body)] = expectation
         self._by_id[intent.intent_id] = expectation
+
+    def intent(self, intent_id: str) -> Intent:
+        """An expected intent, by id."""
+        return self._by_id[intent_id].intent
 
     @property
     def pushes(self) -> int:
@@ -382,7 +386,7 @@ class Ledger:
             size = e.audience.size
             zero = e.copies.count(0)
             one = e.copies.count(1)
-            extra = sum(e.copies) - one if size - zero - one else 0
+            extra = sum(e.copies) - (size - zero) if size - zero - one else 0
             intents[intent_id] = IntentTally(
                 intent_id=intent_id,
                 expected=size,
