@@ -16,6 +16,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 DEMO_ARGS ?=
 # Only the directories that exist: bench/ and tools/ may not yet.
 LINT_DIRS := $(wildcard goalhorn tests bench tools chaos)
@@ -90,11 +91,12 @@ pytest: $(STAMP) ## run the tests; PYTEST_ARGS='-k x -x' passes options
 # "no tests collected" included, stops the build.
 test: install services lint typecheck pytest ## install, services, lint, typecheck, pytest; stops at the first failure
 
-bench: $(STAMP) ## run the benchmarks (bench/)
+# Writes bench/RESULTS.md. BENCH_ARGS='--quick' (a few minutes) or BENCH_ARGS='e2e' (one bench).
+bench: $(STAMP) services ## run the benchmarks (bench/) and write bench/RESULTS.md; BENCH_ARGS='--quick'
 	@if [ -f bench/__main__.py ]; then \
 	  $(PIP) install --progress-bar off -q -c constraints.txt -e '.[dev,bench]'; \
-	  echo "$(BIN)/python -m bench"; \
-	  $(BIN)/python -m bench; \
+	  echo "$(BIN)/python -m bench $(BENCH_ARGS)"; \
+	  $(BIN)/python -m bench $(BENCH_ARGS); \
 	else \
 	  echo "no benchmarks yet (bench/__main__.py does not exist)"; \
 	fi
