@@ -97,9 +97,9 @@ async def delete_amqp_namespace(settings: Settings, queues: Iterable[str]) -> No
 
 
 def pipeline_queues(namespace: str) -> list[str]:
-    """The intent queue and dramatiq's delivery queues (with their delay and dead-letter queues)."""
+    """The intent queue and dramatiq's delivery queues of every lane (with their delay and dead-letter queues)."""
     keys = Keys(namespace)
-    delivery = [keys.delivery_queue(p) + suffix for p in PLATFORMS for suffix in ("", ".DQ", ".XQ")]
+    delivery = [q + suffix for p in PLATFORMS for q in keys.delivery_queues(p) for suffix in ("", ".DQ", ".XQ")]
     return [keys.intent_queue, *delivery]
 
 

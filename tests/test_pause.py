@@ -118,12 +118,17 @@ async def test_pause_and_resume_with_traffic_on_two_workers(tmp_path: Path) -> N
                 assert len(sent(record, "fcm")) == fcm_at_pause, "no fcm push while paused"
                 assert len(sent(record, "apns")) > apns_at_pause, "apns kept flowing"
             rows = {row["name"]: row for row in json.loads(stats.stdout)}
-            fcm_queue, fcm_delayed = rows[keys.delivery_queue("fcm")], rows[keys.delivery_queue("fcm") + ".DQ"]
-            assert fcm_queue["paused"] is True
-            assert (fcm_queue["consumers"], fcm_queue["unacked"]) == (0, 0), "no worker takes or holds its batches"
-            assert fcm_queue["ready"] + fcm_delayed["ready"] + fcm_delayed["unacked"] > 0, "they wait in RabbitMQ"
-            assert rows[keys.delivery_queue("apns")]["paused"] is False
-            assert rows[keys.delivery_queue("apns")]["consumers"] == 2
+            waiting = 0
+            for fcm_queue in keys.delivery_queues("fcm"):  # every lane; the traffic's goals are critical
+                queue, delayed = rows[fcm_queue], rows[fcm_queue + ".DQ"]
+                assert queue["paused"] is True
+                assert (queue["consumers"], queue["unacked"]) == (0, 0), "no worker takes or holds its batches"
+                waiting += queue["ready"] + delayed["ready"] + delayed["unacked"]
+            assert waiting > 0, "they wait in RabbitMQ"
+            assert rows[keys.delivery_queue("fcm", "critical")]["ready"] > 0, "in their lane"
+            for apns_queue in keys.delivery_queues("apns"):
+                assert rows[apns_queue]["paused"] is False
+                assert rows[apns_queue]["consumers"] == 2
 
             resumed = await asyncio.to_thread(run_command, ["resume", "fcm"], env)
             assert resumed.returncode == 0, resumed.stderr

@@ -16,7 +16,7 @@ import aio_pika
 import pytest
 from typer.testing import CliRunner
 
-from goalhorn.admin.drain import drain, record_of
+from goalhorn.admin.drain import drain, load, record_of
 from goalhorn.admin.where import Where
 from goalhorn.catalog import default_catalog
 from goalhorn.dispatch.stage import DeliveryStage, make_broker
@@ -319,7 +319,8 @@ async def test_stats_and_purge(settings: Settings) -> None:
     assert rows[queue]["ready"] == 30
     assert rows[queue]["exists"] is True
     assert rows[Keys(settings.namespace).delivery_queue("fcm") + ".XQ"]["exists"] is False
-    assert len(rows) == 11
+    assert len(rows) == 1 + 3 * 2 * 3 + 1, "intents; per provider and lane a queue, its .DQ and .XQ; dead letters"
+    assert rows[Keys(settings.namespace).delivery_queue("apns", "critical") + ".DQ"]["lane"] == "critical"
     assert rows[Keys(settings.namespace).dead_letters()]["kind"] == "dead letters"
     assert rows[Keys(settings.namespace).dead_letters()]["ready"] == 0
     purged = run_command(["queues", "purge", "intents.expand", "--yes", "--json"], env)
@@ -355,8 +356,25 @@ async def test_stats_peek_reads_the_head_messages_age_and_leaves_it_in_place(set
     after = {row["name"]: row for row in json.loads(peeked.stdout)}
     assert before[queue]["head_age_s"] is None, "without --peek nothing is taken"
     assert 90 <= after[queue]["head_age_s"] < 120, "an intent's created_at"
-    assert 1.0 <= after[keys.delivery_queue("fcm")]["head_age_s"] < 30, "dramatiq's message_timestamp"
+    assert 1.0 <= after[keys.delivery_queue("fcm", "critical")]["head_age_s"] < 30, "dramatiq's message_timestamp"
     assert after[queue]["ready"] == 3
     left = await take_all(settings, queue)
     assert [m.message_id for m in left] == ["i-0", "i-1", "i-2"], "the peeked head kept its place"
     assert left[0].redelivered
+
+
+async def test_a_drained_delivery_message_loads_back_into_its_own_lane_only(settings: Settings, tmp_path: Path) -> None:
+    stage = DeliveryStage(
+        settings, make_broker(settings), lambda platform, render: ConsoleProvider(platform), default_catalog().render
+    )
+    try:
+        await stage.enqueue(batch_of(devices(2)).encode())  # a goal: the critical lane
+    finally:
+        stage.close()
+        stage.broker.close()
+    out = tmp_path / "goal.jsonl"
+    assert (await drain(settings, "delivery.fcm.critical", out)).written == 1
+    with pytest.raises(AdminError, match=r"delivery\.fcm\.critical: its worker takes it only from that queue"):
+        await load(settings, out, "delivery.fcm")
+    assert (await load(settings, out, "delivery.fcm.critical")).loaded == 1
+    assert len(await take_all(settings, Keys(settings.namespace).delivery_queue("fcm", "critical"))) == 1

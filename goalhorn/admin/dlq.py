@@ -1,8 +1,9 @@
 """The dead letters as ops see them: grouped by code and provider, one by one, and replayed.
 
-A replay puts an entry's batch back on its provider's delivery queue as a first attempt, through
-the normal path: the delivery markers skip every device already sent, so replaying an entry twice
-(or one whose devices went out some other way) sends nobody twice. An entry is removed from the
+A replay puts an entry's batch back on its provider's delivery queue of its lane (by its intent's
+priority, as the fanout would) as a first attempt, through the normal path: the delivery markers
+skip every device already sent, so replaying an entry twice (or one whose devices went out some
+other way) sends nobody twice. An entry is removed from the
 stream once RabbitMQ confirmed its batch. Entries of kind ``device`` (an invalid device) and of code
 ``invalid_batch`` hold nothing deliverable and are never replayed; nor is an entry whose payload
 no longer reads as a batch.
@@ -176,17 +177,19 @@ async def replay(settings: Settings, redis: Redis, where: Filter, *, dry_run: bo
         report.expired = sum(b.intent.expired() for _, b in todo)
         return report
     counters = PipelineCounters(redis, keys)
+    messages = [
+        (entry, batch, delivery_message(keys, batch.encode(), settings.critical_priority)) for entry, batch in todo
+    ]
     async with amqp_channel(settings, confirms=True) as channel:
-        for platform in {batch.platform for _, batch in todo}:
+        for queue in sorted({message.queue_name for _, _, message in messages}):
             try:
-                await channel.declare_queue(keys.delivery_queue(platform), passive=True)
+                await channel.declare_queue(queue, passive=True)
             except aiormq.exceptions.ChannelNotFoundEntity:
                 raise AdminError(
-                    f"queue {keys.delivery_queue(platform)!r} does not exist: start a delivery worker "
+                    f"queue {queue!r} does not exist: start a delivery worker "
                     "(goalhorn run deliver) first, it declares the queues"
                 ) from None
-        for entry, batch in todo:
-            message = delivery_message(keys, batch.encode())
+        for entry, batch, message in messages:
             try:
                 await channel.default_exchange.publish(
                     aio_pika.Message(
@@ -194,7 +197,7 @@ async def replay(settings: Settings, redis: Redis, where: Filter, *, dry_run: bo
                         priority=batch.intent.priority,
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                     ),
-                    routing_key=keys.delivery_queue(batch.platform),
+                    routing_key=message.queue_name,
                     mandatory=True,
                 )
             except DeliveryError as exc:

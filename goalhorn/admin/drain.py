@@ -16,7 +16,8 @@ published back to the queue (confirmed) before the chunk is acked.
 **Load** publishes each record to a queue with publisher confirms and ``mandatory``, keeping its
 priority, headers, id and properties, and records what it loaded in Redis
 (``Keys.ops_loaded``): a record is known by its id and the time it was drained, so loading the same
-file twice loads nothing twice, while a message drained again later is a new record.
+file twice loads nothing twice, while a message drained again later is a new record. A dramatiq message
+names its queue (and so its lane and provider): it loads only into that queue or its ``.DQ``/``.XQ``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import aio_pika
 import aiormq.exceptions
 from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import DeliveryError
+from dramatiq.common import q_name
 
 from goalhorn.admin.queues import amqp_channel, resolve
 from goalhorn.admin.where import Where
@@ -308,9 +310,9 @@ def _message_of(record: dict[str, Any]) -> aio_pika.Message:
     )
 
 
-def _loadable(path: Path) -> list[tuple[str, dict[str, Any]]]:
+def _loadable(path: Path, queue: str) -> list[tuple[str, dict[str, Any]]]:
     """Every record of a drain file with the key a load knows it by; the whole file is checked
-    before anything is published."""
+    before anything is published into ``queue``."""
     if not path.is_file():
         raise AdminError(f"{path}: no such file")
     records: list[tuple[str, dict[str, Any]]] = []
@@ -322,8 +324,24 @@ def _loadable(path: Path) -> list[tuple[str, dict[str, Any]]]:
             _message_of(record)
         except (ValueError, TypeError, KeyError) as exc:
             raise AdminError(f"{path}:{number}: cannot be published ({exc})") from None
+        named = _named_queue(record)
+        if named is not None and q_name(named) != q_name(queue):
+            raise AdminError(
+                f"{path}:{number}: a message of {named}: its worker takes it only from that queue "
+                f"(or its .DQ or .XQ), not from {queue}"
+            )
         records.append((f"{record_id}@{record.get('drained_at', '')}", record))
     return records
+
+
+def _named_queue(record: dict[str, Any]) -> str | None:
+    """The queue a dramatiq message names in its body; None for any other message."""
+    try:
+        body = json.loads(record.get("body", ""))
+    except (ValueError, TypeError):
+        return None
+    named = body.get("queue_name") if isinstance(body, dict) and "actor_name" in body else None
+    return named if isinstance(named, str) else None
 
 
 async def load(settings: Settings, path: Path, name: str, *, on_progress: Progress | None = None) -> LoadReport:
@@ -334,7 +352,7 @@ async def load(settings: Settings, path: Path, name: str, *, on_progress: Progre
         )
     keys = Keys(settings.namespace)
     queue_name = resolve(keys, name).name
-    records = await asyncio.to_thread(_loadable, path)
+    records = await asyncio.to_thread(_loadable, path, queue_name)
     report = LoadReport(queue_name, records=len(records))
     loaded_key = keys.ops_loaded(queue_name)
     redis = make_redis(settings)

@@ -1,8 +1,9 @@
 """goalhorn's RabbitMQ queues as ops see them: which they are, how full, and purging one.
 
-A namespace has the intent queue (``<ns>.intents.expand``) and, per provider, dramatiq's delivery
-queue (``<ns>.delivery.<platform>``), its delay queue (``.DQ``: retries, deferred and waiting
-batches) and its dead-letter queue (``.XQ``, see docs/delivery.md). Ready messages and consumers
+A namespace has the intent queue (``<ns>.intents.expand``) and, per provider and lane, dramatiq's
+delivery queue (``<ns>.delivery.<platform>``, ``<ns>.delivery.<platform>.critical``), its delay queue
+(``.DQ``: retries, deferred and waiting batches) and its dead-letter queue (``.XQ``, see
+docs/delivery.md). Ready messages and consumers
 come from a passive declare over AMQP; unacked messages and the head message's timestamp only
 RabbitMQ's own tools know, so they are read from ``rabbitmqctl`` when the broker is on this machine
 and it is installed, and are otherwise unknown (``None``). With Redis, the stats also say which
@@ -28,7 +29,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from goalhorn.dispatch.pause import paused
 from goalhorn.errors import AdminError, ConfigError
-from goalhorn.keys import PLATFORMS, Keys, Platform
+from goalhorn.keys import LANES, PLATFORMS, Keys, Lane, Platform
 from goalhorn.redis_client import make_redis
 from goalhorn.settings import Settings
 
@@ -50,16 +51,18 @@ class QueueName:
     name: str
     kind: QueueKind
     platform: Platform | None = None
+    lane: Lane | None = None
 
 
 def namespace_queues(keys: Keys) -> list[QueueName]:
     """Every queue goalhorn declares in ``keys``' namespace."""
     out = [QueueName(keys.intent_queue, QueueKind.INTENTS)]
     for platform in PLATFORMS:
-        base = keys.delivery_queue(platform)
-        out.append(QueueName(base, QueueKind.DELIVERY, platform))
-        out.append(QueueName(base + ".DQ", QueueKind.DELAY, platform))
-        out.append(QueueName(base + ".XQ", QueueKind.DEAD, platform))
+        for lane in LANES:
+            base = keys.delivery_queue(platform, lane)
+            out.append(QueueName(base, QueueKind.DELIVERY, platform, lane))
+            out.append(QueueName(base + ".DQ", QueueKind.DELAY, platform, lane))
+            out.append(QueueName(base + ".XQ", QueueKind.DEAD, platform, lane))
     return out
 
 
@@ -88,6 +91,8 @@ class QueueStats:
     RabbitMQ for a message with an AMQP timestamp, else by peeking (``peek``)."""
     paused: bool | None = None
     """For a provider's queues: whether ``goalhorn pause`` holds it (None: no Redis to ask)."""
+    lane: Lane | None = None
+    """For a provider's queues: the lane (``normal``, ``critical``)."""
 
     def as_json(self) -> dict[str, object]:
         return asdict(self)
@@ -135,7 +140,9 @@ async def queue_stats(settings: Settings, *, peek: bool = False) -> list[QueueSt
             try:
                 result = await channel.declare_queue(q.name, passive=True)
             except aiormq.exceptions.ChannelNotFoundEntity:
-                out.append(QueueStats(q.name, q.kind, q.platform, exists=False, paused=_held(held, q.platform)))
+                out.append(
+                    QueueStats(q.name, q.kind, q.platform, exists=False, paused=_held(held, q.platform), lane=q.lane)
+                )
                 continue
             count = result.declaration_result
             unacked, head_age = extra.get(q.name, (None, None))
@@ -152,6 +159,7 @@ async def queue_stats(settings: Settings, *, peek: bool = False) -> list[QueueSt
                     unacked=unacked,
                     head_age_s=head_age,
                     paused=_held(held, q.platform),
+                    lane=q.lane,
                 )
             )
             await channel.close()

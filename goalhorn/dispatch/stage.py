@@ -1,9 +1,11 @@
-"""The delivery stage on dramatiq: one actor and queue per provider, async actors on the AsyncIO
-middleware, ``RabbitmqBroker(max_priority=10)`` with publisher confirms on real services and
+"""The delivery stage on dramatiq: one actor and queue per provider and lane, async actors on the
+AsyncIO middleware, ``RabbitmqBroker(max_priority=10)`` with publisher confirms on real services and
 ``StubBroker`` on the embedded default.
 
-Batches are enqueued at their intent's priority. Each worker process builds its Redis client and
-providers lazily inside dramatiq's event-loop thread (clients bind to the loop they first run on).
+Batches are enqueued at their intent's priority, to the critical lane's queue from
+``GOALHORN_CRITICAL_PRIORITY`` up, else to the normal one (:mod:`goalhorn.dispatch.lanes`). Each worker
+process builds its Redis client and providers lazily inside dramatiq's event-loop thread (clients bind
+to the loop they first run on); each lane has providers of its own.
 An actor never leaves a batch unaccounted: the ``Deliverer`` retries, re-queues or dead-letters
 every device itself. What escapes it is handled by :class:`~goalhorn.dispatch.failures.ActorFailures`
 in place of dramatiq's ``Retries``: Redis unreachable puts the batch back to wait without spending an
@@ -34,8 +36,9 @@ from goalhorn.counters import PipelineCounters, dispatch_counts
 from goalhorn.dispatch import deadletters
 from goalhorn.dispatch.delivery import Deliverer
 from goalhorn.dispatch.failures import ActorFailures, RedisUnavailable, redis_unavailable
+from goalhorn.dispatch.lanes import ACTOR_PRIORITY, AfterCritical, CriticalFirst, LaneWorker, lane_of
 from goalhorn.dispatch.pause import PauseGate, ProviderPaused
-from goalhorn.keys import PLATFORMS, Keys, Platform
+from goalhorn.keys import LANES, PLATFORMS, Keys, Lane, Platform
 from goalhorn.models import (
     DeadLetter,
     DeadLetterCode,
@@ -121,12 +124,14 @@ def _batch_identity(payload: str) -> tuple[str | None, str | None, int]:
         return None, None, 0
 
 
-def delivery_message(keys: Keys, batch: EncodedBatch) -> dramatiq.Message[Any]:
+def delivery_message(keys: Keys, batch: EncodedBatch, critical_priority: int) -> dramatiq.Message[Any]:
     """The dramatiq message :meth:`DeliveryStage.enqueue` sends for ``batch``, for tools that publish
-    it themselves (``goalhorn dlq replay``); its AMQP priority is ``batch.priority``."""
+    it themselves (``goalhorn dlq replay``): to its lane's queue (``message.queue_name``), at AMQP
+    priority ``batch.priority``."""
+    lane = lane_of(batch.priority, critical_priority)
     return dramatiq.Message(
-        queue_name=keys.delivery_queue(batch.platform),
-        actor_name=keys.delivery_actor(batch.platform),
+        queue_name=keys.delivery_queue(batch.platform, lane),
+        actor_name=keys.delivery_actor(batch.platform, lane),
         args=(batch.payload.decode(),),
         kwargs={},
         options={"broker_priority": batch.priority},
@@ -157,7 +162,7 @@ class _CloseRuntime(dramatiq.Middleware):
 
 
 class DeliveryStage:
-    """Declares the delivery actors on a broker and enqueues batches to them."""
+    """Declares the delivery actors on a broker, per provider and lane, and enqueues batches to them."""
 
     def __init__(
         self, settings: Settings, broker: dramatiq.Broker, providers: ProviderFactory, render: Renderer
@@ -169,31 +174,49 @@ class DeliveryStage:
         self._provider_factory = providers
         self._publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="goalhorn-enqueue")
         self._deliverer: Deliverer | None = None
+        """The normal lane's; the critical lane's is ``_critical_deliverer`` (both share one set of breakers)."""
+        self._critical_deliverer: Deliverer | None = None
+        self._critical_first: CriticalFirst | None = None
         self._redis: Redis | None = None
         if any(isinstance(m, Retries) for m in broker.middleware):
             raise ValueError("a delivery broker runs without dramatiq's Retries (see make_broker)")
         broker.add_middleware(ActorFailures(settings, self.dead_letter))
+        self.queues: dict[str, tuple[Platform, Lane]] = {
+            self.keys.delivery_queue(p, lane): (p, lane) for p in PLATFORMS for lane in LANES
+        }
+        """Every delivery queue of the stage, with its provider and lane."""
         self.pause_gate = PauseGate(
-            self.keys, self._redis_client, queues={self.keys.delivery_queue(p): p for p in PLATFORMS}
+            self.keys, self._redis_client, queues={queue: p for queue, (p, _) in self.queues.items()}
         )
         broker.add_middleware(self.pause_gate)
         self.pause_gate.install(broker)
-        self.actors: dict[Platform, dramatiq.Actor[Any, Any]] = {
-            platform: dramatiq.Actor(
-                partial(self._deliver, platform),
-                broker=broker,
-                actor_name=self.keys.delivery_actor(platform),
-                queue_name=self.keys.delivery_queue(platform),
-                priority=0,
-                options={},
-            )
-            for platform in PLATFORMS
+        lanes: dict[Lane, dict[Platform, dramatiq.Actor[Any, Any]]] = {
+            lane: {
+                platform: dramatiq.Actor(
+                    partial(self._deliver, platform, lane),
+                    broker=broker,
+                    actor_name=self.keys.delivery_actor(platform, lane),
+                    queue_name=self.keys.delivery_queue(platform, lane),
+                    priority=ACTOR_PRIORITY[lane],
+                    options={},
+                )
+                for platform in PLATFORMS
+            }
+            for lane in LANES
         }
+        self.actors: dict[Platform, dramatiq.Actor[Any, Any]] = lanes["normal"]
+        self.critical_actors: dict[Platform, dramatiq.Actor[Any, Any]] = lanes["critical"]
         broker.add_middleware(_CloseRuntime(self), after=AsyncIO)  # after_* hooks run in reverse: this one first
 
+    def lane(self, priority: int) -> Lane:
+        """The lane of a batch of an intent at ``priority``."""
+        return lane_of(priority, self.settings.critical_priority)
+
     async def enqueue(self, batch: EncodedBatch, delay_s: float = 0.0) -> None:
-        """Send a batch to its provider's queue at its intent's priority (blocking I/O off the loop)."""
-        actor = self.actors[batch.platform]
+        """Send a batch to its provider's queue of its lane, at its intent's priority (blocking I/O off
+        the loop). Retries and deferrals come through here too, so a batch stays in its lane."""
+        lanes = self.critical_actors if self.lane(batch.priority) == "critical" else self.actors
+        actor = lanes[batch.platform]
         send = partial(
             actor.send_with_options,
             args=(batch.payload.decode(),),
@@ -207,24 +230,38 @@ class DeliveryStage:
             self._redis = make_redis(self.settings)
         return self._redis
 
-    def _runtime(self) -> Deliverer:
-        if self._deliverer is None:
-            providers: dict[str, Provider] = {p: self._provider_factory(p, self._render) for p in PLATFORMS}
-            self._deliverer = Deliverer(self.settings, self._redis_client(), providers, self.enqueue)
-        return self._deliverer
+    def _runtime(self, lane: Lane) -> tuple[Deliverer, CriticalFirst]:
+        if self._deliverer is None or self._critical_deliverer is None or self._critical_first is None:
+            gate = CriticalFirst()
+            normal = Deliverer(
+                self.settings,
+                self._redis_client(),
+                {p: AfterCritical(self._provider_factory(p, self._render), gate) for p in PLATFORMS},
+                self.enqueue,
+            )
+            critical = Deliverer(
+                self.settings,
+                self._redis_client(),
+                {p: self._provider_factory(p, self._render) for p in PLATFORMS},
+                self.enqueue,
+            )
+            # One process, one view of each circuit: what either lane's sends count opens it for both.
+            critical.breakers = normal.breakers
+            self._deliverer, self._critical_deliverer, self._critical_first = normal, critical, gate
+        return (self._critical_deliverer if lane == "critical" else self._deliverer), self._critical_first
 
-    async def _deliver(self, platform: Platform, payload: str) -> None:
+    async def _deliver(self, platform: Platform, lane: Lane, payload: str) -> None:
         if self.pause_gate.is_paused(platform):
             raise ProviderPaused(f"{platform} is paused")
         try:
-            await self._deliver_payload(platform, payload)
+            await self._deliver_payload(platform, lane, payload)
         except Exception as exc:
             if redis_unavailable(exc):
                 raise RedisUnavailable(f"Redis unavailable ({type(exc).__name__})") from exc
             raise
 
-    async def _deliver_payload(self, platform: Platform, payload: str) -> None:
-        deliverer = self._runtime()
+    async def _deliver_payload(self, platform: Platform, lane: Lane, payload: str) -> None:
+        deliverer, critical_first = self._runtime(lane)
         try:
             batch = DeliveryBatch.from_json(payload)
         except ValidationError as exc:
@@ -269,7 +306,11 @@ class DeliveryStage:
                 )
                 await deliverer.dead_letter(entry)
             batch = good
-        await deliverer.process(batch)
+        if lane == "critical":
+            async with critical_first.critical():
+                await deliverer.process(batch)
+        else:
+            await deliverer.process(batch)
 
     def dead_letter(self, queue: str, payload: str, reason: str) -> None:
         """Write a batch message the worker gave up on to the dead letters and count it done (blocking,
@@ -281,10 +322,10 @@ class DeliveryStage:
         thread.run_coroutine(self._dead_letter(platform, payload, reason))
 
     def _platform_of(self, queue: str) -> Platform:
-        for platform in PLATFORMS:
-            if queue in (self.keys.delivery_queue(platform), self.keys.delivery_queue(platform) + ".DQ"):
-                return platform
-        raise ValueError(f"{queue!r} is not one of this stage's delivery queues")
+        found = self.queues.get(queue.removesuffix(".DQ"))
+        if found is None:
+            raise ValueError(f"{queue!r} is not one of this stage's delivery queues")
+        return found[0]
 
     async def _dead_letter(self, platform: Platform, payload: str, reason: str) -> None:
         # Redis alone, not the Deliverer: what failed may be building the providers.
@@ -311,9 +352,10 @@ class DeliveryStage:
             log.exception("dead letter written, counters not updated")
 
     async def _aclose_runtime(self) -> None:
-        if self._deliverer is not None:
-            await self._deliverer.aclose()
-            self._deliverer = None
+        for deliverer in (self._deliverer, self._critical_deliverer):
+            if deliverer is not None:
+                await deliverer.aclose()
+        self._deliverer = self._critical_deliverer = self._critical_first = None
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
@@ -329,14 +371,16 @@ class DeliveryStage:
 
 
 class DeliveryWorker:
-    """An in-process dramatiq worker for the delivery queues (``goalhorn worker`` runs the same)."""
+    """An in-process dramatiq worker for every delivery queue, with threads reserved for the critical
+    lane (:class:`~goalhorn.dispatch.lanes.LaneWorker`; ``goalhorn worker`` runs the same)."""
 
     def __init__(self, stage: DeliveryStage) -> None:
         self.stage = stage
-        self._worker = dramatiq.Worker(
+        self._worker = LaneWorker(
             stage.broker,
-            queues={stage.keys.delivery_queue(p) for p in PLATFORMS},
+            queues=set(stage.queues),
             worker_threads=stage.settings.worker_threads,
+            critical_threads=stage.settings.critical_worker_threads,
             worker_timeout=100,
         )
 

@@ -1,0 +1,177 @@
+"""Priority lanes: a critical batch never waits behind a normal batch a worker already holds.
+
+RabbitMQ's per-message priority only orders what is still in a queue. A dramatiq worker prefetches
+``2 x worker_threads`` messages per queue and works them in order, so once a backlog of 500-device
+batches fills every worker thread, a goal queued behind it waits for them (seconds, issue 13). So:
+
+- **Queues per lane.** A batch goes to its provider's critical queue (``<ns>.delivery.<platform>.critical``)
+  when its intent's priority is at least ``GOALHORN_CRITICAL_PRIORITY``, else to the normal one
+  (``<ns>.delivery.<platform>``): a goal is never behind a backlog in RabbitMQ, whatever the queue
+  type (per-message priorities are kept for the order inside a lane, where the queue has them; a
+  quorum queue has none, lanes work there all the same).
+- **Threads per lane.** Each deliver process runs ``GOALHORN_WORKER_THREADS`` threads that take any
+  batch, critical ones first (dramatiq's in-process work queue is ordered by actor priority, the
+  critical actors' is lower), plus ``GOALHORN_CRITICAL_WORKER_THREADS`` reserved threads that take
+  only critical batches: however busy the others are, a critical batch starts as soon as its
+  consumer hands it over.
+- **Providers per lane** (``goalhorn.dispatch.stage``): the critical lane sends through providers and
+  a ``Deliverer`` of its own (connections, in-flight slots, pacing), so its sends do not queue behind a
+  normal batch's either; the two share the process's circuit breakers.
+- **Critical first** (:class:`CriticalFirst`): while a critical batch is being delivered, the normal
+  lane's sends wait (each at most ``HOLD_MAX_S``) instead of competing with it for the event loop, the
+  CPU and the provider; what they had in flight finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from queue import Empty, PriorityQueue
+from typing import Any
+
+import dramatiq
+from dramatiq.worker import WorkerThread, _WorkQueueItem
+
+from goalhorn.keys import Lane
+from goalhorn.models import DeliveryBatch, DeliveryResult, Device
+from goalhorn.providers import Provider, Send
+
+ACTOR_PRIORITY: dict[Lane, int] = {"critical": 0, "normal": 10}
+"""dramatiq actor priority of each lane's actors: the order of batches in a worker's work queue (lower first)."""
+
+
+HOLD_MAX_S = 1.0
+"""Longest a normal-lane send waits for the critical batches in hand: however steady the critical
+flow, the normal lane still moves (at ``concurrency`` sends per this time, per provider)."""
+
+
+def lane_of(priority: int, critical_priority: int) -> Lane:
+    """The lane of a batch of an intent at ``priority``."""
+    return "critical" if priority >= critical_priority else "normal"
+
+
+class CriticalFirst:
+    """One process's critical batches in hand, which the normal lane's sends wait for. Lives in the
+    worker's event loop (made with the lanes' ``Deliverer`` s)."""
+
+    def __init__(self, hold_max_s: float = HOLD_MAX_S) -> None:
+        self.hold_max_s = hold_max_s
+        self._active = 0
+        self._clear = asyncio.Event()
+        self._clear.set()
+
+    @contextlib.asynccontextmanager
+    async def critical(self) -> AsyncIterator[None]:
+        """Around the delivery of a critical batch."""
+        self._active += 1
+        self._clear.clear()
+        try:
+            yield
+        finally:
+            self._active -= 1
+            if not self._active:
+                self._clear.set()
+
+    async def turn(self) -> None:
+        """Before a normal-lane send: wait while critical batches are in hand, at most ``hold_max_s``."""
+        if not self._clear.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._clear.wait(), self.hold_max_s)
+
+
+class AfterCritical(Provider):
+    """A normal-lane provider: ``inner``, each of whose sends first waits its turn (:meth:`CriticalFirst.turn`)."""
+
+    def __init__(self, inner: Provider, gate: CriticalFirst) -> None:
+        self._inner = inner
+        self._gate = gate
+        self.platform = inner.platform
+        self.concurrency = inner.concurrency
+        self.endpoint_concurrency = inner.endpoint_concurrency
+
+    async def prepare(self, batch: DeliveryBatch) -> Send:
+        send = await self._inner.prepare(batch)
+
+        async def in_turn(device: Device) -> DeliveryResult:
+            await self._gate.turn()
+            return await send(device)
+
+        return in_turn
+
+    def circuit(self, device: Device) -> str:
+        return self._inner.circuit(device)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class LaneWorkQueue(PriorityQueue[_WorkQueueItem]):
+    """A worker's work queue that reserved threads can read critical items from (:meth:`get_critical`)
+    while the others take any item, critical ones first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._critical_below = ACTOR_PRIORITY["critical"] + 1
+
+    def _put(self, item: _WorkQueueItem) -> None:
+        super()._put(item)
+        # ``put`` wakes one waiter: it may be a reserved thread for a normal item, which waits again.
+        self.not_empty.notify_all()
+
+    def get_critical(self, timeout: float) -> _WorkQueueItem:
+        """The next critical item; raises ``Empty`` when none came within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self.not_empty:
+            while not (self.queue and self.queue[0].priority < self._critical_below):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Empty
+                self.not_empty.wait(left)
+            item = self._get()
+            self.not_full.notify()
+            return item
+
+
+class _CriticalOnly:
+    """What a reserved worker thread sees of the work queue: its critical items only."""
+
+    def __init__(self, queue: LaneWorkQueue) -> None:
+        self._queue = queue
+
+    def get(self, timeout: float) -> _WorkQueueItem:
+        return self._queue.get_critical(timeout)
+
+    def task_done(self) -> None:
+        self._queue.task_done()
+
+
+class LaneWorker(dramatiq.Worker):
+    """A dramatiq worker with ``worker_threads`` threads taking any batch (critical first) and
+    ``critical_threads`` more taking critical batches only (see the module). One worker per process,
+    as dramatiq wants: its boot and shutdown hooks (the event loop, the pause gate) run once."""
+
+    def __init__(
+        self,
+        broker: dramatiq.Broker,
+        *,
+        queues: set[str],
+        worker_threads: int,
+        critical_threads: int,
+        worker_timeout: int,
+    ) -> None:
+        super().__init__(broker, queues=queues, worker_threads=worker_threads, worker_timeout=worker_timeout)
+        self._lanes = LaneWorkQueue()
+        self.work_queue = self._lanes  # consumers are made at start, and put into this one
+        self.critical_threads = critical_threads
+
+    def start(self) -> None:
+        super().start()
+        reserved: Any = _CriticalOnly(self._lanes)  # quacks like the work queue, as WorkerThread uses it
+        for _ in range(self.critical_threads):
+            thread = WorkerThread(
+                broker=self.broker, consumers=self.consumers, work_queue=reserved, worker_timeout=self.worker_timeout
+            )
+            thread.start()
+            self.workers.append(thread)  # stopped and joined by ``stop`` with the others
