@@ -1,9 +1,10 @@
 """Provider throughput against the sandbox servers, as ratios to baselines measured in the same run.
 
-- FCM: goalhorn's provider vs firebase-admin's ``send_each_for_multicast`` (target >= 5x);
+- FCM: goalhorn's provider vs firebase-admin's ``send_each_for_multicast`` with the 100-connection
+  pool firebase-admin mounts for FCM (target >= 5x);
 - APNs: goalhorn's provider vs a bare aioapns loop with 500 in flight (target >= 0.8x);
-- webhooks: goalhorn's provider vs Apprise ``json://`` (target >= 10x) and a bare aiohttp POST loop
-  with as many in flight (target >= 0.7x);
+- webhooks: goalhorn's provider vs a bare aiohttp POST loop with as many in flight (target >= 0.7x),
+  and Apprise ``json://`` as context only (its requests are unsigned, so the receiver answers 401);
 - resident memory of a ``goalhorn worker`` process while it sends ``--worker-n`` FCM pushes over
   RabbitMQ and Redis (target < 150 MB).
 
@@ -143,18 +144,38 @@ async def provider_rate(provider: Any, work: list[DeliveryBatch], in_flight_batc
 
 
 # --- FCM -------------------------------------------------------------------------------------------
+def firebase_app(settings: Settings, name: str = "bench") -> Any:
+    """A firebase-admin app sending to the sandbox with the connection pool it gives FCM itself.
+
+    firebase-admin mounts a 100-connection adapter on ``https://fcm.googleapis.com`` only; pointed at
+    another URL it would fall back to requests' default 10-connection pool and, with up to 100 sending
+    threads, open and discard connections all along (some 2,000 per 15,000 messages). The same adapter
+    is mounted on the sandbox's URL, so the baseline runs as it would against Google."""
+    import firebase_admin
+    import requests
+    from firebase_admin import _http_client, messaging
+
+    from goalhorn.sandbox.fcm_server import sandbox_certificate
+
+    messaging._MessagingService.FCM_URL = settings.fcm_base_url + "/v1/projects/{0}/messages:send"
+    app = firebase_admin.initialize_app(sandbox_certificate(str(settings.fcm_credentials_file)), name=name)
+    service = messaging._get_messaging_service(app)
+    adapter = requests.adapters.HTTPAdapter(
+        pool_connections=100, pool_maxsize=100, max_retries=_http_client.DEFAULT_RETRY_CONFIG
+    )
+    service._client.session.mount(settings.fcm_base_url, adapter)
+    return app
+
+
 async def bench_fcm(sandbox: SandboxProcess, n: int) -> tuple[float, float]:
     import firebase_admin
     from firebase_admin import messaging
-
-    from goalhorn.sandbox.fcm_server import sandbox_certificate
 
     settings = sandbox.settings()
     async with FcmProvider(settings) as provider:
         await provider.send(batches("fcm", 1, lambda i: "warm")[0])
         ours = await provider_rate(provider, batches("fcm", n, lambda i: f"tok-{i}"))
-    messaging._MessagingService.FCM_URL = settings.fcm_base_url + "/v1/projects/{0}/messages:send"
-    app = firebase_admin.initialize_app(sandbox_certificate(str(settings.fcm_credentials_file)), name="bench")
+    app = firebase_app(settings)
     try:
 
         def baseline() -> None:
@@ -319,11 +340,11 @@ async def bench_worker_rss(sandbox: SandboxProcess, n: int) -> tuple[float, floa
     return peak, rate
 
 
-def _line(name: str, ours: float, theirs: float, target: float) -> bool:
+def _line(name: str, ours: float, theirs: float, target: float | None) -> bool:
     ratio = ours / theirs
-    ok = ratio >= target
-    verdict = "ok" if ok else "MISSED"
-    print(f"{name:<36} {ours:>9,.0f} msg/s vs {theirs:>9,.0f} msg/s = {ratio:5.2f}x (>= {target}x {verdict})")
+    ok = target is None or ratio >= target
+    judged = "" if target is None else f" (>= {target}x {'ok' if ok else 'MISSED'})"
+    print(f"{name:<36} {ours:>9,.0f} msg/s vs {theirs:>9,.0f} msg/s = {ratio:5.2f}x{judged}")
     return ok
 
 
@@ -359,7 +380,8 @@ async def run(args: argparse.Namespace) -> int:
         if apprise_rate is None:
             print("webhooks vs Apprise json://: skipped (--apprise-n 0, or pip install -e '.[bench]')")
         else:
-            results.append(_line("webhooks vs Apprise json://", ours, apprise_rate, 10.0))
+            # Context only, no pass/fail: Apprise's requests are unsigned, so the receiver refuses them (401).
+            _line("webhooks vs Apprise json:// (context: 401s)", ours, apprise_rate, None)
         results.append(_line("webhooks vs bare aiohttp POST loop", ours, bare, 0.7))
         if args.worker_n:
             peak, rate = await bench_worker_rss(sandbox, args.worker_n)
