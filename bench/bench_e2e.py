@@ -14,7 +14,10 @@ push: every device exactly once, nobody else. Reported per run:
 - the bare client loops (``bench/bare_loops.py``) on an audience of the same mix, to the same sandbox,
   in the same run: rate and CPU per push, the baselines of the targets;
 - priority under a backlog: two priority-2 intents (2 x 100k deliveries; ``--quick``: 2 x 10k) queued,
-  then 20 priority-9 goals for 1,000 followers: p99 (over the 20) of first and last push.
+  then 20 priority-9 goals for 1,000 followers: p99 (over the 20) of first and last push;
+- the pipeline a team would write instead (``bench/naive_pipeline.py``: a dramatiq task per recipient,
+  a Redis lookup per user, firebase-admin) on 100k FCM followers, against goalhorn on the same ones
+  (for up to ``--naive-s``; not in ``--quick``).
 
 Targets: worker CPU per push <= 1.3x the bare loops'; a 100k goal's deliveries/s >= 0.7x the bare
 loops'; the 1M goal delivered in full within its TTL (300 s), none expired; time to last push linear
@@ -28,17 +31,19 @@ import argparse
 import asyncio
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bench.bare_loops import run_bare_loops
 from bench.deployment import Audience, Deployment, LedgerReport, goal_intent
 from bench.figures import Figure, Results
+from goalhorn.catalog import default_catalog
 from goalhorn.models import EventKind
 
 TTL_S = 300.0
@@ -232,6 +237,79 @@ async def priority_run(
         deployment.delete_queues()
 
 
+@dataclass(slots=True)
+class NaiveFigures:
+    followers: int
+    delivered: int
+    elapsed_s: float
+    lost: int
+    duplicated: int
+
+    @property
+    def rate(self) -> float:
+        return self.delivered / self.elapsed_s if self.elapsed_s else 0.0
+
+
+def start_naive_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``dramatiq bench.naive_pipeline`` (1 process, 8 threads), once it is ready for work."""
+    command = [sys.executable, "-m", "dramatiq", "bench.naive_pipeline", "--processes", "1", "--threads", "8"]
+    with log.open("w") as out:
+        worker = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while "ready for action" not in log.read_text():
+        if worker.poll() is not None or time.monotonic() > deadline:
+            worker.kill()
+            raise RuntimeError(f"the naive worker did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    return worker
+
+
+async def naive_run(deployment: Deployment, audience: Audience, cap_s: float) -> NaiveFigures:
+    """The naive pipeline (``bench/naive_pipeline.py``) on ``audience`` (all FCM), for up to ``cap_s``."""
+    from bench import naive_pipeline as naive
+    from goalhorn.redis_client import make_redis
+
+    ns = deployment.namespace
+    redis = make_redis(deployment.settings())
+    try:
+        for start in range(0, audience.size, 5000):
+            pipe = redis.pipeline(transaction=False)
+            users = [audience.user(i) for i in range(start, min(audience.size, start + 5000))]
+            for i, user in enumerate(users, start):
+                pipe.hset(naive.user_key(ns, user), "fcm", audience.address(i))
+            pipe.sadd(naive.followers_key(ns, audience.team), *users)
+            await pipe.execute()
+    finally:
+        await redis.aclose()
+    settings = deployment.settings()
+    env = deployment.env | {"NAIVE_NAMESPACE": ns, "NAIVE_AMQP_URL": str(settings.amqp_url)}
+    env |= {"NAIVE_REDIS_URL": str(settings.redis_url), "PYTHONPATH": str(Path(__file__).parent.parent)}
+    worker = await asyncio.to_thread(start_naive_worker, env, deployment.work_dir / "naive-worker.log")
+    try:
+        intent = goal_intent(ns, audience.team, 999)
+        rendered = default_catalog().render(intent, "en")
+        notification = {"title": rendered.title, "body": rendered.body, "data": {"intent_id": intent.intent_id}}
+        deployment.ledger.expect(intent, audience)
+        broker = naive.producer(str(settings.amqp_url), ns)
+        started = datetime.now(UTC)
+        producing = asyncio.create_task(
+            asyncio.to_thread(naive.fan_out, broker, str(settings.redis_url), ns, audience.team, notification)
+        )
+        report = await asyncio.to_thread(deployment.ledger.wait, cap_s, 0.5, intents=[intent.intent_id], idle_s=20.0)
+        await producing
+        broker.close()
+        tally = report.intents[intent.intent_id]
+        elapsed = (tally.last_at - started).total_seconds() if tally.last_at else cap_s
+        return NaiveFigures(audience.size, tally.once + tally.duplicated, elapsed, tally.lost, tally.duplicated)
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(10)
+
+
 def p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[max(0, min(len(ordered) - 1, round(0.99 * len(ordered) + 0.5) - 1))]
@@ -298,6 +376,23 @@ async def run(args: argparse.Namespace, results: Results) -> bool:
                     big_peaks[name] = max(big_peaks.get(name, 0.0), mb)
                 deployment.delete_queues()
 
+        naive_figures: NaiveFigures | None = None
+        naive_goalhorn: RunFigures | None = None
+        if args.naive_s > 0:
+            size = plan.audiences[plan.target_size]
+            fcm = await deployment.load_audience("team-fcm", size, mix=(("fcm", 100),))
+            deployment.start_stages(fanout=1, deliver=1)
+            await warm_up(deployment, warm)
+            naive_goalhorn = await one_goal(deployment, fcm, f"{plan.target_size} FCM", 1, 900, TTL_S + 60)
+            print_run(naive_goalhorn)
+            stop_stages(deployment)
+            naive_figures = await naive_run(deployment, fcm, args.naive_s)
+            print(
+                f"  naive pipeline, {fcm.size:,} FCM followers: {naive_figures.delivered:,} pushes in "
+                f"{naive_figures.elapsed_s:.1f} s = {naive_figures.rate:,.0f} pushes/s",
+                flush=True,
+            )
+
         backlog = audiences["100k" if "100k" in audiences else "10k"]
         prio_firsts, prio_lasts = [], []
         prio_exact = True
@@ -316,6 +411,24 @@ async def run(args: argparse.Namespace, results: Results) -> bool:
         peaks["sandbox"] = deployment.peak_rss_mb("sandbox")
 
     ok &= report_figures(results, plan, runs, big_runs, bare_rates, bare_cpu, bare, peaks, big_peaks)
+    if naive_figures is not None and naive_goalhorn is not None:
+        results.add(
+            Figure(
+                f"{naive_goalhorn.audience}, 1 worker: deliveries/s",
+                [naive_goalhorn.rate],
+                "pushes/s",
+                baseline=("naive pipeline", naive_figures.rate),
+            )
+        )
+        projected = naive_figures.followers / naive_figures.rate if naive_figures.rate else float("inf")
+        results.note(
+            f"naive pipeline (a dramatiq task per recipient, a Redis lookup per user, firebase-admin "
+            f"send_each_for_multicast; 8 threads) on the same {naive_figures.followers:,} FCM followers: "
+            f"{naive_figures.delivered:,} delivered in {naive_figures.elapsed_s:.0f} s ("
+            f"{naive_figures.rate:,.0f} pushes/s; all of them would take ~{projected:.0f} s), lost so far "
+            f"{naive_figures.lost:,}, duplicated {naive_figures.duplicated:,}; goalhorn: last push after "
+            f"{naive_goalhorn.last_s or 0:.1f} s"
+        )
     results.add(Figure("priority: p99 first push (20 goals)", [v * 1000 for v in prio_firsts], "ms", target="< 250"))
     results.add(Figure("priority: p99 last push (20 goals)", [v * 1000 for v in prio_lasts], "ms", target="< 1000"))
     ok &= max(prio_firsts) < 0.25 and max(prio_lasts) < 1.0 and prio_exact
@@ -437,7 +550,15 @@ def main(argv: list[str], results: Results | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench e2e", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2k and 10k audiences, a 20k backlog")
     parser.add_argument("--runs", type=int, default=3, help="runs of each figure (the 1M goal runs once)")
+    parser.add_argument(
+        "--naive-s",
+        type=float,
+        default=None,
+        help="how long the naive pipeline may run (0: skip; default 150, quick 0)",
+    )
     args = parser.parse_args(argv)
+    if args.naive_s is None:
+        args.naive_s = 0.0 if args.quick else 150.0
     own = results if results is not None else Results("e2e")
     ok = asyncio.run(run(args, own))
     if results is None:
