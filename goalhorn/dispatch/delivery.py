@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 HELD_RECHECK_S = 2.0
 MARK_FLUSH_S = 0.005
 MARK_FLUSH_SIZE = 100
-MIN_WINDOW = 8
+MIN_WINDOW = 16
 """The fewest devices a claim window takes (fewer when fewer are left)."""
 BREAKER_WAIT_S = 0.005
 """How often a request a ramping circuit holds back (``BUSY``) asks again."""
@@ -132,60 +132,49 @@ class _Tally:
 
 
 class _MarkerWrites:
-    """Coalesces marker writes: final states for answered devices, releases for definite non-sends.
+    """Coalesces the marker writes of every batch in hand: final states for answered devices, releases
+    for definite non-sends. They go out in bursts (``MARK_FLUSH_SIZE`` devices or ``MARK_FLUSH_S``),
+    one Redis round trip each whatever the batches; each device is counted in its batch's tally under
+    its final state only if its marker actually moved there."""
 
-    They go out in bursts (``MARK_FLUSH_SIZE`` devices or ``MARK_FLUSH_S``), one Redis call each; each
-    device counts under its final state only if its marker actually moved there.
-    """
-
-    def __init__(self, markers: DeliveryMarkers, intent_id: str, platform: Platform, tally: _Tally) -> None:
+    def __init__(self, markers: DeliveryMarkers) -> None:
         self._markers = markers
-        self._intent_id = intent_id
-        self._platform = platform
-        self._tally = tally
-        self._pending: dict[Final | None, list[str]] = {}
+        self._pending: dict[tuple[str, Final | None], list[tuple[str, _Run]]] = {}
         self._size = 0
-        self._writes: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
 
-    def finish(self, device_id: str, state: Final) -> None:
-        self._add(state, device_id)
-
-    def release(self, device_id: str) -> None:
-        self._add(None, device_id)
-
-    def _add(self, state: Final | None, device_id: str) -> None:
-        ids = self._pending.get(state)
-        if ids is None:
-            ids = self._pending[state] = []
-        ids.append(device_id)
+    def add(self, run: _Run, device_id: str, state: Final | None) -> None:
+        key = (run.batch.intent.intent_id, state)
+        entries = self._pending.get(key)
+        if entries is None:
+            entries = self._pending[key] = []
+        entries.append((device_id, run))
         self._size += 1
         if self._size >= MARK_FLUSH_SIZE:
-            self._flush()
+            self.flush()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(MARK_FLUSH_S, self._flush)
+            self._timer = asyncio.get_running_loop().call_later(MARK_FLUSH_S, self.flush)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        pending, self._pending, self._size = self._pending, {}, 0
-        for state, ids in pending.items():
-            task = asyncio.ensure_future(self._write(state, ids))
-            self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
+        if not self._pending:
+            return
+        groups, self._pending, self._size = list(self._pending.items()), {}, 0
+        task = asyncio.ensure_future(self._write(groups))
+        for run in {run for _, entries in groups for _, run in entries}:
+            run.writes.append(task)
 
-    async def _write(self, state: Final | None, ids: list[str]) -> None:
-        if state is None:
-            await self._markers.release(self._intent_id, ids)
-        else:
-            moved = await self._markers.finish(self._intent_id, ids, state)
-            self._tally.add(delivery_counter(self._platform, state), moved)
-
-    async def close(self) -> None:
-        self._flush()
-        while self._writes:
-            await asyncio.gather(*self._writes)
+    async def _write(self, groups: list[tuple[tuple[str, Final | None], list[tuple[str, _Run]]]]) -> None:
+        moved = await self._markers.settle(
+            [(intent, state, [d for d, _ in entries]) for (intent, state), entries in groups]
+        )
+        for ((_, state), entries), flags in zip(groups, moved, strict=True):
+            if state is not None:
+                for (_, run), flag in zip(entries, flags, strict=True):
+                    if flag:
+                        run.tally.add(delivery_counter(run.platform, state), 1)
 
 
 class _EndpointSlots:
@@ -233,7 +222,9 @@ class _Run:
         self.provider = provider
         self.send = send
         self.tally = tally
-        self.marks = _MarkerWrites(deliverer.markers, batch.intent.intent_id, batch.platform, tally)
+        self._marks = deliverer.marks
+        self.writes: list[asyncio.Future[None]] = []
+        """The marker writes that carry this batch's devices."""
         self._markers = deliverer.markers
         self._breakers = deliverer.breakers
         self._todo = deque(batch.devices)
@@ -296,11 +287,16 @@ class _Run:
 
     def release(self, device: Device) -> None:
         self.holding.discard(device.device_id)
-        self.marks.release(device.device_id)
+        self._marks.add(self, device.device_id, None)
 
     def finish(self, device: Device, state: Final) -> None:
         self.holding.discard(device.device_id)
-        self.marks.finish(device.device_id, state)
+        self._marks.add(self, device.device_id, state)
+
+    async def written(self) -> None:
+        """Once every marker write of this batch landed (raises if one could not)."""
+        self._marks.flush()
+        await asyncio.gather(*self.writes)
 
     def keep_claim(self, device: Device) -> None:
         """Stop renewing a claim whose send may have happened: it lapses after one lease."""
@@ -329,6 +325,7 @@ class Deliverer:
         self.markers = DeliveryMarkers(
             redis, self._keys, lease_s=settings.claim_lease_s, sent_ttl_s=settings.sent_marker_ttl_s
         )
+        self.marks = _MarkerWrites(self.markers)
         self._store = PreferenceStore(redis, self._keys)
         self.breakers = Breakers(settings.breaker_failure_threshold, settings.breaker_open_s)
         self.breaker_board = BreakerBoard(redis, self._keys)
@@ -405,7 +402,7 @@ class Deliverer:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
-            await run.marks.close()
+            await run.written()
 
     def _platform_slots(self, provider: Provider) -> asyncio.Semaphore:
         slots = self._slots.get(provider.platform)

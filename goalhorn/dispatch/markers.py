@@ -12,10 +12,10 @@ a deferral, a message that cannot be built) is *released* instead, so its next a
 from the dead letters, claims it at once. A claim whose worker died is held only until its lease runs
 out, then it is claimed and sent again, so a crash never loses a push for good.
 
-Counting is done from these transitions: ``finish`` returns how many markers it moved from in-flight
-(or nothing) to a final state, so a device is counted once however many times its batch is delivered.
+Counting is done from these transitions: ``settle`` says which markers it moved from in-flight (or
+nothing) to a final state, so a device is counted once however many times its batch is delivered.
 
-Writes after a send (finishes, releases) are retried while Redis is unreachable, for up to one
+Writes after a send (final states, releases) are retried while Redis is unreachable, for up to one
 lease: a push the provider accepted must be recorded, or it is sent again once its claim runs out.
 A batch's first claim is not retried: nothing was sent yet, so the batch can simply wait
 (``goalhorn.dispatch.failures``). Its later windows' claims are (``patient``), for up to one lease: the
@@ -36,7 +36,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from goalhorn.dispatch.failures import redis_unavailable
 from goalhorn.keys import Keys
@@ -94,17 +94,19 @@ return out
 """
 
 # Final state ARGV[1] for ARGV[2] s, on markers that are in flight (or gone: a lease that ran out
-# under a slow send); returns how many moved, the figure the counters take.
+# under a slow send); per key 1 if it moved (what the counters take), else 0.
 _FINISH = """
-local moved = 0
-for _, key in ipairs(KEYS) do
+local out = {}
+for i, key in ipairs(KEYS) do
   local old = redis.call('GET', key)
   if (not old) or old == 'inflight' then
     redis.call('SET', key, ARGV[1], 'EX', ARGV[2])
-    moved = moved + 1
+    out[i] = 1
+  else
+    out[i] = 0
   end
 end
-return moved
+return out
 """
 
 _RENEW = """
@@ -205,30 +207,34 @@ class DeliveryMarkers:
         fresh = [d for d, flag in zip(devices, flags, strict=True) if not flag] if stale else list(devices)
         return stale, fresh
 
-    async def finish(self, intent_id: str, device_ids: Sequence[str], state: Final) -> int:
-        """End claimed devices in ``state``; returns how many were not ended before (what to count)."""
-        if not device_ids:
-            return 0
-        keys = [self._keys.delivery_marker(intent_id, d) for d in device_ids]
-        moved: list[int] = []
+    async def settle(self, groups: Sequence[tuple[str, Final | None, Sequence[str]]]) -> list[list[int]]:
+        """End claimed devices, each group in its final state (``None``: release the claims, for sends
+        that definitely did not happen, so a retry can claim them at once), in one round trip for all
+        groups (one script call per group: a group is one intent's, so one hash slot). Returns, per
+        group, a 1 for each device whose marker moved (what to count; nothing for releases)."""
+        out: list[list[Any]] = []
 
         async def write() -> None:
-            moved.append(int(await self._finish(keys=keys, args=[state, self._sent_ttl_s])))
+            pipe = self._redis.pipeline(transaction=False)
+            for intent_id, state, device_ids in groups:
+                keys = [self._keys.delivery_marker(intent_id, d) for d in device_ids]
+                if state is None:
+                    pipe.delete(*keys)
+                else:
+                    await self._finish(keys=keys, args=[state, self._sent_ttl_s], client=pipe)
+            out.append(await pipe.execute())
 
-        await self._persist(write, len(keys))
-        return moved[-1]
+        await self._persist(write, sum(len(ids) for _, _, ids in groups))
+        return [
+            [int(flag) for flag in moved] if state is not None else []
+            for (_, state, _), moved in zip(groups, out[-1], strict=True)
+        ]
 
     async def renew(self, intent_id: str, device_ids: Sequence[str]) -> None:
         """Extend the leases of claims this worker still holds (not of markers that ended meanwhile)."""
         if device_ids:
             keys = [self._keys.delivery_marker(intent_id, d) for d in device_ids]
             await self._renew(keys=keys, args=[self.lease_s])
-
-    async def release(self, intent_id: str, device_ids: Sequence[str]) -> None:
-        """Drop claims whose send definitely did not happen, so a retry can claim them at once."""
-        if device_ids:
-            keys = [self._keys.delivery_marker(intent_id, d) for d in device_ids]
-            await self._persist(lambda: self._redis.delete(*keys), len(keys))
 
     async def _persist(self, write: Callable[[], Awaitable[object]], size: int) -> None:
         """Run ``write``, again while Redis is unreachable, for up to one lease: what it records happened

@@ -85,6 +85,12 @@ class Provider(abc.ABC):
         await self.aclose()
 
 
+def accepted(device: Device, message_id: str | None) -> DeliveryResult:
+    """The result of a push the provider accepted. Built without validation (every field is known
+    good): it is the result of nearly every request, on the hot path."""
+    return DeliveryResult.model_construct(device_id=device.device_id, outcome="sent", provider_message_id=message_id)
+
+
 def render_failed(device: Device, exc: Exception) -> DeliveryResult:
     """The result of a device whose message could not be rendered (``RenderFailed`` from the renderer):
     a message error, which the dispatch stage dead-letters without counting it against the provider."""

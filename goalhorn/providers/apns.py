@@ -30,7 +30,7 @@ from goalhorn.catalog.templates import Renderer, RenderFailed
 from goalhorn.errors import ConfigError
 from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, DeliveryResult, Device, Intent
-from goalhorn.providers import Provider, Send, collapse_id, render_failed
+from goalhorn.providers import Provider, Send, accepted, collapse_id, render_failed
 from goalhorn.settings import Settings
 
 _TOKEN_REASONS = {"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered"}
@@ -49,7 +49,7 @@ _RETRYABLE_REASONS = {
 def result_for_notification(device: Device, result: NotificationResult) -> DeliveryResult:
     """Map an APNs answer to the device's outcome (per-token errors are never retryable)."""
     if result.is_successful:
-        return DeliveryResult(device_id=device.device_id, outcome="sent", provider_message_id=result.notification_id)
+        return accepted(device, result.notification_id)
     reason = result.description or f"http_{result.status}"
     if reason in _TOKEN_REASONS or result.status == "410":
         since = datetime.fromtimestamp(result.timestamp / 1000, UTC) if result.timestamp else None

@@ -13,7 +13,7 @@ from goalhorn.catalog import default_catalog
 from goalhorn.catalog.templates import Renderer, RenderFailed
 from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, DeliveryResult, Device
-from goalhorn.providers import Provider, Send, render_failed
+from goalhorn.providers import Provider, Send, accepted, render_failed
 
 
 def _one_line(text: str) -> str:
@@ -31,22 +31,21 @@ class ConsoleProvider(Provider):
 
     async def prepare(self, batch: DeliveryBatch) -> Send:
         intent = batch.intent
+        texts: dict[str, str] = {}  # per locale: what follows the device on its line
 
         async def send(device: Device) -> DeliveryResult:
-            try:
-                message = self._render(intent, device.locale)
-            except RenderFailed as exc:
-                return render_failed(device, exc)
-            if self._out is not None:
-                self._out.write(
-                    f"{self.platform} {device.device_id} {intent.intent_id}"
-                    f" | {_one_line(message.title)} | {_one_line(message.body)}\n"
+            text = texts.get(device.locale)
+            if text is None:
+                try:
+                    message = self._render(intent, device.locale)
+                except RenderFailed as exc:
+                    return render_failed(device, exc)
+                text = texts[device.locale] = (
+                    f" {intent.intent_id} | {_one_line(message.title)} | {_one_line(message.body)}\n"
                 )
+            if self._out is not None:
+                self._out.write(f"{self.platform} {device.device_id}{text}")
                 self._out.flush()
-            return DeliveryResult(
-                device_id=device.device_id,
-                outcome="sent",
-                provider_message_id=f"console-{self.platform}-{next(self._sequence)}",
-            )
+            return accepted(device, f"console-{self.platform}-{next(self._sequence)}")
 
         return send

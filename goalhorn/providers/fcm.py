@@ -29,7 +29,7 @@ from goalhorn.catalog.templates import Renderer, RenderFailed
 from goalhorn.errors import ConfigError, ProviderAuthError, ProviderUnavailable
 from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, DeliveryResult, Device, Intent, utcnow
-from goalhorn.providers import Provider, Send, collapse_id, render_failed
+from goalhorn.providers import Provider, Send, accepted, collapse_id, render_failed
 from goalhorn.providers.webhook import retry_after_seconds
 from goalhorn.settings import Settings
 
@@ -93,7 +93,7 @@ def result_for_response(device: Device, status: int, payload: Any, retry_after: 
     """Map an FCM v1 answer to the device's outcome (per-token errors are never retryable)."""
     if status == 200:
         name = payload.get("name") if isinstance(payload, dict) else None
-        return DeliveryResult(device_id=device.device_id, outcome="sent", provider_message_id=name)
+        return accepted(device, name if isinstance(name, str) else None)
     grpc_status, code, fields = _error_fields(payload)
     reason = code or grpc_status or f"http_{status}"
     if code in _TOKEN_ERRORS or (status == 400 and any(f in ("message.token", "message.fid") for f in fields)):

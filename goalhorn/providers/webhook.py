@@ -36,7 +36,7 @@ from goalhorn.catalog.templates import Rendered, Renderer, RenderFailed
 from goalhorn.errors import AddressRefused
 from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, DeliveryResult, Device, Intent
-from goalhorn.providers import Provider, Send, render_failed
+from goalhorn.providers import Provider, Send, accepted, render_failed
 from goalhorn.providers.ssrf import AddressPolicy, VettingResolver
 from goalhorn.settings import Settings
 
@@ -144,7 +144,7 @@ def _refused(device: Device, reason: str) -> DeliveryResult:
 def result_for_status(device: Device, msg_id: str, status: int, headers: Mapping[str, str]) -> DeliveryResult:
     """Map a receiver's HTTP status to the device's outcome."""
     if 200 <= status < 300:
-        return DeliveryResult(device_id=device.device_id, outcome="sent", provider_message_id=msg_id)
+        return accepted(device, msg_id)
     reason = f"http_{status}"
     if status == 410:
         return DeliveryResult(device_id=device.device_id, outcome="invalid_token", reason=reason)
