@@ -42,7 +42,7 @@ ACTOR_PRIORITY: dict[Lane, int] = {"critical": 0, "normal": 10}
 """dramatiq actor priority of each lane's actors: the order of batches in a worker's work queue (lower first)."""
 
 
-HOLD_MAX_S = 1.0
+HOLD_MAX_S = 5.0
 """Longest a normal-lane send waits for the critical batches in hand: however steady the critical
 flow, the normal lane still moves (at ``concurrency`` sends per this time, per provider)."""
 
