@@ -4,10 +4,11 @@ The flags are a Redis HASH (``Keys.paused``, platform -> JSON of who paused it a
 ``goalhorn pause|resume`` (``goalhorn.admin.pause``). Each delivery worker reads it every ``POLL_S``
 (from a thread of its own, on the worker's event loop), and for a paused platform:
 
-- pauses dramatiq's consumer of that provider's queue: its next read returns nothing (the gate
-  wraps ``broker.consume``, as dramatiq only pauses a consumer once its queue is idle, which a busy
-  queue never is), so the consumer closes its channel, which hands every prefetched message back to
-  RabbitMQ, and takes no new one until resumed; nothing is held unacked while paused;
+- pauses dramatiq's consumers of that provider's queues (both lanes, ``goalhorn.dispatch.lanes``): the
+  next read of each returns nothing (the gate wraps ``broker.consume``, as dramatiq only pauses a
+  consumer once its queue is idle, which a busy queue never is), so the consumer closes its channel,
+  which hands every prefetched message back to RabbitMQ, and takes no new one until resumed; nothing
+  is held unacked while paused;
 - makes the actor put back, instead of delivering, a batch it still takes (one already prefetched,
   or one a busy queue keeps feeding before the consumer is idle): ``ProviderPaused`` is handled by
   :class:`~goalhorn.dispatch.failures.ActorFailures`, which publishes the message again to the
