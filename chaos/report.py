@@ -29,6 +29,8 @@ class Row:
     """Devices in dead-letter entries (replayable with ``goalhorn dlq replay``)."""
     recovery_s: float | None = None
     """From the end of the fault to the last expected push; None if some never came."""
+    timed: bool = True
+    """Whether the scenario has a fault that ends (else recovery is not applicable)."""
     duplicates_allowed: int = 0
     """The stated bound where a duplicate is possible (a push accepted the instant before a kill, or
     Redis data lost); 0 elsewhere."""
@@ -47,6 +49,8 @@ class Row:
         out = []
         if self.error:
             out.append(f"error: {self.error}")
+        if self.timed and self.recovery_s is None and not self.error:
+            out.append("never recovered: pushes still missing when the suite stopped waiting")
         if self.lost:
             out.append(f"lost {self.lost} (target 0)")
         if self.duplicated > self.duplicates_allowed:
@@ -64,7 +68,7 @@ def table(rows: list[Row]) -> str:
     """The rows as a Markdown table, then each row's targets and notes."""
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for row in rows:
-        recovery = "never" if row.recovery_s is None else f"{row.recovery_s:.1f} s"
+        recovery = "n/a" if not row.timed else "never" if row.recovery_s is None else f"{row.recovery_s:.1f} s"
         dup = f"{row.duplicated}" + (f" (≤ {row.duplicates_allowed})" if row.duplicates_allowed else "")
         result = "ok" if not row.missed else "MISSED"
         cells = (row.scenario, row.published, row.once, row.lost, dup, row.dead_lettered, recovery, result)

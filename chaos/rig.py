@@ -120,20 +120,21 @@ class ChaosDeployment(Deployment):
             total += int(raw) if raw.isdigit() else 1
         return total
 
-    def tally(self, audience: Audience) -> tuple[int, int, int]:
-        """``(once, lost, duplicated)`` devices of ``audience`` by the record, for an audience that gets
-        one push per device (from an intent the ledger cannot expect, e.g. one ingest made)."""
+    def tally(self, audience: Audience) -> tuple[int, int, int, int]:
+        """``(once, lost, duplicated, pushes)`` devices of ``audience`` by the record, for an audience
+        that gets one push per device (from an intent the ledger cannot expect, e.g. one ingest
+        made); ``pushes`` is every record of it (which the ledger counts as strays)."""
         copies = bytearray(audience.size)
         for record in records(self.record):
             where = locate(record.get("token") or record.get("url") or "")
             if where is not None and where[0] == audience.tag and 0 <= where[1] < audience.size:
                 copies[where[1]] = min(255, copies[where[1]] + 1)
         zero, one = copies.count(0), copies.count(1)
-        return one, zero, audience.size - zero - one
+        return one, zero, audience.size - zero - one, sum(copies)
 
     def settle(self, row: Row, report: LedgerReport, fault_end: float | None) -> Row:
         """Fill ``row`` from the ledger: ``fault_end`` is the wall-clock time (``time.time()``) the fault
-        ended, recovery the time from then to the last expected push."""
+        ended, recovery the time from then to the last expected push (None: no outage to recover from)."""
         dead = self.dead_lettered()
         row.published = report.expected
         row.once = report.once
@@ -142,7 +143,8 @@ class ChaosDeployment(Deployment):
         row.lost = max(0, report.lost - dead)
         row.strays = report.strays
         last = report.last_at()
-        if report.lost == 0 and last is not None and fault_end is not None:
+        row.timed = fault_end is not None
+        if row.lost == 0 and last is not None and fault_end is not None:
             row.recovery_s = max(0.0, last.timestamp() - fault_end)
         if self.ledger.stray_samples:
             row.notes.append(f"a stray push: {self.ledger.stray_samples[0]}")

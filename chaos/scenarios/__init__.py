@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.deployment import goal_intent
+from bench.deployment import LedgerReport, goal_intent
 from chaos.report import Row
 from chaos.rig import BASE_ENV, ChaosDeployment, Loop
 from chaos.services import RedisServer, Services
@@ -60,6 +60,12 @@ def goal(deployment: ChaosDeployment, team: str, n: int, **fields: Any) -> Inten
     newer supersede the older on a device that has not got it yet (by design), and the ledger
     expects every goal."""
     return goal_intent(deployment.namespace, team, n, collapse_key=f"chaos:{team}:{n}", **fields)
+
+
+def drained(row: Row, report: LedgerReport, started: float) -> None:
+    last = report.last_at()
+    if last is not None:
+        row.notes.append(f"the last expected push {last.timestamp() - started:.1f} s after the first publish")
 
 
 def wait_pushes(deployment: ChaosDeployment, n: int, timeout_s: float = 120.0) -> bool:

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from datetime import datetime
 
 from chaos.report import Row
 from chaos.rig import percentile, records
-from chaos.scenarios import Context, goal
+from chaos.scenarios import IDLE_S, Context, drained, goal
 
 GOAL_P99_TARGET_S = 5.0
+FLOOD = 15_000
+"""Intents of the flood in a full run. The issue's 50,000 (``CHAOS_FLOOD=50000``) take ~8 minutes to
+drain on two shared cores (~100 one-device intents/s), more than the suite's 15-minute bound allows."""
 
 
 def flood(ctx: Context) -> Row:
     row = Row("low-priority-flood")
-    flood_size = ctx.size(50_000, 5_000)
+    flood_size = int(os.environ.get("CHAOS_FLOOD", "0")) or ctx.size(FLOOD, 3_000)
     with ctx.deployment("flood") as d:
         d.start_stages(fanout=1, deliver=2)
         crowd = d.audience("lo", 1, mix=(("fcm", 100),))
@@ -37,7 +41,7 @@ def flood(ctx: Context) -> Row:
         flooding.join()
         took = time.time() - started
         row.notes.append(f"{flood_size:,} priority-1 intents published in {took:.0f} s, {len(goals)} goals meanwhile")
-        report = d.ledger.wait(timeout_s=ctx.size(600, 240), settle_s=5)
+        report = d.ledger.wait(timeout_s=ctx.size(600, 240), settle_s=5, idle_s=IDLE_S)
         waits = [
             datetime.fromisoformat(r["at"]).timestamp() - goals[r["intent_id"]]
             for r in records(d.record)
@@ -50,4 +54,6 @@ def flood(ctx: Context) -> Row:
             f"< {GOAL_P99_TARGET_S:.0f} s",
             p99 < GOAL_P99_TARGET_S,
         )
-        return d.settle(row, report, started)
+        d.settle(row, report, None)
+        drained(row, report, started)
+        return row

@@ -12,8 +12,8 @@ def worker_sigkill(ctx: Context) -> Row:
     row = Row("worker-sigkill")
     with ctx.deployment("worker-sigkill") as d:
         d.start_stages(fanout=1, deliver=2)
-        audience = d.audience("t1", ctx.size(3000, 1000))
-        goals = ctx.size(5, 3)
+        audience = d.audience("t1", ctx.size(2000, 1000))
+        goals = ctx.size(4, 3)
         for n in range(goals):
             d.publish(goal(d, "t1", n + 1), audience)
         wait_pushes(d, audience.size // 3)

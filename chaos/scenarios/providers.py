@@ -10,7 +10,7 @@ import time
 from bench.deployment import Audience, locate
 from chaos.report import Row
 from chaos.rig import ChaosDeployment, percentile, records
-from chaos.scenarios import IDLE_S, Context, goal, wait_pushes
+from chaos.scenarios import IDLE_S, Context, drained, goal, wait_pushes
 
 FCM_ONLY = (("fcm", 100),)
 PHONES = (("fcm", 60), ("apns", 40))
@@ -23,7 +23,7 @@ def fcm_unavailable(ctx: Context) -> Row:
     with ctx.deployment("fcm-503") as d:
         d.start_stages(fanout=1, deliver=2)
         settings = d.settings()
-        audience = d.audience("t1", ctx.size(1500, 600), mix=FCM_ONLY)
+        audience = d.audience("t1", ctx.size(1000, 600), mix=FCM_ONLY)
         for n in range(2):
             d.publish(goal(d, "t1", n + 1), audience)
         wait_pushes(d, audience.size // 2)
@@ -67,8 +67,8 @@ def unregistered(ctx: Context) -> Row:
     row = Row("unregistered-30pct")
     with ctx.deployment("unregistered") as d:
         d.start_stages(fanout=1, deliver=2)
-        healthy = d.audience("t1", ctx.size(2100, 700), mix=PHONES)
-        dead = d.audience("t1dead", ctx.size(900, 300), mix=PHONES)  # fans of the other side
+        healthy = d.audience("t1", ctx.size(1400, 700), mix=PHONES)
+        dead = d.audience("t1dead", ctx.size(600, 300), mix=PHONES)  # fans of the other side
         for platform in ("fcm", "apns"):
             tokens = [dead.address(i) for i in range(dead.size) if dead.platform(i) == platform]
             d.control("POST", f"/unregistered/{platform}", {"tokens": tokens})
@@ -77,7 +77,8 @@ def unregistered(ctx: Context) -> Row:
             d.publish(goal(d, "t1", n + 1), healthy)
             d.publish(goal(d, "t1dead", n + 1))  # expected nowhere: every token of it is unregistered
         report = d.ledger.wait(timeout_s=240, settle_s=5, idle_s=IDLE_S)
-        d.settle(row, report, started)
+        d.settle(row, report, None)
+        drained(row, report, started)
         share = dead.size / (dead.size + healthy.size)
         row.notes.append(
             f"{dead.size:,} of {dead.size + healthy.size:,} devices ({share:.0%}) unregistered at providers"
@@ -150,7 +151,7 @@ def quota_storm(ctx: Context) -> Row:
     quota = 200
     with ctx.deployment("quota-storm") as d:
         d.start_stages(fanout=1, deliver=2)
-        audience = d.audience("t1", ctx.size(2500, 1000), mix=FCM_ONLY)
+        audience = d.audience("t1", ctx.size(1500, 1000), mix=FCM_ONLY)
         d.fault("fcm", mode="quota", quota_per_s=quota, seconds=3600, retry_after=1)
         started = time.time()
         for n in range(ctx.size(4, 3)):
@@ -176,4 +177,6 @@ def quota_storm(ctx: Context) -> Row:
                 rate <= quota * 1.1,
             )
         report = d.ledger.wait(timeout_s=120, settle_s=5, idle_s=IDLE_S)
-        return d.settle(row, report, started)
+        d.settle(row, report, None)
+        drained(row, report, started)
+        return row
