@@ -126,7 +126,7 @@ def blocking(loop: asyncio.AbstractEventLoop, action: Callable[[], Any]) -> None
 
 
 async def dead_letter_queues(settings: Settings) -> dict[str, list[bytes]]:
-    """The messages in dramatiq's ``.XQ`` queue of each delivery queue (taken off them)."""
+    """The messages in dramatiq's ``.XQ`` queues of each provider's delivery queues, every lane (taken off them)."""
     assert settings.amqp_url is not None
     keys = Keys(settings.namespace)
     found: dict[str, list[bytes]] = {}
@@ -134,16 +134,15 @@ async def dead_letter_queues(settings: Settings) -> dict[str, list[bytes]]:
     async with connection:
         channel = await connection.channel()
         for platform in PLATFORMS:
-            try:
-                queue = await channel.declare_queue(keys.delivery_queue(platform) + ".XQ", passive=True)
-            except aiormq.exceptions.ChannelNotFoundEntity:  # dramatiq has not declared it yet: empty
-                found[platform] = []
-                channel = await connection.channel()
-                continue
-            bodies = []
-            while (message := await queue.get(no_ack=True, fail=False)) is not None:
-                bodies.append(message.body)
-            found[platform] = bodies
+            bodies = found[platform] = []
+            for name in keys.delivery_queues(platform):
+                try:
+                    queue = await channel.declare_queue(name + ".XQ", passive=True)
+                except aiormq.exceptions.ChannelNotFoundEntity:  # dramatiq has not declared it yet: empty
+                    channel = await connection.channel()
+                    continue
+                while (message := await queue.get(no_ack=True, fail=False)) is not None:
+                    bodies.append(message.body)
     return found
 
 
