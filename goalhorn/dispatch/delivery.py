@@ -63,7 +63,7 @@ from goalhorn.settings import Settings
 log = logging.getLogger(__name__)
 
 HELD_RECHECK_S = 2.0
-MARK_FLUSH_S = 0.005
+MARK_FLUSH_S = 0.01
 MARK_FLUSH_SIZE = 100
 MIN_WINDOW = 16
 """The fewest devices a claim window takes (fewer when fewer are left)."""
