@@ -350,3 +350,36 @@ async def test_a_provider_that_always_crashes_spends_attempts_then_dead_letters(
     assert snap.get("delivery:fcm:dead_lettered") == 3
     assert len(dead) == 1
     assert b"unexpected_error: RuntimeError" in dead[0][1][b"reason"]
+
+
+# --- leases renewed while a claim is held ----------------------------------------------------------
+
+
+class Slow(Provider):
+    """Accepts every push after ``hold`` is set."""
+
+    platform: Platform = "fcm"
+
+    def __init__(self) -> None:
+        self.hold = asyncio.Event()
+
+    async def send(self, batch: DeliveryBatch) -> list[DeliveryResult]:
+        await self.hold.wait()
+        return [DeliveryResult(device_id=d.device_id, outcome="sent") for d in batch.devices]
+
+
+async def test_a_claim_outlives_its_lease_while_its_worker_still_sends(backend: str) -> None:
+    settings = make_settings(backend, claim_lease_s=1)
+    devices = phones(3)
+    provider = Slow()
+    async with harness(settings, provider) as h:
+        task = asyncio.create_task(h.deliverer.process(batch_of(devices)))
+        await asyncio.sleep(2.5)  # two and a half leases into a send that has not answered
+        held = await h.markers("i-1", devices)
+        provider.hold.set()
+        await task
+        done = await h.markers("i-1", devices)
+        snap = await h.snapshot()
+    assert held == {b"inflight": 3}, "renewed: another attempt cannot claim them meanwhile"
+    assert done == {b"sent": 3}
+    assert snap.get("delivery:fcm:sent") == 3
