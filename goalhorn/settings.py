@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     critical_worker_threads: int = Field(
         default=4, ge=1, description="Worker threads per deliver process that take only critical-lane batches."
     )
+    normal_lane_concurrency: int = Field(
+        default=0,
+        ge=0,
+        description="Requests in flight per provider and deliver process for the normal lane; 0: the provider's own.",
+    )
     delivery_max_attempts: int = Field(default=5, ge=1)
     retry_base_delay_s: float = Field(default=0.2, gt=0)
     retry_max_delay_s: float = Field(default=30.0, gt=0)

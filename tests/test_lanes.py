@@ -17,7 +17,7 @@ from dramatiq.worker import _WorkQueueItem
 
 from goalhorn.catalog import default_catalog
 from goalhorn.counters import PipelineCounters
-from goalhorn.dispatch.lanes import ACTOR_PRIORITY, CriticalFirst, LaneWorkQueue
+from goalhorn.dispatch.lanes import ACTOR_PRIORITY, AfterCritical, CriticalFirst, LaneWorkQueue
 from goalhorn.dispatch.stage import DeliveryStage, DeliveryWorker, delivery_message, make_broker
 from goalhorn.keys import PLATFORMS, Keys, Platform
 from goalhorn.models import DeliveryBatch, Device
@@ -84,6 +84,14 @@ async def test_normal_sends_wait_while_a_critical_batch_is_in_hand_but_not_for_e
     bounded = CriticalFirst(hold_max_s=0.05)
     async with bounded.critical():
         await asyncio.wait_for(bounded.turn(), 5)  # a steady critical flow does not stop the normal lane
+
+
+def test_the_normal_lane_keeps_at_most_its_own_concurrency_in_flight() -> None:
+    inner = ConsoleProvider("fcm")
+    inner.concurrency = 100
+    assert AfterCritical(inner, CriticalFirst(), concurrency=25).concurrency == 25
+    assert AfterCritical(inner, CriticalFirst(), concurrency=0).concurrency == 100, "0: the provider's own"
+    assert AfterCritical(inner, CriticalFirst(), concurrency=500).concurrency == 100, "never more than it"
 
 
 def batch(

@@ -82,13 +82,15 @@ class CriticalFirst:
 
 
 class AfterCritical(Provider):
-    """A normal-lane provider: ``inner``, each of whose sends first waits its turn (:meth:`CriticalFirst.turn`)."""
+    """A normal-lane provider: ``inner``, each of whose sends first waits its turn (:meth:`CriticalFirst.turn`),
+    with at most ``concurrency`` requests in flight (``GOALHORN_NORMAL_LANE_CONCURRENCY``; 0: ``inner``'s)."""
 
-    def __init__(self, inner: Provider, gate: CriticalFirst) -> None:
+    def __init__(self, inner: Provider, gate: CriticalFirst, *, concurrency: int = 0) -> None:
         self._inner = inner
         self._gate = gate
         self.platform = inner.platform
-        self.concurrency = inner.concurrency
+        self.concurrency = min(inner.concurrency, concurrency) if concurrency else inner.concurrency
+        """In flight over the normal lane's batches: what a critical batch may find on the wire."""
         self.endpoint_concurrency = inner.endpoint_concurrency
 
     async def prepare(self, batch: DeliveryBatch) -> Send:

@@ -236,7 +236,14 @@ class DeliveryStage:
             normal = Deliverer(
                 self.settings,
                 self._redis_client(),
-                {p: AfterCritical(self._provider_factory(p, self._render), gate) for p in PLATFORMS},
+                {
+                    p: AfterCritical(
+                        self._provider_factory(p, self._render),
+                        gate,
+                        concurrency=self.settings.normal_lane_concurrency,
+                    )
+                    for p in PLATFORMS
+                },
                 self.enqueue,
             )
             critical = Deliverer(
