@@ -177,27 +177,24 @@ class Receivers:
     """A hanging endpoint and healthy ones, with what each saw and when."""
 
     hang_arrived: int = 0
-    hang_ended: int = 0
-    healthy: list[tuple[str, int, int]] = field(default_factory=list)
-    """(path, hanging requests arrived, hanging requests ended) at each healthy arrival."""
+    healthy: list[tuple[str, int]] = field(default_factory=list)
+    """(path, requests to hanging endpoints arrived so far) at each healthy arrival."""
     release: asyncio.Event = field(default_factory=asyncio.Event)
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/hang", self._hang)
+        app.router.add_post("/hang/{n}", self._hang)
         app.router.add_post("/ok/{n}", self._ok)
         return app
 
     async def _hang(self, request: web.Request) -> web.StreamResponse:
         self.hang_arrived += 1
-        try:
-            await self.release.wait()
-        finally:
-            self.hang_ended += 1
+        await self.release.wait()
         return web.Response(status=204)
 
     async def _ok(self, request: web.Request) -> web.StreamResponse:
-        self.healthy.append((request.path, self.hang_arrived, self.hang_ended))
+        self.healthy.append((request.path, self.hang_arrived))
         return web.Response(status=204)
 
 
@@ -230,11 +227,47 @@ async def test_a_hanging_webhook_endpoint_holds_its_own_cap_not_the_shared_slots
     assert len(receivers.healthy) == 30, "every healthy endpoint got its webhook"
     assert snap.get("delivery:webhook:sent") == 30
     # They all went out while the hanging endpoint had its 2 requests in flight, before either timed out.
-    assert {(arrived, ended) for _, arrived, ended in receivers.healthy} == {(2, 0)}
+    assert {arrived for _, arrived in receivers.healthy} == {2}
     assert breaker.state is State.OPEN, "the timeouts opened the endpoint's own circuit"
     assert receivers.hang_arrived == 4, "requests to it stopped at the threshold"
     assert snap.get("breaker_deferred") == 30 - 4
     assert snap.get("retries") == 4
+
+
+async def test_endpoints_that_keep_timing_out_share_a_quarter_of_the_slots() -> None:
+    receivers = Receivers()
+    async with serve(receivers.app()) as base:
+        settings = make_settings(
+            "real",
+            webhook_allowlist="127.0.0.1",
+            webhook_concurrency=8,  # suspect endpoints: 2 of them
+            webhook_endpoint_concurrency=2,
+            webhook_timeout_s=0.5,
+            breaker_failure_threshold=3,
+            breaker_open_s=30,
+        )
+
+        def hook(device_id: str, url: str) -> Device:
+            return Device(device_id=device_id, user_id=device_id, platform="webhook", address=url, secret=SECRET)
+
+        try:
+            async with harness(settings, WebhookProvider(settings)) as h:
+                # Four endpoints that hang each time out once: suspects, not open yet.
+                await h.deliverer.process(batch_of(tuple(hook(f"a{n}", f"{base}/hang/{n}") for n in range(4))))
+                assert receivers.hang_arrived == 4
+                hanging = tuple(hook(f"h{n}{i}", f"{base}/hang/{n}") for n in range(4) for i in range(5))
+                healthy = tuple(hook(f"k{i:02d}", f"{base}/ok/{i}") for i in range(20))
+                await h.deliverer.process(batch_of(hanging + healthy, make_intent("i-2")))
+                snap = await h.snapshot()
+        finally:
+            receivers.release.set()
+
+    # The healthy ones went while the four suspects had 2 requests out between them; without the pool
+    # their caps (4 x 2) would have taken all 8 slots until they timed out.
+    assert len(receivers.healthy) == 20
+    assert {arrived - 4 for _, arrived in receivers.healthy} == {2}
+    assert snap.get("delivery:webhook:sent") == 20
+    assert receivers.hang_arrived == 4 + 4 * 2, "each opened at its third timeout"
 
 
 async def test_an_ssrf_refusal_teaches_the_breaker_nothing_and_a_4xx_is_the_endpoint_working() -> None:

@@ -67,6 +67,8 @@ MARK_FLUSH_S = 0.01
 MARK_FLUSH_SIZE = 100
 MIN_WINDOW = 16
 """The fewest devices a claim window takes (fewer when fewer are left)."""
+SUSPECT_SHARE = 4
+"""Suspect endpoints share at most 1/``SUSPECT_SHARE`` of a provider's shared slots."""
 BREAKER_WAIT_S = 0.005
 """How often a request a ramping circuit holds back (``BUSY``) asks again."""
 
@@ -178,18 +180,21 @@ class _MarkerWrites:
 
 
 class _EndpointSlots:
-    """A cap on requests in flight per circuit, made on first use and dropped once idle."""
+    """Per-endpoint caps on requests in flight (made on first use, dropped once idle), and a pool that
+    the requests of suspect endpoints (failures since their last success) share besides: however many
+    endpoints hang, they hold at most ``suspect_limit`` shared slots once each has timed out once."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, suspect_limit: int) -> None:
         self._limit = limit
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._users: Counter[str] = Counter()
+        self._suspects = asyncio.Semaphore(suspect_limit)
 
-    def busy(self, circuit: str) -> bool:
+    def busy(self, circuit: str, suspect: bool) -> bool:
         slots = self._slots.get(circuit)
-        return slots is not None and slots.locked()
+        return (slots is not None and slots.locked()) or (suspect and self._suspects.locked())
 
-    async def acquire(self, circuit: str) -> None:
+    async def acquire(self, circuit: str, suspect: bool) -> None:
         slots = self._slots.get(circuit)
         if slots is None:
             slots = self._slots[circuit] = asyncio.Semaphore(self._limit)
@@ -199,8 +204,16 @@ class _EndpointSlots:
         except BaseException:
             self._leave(circuit)
             raise
+        if suspect:
+            try:
+                await self._suspects.acquire()
+            except BaseException:
+                self.release(circuit, False)
+                raise
 
-    def release(self, circuit: str) -> None:
+    def release(self, circuit: str, suspect: bool) -> None:
+        if suspect:
+            self._suspects.release()
         self._slots[circuit].release()
         self._leave(circuit)
 
@@ -274,12 +287,16 @@ class _Run:
     def unparked(self, endpoints: _EndpointSlots | None) -> tuple[Device, str] | None:
         """A parked device whose endpoint has room (any parked device if ``endpoints`` is None)."""
         for circuit, devices in self._parked.items():
-            if endpoints is None or not endpoints.busy(circuit):
+            if endpoints is None or not endpoints.busy(circuit, self.suspect(circuit)):
                 device = devices.popleft()
                 if not devices:
                     del self._parked[circuit]
                 return device, circuit
         return None
+
+    def suspect(self, circuit: str) -> bool:
+        """Whether a circuit failed since its last success (its requests share the suspects' pool)."""
+        return self._breakers[circuit].failures > 0
 
     def defer(self, device: Device, wait_s: float) -> None:
         self.tally.defer(device, wait_s)
@@ -415,7 +432,8 @@ class Deliverer:
             return None
         slots = self._endpoint_slots.get(provider.platform)
         if slots is None:
-            slots = self._endpoint_slots[provider.platform] = _EndpointSlots(provider.endpoint_concurrency)
+            suspects = max(1, provider.concurrency // SUSPECT_SHARE)
+            slots = self._endpoint_slots[provider.platform] = _EndpointSlots(provider.endpoint_concurrency, suspects)
         return slots
 
     async def _work(self, run: _Run) -> None:
@@ -449,27 +467,28 @@ class Deliverer:
                 else:
                     assert device is not None
                     circuit = run.provider.circuit(device)
-                    if endpoints.busy(circuit):
-                        run.park(device, circuit)
-                        continue
-                if last and endpoints.busy(circuit):  # nothing else to do: wait, but not on a shared slot
+                suspect = run.suspect(circuit)
+                if parked is None and endpoints.busy(circuit, suspect):
+                    run.park(device, circuit)
+                    continue
+                if last and endpoints.busy(circuit, suspect):  # nothing else to do: wait, not on a shared slot
                     run.active -= 1
                     slots.release()
                     holding = False
-                    await endpoints.acquire(circuit)
+                    await endpoints.acquire(circuit, suspect)
                     try:
                         await slots.acquire()
                     except BaseException:
-                        endpoints.release(circuit)
+                        endpoints.release(circuit, suspect)
                         raise
                     run.active += 1
                     holding = True
                 else:
-                    await endpoints.acquire(circuit)
+                    await endpoints.acquire(circuit, suspect)
                 try:
                     await self._attempt(run, device, circuit)
                 finally:
-                    endpoints.release(circuit)
+                    endpoints.release(circuit, suspect)
             finally:
                 if holding:
                     run.active -= 1
