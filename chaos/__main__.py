@@ -18,7 +18,7 @@ from chaos.rig import Loop
 from chaos.scenarios import Context, all_scenarios
 from chaos.services import Services
 
-QUICK = ("worker-sigkill",)
+QUICK = ("worker-sigkill", "rabbitmq-sigkill", "hostile-input")
 """The scenarios CI runs (``CHAOS_QUICK=1``): those whose targets main meets; the others are listed
 with their figures in docs/reliability.md."""
 

@@ -36,6 +36,8 @@ class Row:
     Redis data lost); 0 elsewhere."""
     strays: int = 0
     """Pushes nobody should have got."""
+    stray_sample: str | None = None
+    """One push nobody should have got, as recorded (shown when ``strays``)."""
     checks: list[Check] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     error: str | None = None
@@ -80,4 +82,6 @@ def table(rows: list[Row]) -> str:
             lines.append(f"  - {c.what}: {c.measured} (target {c.target}) {'ok' if c.ok else 'MISSED'}")
         for note in row.notes:
             lines.append(f"  - {note}")
+        if row.strays and row.stray_sample:
+            lines.append(f"  - a push nobody should have got: {row.stray_sample}")
     return "\n".join(lines)

@@ -147,7 +147,7 @@ class ChaosDeployment(Deployment):
         if row.lost == 0 and last is not None and fault_end is not None:
             row.recovery_s = max(0.0, last.timestamp() - fault_end)
         if self.ledger.stray_samples:
-            row.notes.append(f"a stray push: {self.ledger.stray_samples[0]}")
+            row.stray_sample = self.ledger.stray_samples[0]
         return row
 
 

@@ -130,9 +130,10 @@ def hanging_webhooks(ctx: Context) -> Row:
             "< +10 %",
             len(during) == healthy.size and p99_during < 1.10 * p99_before,
         )
-        closed_at = time.time() + max(0.0, 40 - (time.time() - second_at.timestamp()))
         report = d.ledger.wait(timeout_s=240, settle_s=5, idle_s=IDLE_S)
-        return d.settle(row, report, closed_at)
+        # The slow endpoints' pushes arrive once they answer again, or are dead-lettered after the
+        # attempts: both are accounted; the target here is the healthy ones' latency.
+        return d.settle(row, report, None)
 
 
 def _latencies(d: ChaosDeployment, audience: Audience, intent_id: str, since: float) -> list[float]:
@@ -151,7 +152,7 @@ def quota_storm(ctx: Context) -> Row:
     quota = 200
     with ctx.deployment("quota-storm") as d:
         d.start_stages(fanout=1, deliver=2)
-        audience = d.audience("t1", ctx.size(1500, 1000), mix=FCM_ONLY)
+        audience = d.audience("t1", ctx.size(1000, 800), mix=FCM_ONLY)
         d.fault("fcm", mode="quota", quota_per_s=quota, seconds=3600, retry_after=1)
         started = time.time()
         for n in range(ctx.size(4, 3)):
