@@ -468,6 +468,13 @@ def report_figures(
         f"{'exactly once' if bare.exactly_once else 'NOT exactly once'})"
     )
     ok &= exact
+    for r in runs + big_runs:
+        if not r.exactly_once:
+            results.note(
+                f"not exactly once: {r.audience}, {r.workers} worker(s): {r.delivered:,} of {r.followers:,} "
+                f"delivered, lost {r.lost:,}, duplicated {r.duplicated:,}, strays {r.strays:,} (the processes' "
+                f"logs say whether a connection to RabbitMQ or Redis was lost meanwhile)"
+            )
     for workers in (1, 2):
         for label in plan.audiences:
             mine = [r for r in runs if r.audience == label and r.workers == workers]
