@@ -180,30 +180,36 @@ class _MarkerWrites:
 
 
 class _EndpointSlots:
-    """Per-endpoint caps on requests in flight (made on first use, dropped once idle), and a pool that
-    the requests of suspect endpoints (failures since their last success) share besides: however many
-    endpoints hang, they hold at most ``suspect_limit`` shared slots once each has timed out once."""
+    """Per-endpoint caps on requests in flight, and a pool that the requests of suspect endpoints
+    (failures since their last success) share besides: however many endpoints hang, they hold at most
+    ``suspect_limit`` shared slots once each has timed out once. An endpoint's cap is given per request
+    (one until it has answered once, so a new endpoint that hangs holds one slot, not its full cap)."""
 
-    def __init__(self, limit: int, suspect_limit: int) -> None:
-        self._limit = limit
-        self._slots: dict[str, asyncio.Semaphore] = {}
-        self._users: Counter[str] = Counter()
+    def __init__(self, suspect_limit: int) -> None:
+        self._in_use: Counter[str] = Counter()
+        self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
         self._suspects = asyncio.Semaphore(suspect_limit)
 
-    def busy(self, circuit: str, suspect: bool) -> bool:
-        slots = self._slots.get(circuit)
-        return (slots is not None and slots.locked()) or (suspect and self._suspects.locked())
+    def busy(self, circuit: str, cap: int, suspect: bool) -> bool:
+        return self._in_use[circuit] >= cap or (suspect and self._suspects.locked())
 
-    async def acquire(self, circuit: str, suspect: bool) -> None:
-        slots = self._slots.get(circuit)
-        if slots is None:
-            slots = self._slots[circuit] = asyncio.Semaphore(self._limit)
-        self._users[circuit] += 1
-        try:
-            await slots.acquire()
-        except BaseException:
-            self._leave(circuit)
-            raise
+    async def acquire(self, circuit: str, cap: int, suspect: bool) -> None:
+        while self._in_use[circuit] >= cap:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(circuit, deque()).append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():  # woken, then cancelled: pass the turn on
+                    self._wake(circuit, waiter)
+                raise
+            finally:
+                waiters = self._waiters.get(circuit)
+                if waiters is not None and waiter in waiters:
+                    waiters.remove(waiter)
+                if waiters is not None and not waiters:
+                    del self._waiters[circuit]
+        self._in_use[circuit] += 1
         if suspect:
             try:
                 await self._suspects.acquire()
@@ -214,13 +220,16 @@ class _EndpointSlots:
     def release(self, circuit: str, suspect: bool) -> None:
         if suspect:
             self._suspects.release()
-        self._slots[circuit].release()
-        self._leave(circuit)
+        self._in_use[circuit] -= 1
+        if not self._in_use[circuit]:
+            del self._in_use[circuit]
+        self._wake(circuit)
 
-    def _leave(self, circuit: str) -> None:
-        self._users[circuit] -= 1
-        if not self._users[circuit]:
-            del self._users[circuit], self._slots[circuit]
+    def _wake(self, circuit: str, but: asyncio.Future[None] | None = None) -> None:
+        for waiter in self._waiters.get(circuit, ()):
+            if waiter is not but and not waiter.done():
+                waiter.set_result(None)
+                return
 
 
 class _Run:
@@ -287,16 +296,19 @@ class _Run:
     def unparked(self, endpoints: _EndpointSlots | None) -> tuple[Device, str] | None:
         """A parked device whose endpoint has room (any parked device if ``endpoints`` is None)."""
         for circuit, devices in self._parked.items():
-            if endpoints is None or not endpoints.busy(circuit, self.suspect(circuit)):
+            if endpoints is None or not endpoints.busy(circuit, *self.gates(circuit)):
                 device = devices.popleft()
                 if not devices:
                     del self._parked[circuit]
                 return device, circuit
         return None
 
-    def suspect(self, circuit: str) -> bool:
-        """Whether a circuit failed since its last success (its requests share the suspects' pool)."""
-        return self._breakers[circuit].failures > 0
+    def gates(self, circuit: str) -> tuple[int, bool]:
+        """An endpoint's cap on requests in flight (one until it has answered once), and whether it
+        failed since its last success (its requests then share the suspects' pool too)."""
+        breaker = self._breakers[circuit]
+        cap = self.provider.endpoint_concurrency or 1
+        return (cap if breaker.proven else 1), breaker.failures > 0
 
     def defer(self, device: Device, wait_s: float) -> None:
         self.tally.defer(device, wait_s)
@@ -433,7 +445,7 @@ class Deliverer:
         slots = self._endpoint_slots.get(provider.platform)
         if slots is None:
             suspects = max(1, provider.concurrency // SUSPECT_SHARE)
-            slots = self._endpoint_slots[provider.platform] = _EndpointSlots(provider.endpoint_concurrency, suspects)
+            slots = self._endpoint_slots[provider.platform] = _EndpointSlots(suspects)
         return slots
 
     async def _work(self, run: _Run) -> None:
@@ -467,15 +479,15 @@ class Deliverer:
                 else:
                     assert device is not None
                     circuit = run.provider.circuit(device)
-                suspect = run.suspect(circuit)
-                if parked is None and endpoints.busy(circuit, suspect):
+                cap, suspect = run.gates(circuit)
+                if parked is None and endpoints.busy(circuit, cap, suspect):
                     run.park(device, circuit)
                     continue
-                if last and endpoints.busy(circuit, suspect):  # nothing else to do: wait, not on a shared slot
+                if last and endpoints.busy(circuit, cap, suspect):  # nothing else to do: wait, not on a shared slot
                     run.active -= 1
                     slots.release()
                     holding = False
-                    await endpoints.acquire(circuit, suspect)
+                    await endpoints.acquire(circuit, cap, suspect)
                     try:
                         await slots.acquire()
                     except BaseException:
@@ -484,7 +496,7 @@ class Deliverer:
                     run.active += 1
                     holding = True
                 else:
-                    await endpoints.acquire(circuit, suspect)
+                    await endpoints.acquire(circuit, cap, suspect)
                 try:
                     await self._attempt(run, device, circuit)
                 finally:
