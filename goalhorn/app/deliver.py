@@ -1,4 +1,5 @@
-"""The deliver stage: a dramatiq worker draining the per-provider delivery queues.
+"""The deliver stage: a dramatiq worker draining the per-provider delivery queues of both lanes, with
+threads of its own for the critical one (``goalhorn.dispatch.lanes``).
 
 ``goalhorn run deliver`` runs it. Batches are claimed, sent through the providers (built from settings,
 rendering with this process's catalog) and their devices marked, retried or dead-lettered by
