@@ -11,13 +11,14 @@ The send path: the provider prepares the batch once (``Provider.prepare``), then
 worker coroutines (``Provider.concurrency``) pull its devices one at a time. A worker takes one of the
 platform's shared slots (``concurrency`` in flight per worker process, over all batches), then a
 device, which it claims in a small window with the devices the batch's other slot holders need (one
-script call per window, so what a killed worker leaves claimed is about what it had in flight); for a
-provider with per-endpoint caps (webhooks) it takes the endpoint's cap before the shared slot, giving
-the slot back while it waits. Then the pacing bucket, then the circuit breaker, consulted for this
-request at the moment it goes out, then the send. Each device is finished (``sent``...) or released
-as soon as its answer is known (coalesced into one Redis call per burst), and the leases of the claims
-still held are renewed while the batch runs, so a lease can be short: a worker that dies blocks its
-claims for one lease at most.
+script call per window, so what a killed worker leaves claimed is about what it had in flight). For a
+provider with per-endpoint caps (webhooks) the endpoint's cap comes first (a device whose endpoint is
+at its cap is parked while the worker goes on with others), and endpoints that failed since their
+last success share a quarter of the slots besides. Then the pacing bucket, then the circuit breaker,
+consulted for this request at the moment it goes out, then the send. Each device is finished
+(``sent``...) or released as soon as its answer is known (coalesced with every batch's into one Redis
+call per burst), and the leases of the claims still held are renewed while the batch runs, so a lease
+can be short: a worker that dies blocks its claims for one lease at most.
 
 The delivery counts are a ledger: a device is counted when its marker moves to a final state (the
 scripts say how many moved), so a redelivered batch never counts a device twice. ``docs/delivery.md``
