@@ -46,8 +46,8 @@ def _outage(ctx: Context, name: str, *, kill: bool, away_s: float) -> Row:
             down_at = time.monotonic()
             rabbit.kill() if kill else rabbit.stop()
             espn.body = with_home_score(board, GAME, 1)  # scored while the broker is away
-            # Started so that it takes connections again ``away_s`` after it stopped taking them.
-            time.sleep(max(0.0, away_s - rabbit.boot_s - (time.monotonic() - down_at)))
+            # Started ``away_s`` after it went; it takes connections again once booted (a few seconds more).
+            time.sleep(max(0.0, away_s - (time.monotonic() - down_at)))
             rabbit.start()
             back_at = time.time()
             how = "SIGKILLed" if kill else "stopped"
