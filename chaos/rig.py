@@ -10,8 +10,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Coroutine
-from concurrent.futures import Future
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,9 +36,6 @@ class Loop:
 
     def run(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
-
-    def spawn(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -157,11 +153,6 @@ def _redis(url: str) -> Any:
     return redis.Redis.from_url(url, socket_timeout=10)
 
 
-def latencies(report_records: list[dict[str, Any]], since: datetime) -> list[float]:
-    """Seconds from ``since`` to each record's ``at``."""
-    return sorted(datetime.fromisoformat(r["at"]).timestamp() - since.timestamp() for r in report_records)
-
-
 def percentile(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -178,7 +169,3 @@ def records(path: Path) -> list[dict[str, Any]]:
             except ValueError:
                 continue
     return out
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)

@@ -148,8 +148,8 @@ class RedisServer:
     def start(self, *, fresh: bool = False) -> None:
         """Start it; ``fresh`` throws its files away first (a server that comes back empty)."""
         if fresh:
-            for path in self.base.iterdir():
-                path.unlink() if path.is_file() else shutil.rmtree(path)
+            shutil.rmtree(self.base)
+            self.base.mkdir()
         args = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.base)]
         args += ["--save", "", "--appendonly", "yes" if self.aof else "no", "--appendfsync", "everysec"]
         args += ["--logfile", str(self.base / "redis.log")]

@@ -80,9 +80,11 @@ def wait_pushes(deployment: ChaosDeployment, n: int, timeout_s: float = 120.0) -
 
 def kill_bound(deployment: ChaosDeployment, killed_deliver: int) -> int:
     """The most pushes that can be duplicated by killing ``killed_deliver`` deliver processes: those in
-    flight in them (each thread's batch), accepted by the provider before their marker was written."""
-    env: dict[str, Any] = deployment.env
-    return killed_deliver * int(env["GOALHORN_WORKER_THREADS"]) * int(env["GOALHORN_BATCH_SIZE"])
+    flight in them (each thread's batch, the critical lane's own threads included), accepted by the
+    provider before their marker was written."""
+    settings = deployment.settings()
+    threads = settings.worker_threads + int(getattr(settings, "critical_worker_threads", 0))
+    return killed_deliver * threads * settings.batch_size
 
 
 def all_scenarios() -> list[tuple[str, Scenario]]:
