@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import subprocess
@@ -332,7 +333,9 @@ def p99(values: list[float]) -> float:
 async def run(args: argparse.Namespace, results: Results) -> bool:
     plan = sizes(args)
     ok = True
-    with tempfile.TemporaryDirectory(prefix="goalhorn-bench-e2e-") as tmp, Deployment(Path(tmp)) as deployment:
+    with contextlib.ExitStack() as stack:
+        work_dir = args.work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="goalhorn-bench-e2e-")))
+        deployment = stack.enter_context(Deployment(work_dir))
         started = time.perf_counter()
         audiences = {}
         for label, size in plan.audiences.items():
@@ -621,6 +624,12 @@ def main(argv: list[str], results: Results | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench e2e", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2k and 10k audiences, a 20k backlog")
     parser.add_argument("--runs", type=int, default=3, help="runs of each figure (the 1M goal runs once)")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="keep the processes' logs and the push record here (default: a temporary directory)",
+    )
     parser.add_argument(
         "--naive-s",
         type=float,

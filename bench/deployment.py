@@ -524,6 +524,7 @@ class Deployment:
         self.close()
 
     def _start_sandbox(self) -> None:
+        self.record.unlink(missing_ok=True)  # a work dir used before: the ledger reads from the start
         ports = ["--fcm-port", str(free_port()), "--apns-port", str(free_port()), "--webhook-port", str(free_port())]
         args = ["sandbox", "--dir", str(self.work_dir / "sandbox"), "--record", str(self.record), *ports]
         if self._control:
