@@ -9,8 +9,8 @@ import random
 import aiohttp
 import pytest
 
+from goalhorn.backoff import Backoff
 from goalhorn.ingest.adapter import Parsed
-from goalhorn.ingest.backoff import Backoff
 from goalhorn.ingest.budget import RequestBudget
 from goalhorn.ingest.poller import LeaguePoller, PollOptions
 from goalhorn.models import GameStatus, Sport

@@ -29,6 +29,7 @@ import redis.exceptions
 from dramatiq.common import xq_name
 from prometheus_client import Counter
 
+from goalhorn.backoff import delay_s
 from goalhorn.dispatch.pause import PAUSED_RECHECK_S, ProviderPaused
 from goalhorn.models import ActorFailureOutcome
 from goalhorn.settings import Settings
@@ -80,12 +81,6 @@ def redis_unavailable(exc: BaseException) -> bool:
     return False
 
 
-def backoff_s(base_s: float, cap_s: float, n: int, rng: random.Random | None = None) -> float:
-    """Exponential backoff, capped, with jitter: between half and all of ``min(cap, base * 2**n)``."""
-    nominal = min(cap_s, base_s * 2 ** min(n, 32))
-    return float(nominal * (rng or random).uniform(0.5, 1.0))
-
-
 class ActorFailures(dramatiq.Middleware):
     """Republishes, or dead-letters, the delivery messages whose actor raised (see the module)."""
 
@@ -123,14 +118,14 @@ class ActorFailures(dramatiq.Middleware):
             return
         if isinstance(exception, RedisUnavailable):
             waits = int(message.options.get(REDIS_WAITS, 0))
-            delay = backoff_s(self._base_s, self._redis_wait_max_s, waits)
+            delay = delay_s(self._base_s, self._redis_wait_max_s, waits + 1)
             if self._publish_again(broker, message, delay, {REDIS_WAITS: waits + 1}):
                 self._count("redis_wait")
                 self._log_wait(message, delay)
             return
         tries = int(message.options.get(TRIES, 0)) + 1
         if tries < self._max_tries:
-            delay = backoff_s(self._base_s, self._max_s, tries - 1)
+            delay = delay_s(self._base_s, self._max_s, tries)
             if self._publish_again(broker, message, delay, {TRIES: tries}):
                 self._count("retried")
                 log.warning(

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import aiohttp
 from prometheus_client import Counter
 
+from goalhorn.backoff import Backoff
 from goalhorn.ingest.adapter import Parsed
-from goalhorn.ingest.backoff import Backoff
 from goalhorn.ingest.polymarket import PolymarketAdapter
 from goalhorn.models import utcnow
 

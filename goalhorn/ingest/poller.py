@@ -24,9 +24,9 @@ from datetime import datetime, timedelta
 import aiohttp
 from prometheus_client import Counter
 
+from goalhorn.backoff import Backoff
 from goalhorn.errors import BusError
 from goalhorn.ingest.adapter import FeedAdapter, Parsed
-from goalhorn.ingest.backoff import Backoff
 from goalhorn.ingest.budget import RequestBudget
 from goalhorn.ingest.espn import EspnAdapter
 from goalhorn.ingest.quarantine import Quarantine

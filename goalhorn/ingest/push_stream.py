@@ -30,8 +30,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from prometheus_client import Counter
 
+from goalhorn.backoff import Backoff
 from goalhorn.ingest.adapter import Parsed
-from goalhorn.ingest.backoff import Backoff
 from goalhorn.ingest.sportradar import LEAGUES, SportradarAdapter
 from goalhorn.models import utcnow
 
