@@ -22,6 +22,9 @@ from goalhorn.models import Intent
 
 @dataclass
 class Context:
+    """What a scenario is given: the suite's services, the loop for async helpers, the mode (quick:
+    smaller audiences), where its processes' logs go, and the Redis server scenarios share."""
+
     services: Services
     loop: Loop
     quick: bool
@@ -36,13 +39,15 @@ class Context:
 
     @contextmanager
     def deployment(
-        self, name: str, *, redis_url: str | None = None, amqp_url: str | None = None, env: dict[str, str] | None = None
+        self, name: str, *, redis_url: str | None = None, env: dict[str, str] | None = None
     ) -> Iterator[ChaosDeployment]:
+        """A deployment in a namespace of its own on the suite's RabbitMQ and ``redis_url`` (default:
+        the shared server)."""
         with ChaosDeployment(
             self.work / name,
             self.loop,
             redis_url=redis_url or self.redis.url,
-            amqp_url=amqp_url or self.services.rabbit.url,
+            amqp_url=self.services.rabbit.url,
             namespace=f"chaos{name.replace('-', '')[:24]}{int(time.time()) % 10000}",
             env=BASE_ENV | (env or {}),
         ) as deployment:
