@@ -24,9 +24,9 @@ from typing import TextIO
 from bench.figures import Results, where, write_results
 
 QUICK_ARGS = {
-    "api": ["--seconds", "2", "--clients", "200"],
+    "api": ["--seconds", "1.5", "--clients", "200"],
     "e2e": ["--quick"],
-    "expand": ["--users", "100000", "--rounds", "2", "--naive-sample", "2000"],
+    "expand": ["--users", "100000", "--rounds", "3", "--naive-sample", "2000"],
     "ingest": ["--quick"],
     "providers": ["--small"],
 }

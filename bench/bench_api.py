@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import redis as sync_redis
 
+from bench.figures import Figure, Results
 from goalhorn.ingest.live import LiveState
 from goalhorn.keys import Keys
 from goalhorn.models import GameState, GameStatus, Sport
@@ -276,6 +278,20 @@ async def _prepare(namespace: str, connections: int) -> tuple[list[str], bytes]:
     return keys, b""
 
 
+def report(results: Results, runs: dict[str, list[dict[str, float]]]) -> None:
+    """Each figure over the runs; the API's routes against the bare route measured in the same runs."""
+    for name, baseline in (
+        ("GET /v1/games/{id}", "bare Starlette route, same bytes"),
+        ("GET /v1/games/{id}, If-None-Match (304)", "bare Starlette route, same bytes"),
+        ("POST /v1/users/{id}/devices", "bare Starlette route, same POST"),
+    ):
+        base = statistics.median(r["rps"] for r in runs[baseline])
+        results.add(Figure(f"{name}: requests/s", [r["rps"] for r in runs[name]], "req/s", baseline=(baseline, base)))
+        results.add(Figure(f"{name}: p99", [r["p99_ms"] for r in runs[name]], "ms"))
+    for name in (k for k in runs if k.startswith("SSE")):
+        results.add(Figure(f"{name}: one update reached all", [r["last_ms"] for r in runs[name]], "ms"))
+
+
 def _line(name: str, result: dict[str, float], baseline: dict[str, float] | None = None) -> None:
     ratio = f"   {result['rps'] / baseline['rps']:.2f}x the bare route" if baseline else ""
     print(
@@ -285,7 +301,7 @@ def _line(name: str, result: dict[str, float], baseline: dict[str, float] | None
     )
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], results: Results | None = None) -> int:
     if argv and argv[0] == "serve":
         serve(argv[1], int(argv[2]), argv[3], argv[4])
         return 0
@@ -302,6 +318,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=3, help="runs of each figure (median, min, max)")
     parser.add_argument(
         "--namespace", default=None, help="Redis namespace to write under (deleted after); default: a new one."
     )
@@ -337,13 +354,6 @@ def main(argv: list[str]) -> int:
         get_bare = [_request("GET", f"/v1/games/{GAME}", None) for _ in keys]
         get_api = [_request("GET", f"/v1/games/{GAME}", k) for k in keys]
         not_modified = [_request("GET", f"/v1/games/{GAME}", k, f"If-None-Match: {etag.decode()}") for k in keys]
-        base_get = _measure(bare.port, get_bare, args.seconds)
-        api_get = _measure(api.port, get_api, args.seconds)
-        api_304 = _measure(api.port, not_modified, args.seconds)
-        _line("bare Starlette route, same bytes", base_get)
-        _line("GET /v1/games/{id}", api_get, base_get)
-        _line("GET /v1/games/{id}, If-None-Match (304)", api_304, base_get)
-
         asyncio.run(_users(namespace, keys))
         posts = [
             _request(
@@ -351,18 +361,27 @@ def main(argv: list[str]) -> int:
             )
             for i, k in enumerate(keys)
         ]
-        base_post = _measure(bare.port, posts, args.seconds)
-        api_post = _measure(api.port, posts, args.seconds)
-        _line("bare Starlette route, same POST", base_post)
-        _line("POST /v1/users/{id}/devices", api_post, base_post)
-
-        for clients in (1, args.clients):
-            times = _sse(api.port, keys[0], clients, namespace)
-            print(
-                f"  SSE fan-out to {clients:>5} clients: one update reached all in {times['last_ms']:.1f} ms "
-                f"(p50 {times['p50_ms']:.1f} ms)",
-                flush=True,
-            )
+        runs: dict[str, list[dict[str, float]]] = defaultdict(list)
+        for n in range(args.runs):
+            print(f"  run {n + 1} of {args.runs}", flush=True)
+            for name, port, requests, baseline in (
+                ("bare Starlette route, same bytes", bare.port, get_bare, None),
+                ("GET /v1/games/{id}", api.port, get_api, "bare Starlette route, same bytes"),
+                ("GET /v1/games/{id}, If-None-Match (304)", api.port, not_modified, "bare Starlette route, same bytes"),
+                ("bare Starlette route, same POST", bare.port, posts, None),
+                ("POST /v1/users/{id}/devices", api.port, posts, "bare Starlette route, same POST"),
+            ):
+                runs[name].append(_measure(port, requests, args.seconds))
+                _line(name, runs[name][-1], runs[baseline][-1] if baseline else None)
+            for clients in (1, args.clients):
+                times = _sse(api.port, keys[0], clients, namespace)
+                runs[f"SSE fan-out to {clients:,} clients"].append(times)
+                print(
+                    f"  SSE fan-out to {clients:>5} clients: one update reached all in {times['last_ms']:.1f} ms "
+                    f"(p50 {times['p50_ms']:.1f} ms)",
+                    flush=True,
+                )
+        report(results if results is not None else Results("api"), runs)
     finally:
         api.stop()
         if bare is not None:

@@ -25,14 +25,16 @@ import argparse
 import asyncio
 import io
 import random
+import statistics
 import time
 import tracemalloc
 import uuid
 from collections import defaultdict
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import cast
 
+from bench.figures import Figure, Results
 from goalhorn.catalog import default_catalog
 from goalhorn.dispatch.stage import DeliveryStage, make_broker
 from goalhorn.intents.rules import intent_id_for
@@ -223,7 +225,7 @@ async def first_published(expander: Expander, namespace: str, now: datetime) -> 
         await delete_delivery_queues(settings)
 
 
-async def run(users: int, chunk: int, buckets: int, sample: int, rounds: int, namespace: str) -> int:
+async def run(users: int, chunk: int, buckets: int, sample: int, rounds: int, namespace: str, own: Results) -> int:
     settings = Settings(redis_url=LOCAL_REDIS_URL, namespace=namespace)
     keys = Keys(settings.namespace)
     redis = make_redis(settings)
@@ -239,58 +241,90 @@ async def run(users: int, chunk: int, buckets: int, sample: int, rounds: int, na
         )
         key = keys.team_followers(TEAM)
         catalog = default_catalog()
-        results: dict[str, dict[str, Any]] = {}
-        scans = []
+        naive_rates = []
+        for _ in range(rounds):
+            naive_members, naive_s = await naive(redis, keys, key, sample, buckets)
+            naive_rates.append(naive_members / naive_s)
+        naive_rate = statistics.median(naive_rates)
+        print(f"naive per-member round trips: {naive_rate:,.0f} members/s (sample of {naive_members:,})")
         for bloom in (True, False):
+            name = "bloom" if bloom else "no-bloom"
             expander = Expander(redis, keys, lambda: catalog, chunk=chunk, buckets=buckets, bloom=bloom)
             cold = await expand(expander, goal_intent(now))
-            warm, own_scans = [], []
+            warm, scans = [], []
             for _ in range(rounds):  # alternate with the baseline, so both see the same machine
-                own_scans.append(await bare_sscan(redis, key, chunk))
-                warm.append(await expand(expander, goal_intent(now)))
-            scans += own_scans
-            best = min(warm, key=lambda r: r["elapsed"])
-            median = sorted(r["elapsed"] for r in warm)[len(warm) // 2]
-            scan_members, scan_s = min(own_scans, key=lambda s: s[1])
-            per_round = sorted(
-                (r["members"] / r["elapsed"]) / (n / s) for r, (n, s) in zip(warm, own_scans, strict=True)
+                scan_members, scan_s = await bare_sscan(redis, key, chunk)
+                scans.append(scan_members / scan_s)
+                r = await expand(expander, goal_intent(now))
+                warm.append(r)
+                member_rate = r["members"] / r["elapsed"]
+                print(
+                    f"expander, {name}: {int(r['members']):,} members -> {int(r['recipients']):,} recipients in "
+                    f"{int(r['batches']):,} batches in {r['elapsed']:.2f} s; {member_rate:,.0f} members/s "
+                    f"({member_rate / scans[-1]:.2f}x this round's bare SSCAN (COUNT {chunk}), "
+                    f"{member_rate / naive_rate:.1f}x naive); first batch after {r['first'] * 1000:.1f} ms; "
+                    f"suppressed {int(r['muted']):,} muted, {int(r['quiet']):,} quiet; "
+                    f"{int(r['lookups']):,} preference lookups",
+                    flush=True,
+                )
+            scan_rate = statistics.median(scans)
+            mode = "Bloom filter on" if bloom else "Bloom filter off"
+            rates = [r["members"] / r["elapsed"] for r in warm]
+            own.add(
+                Figure(
+                    f"expander, {mode}: members/s",
+                    rates,
+                    "members/s",
+                    baseline=("bare SSCAN of the same set", scan_rate),
+                    target=">= 0.4x" if bloom else None,
+                )
             )
-            results["bloom" if bloom else "no-bloom"] = best | {
-                "cold_first": cold["first"],
-                "median": median,
-                "scan_rate": scan_members / scan_s,
-                "round_ratios": per_round,
-            }
-        scan_members, scan_s = min(scans, key=lambda s: s[1])
-        scan_rate = scan_members / scan_s
+            own.add(
+                Figure(
+                    f"expander, {mode}: each round against its own SSCAN",
+                    [rate / scan for rate, scan in zip(rates, scans, strict=True)],
+                    "x",
+                )
+            )
+            if bloom:
+                own.add(
+                    Figure(
+                        f"expander, {mode}: members/s against naive",
+                        rates,
+                        "members/s",
+                        baseline=("naive per-member round trips", naive_rate),
+                        target=">= 10x",
+                    )
+                )
+                own.add(
+                    Figure(
+                        f"expander, {mode}: recipients/s",
+                        [r["recipients"] / r["elapsed"] for r in warm],
+                        "recipients/s",
+                    )
+                )
+                own.add(Figure("time to the first batch, warm", [r["first"] * 1000 for r in warm], "ms", target="< 50"))
+                own.add(Figure("time to the first batch, cold expander", [cold["first"] * 1000], "ms", target="< 50"))
+        published = [
+            await first_published(Expander(redis, keys, lambda: catalog, chunk=chunk, buckets=buckets), namespace, now)
+            for _ in range(rounds)
+        ]
+        own.add(
+            Figure(
+                "first batch published to RabbitMQ and confirmed, cold expander",
+                [p * 1000 for p in published],
+                "ms",
+                target="< 50",
+            )
+        )
         traced = await expand(
             Expander(redis, keys, lambda: catalog, chunk=chunk, buckets=buckets), goal_intent(now), trace=True
         )
-        published = await first_published(
-            Expander(redis, keys, lambda: catalog, chunk=chunk, buckets=buckets), namespace, now
+        own.add(Figure("peak traced memory of one expansion", [traced["peak"] / 2**20], "MiB"))
+        own.note(
+            f"{users:,} followers ({counts['with_preferences']:,} with preferences), SSCAN COUNT {chunk} on both "
+            "sides; the cold first batch and the traced memory are one run each (tracing slows the expansion)"
         )
-        naive_members, naive_s = await naive(redis, keys, key, sample, buckets)
-        naive_rate = naive_members / naive_s
-
-        print(f"bare SSCAN (COUNT {chunk}): {scan_members:,} members in {scan_s:.2f} s = {scan_rate:,.0f} members/s")
-        for name, r in results.items():
-            member_rate = r["members"] / r["elapsed"]
-            recipient_rate = r["recipients"] / r["elapsed"]
-            scan_rate = r["scan_rate"]  # the best SSCAN of the rounds this mode alternated with
-            rounds_text = ", ".join(f"{ratio:.2f}x" for ratio in r["round_ratios"])
-            print(
-                f"expander, {name}: {int(r['members']):,} members -> {int(r['recipients']):,} recipients in "
-                f"{int(r['batches']):,} batches in {r['elapsed']:.2f} s (median {r['median']:.2f} s); "
-                f"{member_rate:,.0f} members/s ({member_rate / scan_rate:.2f}x SSCAN members/s, "
-                f"{member_rate / naive_rate:.1f}x naive), {recipient_rate:,.0f} recipients/s "
-                f"(a follower may have two devices: not a ratio to SSCAN); "
-                f"first batch after {r['first'] * 1000:.1f} ms (cold {r['cold_first'] * 1000:.1f} ms); "
-                f"suppressed {int(r['muted']):,} muted, {int(r['quiet']):,} quiet; "
-                f"{int(r['lookups']):,} preference lookups; each round against its own SSCAN: {rounds_text}"
-            )
-        print(f"naive per-member round trips: {naive_rate:,.0f} members/s (sample of {naive_members:,})")
-        print(f"first batch published to RabbitMQ and confirmed after {published * 1000:.1f} ms (cold expander)")
-        print(f"peak traced memory of one expansion: {traced['peak'] / 2**20:.1f} MiB")
         return 0
     finally:
         await cleanup(redis, keys)
@@ -305,16 +339,19 @@ async def cleanup(redis: Redis, keys: Keys) -> None:
         await redis.unlink(*batch[start : start + 500])
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], results: Results | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_expand", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--chunk", type=int, default=2000, help="SSCAN COUNT per round trip (both sides)")
     parser.add_argument("--buckets", type=int, default=16)
     parser.add_argument("--naive-sample", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=5, help="warm expansions (and SSCANs) per mode; the best counts")
+    parser.add_argument("--rounds", type=int, default=5, help="warm expansions (and SSCANs) per mode: the runs")
     parser.add_argument("--namespace", default=f"bench-expand-{uuid.uuid4().hex[:8]}")
     args = parser.parse_args(argv)
-    return asyncio.run(run(args.users, args.chunk, args.buckets, args.naive_sample, args.rounds, args.namespace))
+    if args.rounds < 3:
+        parser.error("--rounds must be at least 3 (median, min and max over the runs)")
+    own = results if results is not None else Results("expand")
+    return asyncio.run(run(args.users, args.chunk, args.buckets, args.naive_sample, args.rounds, args.namespace, own))
 
 
 if __name__ == "__main__":

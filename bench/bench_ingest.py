@@ -25,9 +25,11 @@ import json
 import random
 import statistics
 import time
+from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.figures import Figure, Results
 from goalhorn.bus.memory import MemoryBus
 from goalhorn.catalog import default_catalog
 from goalhorn.demo.gamenight import load_gamenight
@@ -285,40 +287,98 @@ async def _fusion(samples: int, redis_url: str | None = None) -> dict[str, float
     }
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], results: Results | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench ingest")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     parser.add_argument("--real", action="store_true", help=f"also measure fusion with live state on {LOCAL_REDIS_URL}")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each figure (each the best of its repeats)")
     args = parser.parse_args(argv)
-    repeats, updates, samples = (1, 500, 20) if args.quick else (5, 100_000, 400)
-    espn = bench_espn(repeats)
-    print(
-        f"espn adapter: {espn['adapter_us']:.0f} us per snapshot ({espn['kib_per_snapshot']:.1f} KiB) vs json.loads "
-        f"{espn['json_us']:.0f} us -> {espn['ratio']:.2f}x json.loads  [{espn['snapshots']:.0f} snapshots]"
-    )
-    for league, figures in bench_sportradar(repeats, 1 if args.quick else 20).items():
+    repeats, updates, samples = (1, 500, 20) if args.quick else (3, 100_000, 400)
+    backends = [("fakeredis", None), *([("redis", LOCAL_REDIS_URL)] if args.real else [])]
+    runs: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for n in range(args.runs):
+        print(f"run {n + 1} of {args.runs}")
+        espn = bench_espn(repeats)
+        runs["espn"].append(espn)
         print(
-            f"{league} adapter: {figures['per_s']:,.0f} payloads/s vs json.loads {figures['json_per_s']:,.0f}/s "
-            f"-> {figures['ratio']:.2f}x json.loads  [{figures['payloads']:.0f} payloads or events per pass]"
+            f"espn adapter: {espn['adapter_us']:.0f} us per snapshot ({espn['kib_per_snapshot']:.1f} KiB) vs "
+            f"json.loads {espn['json_us']:.0f} us -> {espn['ratio']:.2f}x json.loads  "
+            f"[{espn['snapshots']:.0f} snapshots]"
         )
-    conditions = bench_conditions(200 if args.quick else 50_000, repeats)
-    print(
-        f"condition close_game_late: {conditions['us']:.2f} us per event (facts + test; test alone "
-        f"{conditions['test_us']:.2f} us) vs json.loads of the event {conditions['json_us']:.2f} us "
-        f"-> {conditions['ratio']:.2f}x json.loads  "
-        f"[{conditions['events']:.0f} events, {conditions['fired']:.0f} fired]"
-    )
-    book = bench_book(updates, repeats)
-    print(
-        f"book updates: {book['per_s']:,.0f}/s applied vs json.loads {book['json_per_s']:,.0f}/s "
-        f"-> {book['ratio']:.2f}x json.loads  [{book['updates']:.0f} price_change frames]"
-    )
-    for backend, url in [("fakeredis", None), *([("redis", LOCAL_REDIS_URL)] if args.real else [])]:
-        fusion = asyncio.run(_fusion(samples, url))
+        for league, figures in bench_sportradar(repeats, 1 if args.quick else 20).items():
+            runs[league].append(figures)
+            print(
+                f"{league} adapter: {figures['per_s']:,.0f} payloads/s vs json.loads {figures['json_per_s']:,.0f}/s "
+                f"-> {figures['ratio']:.2f}x json.loads  [{figures['payloads']:.0f} payloads or events per pass]"
+            )
+        conditions = bench_conditions(200 if args.quick else 50_000, repeats)
+        runs["conditions"].append(conditions)
         print(
-            f"fusion latency (scoreboard bytes -> edge signal, live state on {backend}): "
-            f"p50 {fusion['p50_ms']:.2f} ms, p99 {fusion['p99_ms']:.2f} ms; "
-            f"json.loads of the body {fusion['json_ms']:.2f} ms "
-            f"-> p50 {fusion['ratio_p50']:.1f}x  [{fusion['samples']:.0f} score changes]"
+            f"condition close_game_late: {conditions['us']:.2f} us per event (facts + test; test alone "
+            f"{conditions['test_us']:.2f} us) vs json.loads of the event {conditions['json_us']:.2f} us "
+            f"-> {conditions['ratio']:.2f}x json.loads  "
+            f"[{conditions['events']:.0f} events, {conditions['fired']:.0f} fired]"
         )
+        book = bench_book(updates, repeats)
+        runs["book"].append(book)
+        print(
+            f"book updates: {book['per_s']:,.0f}/s applied vs json.loads {book['json_per_s']:,.0f}/s "
+            f"-> {book['ratio']:.2f}x json.loads  [{book['updates']:.0f} price_change frames]"
+        )
+        for backend, url in backends:
+            fusion = asyncio.run(_fusion(samples, url))
+            runs[f"fusion {backend}"].append(fusion)
+            print(
+                f"fusion latency (scoreboard bytes -> edge signal, live state on {backend}): "
+                f"p50 {fusion['p50_ms']:.2f} ms, p99 {fusion['p99_ms']:.2f} ms; "
+                f"json.loads of the body {fusion['json_ms']:.2f} ms "
+                f"-> p50 {fusion['ratio_p50']:.1f}x  [{fusion['samples']:.0f} score changes]"
+            )
+    report(results if results is not None else Results("ingest"), runs)
     return 0
+
+
+def report(results: Results, runs: dict[str, list[dict[str, float]]]) -> None:
+    """Each figure over the runs, against ``json.loads`` of the same bytes in the same runs."""
+
+    def figure(name: str, of: str, field: str, base: str, unit: str, scale: float = 1.0) -> None:
+        values = [r[field] * scale for r in runs[of]]
+        baseline = statistics.median(r[base] * scale for r in runs[of])
+        results.add(Figure(name, values, unit, baseline=("json.loads", baseline)))
+
+    espn = runs["espn"][0]
+    figure(
+        f"ESPN adapter, game-night scoreboard ({espn['kib_per_snapshot']:.1f} KiB)",
+        "espn",
+        "adapter_us",
+        "json_us",
+        "µs",
+    )
+    for league in (*LEAGUE_STREAMS, "statsperform"):
+        name = "Stats Perform MA3 document" if league == "statsperform" else f"Sportradar {league.upper()} stream"
+        values = [1e6 / r["per_s"] for r in runs[league]]
+        baseline = statistics.median(1e6 / r["json_per_s"] for r in runs[league])
+        results.add(
+            Figure(
+                f"{name}, per payload" if league != "statsperform" else f"{name}, per event",
+                values,
+                "µs",
+                baseline=("json.loads", baseline),
+            )
+        )
+    figure("`close_game_late` condition, facts built + tested, per event", "conditions", "us", "json_us", "µs")
+    results.add(Figure("`close_game_late` condition, the test alone", [r["test_us"] for r in runs["conditions"]], "µs"))
+    values = [1e6 / r["per_s"] for r in runs["book"]]
+    baseline = statistics.median(1e6 / r["json_per_s"] for r in runs["book"])
+    results.add(Figure("Polymarket book update applied", values, "µs", baseline=("json.loads", baseline)))
+    for key in sorted(k for k in runs if k.startswith("fusion ")):
+        backend = key.removeprefix("fusion ")
+        what = f"fusion latency, scoreboard bytes to edge signal ({backend})"
+        figure(f"{what}: p50", key, "p50_ms", "json_ms", "ms")
+        results.add(Figure(f"{what}: p99", [r["p99_ms"] for r in runs[key]], "ms"))
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))

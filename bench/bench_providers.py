@@ -19,6 +19,7 @@ import asyncio
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.figures import Figure, Results
 from goalhorn.catalog import default_catalog
 from goalhorn.models import DeliveryBatch, Device, EventKind, Intent, Sport, utcnow
 from goalhorn.providers.apns import ApnsProvider
@@ -340,75 +342,89 @@ async def bench_worker_rss(sandbox: SandboxProcess, n: int) -> tuple[float, floa
     return peak, rate
 
 
-def _line(name: str, ours: float, theirs: float, target: float | None) -> bool:
-    ratio = ours / theirs
-    ok = target is None or ratio >= target
-    judged = "" if target is None else f" (>= {target}x {'ok' if ok else 'MISSED'})"
-    print(f"{name:<36} {ours:>9,.0f} msg/s vs {theirs:>9,.0f} msg/s = {ratio:5.2f}x{judged}")
-    return ok
+def _line(name: str, ours: float, theirs: float | None) -> None:
+    against = "" if theirs is None else f" vs {theirs:>9,.0f} msg/s = {ours / theirs:5.2f}x"
+    print(f"  {name:<36} {ours:>9,.0f} msg/s{against}", flush=True)
 
 
-async def best_of(rounds: int, measure: Callable[[], Awaitable[tuple[float | None, ...]]]) -> list[float | None]:
-    """Each figure's best over ``rounds`` alternating runs: the machine is shared, noise only slows."""
-    best: list[float | None] = []
-    for _ in range(rounds):
+async def over_runs(
+    runs: int, names: tuple[str, ...], measure: Callable[[], Awaitable[tuple[float | None, ...]]]
+) -> dict[str, list[float]]:
+    """Each figure's values over ``runs`` runs, the provider and its baselines alternating in each."""
+    values: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(runs):
         figures = await measure()
-        best = (
-            list(figures)
-            if not best
-            else [max(b, f) if b and f else (b or f) for b, f in zip(best, figures, strict=True)]
-        )
-    return best
+        _line(names[0], figures[0] or 0.0, None)
+        for name, value in zip(names, figures, strict=True):
+            if value is not None:
+                values[name].append(value)
+    return values
 
 
-async def run(args: argparse.Namespace) -> int:
+def _against(
+    results: Results, name: str, ours: list[float], base: str, theirs: list[float], target: str | None
+) -> None:
+    baseline = (base, statistics.median(theirs))
+    results.add(Figure(name, ours, "msg/s", baseline=baseline, target=target))
+
+
+async def run(args: argparse.Namespace, results: Results) -> int:
     with tempfile.TemporaryDirectory(prefix="goalhorn-bench-") as tmp, SandboxProcess(Path(tmp)) as sandbox:
-        results = []
-        ours, theirs = await best_of(args.rounds, lambda: bench_fcm(sandbox, args.fcm_n))
-        assert ours
-        assert theirs
-        results.append(_line("FCM vs send_each_for_multicast", ours, theirs, 5.0))
-        ours, theirs = await best_of(args.rounds, lambda: bench_apns(sandbox, args.apns_n))
-        assert ours
-        assert theirs
-        results.append(_line("APNs vs bare aioapns (500 in flight)", ours, theirs, 0.8))
-        ours, bare, apprise_rate = await best_of(
-            args.rounds, lambda: bench_webhooks(sandbox, args.webhook_n, args.apprise_n)
+        fcm = await over_runs(args.rounds, ("FCM", "send_each_for_multicast"), lambda: bench_fcm(sandbox, args.fcm_n))
+        _against(
+            results,
+            "FCM provider",
+            fcm["FCM"],
+            "firebase-admin send_each_for_multicast",
+            fcm["send_each_for_multicast"],
+            ">= 5x",
         )
-        assert ours
-        assert bare
-        if apprise_rate is None:
-            print("webhooks vs Apprise json://: skipped (--apprise-n 0, or pip install -e '.[bench]')")
-        else:
+        apns = await over_runs(args.rounds, ("APNs", "aioapns"), lambda: bench_apns(sandbox, args.apns_n))
+        _against(results, "APNs provider", apns["APNs"], "bare aioapns (500 in flight)", apns["aioapns"], ">= 0.8x")
+        hooks = await over_runs(
+            args.rounds,
+            ("webhooks", "aiohttp", "apprise"),
+            lambda: bench_webhooks(sandbox, args.webhook_n, args.apprise_n),
+        )
+        _against(results, "webhook provider", hooks["webhooks"], "bare aiohttp POST loop", hooks["aiohttp"], ">= 0.7x")
+        if hooks["apprise"]:
             # Context only, no pass/fail: Apprise's requests are unsigned, so the receiver refuses them (401).
-            _line("webhooks vs Apprise json:// (context: 401s)", ours, apprise_rate, None)
-        results.append(_line("webhooks vs bare aiohttp POST loop", ours, bare, 0.7))
-        if args.worker_n:
-            peak, rate = await bench_worker_rss(sandbox, args.worker_n)
-            ok = peak < 150
-            print(
-                f"worker RSS sending {args.worker_n:,} FCM pushes: peak {peak:.0f} MB at {rate:,.0f} msg/s"
-                f" (< 150 MB {'ok' if ok else 'MISSED'})"
+            _against(
+                results,
+                "webhook provider (context)",
+                hooks["webhooks"],
+                "Apprise json://, 401s",
+                hooks["apprise"],
+                None,
             )
-            results.append(ok)
-    return 0 if all(results) else 1
+        else:
+            results.note("webhooks vs Apprise json://: skipped (--apprise-n 0, or pip install -e '.[bench]')")
+        if args.worker_n:
+            peaks, rates = [], []
+            for _ in range(args.worker_runs):
+                peak, rate = await bench_worker_rss(sandbox, args.worker_n)
+                peaks.append(peak)
+                rates.append(rate)
+            results.add(Figure(f"worker peak RSS sending {args.worker_n:,} FCM pushes", peaks, "MB", target="< 150"))
+            results.add(Figure(f"worker rate sending {args.worker_n:,} FCM pushes", rates, "msg/s"))
+    return 0 if all(f.verdict() != "MISSED" for f in results.figures) else 1
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], results: Results | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench providers", description=__doc__)
     parser.add_argument("--fcm-n", type=int, default=5000)
     parser.add_argument("--apns-n", type=int, default=5000)
     parser.add_argument("--webhook-n", type=int, default=5000)
     parser.add_argument("--apprise-n", type=int, default=300)
-    parser.add_argument("--worker-n", type=int, default=100_000, help="0 skips the worker memory run")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating runs; each figure's best counts")
+    parser.add_argument("--worker-n", type=int, default=50_000, help="0 skips the worker memory runs")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each figure (median, min, max)")
+    parser.add_argument("--worker-runs", type=int, default=3, help="runs of the worker memory figure")
     parser.add_argument("--small", action="store_true", help="a smoke run with tiny sizes")
     args = parser.parse_args(argv)
     if args.small:
         args.fcm_n = args.apns_n = args.webhook_n = 50
-        args.apprise_n = args.worker_n = 0
-        args.rounds = 1
-    return asyncio.run(run(args))
+        args.apprise_n, args.worker_n = 20, 0
+    return asyncio.run(run(args, results if results is not None else Results("providers")))
 
 
 if __name__ == "__main__":
