@@ -5,14 +5,22 @@ second copy sent to every device."""
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import IO, cast
 
 import pytest
 
 from bench.bare_loops import run_bare_loops
 from bench.bench_e2e import one_goal, print_run
-from bench.deployment import Deployment
+from bench.deployment import Audience, Deployment, _LineStream, store_audience
 from bench.figures import Figure, Results
-from tests.conftest import require_real_services
+from goalhorn.admin.subscribers import import_subscribers
+from goalhorn.keys import Keys
+from goalhorn.preferences.model import decode_devices
+from goalhorn.redis_client import Redis, make_redis
+from tests.conftest import delete_namespace, make_settings, require_real_services
+
+SECRET = "whsec_" + "QUJD" * 8
 
 pytestmark = [pytest.mark.real, pytest.mark.timeout(240)]
 
@@ -55,3 +63,61 @@ def test_a_goal_reaches_200_followers_once_and_a_resend_shows_as_duplicates(tmp_
     section = results.markdown("python -m bench e2e", "Run now.")
     assert "| 200: deliveries/s |" in section
     assert ">= 0.7x ok" in section
+
+
+async def _stored(redis: Redis, namespace: str) -> dict[str, object]:
+    """Everything under ``namespace``, by key without the namespace; the times a write stamps left out
+    (devices' added_at, the last-seen times, the epoch's id and time), what they stamp kept."""
+    keys = Keys(namespace)
+    seen_prefix = keys.last_seen_bucket(0).split("{")[0]
+    out: dict[str, object] = {}
+    async for raw_key in redis.scan_iter(match=keys.pattern(), count=1000):
+        key = raw_key.decode()
+        short = key.removeprefix(namespace)
+        kind = cast(bytes, await redis.type(key)).decode()
+        if kind == "set":
+            out[short] = sorted(await redis.smembers(key))
+        elif kind == "hash":
+            fields = cast(dict[bytes, bytes], await redis.hgetall(key))
+            if any(key == keys.device_bucket(b) for b in range(64)):
+                out[short] = {
+                    u: [d.model_copy(update={"added_at": None}) for d in decode_devices(v)] for u, v in fields.items()
+                }
+            elif key.startswith(seen_prefix):
+                out[short] = {u: sorted(json.loads(v)) for u, v in fields.items()}
+            elif short.endswith("epoch"):
+                out[short] = sorted(fields)
+            else:
+                out[short] = fields
+        else:
+            out[short] = kind
+    return out
+
+
+def test_the_bulk_loader_stores_what_an_import_of_the_same_lines_stores() -> None:
+    """``store_audience`` (the bench's fast path) against ``import_subscribers`` of ``Audience.lines``."""
+    require_real_services()
+
+    async def both() -> tuple[dict[str, object], dict[str, object]]:
+        found = []
+        for load in ("bulk", "import"):
+            settings = make_settings("real", webhook_allowlist="127.0.0.1")
+            redis = make_redis(settings)
+            audience = Audience(team="t1", size=450, tag=7, webhook_base="http://127.0.0.1:9")
+            try:
+                if load == "bulk":
+                    await store_audience(redis, settings, audience, SECRET, chunk=200)
+                else:
+                    report = await import_subscribers(
+                        redis, settings, cast(IO[bytes], _LineStream(audience.lines(SECRET))), chunk=200
+                    )
+                    assert (report.imported, report.rejected) == (450, 0)
+                found.append(await _stored(redis, settings.namespace))
+            finally:
+                await delete_namespace(redis, settings.namespace)
+                await redis.aclose()
+        return found[0], found[1]
+
+    bulk, imported = asyncio.run(both())
+    assert sum(len(v) for k, v in bulk.items() if isinstance(v, dict) and "seen" not in k) > 450
+    assert bulk == imported
