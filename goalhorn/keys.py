@@ -48,6 +48,11 @@ class Keys:
         """STRING "inflight:<ts>" or "sent" per (intent, device)."""
         return f"{self.namespace}:dlv:{{{intent_id}}}:{device_id}"
 
+    def newest_intent(self, collapse_key: str, device_id: str) -> str:
+        """STRING: the event time (microseconds) of the newest intent with ``collapse_key`` claimed for
+        a device (superseding, ``goalhorn.dispatch.markers``); hash tag ``{collapse_key}``."""
+        return f"{self.namespace}:newest:{{{collapse_key}}}:{device_id}"
+
     def dead_letters(self) -> str:
         """STREAM of batches that exhausted their attempts, with the reason."""
         return f"{self.namespace}:deadletters"

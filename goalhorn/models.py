@@ -282,6 +282,12 @@ class DeliveryResult(Model):
         description="For failed: refused before anything was sent (a webhook URL the SSRF guard refuses, an "
         "unusable URL or secret); not retried, and the circuit breaker learns nothing from it.",
     )
+    maybe_sent: bool = Field(
+        default=False,
+        description="For a retryable failure: the request was written but its answer was lost (a timeout, the "
+        "connection closed under it), so the provider may have accepted it. Its claim is kept until its lease "
+        "runs out, so no other copy of the batch sends it meanwhile, and its retry waits for that lease.",
+    )
 
     @model_validator(mode="after")
     def _only_failures_retry(self) -> Self:
@@ -289,6 +295,8 @@ class DeliveryResult(Model):
             raise ValueError("only a failed delivery can be retryable")
         if (self.message_error or self.refused) and (self.outcome != "failed" or self.retryable):
             raise ValueError("a message error or a refused request is a failure that no retry fixes")
+        if self.maybe_sent and not self.retryable:
+            raise ValueError("only a retryable failure can be an answer lost")
         return self
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from goalhorn.providers import collapse_id
 from goalhorn.providers.apns import ApnsProvider, result_for_notification
 from goalhorn.sandbox.apns_server import ApnsSandbox
 from goalhorn.settings import Settings
+from tests.processes import free_port
 from tests.support.builders import make_intent
 
 FIXTURES = Path(__file__).parent / "fixtures" / "push"
@@ -141,3 +143,26 @@ async def test_a_collapse_key_longer_than_64_bytes_is_cut_with_a_hash_and_every_
     assert sent[3] != sent[0], "another key, another id"
     assert sent[0] == collapse_id(long_key)
     assert collapse_id("g1-score") == "g1-score", "a key that fits is kept as it is"
+
+
+async def test_a_connection_closed_under_a_request_is_an_answer_lost_not_a_crash(sandbox) -> None:
+    batch = apns_batch(3)
+    sandbox.stall_after(0)
+    async with ApnsProvider(settings_for(sandbox)) as provider:
+        send = await provider.prepare(batch)
+        sending = asyncio.gather(*(send(device) for device in batch.devices))
+        async with asyncio.timeout(5):
+            while sandbox.stalled < 3:
+                await asyncio.sleep(0.02)
+        for connection in list(provider._apns().pool.connections):
+            assert connection.transport is not None
+            connection.transport.abort()  # the HTTP/2 connection drops with the requests on it
+        results = await sending
+    assert [(r.outcome, r.retryable, r.maybe_sent) for r in results] == [("failed", True, True)] * 3
+
+
+async def test_a_request_that_never_reached_a_connection_is_not_an_answer_lost(sandbox) -> None:
+    settings = settings_for(sandbox).model_copy(update={"apns_port": free_port(), "apns_timeout_s": 1.0})
+    async with ApnsProvider(settings) as provider:
+        (result,) = await provider.send(apns_batch(1))
+    assert (result.outcome, result.retryable, result.maybe_sent) == ("failed", True, False)

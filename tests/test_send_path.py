@@ -23,10 +23,12 @@ from goalhorn.dispatch.delivery import Deliverer
 from goalhorn.keys import Keys, Platform
 from goalhorn.models import DeliveryBatch, DeliveryResult, Device, EncodedBatch, Intent
 from goalhorn.providers import Provider
+from goalhorn.providers.apns import ApnsProvider
 from goalhorn.providers.console import ConsoleProvider
 from goalhorn.providers.fcm import FcmProvider
 from goalhorn.providers.webhook import WebhookProvider
 from goalhorn.redis_client import Redis, make_redis
+from goalhorn.sandbox.apns_server import ApnsSandbox
 from goalhorn.sandbox.fcm_server import FcmSandbox
 from goalhorn.settings import Settings
 from tests.conftest import delete_namespace, make_settings
@@ -417,3 +419,46 @@ async def test_a_claim_outlives_its_lease_while_its_worker_still_sends(backend: 
     assert held == {b"inflight": 3}, "renewed: another attempt cannot claim them meanwhile"
     assert done == {b"sent": 3}
     assert snap.get("delivery:fcm:sent") == 3
+
+
+# --- answers lost ----------------------------------------------------------------------------------
+
+
+async def test_a_push_whose_answer_was_lost_keeps_its_claim_so_a_second_copy_does_not_send_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with ApnsSandbox(tmp_path) as apns:
+        settings = make_settings(
+            "real",
+            apns_key_file=str(apns.signing_key("K1")),
+            apns_key_id="K1",
+            apns_team_id=apns.team_id,
+            apns_topic=apns.topic,
+            apns_host=apns.host,
+            apns_port=apns.port,
+            apns_ca_file=str(apns.cert_path),
+            apns_timeout_s=0.5,
+            claim_lease_s=5,
+        )
+        devices = tuple(
+            Device(device_id=f"a{i}", user_id=f"u{i}", platform="apns", address=f"{i:064x}") for i in range(3)
+        )
+        batch = batch_of(devices)
+        apns.stall_after(0)
+        async with harness(settings, ApnsProvider(settings)) as h:
+            await h.deliverer.process(batch)  # written, then no answer within the timeout
+            ((again, delay),) = h.requeued
+            apns.stall_after(None)  # APNs did accept them, late: their answers were lost
+            async with asyncio.timeout(5):
+                while apns.delivered < 3:
+                    await asyncio.sleep(0.02)
+            await h.deliverer.process(batch)  # a second copy (a redelivery) while the claims last
+            markers = await h.markers("i-1", devices)
+            breaker = h.deliverer.breakers[f"apns:{apns.team_id}:K1"]
+    assert apns.received == {d.address: 1 for d in devices}, "the second copy sent none of them again"
+    assert markers == {b"inflight": 3}, "the claims are kept until their lease ends"
+    assert again.attempt == 2
+    assert len(again.devices) == 3
+    assert delay >= 5, "the retry waits for the kept claims"
+    assert breaker.failures >= 3, "counted against the breaker"
+    assert not [r for r in caplog.records if r.exc_info], "no crash traceback"

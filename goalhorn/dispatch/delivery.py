@@ -91,8 +91,9 @@ class _Tally:
     retry: list[Device] = field(default_factory=list)
     retry_after_s: float = 0.0
     retry_reasons: Counter[str] = field(default_factory=Counter)
-    crashed: bool = False
-    """A send raised something unexpected: its claim is kept, so its retry waits for the lease."""
+    kept_claims: bool = False
+    """A send may have happened without an answer (a lost answer, or an unexpected exception): its claim
+    is kept, so its retry waits for the lease."""
     held: list[Device] = field(default_factory=list)
     held_for_s: float = 0.0
     deferred: list[Device] = field(default_factory=list)
@@ -532,7 +533,7 @@ class Deliverer:
             breaker.record(ok=False)
             log.exception("provider %s crashed on batch %s", run.platform, run.batch.batch_id)
             run.keep_claim(device)
-            run.tally.crashed = True
+            run.tally.kept_claims = True
             run.tally.retry_later(device, f"unexpected_error: {type(exc).__name__}", None)
             return
         except BaseException:
@@ -555,7 +556,11 @@ class Deliverer:
         retry = result.outcome == "failed" and result.retryable
         breaker.record(ok=not retry)
         if retry:
-            run.release(device)
+            if result.maybe_sent:  # it may have gone out: no other copy may send it before the lease ends
+                run.keep_claim(device)
+                tally.kept_claims = True
+            else:
+                run.release(device)
             tally.retry_later(device, result.reason or "failed", result.retry_after)
         elif result.outcome == "sent":
             run.finish(device, "sent")
@@ -604,7 +609,7 @@ class Deliverer:
             log.warning("batch %s dead-lettered %d devices: %s", batch.batch_id, len(tally.retry), reason)
             return
         delay = max(tally.retry_after_s, self.backoff_s(batch.attempt))
-        if tally.crashed:  # a kept claim blocks the next attempt until its lease ends
+        if tally.kept_claims:  # a kept claim blocks the next attempt until its lease ends
             delay = max(delay, float(self.markers.lease_s))
         await self._requeue(batch, tally.retry, delay, attempt=batch.attempt + 1)
         tally.add("batches_published", 1)

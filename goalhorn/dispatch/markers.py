@@ -138,12 +138,6 @@ return out
 """
 
 
-def newest_key(keys: Keys, collapse_key: str, device_id: str) -> str:
-    """STRING: the event time (microseconds) of the newest intent with ``collapse_key`` claimed for a
-    device; hash tag ``{collapse_key}``. (Built here until ``Keys`` has it: keys.py has another owner.)"""
-    return f"{keys.namespace}:newest:{{{collapse_key}}}:{device_id}"
-
-
 def event_us(at: datetime) -> int:
     return int(at.timestamp() * 1_000_000)
 
@@ -200,7 +194,7 @@ class DeliveryMarkers:
     ) -> tuple[list[Device], list[Device]]:
         """(devices a strictly newer intent with the collapse key was claimed for, the others), raising
         each device's newest event time to the intent's. Kept while the intent could still be sent."""
-        keys = [newest_key(self._keys, collapse_key, d.device_id) for d in devices]
+        keys = [self._keys.newest_intent(collapse_key, d.device_id) for d in devices]
         ttl_s = max(60, int((intent.expires_at - utcnow()).total_seconds()) + 60)
         flags: list[int] = await self._newest(keys=keys, args=[event_us(intent.event_at), ttl_s])
         stale = [d for d, flag in zip(devices, flags, strict=True) if flag]

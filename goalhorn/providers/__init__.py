@@ -98,6 +98,16 @@ def render_failed(device: Device, exc: Exception) -> DeliveryResult:
     return DeliveryResult(device_id=device.device_id, outcome="failed", reason=reason, message_error=True)
 
 
+def unanswered(device: Device, reason: str, *, maybe_sent: bool) -> DeliveryResult:
+    """The result of a request that got no answer (a timeout, a connection that failed or closed):
+    retryable. ``maybe_sent`` when the request was written before the answer was lost, so the provider
+    may have accepted it (the dispatch stage then keeps its claim for a lease instead of releasing it);
+    False only when it certainly never left (no connection, refused before anything was written)."""
+    return DeliveryResult(
+        device_id=device.device_id, outcome="failed", retryable=True, reason=reason, maybe_sent=maybe_sent
+    )
+
+
 def collapse_id(collapse_key: str) -> str:
     """An intent's collapse key as an ``apns-collapse-id``: as is up to 64 bytes, else its first bytes
     and a hash of the whole (the same key always gives the same id, different keys different ids)."""

@@ -22,15 +22,16 @@ from typing import Any
 from aioapns import APNs, NotificationRequest, PushType
 from aioapns.common import NotificationResult
 from aioapns.connection import APNsProductionClientProtocol
+from aioapns.exceptions import ConnectionClosed, MaxAttemptsExceeded
 from aioapns.exceptions import ConnectionError as ApnsConnectionError
-from aioapns.exceptions import MaxAttemptsExceeded
+from h2.exceptions import H2Error
 
 from goalhorn.catalog import default_catalog
 from goalhorn.catalog.templates import Renderer, RenderFailed
 from goalhorn.errors import ConfigError
 from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, DeliveryResult, Device, Intent
-from goalhorn.providers import Provider, Send, accepted, collapse_id, render_failed
+from goalhorn.providers import Provider, Send, accepted, collapse_id, render_failed, unanswered
 from goalhorn.settings import Settings
 
 _TOKEN_REASONS = {"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered"}
@@ -70,6 +71,23 @@ def payload_for(intent: Intent, locale: str, push_type: PushType, render: Render
     return {"aps": {"alert": {"title": message.title, "body": message.body}, "sound": "default"}, **extra}
 
 
+class _Endpoint(APNsProductionClientProtocol):
+    """aioapns' connection to ``APNS_SERVER``:``APNS_PORT`` (set per provider on a subclass), noting in
+    ``written`` (also per provider) the id of each request that failed after it was written, so the
+    provider can tell a request that never left from one whose answer was lost. aioapns keeps a
+    request's future after a failure; this drops it."""
+
+    written: set[str]
+
+    async def send_notification(self, request: NotificationRequest) -> NotificationResult:
+        try:
+            return await super().send_notification(request)
+        except BaseException:
+            if self.requests.pop(request.notification_id, None) is not None:  # registered once flushed
+                self.written.add(request.notification_id)
+            raise
+
+
 async def _quiet(request: NotificationRequest, result: NotificationResult) -> None:
     """aioapns logs every failed notification unless given a handler; goalhorn counts them instead."""
 
@@ -90,6 +108,8 @@ class ApnsProvider(Provider):
         self._settings = settings
         self._circuit = f"apns:{settings.apns_team_id}:{settings.apns_key_id}"
         self._client: APNs | None = None
+        self._written: set[str] = set()
+        """Ids of requests that failed after they were written (``_Endpoint``), until their send looks."""
         # aioapns polls every 10 ms for a free stream when its pool is full: the dispatch stage keeps
         # fewer in flight than the pool's streams allow.
         self.concurrency = settings.apns_concurrency
@@ -110,8 +130,8 @@ class ApnsProvider(Provider):
                 ssl_context=context,
                 err_func=_quiet,
             )
-            endpoint = {"APNS_SERVER": settings.apns_host, "APNS_PORT": settings.apns_port}
-            client.pool.protocol_class = type("ApnsEndpoint", (APNsProductionClientProtocol,), endpoint)
+            endpoint = {"APNS_SERVER": settings.apns_host, "APNS_PORT": settings.apns_port, "written": self._written}
+            client.pool.protocol_class = type("ApnsEndpoint", (_Endpoint,), endpoint)
             self._client = client
         return self._client
 
@@ -147,13 +167,24 @@ class ApnsProvider(Provider):
                 async with asyncio.timeout(timeout_s):
                     result = await client.send_notification(request)
             except TimeoutError:
-                return DeliveryResult(device_id=device.device_id, outcome="failed", retryable=True, reason="timeout")
-            except (ApnsConnectionError, MaxAttemptsExceeded, ConnectionError, OSError) as exc:
+                return unanswered(device, "timeout", maybe_sent=self._was_written(request))
+            except (MaxAttemptsExceeded, ConnectionClosed, ApnsConnectionError, H2Error, OSError) as exc:
+                # Connection-level: aioapns could not connect, or the HTTP/2 connection closed (before the
+                # request was written, or under it: aioapns tries again on another connection first).
                 reason = f"connection_error: {type(exc).__name__}"
-                return DeliveryResult(device_id=device.device_id, outcome="failed", retryable=True, reason=reason)
+                return unanswered(device, reason, maybe_sent=self._was_written(request))
+            self._written.discard(request.notification_id)  # written, lost, then sent again by aioapns
             return result_for_notification(device, result)
 
         return send
+
+    def _was_written(self, request: NotificationRequest) -> bool:
+        """Whether a failed request was written on a connection (by any of aioapns' attempts)."""
+        try:
+            self._written.remove(request.notification_id)
+        except KeyError:
+            return False
+        return True
 
     async def aclose(self) -> None:
         if self._client is not None:

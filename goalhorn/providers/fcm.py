@@ -29,7 +29,7 @@ from goalhorn.catalog.templates import Renderer, RenderFailed
 from goalhorn.errors import ConfigError, ProviderAuthError, ProviderUnavailable
 from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, DeliveryResult, Device, Intent, utcnow
-from goalhorn.providers import Provider, Send, accepted, collapse_id, render_failed
+from goalhorn.providers import Provider, Send, accepted, collapse_id, render_failed, unanswered
 from goalhorn.providers.webhook import retry_after_seconds
 from goalhorn.settings import Settings
 
@@ -204,11 +204,12 @@ class FcmProvider(Provider):
                     if response.status == 401:
                         self._google.token = None  # force a refresh on the next batch
                     return result_for_response(device, response.status, payload, response.headers.get("Retry-After"))
-            except TimeoutError:
-                return DeliveryResult(device_id=device.device_id, outcome="failed", retryable=True, reason="timeout")
-            except aiohttp.ClientError as exc:
-                reason = f"connection_error: {type(exc).__name__}"
-                return DeliveryResult(device_id=device.device_id, outcome="failed", retryable=True, reason=reason)
+            except TimeoutError:  # the request may be at FCM (the pool holds no more than the workers send)
+                return unanswered(device, "timeout", maybe_sent=True)
+            except aiohttp.ClientConnectorError as exc:  # no connection: nothing was written
+                return unanswered(device, f"connection_error: {type(exc).__name__}", maybe_sent=False)
+            except aiohttp.ClientError as exc:  # the connection failed under the request: its answer is lost
+                return unanswered(device, f"connection_error: {type(exc).__name__}", maybe_sent=True)
 
         return send
 
