@@ -73,17 +73,54 @@ def test_a_normal_item_wakes_a_shared_thread_even_when_a_reserved_thread_waits_t
     assert got == {"shared": "n1", "reserved": "c1"}
 
 
+async def turn_taken(gate: CriticalFirst, sent: list[int], n: int, release: asyncio.Event) -> None:
+    """A normal send through ``gate``: noted in ``sent`` when it goes, in flight until ``release``."""
+    async with gate.turn():
+        sent.append(n)
+        await release.wait()
+
+
 async def test_normal_sends_wait_while_a_critical_batch_is_in_hand_but_not_for_ever() -> None:
     gate = CriticalFirst(hold_max_s=60)
-    await asyncio.wait_for(gate.turn(), 5)  # nothing critical: no wait
+    done = asyncio.Event()
+    done.set()
+    sent: list[int] = []
+    await asyncio.wait_for(turn_taken(gate, sent, 0, done), 5)  # nothing critical: no wait
     async with gate.critical():
-        waiting = asyncio.create_task(gate.turn())
+        waiting = asyncio.create_task(turn_taken(gate, sent, 1, done))
         await asyncio.sleep(0.1)
-        assert not waiting.done(), "a normal send waits while the critical batch is delivered"
+        assert sent == [0], "a normal send waits while the critical batch is delivered"
     await asyncio.wait_for(waiting, 5)
+    assert sent == [0, 1]
     bounded = CriticalFirst(hold_max_s=0.05)
     async with bounded.critical():
-        await asyncio.wait_for(bounded.turn(), 5)  # a steady critical flow does not stop the normal lane
+        await asyncio.wait_for(
+            turn_taken(bounded, sent, 2, done), 5
+        )  # a steady critical flow does not stop the normal lane
+
+
+async def test_under_a_steady_critical_flow_the_normal_lane_goes_a_trickle_at_a_time() -> None:
+    gate = CriticalFirst(hold_max_s=0.05, trickle=2)
+    release = asyncio.Event()
+    sent: list[int] = []
+    async with gate.critical():
+        sends = [asyncio.create_task(turn_taken(gate, sent, n, release)) for n in range(10)]
+        await asyncio.sleep(0.5)  # every send waited its hold_max_s
+        assert len(sent) == 2, "past the hold, only the trickle goes: not the whole lane at once"
+        assert gate.trickling == 2
+        release.set()  # the trickle's sends finish: two more go, and so on
+        async with asyncio.timeout(5):
+            while len(sent) < 10:
+                await asyncio.sleep(0.01)
+        release.clear()
+        late = asyncio.create_task(turn_taken(gate, sent, 10, release))
+        await asyncio.sleep(0.01)
+        assert len(sent) == 10, "a send that came later waits its own hold"
+    await asyncio.wait_for(asyncio.sleep(0.01), 1)
+    assert sent[-1] == 10, "once no critical batch is in hand, the lane goes at once"
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*sends, late), 5)
+    assert gate.trickling == 0
 
 
 def test_the_normal_lane_keeps_at_most_its_own_concurrency_in_flight() -> None:

@@ -18,8 +18,11 @@ batches fills every worker thread, a goal queued behind it waits for them (secon
   a ``Deliverer`` of its own (connections, in-flight slots, pacing), so its sends do not queue behind a
   normal batch's either; the two share the process's circuit breakers.
 - **Critical first** (:class:`CriticalFirst`): while a critical batch is being delivered, the normal
-  lane's sends wait (each at most ``HOLD_MAX_S``) instead of competing with it for the event loop, the
-  CPU and the provider; what they had in flight finishes.
+  lane's sends wait instead of competing with it for the event loop, the CPU and the provider; what
+  they had in flight finishes. A send that waited ``HOLD_MAX_S`` goes on, but only ``TRICKLE`` such
+  sends at a time per process: under a steady critical flow the normal lane moves at a trickle, it does
+  not come back at full concurrency every ``HOLD_MAX_S`` (which put a goal behind 100 normal requests
+  per provider again each time).
 """
 
 from __future__ import annotations
@@ -43,8 +46,12 @@ ACTOR_PRIORITY: dict[Lane, int] = {"critical": 0, "normal": 10}
 
 
 HOLD_MAX_S = 5.0
-"""Longest a normal-lane send waits for the critical batches in hand: however steady the critical
-flow, the normal lane still moves (at ``concurrency`` sends per this time, per provider)."""
+"""How long a normal-lane send waits for the critical batches in hand before it may go as one of the
+``TRICKLE``: however steady the critical flow, the normal lane still moves."""
+
+TRICKLE = 3
+"""Normal-lane sends in flight per process, at most, that went while critical batches were in hand
+(having waited ``HOLD_MAX_S``)."""
 
 
 def lane_of(priority: int, critical_priority: int) -> Lane:
@@ -56,11 +63,16 @@ class CriticalFirst:
     """One process's critical batches in hand, which the normal lane's sends wait for. Lives in the
     worker's event loop (made with the lanes' ``Deliverer`` s)."""
 
-    def __init__(self, hold_max_s: float = HOLD_MAX_S) -> None:
+    def __init__(self, hold_max_s: float = HOLD_MAX_S, trickle: int = TRICKLE) -> None:
         self.hold_max_s = hold_max_s
+        self.trickle = trickle
+        self.trickling = 0
+        """Normal sends in flight that went while critical batches were in hand."""
         self._active = 0
         self._clear = asyncio.Event()
         self._clear.set()
+        self._trickle_turn = asyncio.Condition()
+        """What sends past their hold wait on: a trickle send done (wakes one) or the critical lane clear (all)."""
 
     @contextlib.asynccontextmanager
     async def critical(self) -> AsyncIterator[None]:
@@ -73,12 +85,35 @@ class CriticalFirst:
             self._active -= 1
             if not self._active:
                 self._clear.set()
+                async with self._trickle_turn:
+                    self._trickle_turn.notify_all()
 
-    async def turn(self) -> None:
-        """Before a normal-lane send: wait while critical batches are in hand, at most ``hold_max_s``."""
-        if not self._clear.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._clear.wait(), self.hold_max_s)
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Around a normal-lane send: while critical batches are in hand, wait until there are none, or
+        until ``hold_max_s`` passed and fewer than ``trickle`` sends go the same way."""
+        if self._active and await self._wait():
+            try:
+                yield
+            finally:
+                async with self._trickle_turn:
+                    self.trickling -= 1
+                    self._trickle_turn.notify()
+        else:
+            yield
+
+    async def _wait(self) -> bool:
+        """A normal send's wait while critical batches are in hand; whether it goes as one of the trickle."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._clear.wait(), self.hold_max_s)
+        if not self._active:
+            return False
+        async with self._trickle_turn:
+            await self._trickle_turn.wait_for(lambda: not self._active or self.trickling < self.trickle)
+            if not self._active:
+                return False
+            self.trickling += 1
+            return True
 
 
 class AfterCritical(Provider):
@@ -97,8 +132,8 @@ class AfterCritical(Provider):
         send = await self._inner.prepare(batch)
 
         async def in_turn(device: Device) -> DeliveryResult:
-            await self._gate.turn()
-            return await send(device)
+            async with self._gate.turn():
+                return await send(device)
 
         return in_turn
 
