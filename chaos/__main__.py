@@ -64,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             if services.rabbit.proc is None or services.rabbit.proc.poll() is not None:
-                services.rabbit.start()  # a scenario that failed while the broker was down
+                try:
+                    services.rabbit.start()  # a scenario that failed while the broker was down
+                except RuntimeError as exc:
+                    rest = chosen[chosen.index(name) + 1 :]
+                    rows += [Row(other, error=f"not run: RabbitMQ would not start again ({exc})") for other in rest]
+                    break
     finally:
         loop.close()
         services.close()

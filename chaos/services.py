@@ -26,6 +26,7 @@ from tests.processes import free_port
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 BOOT_TIMEOUT_S = 90.0
+START_ATTEMPTS = 3
 
 
 def rabbitmq_server_bin() -> str:
@@ -82,20 +83,34 @@ class RabbitNode:
         }
 
     def start(self) -> float:
-        """Start the node and wait until it takes AMQP connections; returns how long that took."""
+        """Start the node and wait until it takes AMQP connections; returns how long that took. A node
+        that exits at once (its name still registered with epmd by the VM just stopped) is started
+        again, a few times."""
         started = time.monotonic()
-        self.starts += 1
-        with (self.base / "server.log").open("ab") as log:
-            self.proc = subprocess.Popen(
-                [rabbitmq_server_bin()], env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        while not amqp_login_works(self.port):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"rabbitmq-server exited ({self.proc.returncode}); see {self.base / 'server.log'}")
-            if time.monotonic() - started > BOOT_TIMEOUT_S:
-                raise RuntimeError(f"rabbitmq-server did not take connections in {BOOT_TIMEOUT_S}s")
-            time.sleep(0.25)
-        return time.monotonic() - started
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self.starts += 1
+            with (self.base / "server.log").open("ab") as log:
+                self.proc = subprocess.Popen(
+                    [rabbitmq_server_bin()],
+                    env=self.env(),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            while not amqp_login_works(self.port):
+                if self.proc.poll() is not None:
+                    break
+                if time.monotonic() - started > BOOT_TIMEOUT_S:
+                    raise RuntimeError(f"rabbitmq-server did not take connections in {BOOT_TIMEOUT_S}s")
+                time.sleep(0.25)
+            else:
+                return time.monotonic() - started
+            self._reap_group()
+            if attempt == START_ATTEMPTS:
+                tail = (self.base / "server.log").read_text(errors="replace")[-1500:]
+                raise RuntimeError(f"rabbitmq-server exited ({self.proc.returncode}):\n{tail}")
+            time.sleep(2.0 * attempt)
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         """A clean shutdown (SIGTERM to the node: queues and messages written to disk)."""
