@@ -24,7 +24,7 @@ from typing import TextIO
 from bench.figures import Results, where, write_results
 
 QUICK_ARGS = {
-    "api": ["--seconds", "1.5", "--clients", "200"],
+    "api": ["--seconds", "1", "--clients", "200"],
     "e2e": ["--quick"],
     "expand": ["--users", "100000", "--rounds", "3", "--naive-sample", "2000"],
     "ingest": ["--quick"],
@@ -68,6 +68,20 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; available: {', '.join(available())}", file=sys.stderr)
         return 2
+    steps = [
+        (name, what, seconds)
+        for name in names
+        for what, seconds in getattr(importlib.import_module(f"bench.bench_{name}"), "planned", lambda q: [])(
+            args.quick
+        )
+    ]
+    for name, what, seconds in steps:
+        print(f"plan: {name}: {what}: ~{seconds:.0f} s")
+    print(
+        f"plan: ~{sum(s for *_, s in steps) / 60:.1f} min at rates measured on the shared machine under load "
+        "(a quiet machine: less)",
+        flush=True,
+    )
     worst = 0
     sections: dict[str, str] = {}
     for name in names:

@@ -278,6 +278,17 @@ async def _prepare(namespace: str, connections: int) -> tuple[list[str], bytes]:
     return keys, b""
 
 
+SECONDS = 5.0
+"""Each load's length: five loads and two SSE fan-outs a run."""
+
+
+def planned(quick: bool) -> list[tuple[str, float]]:
+    """What ``python -m bench api`` (``--quick``: 1 s loads, 200 SSE clients) runs, and its seconds:
+    the loads' length plus ~15 s of setup and ~5 s of SSE a run (measured under load)."""
+    seconds = 1.0 if quick else SECONDS
+    return [(f"5 loads of {seconds:g} s and 2 SSE fan-outs x 3 runs", 15 + 3 * (5 * seconds + 5))]
+
+
 def report(results: Results, runs: dict[str, list[dict[str, float]]]) -> None:
     """Each figure over the runs; the API's routes against the bare route measured in the same runs."""
     for name, baseline in (
@@ -315,7 +326,7 @@ def main(argv: list[str], results: Results | None = None) -> int:
         return 0
 
     parser = argparse.ArgumentParser(prog="python -m bench api")
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--seconds", type=float, default=SECONDS)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3, help="runs of each figure (median, min, max)")

@@ -338,6 +338,12 @@ def main(argv: list[str], results: Results | None = None) -> int:
     return 0
 
 
+def planned(quick: bool) -> list[tuple[str, float]]:
+    """What ``python -m bench ingest`` (``--quick``) runs and its seconds (a guess from a quick run
+    under load: 1 s; the full sizes are ~20x larger, three repeats each)."""
+    return [("adapters, conditions, book, fusion x 3 runs", 3.0 if quick else 60.0)]
+
+
 def report(results: Results, runs: dict[str, list[dict[str, float]]]) -> None:
     """Each figure over the runs, against ``json.loads`` of the same bytes in the same runs."""
 

@@ -347,6 +347,20 @@ def _line(name: str, ours: float, theirs: float | None) -> None:
     print(f"  {name:<36} {ours:>9,.0f} msg/s{against}", flush=True)
 
 
+WORKER_N = 20_000
+
+
+def planned(quick: bool) -> list[tuple[str, float]]:
+    """What ``python -m bench providers`` (``--small``) runs and its seconds, from a run under load:
+    ~20 s a round at 5,000 messages per provider, the worker at ~1,000 pushes/s."""
+    if quick:
+        return [("FCM, APNs, webhooks at 50 messages, Apprise at 20, x 3 runs", 15.0)]
+    return [
+        ("FCM, APNs, webhooks at 5,000 messages and Apprise at 300, x 3 runs", 3 * 20.0),
+        (f"worker memory at {WORKER_N:,} FCM pushes x 3 runs", 3 * (WORKER_N / 1000 + 5)),
+    ]
+
+
 async def over_runs(
     runs: int, names: tuple[str, ...], measure: Callable[[], Awaitable[tuple[float | None, ...]]]
 ) -> dict[str, list[float]]:
@@ -416,7 +430,7 @@ def main(argv: list[str], results: Results | None = None) -> int:
     parser.add_argument("--apns-n", type=int, default=5000)
     parser.add_argument("--webhook-n", type=int, default=5000)
     parser.add_argument("--apprise-n", type=int, default=300)
-    parser.add_argument("--worker-n", type=int, default=50_000, help="0 skips the worker memory runs")
+    parser.add_argument("--worker-n", type=int, default=WORKER_N, help="0 skips the worker memory runs")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each figure (median, min, max)")
     parser.add_argument("--worker-runs", type=int, default=3, help="runs of the worker memory figure")
     parser.add_argument("--small", action="store_true", help="a smoke run with tiny sizes")
