@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -163,3 +166,40 @@ async def test_firebase_admins_own_client_works_against_the_sandbox(sandbox, fcm
     assert response.success_count == 1
     assert isinstance(response.responses[1].exception, messaging.UnregisteredError)
     assert sandbox.received == {"f1": 1}
+
+
+@pytest.fixture
+def sandbox_elsewhere(tmp_path: Path) -> Iterator[tuple[FcmSandbox, Settings, asyncio.AbstractEventLoop]]:
+    """The FCM sandbox on an event loop of its own (a thread), so it answers while the test's loop stalls."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = FcmSandbox()
+    asyncio.run_coroutine_threadsafe(server.__aenter__(), loop).result(10)
+    try:
+        path = server.service_account(tmp_path / "sa.json")
+        yield server, Settings(fcm_credentials_file=str(path), fcm_base_url=server.url, fcm_timeout_s=0.5), loop
+    finally:
+        asyncio.run_coroutine_threadsafe(server.__aexit__(None, None, None), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+async def test_an_answer_that_arrived_while_the_worker_stalled_is_not_a_timeout(
+    sandbox_elsewhere: tuple[FcmSandbox, Settings, asyncio.AbstractEventLoop],
+) -> None:
+    sandbox, settings, sandbox_loop = sandbox_elsewhere
+    batch = fcm_batch(1)
+    async with FcmProvider(settings) as provider:
+        send = await provider.prepare(batch)
+        sandbox_loop.call_soon_threadsafe(sandbox.stall_after, 0)
+        sending = asyncio.ensure_future(send(batch.devices[0]))
+        async with asyncio.timeout(5):
+            while not sandbox.stalled:
+                await asyncio.sleep(0.001)
+        sandbox_loop.call_soon_threadsafe(sandbox.stall_after, None)
+        time.sleep(1.0)  # noqa: ASYNC251 - the stall itself: the answer arrives while the loop is blocked
+        result = await sending
+    assert sandbox.received == {"tok-0": 1}
+    assert result.outcome == "sent", "FCM accepted it: a timeout would send it again"

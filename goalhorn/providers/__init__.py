@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Self
 
@@ -27,6 +28,9 @@ from goalhorn.models import DeliveryBatch, DeliveryResult, Device
 
 Send = Callable[[Device], Awaitable[DeliveryResult]]
 """Sends one device of a prepared batch: its result (``ProviderError`` for a provider-wide failure)."""
+STALL_S = 0.5
+"""A deadline that fires this much later than due found the event loop stalled (``deadline``)."""
+STALL_GRACES = 3
 COLLAPSE_ID_MAX_BYTES = 64
 """APNs refuses an ``apns-collapse-id`` longer than this (FCM passes it on to APNs as is)."""
 
@@ -96,6 +100,38 @@ def render_failed(device: Device, exc: Exception) -> DeliveryResult:
     a message error, which the dispatch stage dead-letters without counting it against the provider."""
     reason = f"render_failed: {exc}"
     return DeliveryResult(device_id=device.device_id, outcome="failed", reason=reason, message_error=True)
+
+
+@contextlib.asynccontextmanager
+async def deadline(seconds: float) -> AsyncIterator[None]:
+    """``asyncio.timeout(seconds)`` for a provider request, except that time the event loop did not run
+    does not count against the provider. After a stall (the process descheduled on a busy machine, a
+    long collection, a blocking call), the answers that arrived meanwhile are read in the same loop turn
+    as the expired timer, and a plain timeout cancels the request first: a push the provider accepted
+    would be taken for a timeout and sent again. So a deadline that fires more than ``STALL_S`` late
+    is pushed back by how late it was (at most ``seconds``, ``STALL_GRACES`` times), which lets those
+    answers through; a provider that is merely slow still times out after ``seconds``."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(None) as timeout:
+        graces = STALL_GRACES
+        handles: list[asyncio.TimerHandle] = []
+
+        def expire(due: float) -> None:
+            nonlocal graces
+            late = loop.time() - due
+            if late > STALL_S and graces:
+                graces -= 1
+                again = loop.time() + min(late, seconds)
+                handles.append(loop.call_at(again, expire, again))
+            else:
+                timeout.reschedule(loop.time())
+
+        due = loop.time() + seconds
+        handles.append(loop.call_at(due, expire, due))
+        try:
+            yield
+        finally:
+            handles[-1].cancel()
 
 
 def unanswered(device: Device, reason: str, *, maybe_sent: bool) -> DeliveryResult:

@@ -31,7 +31,7 @@ from goalhorn.catalog.templates import Renderer, RenderFailed
 from goalhorn.errors import ConfigError
 from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, DeliveryResult, Device, Intent
-from goalhorn.providers import Provider, Send, accepted, collapse_id, render_failed, unanswered
+from goalhorn.providers import Provider, Send, accepted, collapse_id, deadline, render_failed, unanswered
 from goalhorn.settings import Settings
 
 _TOKEN_REASONS = {"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered"}
@@ -164,7 +164,7 @@ class ApnsProvider(Provider):
                 apns_topic=topic,
             )
             try:
-                async with asyncio.timeout(timeout_s):
+                async with deadline(timeout_s):
                     result = await client.send_notification(request)
             except TimeoutError:
                 return unanswered(device, "timeout", maybe_sent=self._was_written(request))

@@ -29,7 +29,7 @@ from goalhorn.catalog.templates import Renderer, RenderFailed
 from goalhorn.errors import ConfigError, ProviderAuthError, ProviderUnavailable
 from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, DeliveryResult, Device, Intent, utcnow
-from goalhorn.providers import Provider, Send, accepted, collapse_id, render_failed, unanswered
+from goalhorn.providers import Provider, Send, accepted, collapse_id, deadline, render_failed, unanswered
 from goalhorn.providers.webhook import retry_after_seconds
 from goalhorn.settings import Settings
 
@@ -144,7 +144,7 @@ class FcmProvider(Provider):
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._settings.fcm_concurrency),
-                timeout=aiohttp.ClientTimeout(total=self._settings.fcm_timeout_s),
+                timeout=aiohttp.ClientTimeout(total=None),  # ``deadline`` around each request instead
                 headers={"Content-Type": "application/json; charset=UTF-8"},
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
                 cookie_jar=aiohttp.DummyCookieJar(),
@@ -184,6 +184,7 @@ class FcmProvider(Provider):
         headers = {"Authorization": f"Bearer {await self.access_token()}"}
         intent = batch.intent
         url = self.url
+        timeout_s = self._settings.fcm_timeout_s
 
         async def send(device: Device) -> DeliveryResult:
             try:
@@ -195,7 +196,7 @@ class FcmProvider(Provider):
                 return DeliveryResult(device_id=device.device_id, outcome="failed", reason=reason, message_error=True)
             body = head + json.dumps(device.address).encode() + tail
             try:
-                async with session.post(url, data=body, headers=headers) as response:
+                async with deadline(timeout_s), session.post(url, data=body, headers=headers) as response:
                     raw = await response.content.read(MAX_RESPONSE_BYTES)
                     try:
                         payload = json.loads(raw) if raw else None

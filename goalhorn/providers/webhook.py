@@ -36,7 +36,7 @@ from goalhorn.catalog.templates import Rendered, Renderer, RenderFailed
 from goalhorn.errors import AddressRefused
 from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, DeliveryResult, Device, Intent
-from goalhorn.providers import Provider, Send, accepted, render_failed
+from goalhorn.providers import Provider, Send, accepted, deadline, render_failed
 from goalhorn.providers.ssrf import AddressPolicy, VettingResolver
 from goalhorn.settings import Settings
 
@@ -207,9 +207,8 @@ class WebhookProvider(Provider):
             connector = aiohttp.TCPConnector(resolver=self._resolver, limit=self._settings.webhook_concurrency)
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                timeout=aiohttp.ClientTimeout(
-                    total=self._settings.webhook_timeout_s, connect=self._settings.webhook_connect_timeout_s
-                ),
+                # The whole request's timeout is ``deadline`` (stall-tolerant), around each request.
+                timeout=aiohttp.ClientTimeout(total=None, connect=self._settings.webhook_connect_timeout_s),
                 headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
                 skip_auto_headers=("Accept", "Accept-Encoding"),
                 cookie_jar=aiohttp.DummyCookieJar(),  # one bot's cookies are nobody else's business
@@ -248,7 +247,8 @@ class WebhookProvider(Provider):
             return _refused(device, f"invalid_url: {type(exc).__name__}")
         msg_id = webhook_id(intent.intent_id, device.device_id)
         try:
-            return await self._post(session, url, device, msg_id, keys, body)
+            async with deadline(self._settings.webhook_timeout_s):
+                return await self._post(session, url, device, msg_id, keys, body)
         except AddressRefused as exc:  # raised by the resolver for a host name
             return _refused(device, f"ssrf_refused: {exc}")
         except aiohttp.InvalidURL as exc:
