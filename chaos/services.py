@@ -80,6 +80,8 @@ class RabbitNode:
             "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "enabled_plugins"),
             "RABBITMQ_PLUGINS_EXPAND_DIR": str(self.base / "plugins-expand"),
+            # A node killed by a scenario writes its crash dump here, not in the checkout.
+            "ERL_CRASH_DUMP": str(self.base / "erl_crash.dump"),
         }
 
     def start(self) -> float:
@@ -96,6 +98,7 @@ class RabbitNode:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    cwd=self.base,
                 )
             while not amqp_login_works(self.port):
                 if self.proc.poll() is not None:
