@@ -204,17 +204,22 @@ async def test_batches_enqueued_while_redis_is_down_are_delivered_once_it_is_bac
 
 
 @pytest.mark.real
-async def test_sent_marks_lost_to_a_redis_outage_mid_batch_are_written_when_it_is_back() -> None:
+@pytest.mark.parametrize(("lease_s", "outage_s"), [(4, 1.0), (2, 7.0)], ids=["within-a-lease", "three-leases"])
+async def test_sent_marks_lost_to_a_redis_outage_mid_batch_are_written_when_it_is_back(
+    lease_s: int, outage_s: float
+) -> None:
     """Redis goes away while a batch is being sent: what the provider accepted must still be marked
-    sent, or the claims run out and those devices are pushed again."""
+    sent, or the claims run out and those devices are pushed again. An outage longer than a lease
+    (the claims lapse, renewals cannot reach Redis) holds the batch until its marks land, rather than
+    putting it back whole."""
     proxy = await redis_proxy()
-    settings = via(proxy, make_settings("real", claim_lease_s=4))
+    settings = via(proxy, make_settings("real", claim_lease_s=lease_s))
     loop = asyncio.get_running_loop()
 
     def cut_at_half(sent: int) -> None:
         if sent == 150:
             blocking(loop, lambda: proxy.drop(refuse=True))
-            loop.call_soon_threadsafe(loop.call_later, 1.0, proxy.accept)
+            loop.call_soon_threadsafe(loop.call_later, outage_s, proxy.accept)
 
     provider = Recording(on_send=cut_at_half)
     redis = make_redis(direct(settings))

@@ -15,13 +15,18 @@ out, then it is claimed and sent again, so a crash never loses a push for good.
 Counting is done from these transitions: ``settle`` says which markers it moved from in-flight (or
 nothing) to a final state, so a device is counted once however many times its batch is delivered.
 
-Writes after a send (final states, releases) are retried while Redis is unreachable, for up to one
-lease: a push the provider accepted must be recorded, or it is sent again once its claim runs out.
-A batch's first claim is not retried: nothing was sent yet, so the batch can simply wait
-(``goalhorn.dispatch.failures``). Its later windows' claims are (``patient``), for up to one lease: the
-batch has sent devices whose counts it adds only at its end, and an outage shorter than a lease
-should not abort it. (Should the reply of a claim be lost, the retry finds its own claims held, and
-those devices wait out the lease like any held device.)
+Writes after a send (final states, releases) are retried while Redis is unreachable, for up to
+``OUTAGE_HOLD_S`` (minutes, far longer than a lease): a push the provider accepted must be recorded
+before its batch can give up, or the batch is put back whole and, its claims having run out during
+the outage (renewals cannot reach Redis either), its copy sends those devices again. The batch is held
+meanwhile; when Redis answers the held marks land first (a final state is written over a claim that
+ran out), then the batch goes on. A batch's first claim is not retried: nothing was sent yet, so the
+batch can simply wait (``goalhorn.dispatch.failures``). Its later windows' claims are (``patient``),
+for as long: the batch has sent devices whose marks and counts it still holds, and giving up would
+cancel sends in flight, whose claims lapse unrecorded. The claims of devices not sent yet may lapse
+during an outage: nothing was sent for them, so a copy claiming them is no duplicate. (Should the
+reply of a claim be lost, the retry finds its own claims held, and those devices wait out the lease
+like any held device.)
 
 Superseding (``newest``): with a collapse key, a second key per (collapse key, device) holds the event
 time of the newest intent claimed for that device, checked and raised in one script per window. It
@@ -51,6 +56,10 @@ Final = Literal["sent", "failed", "invalid_token", "superseded", "expired"]
 counter a device that ends so is counted under."""
 WRITE_RETRY_FIRST_S = 0.05
 WRITE_RETRY_MAX_S = 1.0
+OUTAGE_HOLD_S = 300.0
+"""How long the marker writes after a send, and a started batch's later claims, are retried while Redis
+is unreachable before the batch gives up (and is put back whole, its unmarked sends then going out
+again once their claims run out)."""
 
 
 @dataclass(slots=True)
@@ -158,7 +167,7 @@ class DeliveryMarkers:
     ) -> Claims:
         """Claim every device that has not ended and is not held (or, with ``final``, end it so), in
         one round trip; with a collapse key, first check for newer intents (one more). ``patient``:
-        retried while Redis is unreachable, for up to one lease."""
+        retried while Redis is unreachable, for up to ``OUTAGE_HOLD_S``."""
         if patient:
             out: list[Claims] = []
 
@@ -239,14 +248,17 @@ class DeliveryMarkers:
             await self._renew(keys=keys, args=[self.lease_s])
 
     async def _persist(self, write: Callable[[], Awaitable[object]], size: int) -> None:
-        """Run ``write``, again while Redis is unreachable, for up to one lease: what it records happened
-        already, and while the claims last no other attempt can act on those devices."""
+        """Run ``write``, again while Redis is unreachable, for up to ``OUTAGE_HOLD_S``: what it records
+        happened already, and must land before the batch can be put back."""
         loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + self.lease_s
+        started = loop.time()
+        give_up_at = started + OUTAGE_HOLD_S
         delay = WRITE_RETRY_FIRST_S
         while True:
             try:
                 await write()
+                if delay > WRITE_RETRY_FIRST_S:
+                    log.warning("Redis back: %d marker operations written after %.1fs", size, loop.time() - started)
                 return
             except Exception as exc:
                 left = give_up_at - loop.time()
