@@ -44,7 +44,7 @@ from goalhorn.dispatch.breaker import BUSY, Breakers, CircuitBreaker
 from goalhorn.dispatch.breaker_board import BreakerBoard
 from goalhorn.dispatch.hygiene import prune_tokens
 from goalhorn.dispatch.markers import Claims, DeliveryMarkers, Final
-from goalhorn.dispatch.pacing import TokenBucket
+from goalhorn.dispatch.pacing import TokenBucket, quota_refused
 from goalhorn.errors import ProviderError, ProviderRateLimited
 from goalhorn.keys import Keys, Platform
 from goalhorn.models import (
@@ -368,7 +368,8 @@ class Deliverer:
             "apns": settings.apns_rate_per_s,
             "webhook": settings.webhook_rate_per_s,
         }
-        self._buckets = {platform: TokenBucket(rate) for platform, rate in rates.items() if rate > 0}
+        # Per platform, paced at its rate (0: unpaced) and slowed by quota refusals; the lanes share them.
+        self.buckets = {platform: TokenBucket(rate) for platform, rate in rates.items()}
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._endpoint_slots: dict[str, _EndpointSlots] = {}
         self.counters = PipelineCounters(redis, self._keys)
@@ -513,9 +514,8 @@ class Deliverer:
 
     async def _attempt(self, run: _Run, device: Device, circuit: str) -> None:
         """Pace, ask the device's breaker, send, and settle what became of the device."""
-        bucket = self._buckets.get(run.platform)
-        if bucket is not None:
-            await bucket.take()
+        bucket = self.buckets[run.platform]
+        sent_at = await bucket.take()
         breaker = self.breakers[circuit]
         while (wait := breaker.admit()) != 0:
             if wait != BUSY:
@@ -525,9 +525,13 @@ class Deliverer:
         try:
             result = await run.send(device)
         except ProviderError as exc:
-            breaker.record(ok=False)
             run.release(device)
             retry_after = exc.retry_after if isinstance(exc, ProviderRateLimited) else None
+            if isinstance(exc, ProviderRateLimited):  # the provider working, asking us to slow down: pacing's
+                breaker.abstain()
+                bucket.refused(sent_at, retry_after)
+            else:
+                breaker.record(ok=False)
             run.tally.retry_later(device, type(exc).__name__, retry_after)
             return
         except Exception as exc:
@@ -542,6 +546,14 @@ class Deliverer:
         except BaseException:
             breaker.abstain()
             raise
+        if quota_refused(run.platform, result):  # the provider working, asking us to slow down: pacing's
+            bucket.refused(sent_at, result.retry_after)
+            breaker.abstain()
+            run.release(device)
+            run.tally.retry_later(device, result.reason or "failed", result.retry_after)
+            return
+        if result.outcome == "sent":
+            bucket.accepted()
         self._settle(run, device, result, breaker)
 
     def _settle(self, run: _Run, device: Device, result: DeliveryResult, breaker: CircuitBreaker) -> None:

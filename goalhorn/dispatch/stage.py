@@ -252,8 +252,10 @@ class DeliveryStage:
                 {p: self._provider_factory(p, self._render) for p in PLATFORMS},
                 self.enqueue,
             )
-            # One process, one view of each circuit: what either lane's sends count opens it for both.
+            # One process, one view of each circuit: what either lane's sends count opens it for both;
+            # one pacing of each provider, which either lane's quota refusals slow down for both.
             critical.breakers = normal.breakers
+            critical.buckets = normal.buckets
             self._deliverer, self._critical_deliverer, self._critical_first = normal, critical, gate
         return (self._critical_deliverer if lane == "critical" else self._deliverer), self._critical_first
 
