@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     webhook_endpoint_concurrency: int = Field(
         default=4, ge=1, description="Webhook requests in flight per endpoint (before a shared slot)."
     )
+    webhook_slow_after_s: float = Field(
+        default=0.25, gt=0, description="A webhook request unanswered this long gives its shared slot back."
+    )
+    webhook_slow_concurrency: int = Field(
+        default=400, ge=0, description="Webhook requests in flight per process past webhook_slow_after_s."
+    )
     webhook_allowlist: str = Field(
         default="",
         description="Comma-separated hosts and CIDRs a webhook may reach even though they are local or private.",

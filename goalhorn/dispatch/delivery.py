@@ -14,7 +14,10 @@ device, which it claims in a small window with the devices the batch's other slo
 script call per window, so what a killed worker leaves claimed is about what it had in flight). For a
 provider with per-endpoint caps (webhooks) the endpoint's cap comes first (a device whose endpoint is
 at its cap is parked while the worker goes on with others), and endpoints that failed since their
-last success share a quarter of the slots besides. Then the pacing bucket, then the circuit breaker,
+last success share a quarter of the slots besides; a request still unanswered after
+``webhook_slow_after_s`` gives its shared slot back and goes on aside (``webhook_slow_concurrency``
+of them per process), so endpoints that start hanging hold the shared slots that long at most. Then the
+pacing bucket, then the circuit breaker,
 consulted for this request at the moment it goes out, then the send. Each device is finished
 (``sent``...) or released as soon as its answer is known (coalesced with every batch's into one Redis
 call per burst), and the leases of the claims still held are renewed while the batch runs, so a lease
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from collections import Counter, deque
@@ -188,12 +192,28 @@ class _EndpointSlots:
     """Per-endpoint caps on requests in flight, and a pool that the requests of suspect endpoints
     (failures since their last success) share besides: however many endpoints hang, they hold at most
     ``suspect_limit`` shared slots once each has timed out once. An endpoint's cap is given per request
-    (one until it has answered once, so a new endpoint that hangs holds one slot, not its full cap)."""
+    (one until it has answered once, so a new endpoint that hangs holds one slot, not its full cap).
+    Requests past ``slow_after_s`` move aside (up to ``aside_limit``), off the shared slots, keeping their
+    endpoint's cap and suspect slot."""
 
-    def __init__(self, suspect_limit: int) -> None:
+    def __init__(self, suspect_limit: int, aside_limit: int, slow_after_s: float) -> None:
         self._in_use: Counter[str] = Counter()
         self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
         self._suspects = asyncio.Semaphore(suspect_limit)
+        self._aside_free = aside_limit
+        self.slow_after_s = slow_after_s
+
+    def step_aside(self) -> bool:
+        """Take a place aside for a slow request, if one is free (``come_back`` gives it back)."""
+        if self._aside_free <= 0:
+            return False
+        self._aside_free -= 1
+        return True
+
+    def come_back(self, circuit: str, suspect: bool) -> None:
+        """A request aside has its answer: its place aside and its endpoint's slots are free."""
+        self._aside_free += 1
+        self.release(circuit, suspect)
 
     def busy(self, circuit: str, cap: int, suspect: bool) -> bool:
         return self._in_use[circuit] >= cap or (suspect and self._suspects.locked())
@@ -263,6 +283,8 @@ class _Run:
         """Devices claimed by this run and not answered yet."""
         self.active = 0
         """This run's workers holding a shared slot: the size of the next claim window."""
+        self.aside: set[asyncio.Task[None]] = set()
+        """Slow requests that gave their shared slot back (awaited before the run ends)."""
 
     async def next_device(self) -> Device | None:
         """The next device to send, claimed; None when the batch has none left."""
@@ -293,6 +315,10 @@ class _Run:
             else:
                 window.append(device)
         return window
+
+    def put_aside(self, attempt: asyncio.Task[None], done: Callable[[], None]) -> None:
+        self.aside.add(attempt)
+        attempt.add_done_callback(lambda _: done())
 
     def park(self, device: Device, circuit: str) -> None:
         """Set a claimed device aside until its endpoint has room."""
@@ -433,7 +459,12 @@ class Deliverer:
         workers = [asyncio.create_task(self._work(run)) for _ in range(min(len(batch.devices), provider.concurrency))]
         try:
             await _all(workers)
+            if run.aside:
+                await _all(list(run.aside))
         finally:
+            for attempt in run.aside:
+                attempt.cancel()
+            await asyncio.gather(*run.aside, return_exceptions=True)
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
@@ -451,7 +482,8 @@ class Deliverer:
         slots = self._endpoint_slots.get(provider.platform)
         if slots is None:
             suspects = max(1, provider.concurrency // SUSPECT_SHARE)
-            slots = self._endpoint_slots[provider.platform] = _EndpointSlots(suspects)
+            aside, slow_s = self._settings.webhook_slow_concurrency, self._settings.webhook_slow_after_s
+            slots = self._endpoint_slots[provider.platform] = _EndpointSlots(suspects, aside, slow_s)
         return slots
 
     async def _work(self, run: _Run) -> None:
@@ -503,8 +535,19 @@ class Deliverer:
                     holding = True
                 else:
                     await endpoints.acquire(circuit, cap, suspect)
+                attempt = asyncio.ensure_future(self._attempt(run, device, circuit))
                 try:
-                    await self._attempt(run, device, circuit)
+                    await asyncio.wait((attempt,), timeout=endpoints.slow_after_s)
+                except BaseException:
+                    attempt.cancel()
+                    endpoints.release(circuit, suspect)
+                    raise
+                if not attempt.done() and endpoints.step_aside():
+                    # Slow (hanging?): it goes on aside, this worker and its shared slot go on with others.
+                    run.put_aside(attempt, functools.partial(endpoints.come_back, circuit, suspect))
+                    continue
+                try:
+                    await attempt
                 finally:
                     endpoints.release(circuit, suspect)
             finally:

@@ -8,7 +8,10 @@ followed, since a redirect could lead anywhere the guard would refuse.
 
 Each endpoint URL is its own circuit, with at most ``webhook_endpoint_concurrency`` requests in flight
 (taken by the dispatch stage before one of the ``webhook_concurrency`` shared slots), so a hanging
-endpoint holds a few slots until its breaker opens on the timeouts, not all of them. For the breaker,
+endpoint holds a few slots until its breaker opens on the timeouts, not all of them; a request unanswered
+after ``webhook_slow_after_s`` gives its shared slot back and goes on aside (``webhook_slow_concurrency``
+per process, hence the connection pool's size), so endpoints that start hanging before they ever failed
+hold the shared slots that long, not until the timeout. For the breaker,
 an endpoint's 4xx answer is the endpoint working (a success); a request refused before it was sent
 (the SSRF guard, an unusable URL or secret) says nothing about the endpoint (``refused``: abstain).
 """
@@ -204,7 +207,8 @@ class WebhookProvider(Provider):
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(resolver=self._resolver, limit=self._settings.webhook_concurrency)
+            limit = self._settings.webhook_concurrency + self._settings.webhook_slow_concurrency  # slots + aside
+            connector = aiohttp.TCPConnector(resolver=self._resolver, limit=limit)
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 # The whole request's timeout is ``deadline`` (stall-tolerant), around each request.
