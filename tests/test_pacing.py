@@ -6,7 +6,14 @@ import asyncio
 
 import pytest
 
-from goalhorn.dispatch.pacing import DECREASE, INCREASE_SHARE, MIN_RATE_PER_S, TokenBucket, quota_refused
+from goalhorn.dispatch.pacing import (
+    DECREASE,
+    INCREASE_SHARE,
+    MIN_RATE_PER_S,
+    MIN_STEP_PER_S,
+    TokenBucket,
+    quota_refused,
+)
 from goalhorn.models import DeliveryResult, Device
 from goalhorn.providers.fcm import result_for_response
 
@@ -86,7 +93,7 @@ def test_without_refusals_the_rate_grows_additively_back_to_its_configured_rate(
     assert pacer.adapted
     clock.t += 1.0 + 2.0  # hold, then 2 s without refusal
     pacer.reserve()
-    assert pacer.rate == pytest.approx(cut + 2 * cut * INCREASE_SHARE)
+    assert pacer.rate == pytest.approx(cut + 2 * MIN_STEP_PER_S)
     clock.t += 100.0
     pacer.reserve()
     assert state(pacer) == (100, False), "back at its rate, with its burst of one second"
@@ -101,6 +108,18 @@ def test_a_refusal_with_nothing_accepted_still_leaves_a_rate_that_probes() -> No
     clock.t += 10.0
     pacer.reserve()
     assert state(pacer) == (None, False), "unpaced again once grown past twice the cut"
+
+
+def test_a_rate_cut_low_grows_back_at_the_scale_it_had_accepted() -> None:
+    clock = Clock()
+    pacer = bucket(10_000, clock)
+    accept(pacer, clock, 1000, over_s=0.9)
+    clock.t += 2.0  # nothing accepted over the last second: the cut goes to the floor
+    pacer.refused(sent_at=clock.t, retry_after=1)
+    assert pacer.rate == MIN_RATE_PER_S
+    clock.t += 1.0 + 1.0
+    pacer.reserve()
+    assert pacer.rate == pytest.approx(MIN_RATE_PER_S + 1000 * INCREASE_SHARE), "5 % of the 1,000/s once accepted"
 
 
 async def test_a_waiter_queued_before_a_cut_goes_back_in_line_behind_the_hold() -> None:

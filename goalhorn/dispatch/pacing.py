@@ -10,8 +10,8 @@ means the project's quota, shared by every worker, is spent for now: :meth:`Toke
 holds every send of the platform in this process until the ``Retry-After``, and cuts the rate
 (multiplicative decrease, :data:`DECREASE` of the current rate, or of what was accepted over the
 last second when the bucket was at its configured rate). While no refusal comes, the rate grows
-back by :data:`INCREASE_SHARE` of the rate at the cut each second (additive increase), until it is
-back at the configured rate (or, unpaced, twice the rate at the cut). Refusals of requests sent
+back by :data:`INCREASE_SHARE` of its scale each second (additive increase, :data:`MIN_STEP_PER_S`
+at least), until it is back at the configured rate (or, unpaced, twice the rate at the cut). Refusals of requests sent
 before the last cut are of the wave already slowed for and change nothing. While slowed down the
 bucket holds only :data:`ADAPTED_BURST_S` of sends, so the rate is kept even, not in bursts.
 
@@ -31,7 +31,11 @@ from goalhorn.models import DeliveryResult
 DECREASE = 0.75
 """The rate after a quota refusal, as a share of the rate before it."""
 INCREASE_SHARE = 0.05
-"""Added to the rate each second without refusal, as a share of the rate set by the last cut."""
+"""Added to the rate each second without refusal, as a share of the highest of the rate set by the last
+cut and the most this process ever had accepted in a second (so a rate cut low grows back as fast)."""
+MIN_STEP_PER_S = 10.0
+"""Added to the rate each second without refusal, at least (a process whose first sends were refused
+knows no scale yet)."""
 MIN_RATE_PER_S = 1.0
 """The rate never goes below this, however many refusals: the sends still probe the quota."""
 DEFAULT_HOLD_S = 1.0
@@ -86,6 +90,7 @@ class TokenBucket:
         self._cut_at = float("-inf")
         self._epoch = 0
         self._accepted: collections.deque[float] = collections.deque()
+        self._peak = 0
 
     @property
     def capacity(self) -> float:
@@ -128,6 +133,7 @@ class TokenBucket:
         self._accepted.append(now)
         while self._accepted and self._accepted[0] <= now - OBSERVED_S:
             self._accepted.popleft()
+        self._peak = max(self._peak, len(self._accepted))
 
     def refused(self, sent_at: float, retry_after: float | None) -> None:
         """The provider refused a send made at ``sent_at`` for its quota: hold every send until the
@@ -143,7 +149,7 @@ class TokenBucket:
         self.rate = max(MIN_RATE_PER_S, base * DECREASE)
         self.adapted = True
         self.refusals += 1
-        self._step = max(MIN_RATE_PER_S, self.rate * INCREASE_SHARE)
+        self._step = max(MIN_STEP_PER_S, max(self.rate, self._peak) * INCREASE_SHARE)
         self._release_at = self.ceiling if self.ceiling is not None else 2 * max(base, MIN_RATE_PER_S)
         self._cut_at = now
         self._hold_until = max(self._hold_until, now + (retry_after if retry_after else DEFAULT_HOLD_S))
