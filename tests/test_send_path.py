@@ -421,6 +421,41 @@ async def test_a_claim_outlives_its_lease_while_its_worker_still_sends(backend: 
     assert snap.get("delivery:fcm:sent") == 3
 
 
+class Gathering(Slow):
+    """Holds every push until ``hold`` is set, counting how many are in flight together."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = 0
+        self.most = 0
+
+    async def send(self, batch: DeliveryBatch) -> list[DeliveryResult]:
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        try:
+            return await super().send(batch)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_the_devices_of_a_window_go_out_together_not_one_worker_at_a_time(backend: str) -> None:
+    """Workers that find nothing left to claim while a window is being claimed wait for its devices
+    (they used to stop, leaving a small batch to the one worker that claimed it)."""
+    devices = phones(12)
+    provider = Gathering()
+    async with harness(make_settings(backend), provider) as h:
+        task = asyncio.create_task(h.deliverer.process(batch_of(devices)))
+        for _ in range(200):
+            if provider.in_flight == len(devices):
+                break
+            await asyncio.sleep(0.01)
+        provider.hold.set()
+        await task
+        snap = await h.snapshot()
+    assert provider.most == len(devices)
+    assert snap.get("delivery:fcm:sent") == len(devices)
+
+
 # --- answers lost ----------------------------------------------------------------------------------
 
 

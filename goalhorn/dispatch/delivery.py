@@ -289,8 +289,10 @@ class _Run:
     async def next_device(self) -> Device | None:
         """The next device to send, claimed; None when the batch has none left."""
         while not self._ready:
-            if not self._todo:
+            if not self._todo and not self._claiming.locked():
                 return None
+            # A window being claimed may still bring devices: wait for it rather than leave its
+            # devices to the one worker claiming them.
             async with self._claiming:
                 if self._ready or not self._todo:
                     continue
