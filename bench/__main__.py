@@ -60,7 +60,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="each bench with its small sizes")
     parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
     args = parser.parse_args(argv)
-    # e2e last: expand's publish to RabbitMQ hung twice when run in the same process after it
+    # e2e last. Open problem: expand's first publish to RabbitMQ (first_published) hung in three --quick
+    # runs of the suite, after api or e2e in the same process; alone it never did.
     names = sorted(args.names or available(), key=lambda name: name == "e2e")
     if not names:
         print("no benchmarks yet")
