@@ -115,6 +115,18 @@ def test_a_circuit_not_proven_healthy_lets_out_only_what_could_fail_before_it_op
     assert breaker.admit() == 10
 
 
+def test_a_healthy_circuit_that_starts_failing_ramps_again_instead_of_sending_everything_in_hand() -> None:
+    breaker = CircuitBreaker(threshold=3, open_s=10, clock=lambda: 0.0)
+    breaker.admit()
+    breaker.record(ok=True)
+    assert [breaker.admit() for _ in range(5)] == [0] * 5, "proven: five in flight"
+    breaker.record(ok=False)
+    assert breaker.admit() == BUSY, "a failure with four still in flight: nothing more until they answer"
+    for _ in range(3):
+        breaker.record(ok=True)
+    assert breaker.admit() == 0, "a success proves it healthy again"
+
+
 async def test_a_provider_answering_503_gets_threshold_requests_then_one_probe_per_open_period(
     fcm: FcmSandbox, tmp_path: Path
 ) -> None:

@@ -72,7 +72,7 @@ class CircuitBreaker:
     in_flight: int = 0
     """Requests admitted that have not reported yet."""
     proven: bool = False
-    """A request succeeded since the circuit was made or last opened: requests go out without a ramp."""
+    """The last answer was a success: requests go out without a ramp."""
 
     def admit(self) -> float:
         """0 if a request may go out now (it is then in flight until ``record`` or ``abstain``);
@@ -114,6 +114,10 @@ class CircuitBreaker:
             return
         self.failures += 1
         self.failures_unshared = True
+        # A failure proves nothing healthy any more: until an answer succeeds, only what could still
+        # fail before the circuit opens goes out (a provider that starts failing under full
+        # concurrency would otherwise get every request in hand before the threshold is reached).
+        self.proven = False
         if self.state is State.HALF_OPEN or self.failures >= self.threshold:
             if self.state is not State.OPEN:
                 self.opened_count += 1
