@@ -49,7 +49,9 @@ BAD_WEBHOOKS: list[tuple[dict[str, Any] | int, str]] = [
 ]
 
 
-INTENT = make_intent()
+# Made when the module is collected, possibly many minutes before a test delivers it: it must not
+# expire meanwhile (it did, 5 minutes into a long full run, and its devices were counted expired).
+INTENT = make_intent(ttl_s=24 * 3600)
 
 
 def payload(platform: str, devices: Any, **extra: Any) -> str:
