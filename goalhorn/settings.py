@@ -47,7 +47,7 @@ class Settings(BaseSettings):
         default=4, ge=1, description="Worker threads per deliver process that take only critical-lane batches."
     )
     normal_lane_concurrency: int = Field(
-        default=0,
+        default=32,
         ge=0,
         description="Requests in flight per provider and deliver process for the normal lane; 0: the provider's own.",
     )

@@ -81,7 +81,7 @@ async def turn_taken(gate: CriticalFirst, sent: list[int], n: int, release: asyn
 
 
 async def test_normal_sends_wait_while_a_critical_batch_is_in_hand_but_not_for_ever() -> None:
-    gate = CriticalFirst(hold_max_s=60)
+    gate = CriticalFirst(hold_max_s=60, settle_s=0)
     done = asyncio.Event()
     done.set()
     sent: list[int] = []
@@ -92,7 +92,7 @@ async def test_normal_sends_wait_while_a_critical_batch_is_in_hand_but_not_for_e
         assert sent == [0], "a normal send waits while the critical batch is delivered"
     await asyncio.wait_for(waiting, 5)
     assert sent == [0, 1]
-    bounded = CriticalFirst(hold_max_s=0.05)
+    bounded = CriticalFirst(hold_max_s=0.05, settle_s=0)
     async with bounded.critical():
         await asyncio.wait_for(
             turn_taken(bounded, sent, 2, done), 5
@@ -100,7 +100,7 @@ async def test_normal_sends_wait_while_a_critical_batch_is_in_hand_but_not_for_e
 
 
 async def test_under_a_steady_critical_flow_the_normal_lane_goes_a_trickle_at_a_time() -> None:
-    gate = CriticalFirst(hold_max_s=0.05, trickle=2)
+    gate = CriticalFirst(hold_max_s=0.05, trickle=2, settle_s=0)
     release = asyncio.Event()
     sent: list[int] = []
     async with gate.critical():
@@ -121,6 +121,40 @@ async def test_under_a_steady_critical_flow_the_normal_lane_goes_a_trickle_at_a_
     release.set()
     await asyncio.wait_for(asyncio.gather(*sends, late), 5)
     assert gate.trickling == 0
+
+
+async def test_the_normal_lane_stays_held_a_moment_after_the_last_critical_batch() -> None:
+    gate = CriticalFirst(hold_max_s=60, settle_s=0.3)
+    done = asyncio.Event()
+    done.set()
+    sent: list[int] = []
+    async with gate.critical():
+        first = asyncio.create_task(turn_taken(gate, sent, 1, done))
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.1)
+    assert sent == [], "the goal is delivered, but the next one may be seconds away: the lane stays held"
+    async with gate.critical():  # the next goal within the settle time: the hold goes on
+        await asyncio.sleep(0.25)
+    await asyncio.sleep(0.2)
+    assert sent == [], "a critical batch within the settle time starts it again"
+    await asyncio.wait_for(first, 2)
+    assert sent == [1]
+    assert not gate.held
+    await asyncio.wait_for(turn_taken(gate, sent, 2, done), 0.05)  # once settled, no wait at all
+
+
+async def test_a_normal_send_past_its_hold_trickles_during_the_settle_time_too() -> None:
+    gate = CriticalFirst(hold_max_s=0.05, trickle=1, settle_s=5)
+    release = asyncio.Event()
+    sent: list[int] = []
+    async with gate.critical():
+        pass
+    sends = [asyncio.create_task(turn_taken(gate, sent, n, release)) for n in range(3)]
+    await asyncio.sleep(0.3)
+    assert sent == [0], "held after the critical batch, a send past its hold_max_s goes as the trickle"
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*sends), 5)
+    assert sent == [0, 1, 2]
 
 
 def test_the_normal_lane_keeps_at_most_its_own_concurrency_in_flight() -> None:

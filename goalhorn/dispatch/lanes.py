@@ -22,7 +22,9 @@ batches fills every worker thread, a goal queued behind it waits for them (secon
   they had in flight finishes. A send that waited ``HOLD_MAX_S`` goes on, but only ``TRICKLE`` such
   sends at a time per process: under a steady critical flow the normal lane moves at a trickle, it does
   not come back at full concurrency every ``HOLD_MAX_S`` (which put a goal behind 100 normal requests
-  per provider again each time).
+  per provider again each time). The hold lasts ``SETTLE_S`` past the last critical batch: goals come
+  in clusters (a goal, the next game's, a correction), and a normal lane back at full concurrency in
+  the gap between two of them is what the next one would find on the wire.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ TRICKLE = 3
 """Normal-lane sends in flight per process, at most, that went while critical batches were in hand
 (having waited ``HOLD_MAX_S``)."""
 
+SETTLE_S = 1.0
+"""How long the normal lane stays held after the last critical batch in hand was delivered."""
+
 
 def lane_of(priority: int, critical_priority: int) -> Lane:
     """The lane of a batch of an intent at ``priority``."""
@@ -63,36 +68,61 @@ class CriticalFirst:
     """One process's critical batches in hand, which the normal lane's sends wait for. Lives in the
     worker's event loop (made with the lanes' ``Deliverer`` s)."""
 
-    def __init__(self, hold_max_s: float = HOLD_MAX_S, trickle: int = TRICKLE) -> None:
+    def __init__(self, hold_max_s: float = HOLD_MAX_S, trickle: int = TRICKLE, settle_s: float = SETTLE_S) -> None:
         self.hold_max_s = hold_max_s
         self.trickle = trickle
+        self.settle_s = settle_s
         self.trickling = 0
         """Normal sends in flight that went while critical batches were in hand."""
         self._active = 0
+        self._settling: asyncio.TimerHandle | None = None
+        """The end of the hold ``settle_s`` after the last critical batch, while it is pending."""
+        self._waking: asyncio.Task[None] | None = None
         self._clear = asyncio.Event()
         self._clear.set()
         self._trickle_turn = asyncio.Condition()
         """What sends past their hold wait on: a trickle send done (wakes one) or the critical lane clear (all)."""
 
+    @property
+    def held(self) -> bool:
+        """Whether normal sends wait: critical batches in hand, or the last one done less than ``settle_s`` ago."""
+        return bool(self._active) or self._settling is not None
+
     @contextlib.asynccontextmanager
     async def critical(self) -> AsyncIterator[None]:
         """Around the delivery of a critical batch."""
         self._active += 1
+        if self._settling is not None:
+            self._settling.cancel()
+            self._settling = None
         self._clear.clear()
         try:
             yield
         finally:
             self._active -= 1
             if not self._active:
-                self._clear.set()
-                async with self._trickle_turn:
-                    self._trickle_turn.notify_all()
+                if self.settle_s > 0:
+                    self._settling = asyncio.get_running_loop().call_later(self.settle_s, self._release)
+                else:
+                    self._release()
+
+    def _release(self) -> None:
+        """The hold ends: every waiting normal send goes."""
+        self._settling = None
+        if self._active:
+            return
+        self._clear.set()
+        self._waking = asyncio.get_running_loop().create_task(self._wake_trickle())
+
+    async def _wake_trickle(self) -> None:
+        async with self._trickle_turn:
+            self._trickle_turn.notify_all()
 
     @contextlib.asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:
-        """Around a normal-lane send: while critical batches are in hand, wait until there are none, or
-        until ``hold_max_s`` passed and fewer than ``trickle`` sends go the same way."""
-        if self._active and await self._wait():
+        """Around a normal-lane send: while critical batches are in hand (or were, ``settle_s`` ago), wait
+        until the hold ends, or until ``hold_max_s`` passed and fewer than ``trickle`` sends go the same way."""
+        if self.held and await self._wait():
             try:
                 yield
             finally:
@@ -106,11 +136,11 @@ class CriticalFirst:
         """A normal send's wait while critical batches are in hand; whether it goes as one of the trickle."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._clear.wait(), self.hold_max_s)
-        if not self._active:
+        if not self.held:
             return False
         async with self._trickle_turn:
-            await self._trickle_turn.wait_for(lambda: not self._active or self.trickling < self.trickle)
-            if not self._active:
+            await self._trickle_turn.wait_for(lambda: not self.held or self.trickling < self.trickle)
+            if not self.held:
                 return False
             self.trickling += 1
             return True
