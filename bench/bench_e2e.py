@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.bare_loops import run_bare_loops
-from bench.deployment import Audience, Deployment, LedgerReport, goal_intent
+from bench.deployment import STOP_TIMEOUT_S, Audience, Deployment, LedgerReport, goal_intent
 from bench.figures import Figure, Results
 from goalhorn.catalog import default_catalog
 from goalhorn.models import EventKind
@@ -331,7 +331,14 @@ def stop_stages(deployment: Deployment) -> dict[str, float]:
             process.proc.send_signal(signal.SIGTERM)
             running.append(name)
     for name in running:
-        deployment.terminate(name)
+        # Wait without a second SIGTERM: to ``goalhorn run`` a second signal means "exit without waiting".
+        proc = deployment.processes[name].proc
+        assert proc is not None
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError(f"{name} did not stop within {STOP_TIMEOUT_S} s of SIGTERM") from None
     for name in [n for n in deployment.processes if n != "sandbox"]:
         deployment.processes.pop(name)
     return peaks
