@@ -9,7 +9,8 @@
     ├── BusError                    the intent bus
     │   ├── BusUnavailable          broker unreachable after the reconnect budget
     │   ├── PublishNotConfirmed     broker nacked, returned (unroutable) or timed out a publish
-    │   └── UnknownQueue            a queue name outside the declared topology
+    │   ├── UnknownQueue            a queue name outside the declared topology
+    │   └── Requeue                 (goalhorn.bus) a handler's "put it back, later": held, not failed
     ├── StoreError                  Redis-backed stores
     ├── AddressRefused              a webhook URL the SSRF guard refuses (not retryable)
     ├── AdminError                  an ops command's argument or target that cannot be used
