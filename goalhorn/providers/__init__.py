@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Self
 
@@ -89,10 +88,14 @@ class Provider(abc.ABC):
         await self.aclose()
 
 
+_ACCEPTED = DeliveryResult(device_id="-", outcome="sent")
+
+
 def accepted(device: Device, message_id: str | None) -> DeliveryResult:
-    """The result of a push the provider accepted. Built without validation (every field is known
-    good): it is the result of nearly every request, on the hot path."""
-    return DeliveryResult.model_construct(device_id=device.device_id, outcome="sent", provider_message_id=message_id)
+    """The result of a push the provider accepted: a copy of one validated result with the device's
+    id and the message id (every field is known good). It is the result of nearly every request, on
+    the hot path: a copy costs a quarter of ``model_construct``, which fills each default in Python."""
+    return _ACCEPTED.model_copy(update={"device_id": device.device_id, "provider_message_id": message_id})
 
 
 def render_failed(device: Device, exc: Exception) -> DeliveryResult:
@@ -102,36 +105,53 @@ def render_failed(device: Device, exc: Exception) -> DeliveryResult:
     return DeliveryResult(device_id=device.device_id, outcome="failed", reason=reason, message_error=True)
 
 
-@contextlib.asynccontextmanager
-async def deadline(seconds: float) -> AsyncIterator[None]:
+class deadline:
     """``asyncio.timeout(seconds)`` for a provider request, except that time the event loop did not run
     does not count against the provider. After a stall (the process descheduled on a busy machine, a
     long collection, a blocking call), the answers that arrived meanwhile are read in the same loop turn
     as the expired timer, and a plain timeout cancels the request first: a push the provider accepted
     would be taken for a timeout and sent again. So a deadline that fires more than ``STALL_S`` late
     is pushed back by how late it was (at most ``seconds``, ``STALL_GRACES`` times), which lets those
-    answers through; a provider that is merely slow still times out after ``seconds``."""
-    loop = asyncio.get_running_loop()
-    async with asyncio.timeout(None) as timeout:
-        graces = STALL_GRACES
-        handles: list[asyncio.TimerHandle] = []
+    answers through; a provider that is merely slow still times out after ``seconds``.
 
-        def expire(due: float) -> None:
-            nonlocal graces
-            late = loop.time() - due
-            if late > STALL_S and graces:
-                graces -= 1
-                again = loop.time() + min(late, seconds)
-                handles.append(loop.call_at(again, expire, again))
-            else:
-                timeout.reschedule(loop.time())
+    One timer per request and no generator: it is around every request, on the hot path. Expiry
+    cancels the task and turns that cancellation into ``TimeoutError`` on the way out, as
+    ``asyncio.timeout`` does (a cancellation from elsewhere passes through)."""
 
-        due = loop.time() + seconds
-        handles.append(loop.call_at(due, expire, due))
-        try:
-            yield
-        finally:
-            handles[-1].cancel()
+    __slots__ = ("_cancelling", "_expired", "_graces", "_handle", "_loop", "_seconds", "_task")
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._graces = STALL_GRACES
+        self._expired = False
+
+    async def __aenter__(self) -> None:
+        self._loop = loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("deadline() is used inside a task")
+        self._task = task
+        self._cancelling = task.cancelling()
+        due = loop.time() + self._seconds
+        self._handle = loop.call_at(due, self._expire, due)
+
+    def _expire(self, due: float) -> None:
+        loop = self._loop
+        late = loop.time() - due
+        if late > STALL_S and self._graces:
+            self._graces -= 1
+            again = loop.time() + min(late, self._seconds)
+            self._handle = loop.call_at(again, self._expire, again)
+        else:
+            self._expired = True
+            self._task.cancel()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._handle.cancel()
+        if self._expired and self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+            raise TimeoutError from exc
 
 
 def unanswered(device: Device, reason: str, *, maybe_sent: bool) -> DeliveryResult:

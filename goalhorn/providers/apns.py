@@ -12,6 +12,7 @@ from the intent's ``apns_push_type`` data field.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import ssl
 import time
 import uuid
@@ -110,6 +111,10 @@ class ApnsProvider(Provider):
         self._client: APNs | None = None
         self._written: set[str] = set()
         """Ids of requests that failed after they were written (``_Endpoint``), until their send looks."""
+        # apns-id: a UUID's random head (per provider) and a counter as its last 12 hex digits, unique
+        # per request at a fraction of uuid4's cost (a urandom call per request).
+        self._id_head = str(uuid.uuid4())[:24]
+        self._ids = itertools.count()
         # aioapns polls every 10 ms for a free stream when its pool is full: the dispatch stage keeps
         # fewer in flight than the pool's streams allow.
         self.concurrency = settings.apns_concurrency
@@ -156,7 +161,7 @@ class ApnsProvider(Provider):
             request = NotificationRequest(
                 device_token=device.address,
                 message=payload,
-                notification_id=str(uuid.uuid4()),
+                notification_id=f"{self._id_head}{next(self._ids) & 0xFFFFFFFFFFFF:012x}",
                 time_to_live=ttl,
                 priority=priority,
                 collapse_key=collapse,
