@@ -153,7 +153,13 @@ async def run_bare_loops(settings: Settings, audience: Audience, intent: Intent,
     finally:
         await fcm_session.close()
         await hook_session.close()
+        # aioapns closes a connection by a graceful TLS shutdown that needs the loop to keep running for
+        # the sandbox's answer; the caller's loop may end first, leaking the socket (as ApnsProvider.aclose).
+        for connection in list(apns.pool.connections):
+            if connection.transport is not None:
+                connection.transport.abort()
         apns.pool.close()
+        await asyncio.sleep(0)  # the aborted transports release their sockets on the next turn
 
 
 async def _bounded(limit: int, one: Any, indexes: list[int]) -> None:
