@@ -91,7 +91,8 @@ pytest: $(STAMP) ## run the tests; PYTEST_ARGS='-k x -x' passes options
 # "no tests collected" included, stops the build.
 test: install services lint typecheck pytest ## install, services, lint, typecheck, pytest; stops at the first failure
 
-# Writes bench/RESULTS.md. BENCH_ARGS='--quick' (a few minutes) or BENCH_ARGS='e2e' (one bench).
+# Writes bench/RESULTS.md, each bench in a process of its own; prints its plan first. BENCH_ARGS='--quick'
+# (under 3 minutes, figures that mean little) or BENCH_ARGS='e2e' (one bench).
 bench: $(STAMP) services ## run the benchmarks (bench/) and write bench/RESULTS.md; BENCH_ARGS='--quick'
 	@if [ -f bench/__main__.py ]; then \
 	  $(PIP) install --progress-bar off -q -c constraints.txt -e '.[dev,bench]'; \

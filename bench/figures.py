@@ -11,6 +11,7 @@ A bench that reports no figures has its printed output kept as its section.
 from __future__ import annotations
 
 import asyncio
+import json
 import operator
 import os
 import platform
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 RESULTS_PATH = Path(__file__).with_name("RESULTS.md")
 _TARGET = re.compile(r"^\s*(<=|>=|<|>|=)?\s*([0-9.]+)\s*(x)?")
@@ -109,6 +111,29 @@ class Results:
         for text in self.notes:
             print(text)
 
+    def to_json(self) -> str:
+        """Everything the bench reported, for the parent of a bench run in its own process."""
+        figures = [
+            {"name": f.name, "values": f.values, "unit": f.unit, "baseline": f.baseline, "target": f.target}
+            for f in self.figures
+        ]
+        return json.dumps({"bench": self.bench, "figures": figures, "notes": self.notes, "output": self.output})
+
+    @classmethod
+    def from_json(cls, text: str) -> Results:
+        data: dict[str, Any] = json.loads(text)
+        figures = [
+            Figure(
+                f["name"],
+                [float(v) for v in f["values"]],
+                f["unit"],
+                baseline=(f["baseline"][0], float(f["baseline"][1])) if f["baseline"] else None,
+                target=f["target"],
+            )
+            for f in data["figures"]
+        ]
+        return cls(data["bench"], figures, list(data["notes"]), data["output"])
+
     def markdown(self, command: str, where: str) -> str:
         """The bench's section of RESULTS.md; ``where`` names the machine and the date."""
         lines = [f"## {self.bench} (`{command}`)", "", where, ""]
@@ -154,6 +179,7 @@ async def _service_versions() -> tuple[str, str]:
 
 
 def machine() -> str:
+    """Cores, CPU model, Python, RabbitMQ and Redis versions of this machine."""
     model = "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -163,20 +189,29 @@ def machine() -> str:
     except OSError:
         model = platform.processor() or model
     rabbit, redis = asyncio.run(_service_versions())
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, RabbitMQ {rabbit}, "
-        f"Redis {redis}; load average at the end {load}"
-    )
+    return f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, RabbitMQ {rabbit}, Redis {redis}"
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def where() -> str:
-    """The date and the machine, for a section of RESULTS.md."""
-    return f"Run {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} on {machine()}."
+    """The date and the machine (and its load), for a section of RESULTS.md."""
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"Run {now()} on {machine()}; load average at the end {load}."
 
 
-def write_results(sections: dict[str, str], path: Path = RESULTS_PATH) -> None:
-    """Replace the sections of the benches run (``{bench: markdown}``) in RESULTS.md; keep the others."""
+def write_results(
+    sections: dict[str, str],
+    path: Path = RESULTS_PATH,
+    *,
+    command: str = "python -m bench",
+    took_s: float | None = None,
+) -> None:
+    """Replace the sections of the benches run (``{bench: markdown}``) in RESULTS.md; keep the others.
+    The header names the machine and the date of this writing (and ``command``, ``took_s``); each
+    section keeps the machine and date of its own run."""
     kept: dict[str, str] = {}
     if path.exists():
         current = None
@@ -187,6 +222,11 @@ def write_results(sections: dict[str, str], path: Path = RESULTS_PATH) -> None:
                 kept[current] = ""
             if current is not None:
                 kept[current] += line
+    for name, text in kept.items():
+        if name not in sections and not re.search(r"^Run .* on \d+ cores", text, re.M):
+            first, _, rest = text.partition("\n")
+            unknown = "Run at a date and on a machine not recorded (written before RESULTS.md named them)."
+            kept[name] = f"{first}\n\n{unknown}\n{rest}"
     kept.update(sections)
     head = [
         "# Benchmark results",
@@ -195,6 +235,10 @@ def write_results(sections: dict[str, str], path: Path = RESULTS_PATH) -> None:
         "figure is the median of its runs with the min and max; each ratio is against a baseline measured",
         "in the same run on the same machine. The machines are shared and noisy (2 cores, other jobs",
         "running): compare ratios, not absolute figures, across machines and runs.",
+        "",
+        f"Last written {now()} by `{command}`"
+        + (f" ({took_s / 60:.1f} min)" if took_s is not None else "")
+        + f" on {machine()}. Sections of benches not run then keep the date and machine of their own run.",
     ]
     body = "\n".join(kept[name].rstrip() + "\n" for name in sorted(kept))
     path.write_text("\n".join(head) + "\n\n" + body)
