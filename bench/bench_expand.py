@@ -1,6 +1,6 @@
 """Audience expansion on real Redis: a large follower segment with preferences, expanded into batches.
 
-Loads N followers (default 1,000,000) of one team in a fresh namespace with bulk writes: devices
+Loads N followers (default 500,000) of one team in a fresh namespace with bulk writes: devices
 (most users one phone, some two), 10 % muting the team, 5 % in quiet hours now, 3 % with a
 non-default opt-in; builds the Bloom filter; then measures, in the same run:
 
@@ -26,6 +26,8 @@ import asyncio
 import io
 import random
 import statistics
+import sys
+import threading
 import time
 import tracemalloc
 import uuid
@@ -48,6 +50,7 @@ from goalhorn.providers.console import ConsoleProvider
 from goalhorn.redis_client import Redis, make_redis
 from goalhorn.segmenter.expander import Expander, ExpansionStats
 from goalhorn.settings import LOCAL_AMQP_URL, LOCAL_REDIS_URL, Settings
+from tests.queues import delete_delivery_queues
 
 TEAM, GAME = "bench-team", "bench-game"
 WRITE_SLICE = 5000
@@ -199,8 +202,6 @@ async def expand(expander: Expander, intent: Intent, *, trace: bool = False) -> 
 async def first_published(expander: Expander, namespace: str, now: datetime) -> float:
     """Seconds from the start of an expansion to its first batch confirmed by RabbitMQ, through the
     delivery stage (publisher confirms), its connection already open as a running consumer's is."""
-    from tests.queues import delete_delivery_queues
-
     settings = Settings(redis_url=LOCAL_REDIS_URL, amqp_url=LOCAL_AMQP_URL, namespace=namespace)
     stage = DeliveryStage(
         settings,
@@ -223,6 +224,54 @@ async def first_published(expander: Expander, namespace: str, now: datetime) -> 
         stage.close()
         stage.broker.close()
         await delete_delivery_queues(settings)
+
+
+HANG_S = 60.0
+"""A first publish not done by then has hung (it takes ~1 s): see :func:`published_or_hung`."""
+
+
+def published_or_hung(namespace: str, chunk: int, buckets: int, now: datetime) -> float | None:
+    """:func:`first_published` on a thread of its own (its own event loop and Redis client); None if it
+    hung, after printing the stack of each of its tasks.
+
+    Open problem: it hung in some suite runs (after api or e2e in the same process at first, then in a
+    process of its own: python -m bench --quick, 2026-11-30 05:52), every task of the loop waiting, no
+    timer left (epoll_wait without a timeout), deaf to cancellation (SIGINT twice). A hung one is left
+    behind on its daemon thread so the bench carries on; the stacks say where it waits."""
+    box: dict[str, object] = {}
+    catalog = default_catalog()
+
+    async def go() -> float:
+        box["loop"] = asyncio.get_running_loop()
+        redis = make_redis(Settings(redis_url=LOCAL_REDIS_URL, namespace=namespace))
+        try:
+            expander = Expander(redis, Keys(namespace), lambda: catalog, chunk=chunk, buckets=buckets)
+            return await first_published(expander, namespace, now)
+        finally:
+            await redis.aclose()
+
+    def target() -> None:
+        box["value"] = asyncio.run(go())
+
+    thread = threading.Thread(target=target, name="first-published", daemon=True)
+    thread.start()
+    thread.join(HANG_S)
+    if not thread.is_alive():
+        return cast(float, box["value"]) if "value" in box else None
+    loop = cast(asyncio.AbstractEventLoop, box["loop"])
+    dumped = threading.Event()
+
+    def dump() -> None:
+        print(f"first publish: no batch confirmed in {HANG_S:.0f} s; the stack of each of its tasks:", flush=True)
+        for task in asyncio.all_tasks(loop):
+            print(f"--- {task!r}", flush=True)
+            task.print_stack(limit=40, file=sys.stdout)
+        sys.stdout.flush()
+        dumped.set()
+
+    loop.call_soon_threadsafe(dump)
+    dumped.wait(10)
+    return None
 
 
 async def run(users: int, chunk: int, buckets: int, sample: int, rounds: int, namespace: str, own: Results) -> int:
@@ -305,14 +354,23 @@ async def run(users: int, chunk: int, buckets: int, sample: int, rounds: int, na
                 )
                 own.add(Figure("time to the first batch, warm", [r["first"] * 1000 for r in warm], "ms", target="< 50"))
                 own.add(Figure("time to the first batch, cold expander", [cold["first"] * 1000], "ms", target="< 50"))
-        published = [
-            await first_published(Expander(redis, keys, lambda: catalog, chunk=chunk, buckets=buckets), namespace, now)
-            for _ in range(rounds)
-        ]
+        published, hung = [], 0
+        for _ in range(rounds):
+            seconds = await asyncio.to_thread(published_or_hung, namespace, chunk, buckets, now)
+            if seconds is None:
+                hung += 1
+                await delete_delivery_queues(Settings(amqp_url=LOCAL_AMQP_URL, namespace=namespace))
+            else:
+                published.append(seconds)
+        if hung:
+            own.note(
+                f"first batch published to RabbitMQ: {hung} of {rounds} hung (nothing confirmed within {HANG_S:.0f} "
+                "s; each of its tasks' stacks is in the bench's output): an open problem, see published_or_hung"
+            )
         own.add(
             Figure(
                 "first batch published to RabbitMQ and confirmed, cold expander",
-                [p * 1000 for p in published],
+                [p * 1000 for p in published] or [float("nan")],
                 "ms",
                 target="< 50",
             )
@@ -331,17 +389,25 @@ async def run(users: int, chunk: int, buckets: int, sample: int, rounds: int, na
         await redis.aclose()
 
 
+USERS = 500_000
+"""The default audience: an expansion of it takes seconds, long enough for a steady members/s, and
+the whole bench half the time of 1,000,000 (``--users 1000000``: the size of docs/segments.md's figures)."""
+NAIVE_SAMPLE = 2000
+"""Members the naive way walks per round: 2 round trips each, ~500/s under load, a steady rate."""
+
+
 def planned(quick: bool) -> list[tuple[str, float]]:
-    """What ``python -m bench expand`` (``--quick``: 100,000 followers) runs and its seconds, from a run
-    at 1,000,000 under load (140 s): loading ~40,000 followers/s, an expansion ~190,000 members/s with the
-    Bloom filter and ~85,000 without (SSCAN ~420,000/s), the naive way ~2,500 members/s."""
-    users, sample = (100_000, 2000) if quick else (1_000_000, 10_000)
+    """What ``python -m bench expand`` (``--quick``: 50,000 followers) runs and its seconds, at rates
+    measured on the shared machine under load (load average 13, 2026-11-30 05:39): loading ~12,000
+    followers/s, an expansion ~90,000 members/s with the Bloom filter and ~44,000 without (SSCAN
+    ~400,000/s), the naive way ~500 members/s, a first batch published ~1 s."""
+    users, sample = (50_000, 500) if quick else (USERS, NAIVE_SAMPLE)
     return [
-        (f"load {users:,} followers", users / 40_000),
-        (f"naive per-member round trips on {sample:,} x 3", 3 * sample / 2500),
+        (f"load {users:,} followers", users / 12_000),
+        (f"naive per-member round trips on {sample:,} x 3", 3 * sample / 500),
         (
-            "SSCAN and expansion, Bloom on and off, x 3 each, the cold and the traced ones",
-            5 * users / 190_000 + 4 * users / 85_000 + 6 * users / 420_000,
+            "SSCAN and expansion, Bloom on and off, x 3 each, the cold and the traced ones; 3 first batches published",
+            5 * users / 90_000 + 4 * users / 44_000 + 6 * users / 400_000 + 3,
         ),
     ]
 
@@ -356,10 +422,10 @@ async def cleanup(redis: Redis, keys: Keys) -> None:
 
 def main(argv: list[str], results: Results | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_expand", description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--users", type=int, default=1_000_000)
+    parser.add_argument("--users", type=int, default=USERS)
     parser.add_argument("--chunk", type=int, default=2000, help="SSCAN COUNT per round trip (both sides)")
     parser.add_argument("--buckets", type=int, default=16)
-    parser.add_argument("--naive-sample", type=int, default=10_000)
+    parser.add_argument("--naive-sample", type=int, default=NAIVE_SAMPLE)
     parser.add_argument("--rounds", type=int, default=3, help="warm expansions (and SSCANs) per mode: the runs")
     parser.add_argument("--namespace", default=f"bench-expand-{uuid.uuid4().hex[:8]}")
     args = parser.parse_args(argv)
