@@ -234,7 +234,7 @@ def _start(kind: str, namespace: str, body_file: str) -> Server:
     raise RuntimeError(f"{kind} server did not start")
 
 
-def _load_process(args: list[str]) -> dict[str, object]:
+def _load_process(args: list[str]) -> object:
     out = subprocess.run(
         [sys.executable, "-m", "bench.bench_api", *args],
         capture_output=True,
@@ -256,12 +256,14 @@ def _request(method: str, path: str, key: str | None, extra: str = "", body: str
     return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
 
 
-def _measure(port: int, requests: list[bytes], seconds: float) -> dict[str, float]:
+def _measure(loads: list[tuple[int, list[bytes]]], seconds: float) -> list[dict[str, float]]:
+    """Each (port, requests) load in turn for ``seconds``, from one load process (one start a run, not
+    one a load: a Python process takes a second or two to start on the loaded machine)."""
     path = f"/tmp/goalhorn-bench-{uuid.uuid4().hex}.json"
     with open(path, "w") as f:
-        json.dump([r.decode() for r in requests], f)
+        json.dump([[port, [r.decode() for r in requests]] for port, requests in loads], f)
     try:
-        return _load_process(["load", str(port), path, str(seconds)])  # type: ignore[return-value]
+        return _load_process(["load", path, str(seconds)])  # type: ignore[return-value]
     finally:
         os.unlink(path)
 
@@ -278,15 +280,17 @@ async def _prepare(namespace: str, connections: int) -> tuple[list[str], bytes]:
     return keys, b""
 
 
-SECONDS = 5.0
-"""Each load's length: five loads and two SSE fan-outs a run."""
+SECONDS = 3.0
+"""Each load's length (five loads and two SSE fan-outs a run): 50 connections back to back make
+thousands of requests in 3 s, and the runs' spread is the machine's, not the length's."""
 
 
 def planned(quick: bool) -> list[tuple[str, float]]:
-    """What ``python -m bench api`` (``--quick``: 1 s loads, 200 SSE clients) runs, and its seconds:
-    the loads' length plus ~15 s of setup and ~5 s of SSE a run (measured under load)."""
-    seconds = 1.0 if quick else SECONDS
-    return [(f"5 loads of {seconds:g} s and 2 SSE fan-outs x 3 runs", 15 + 3 * (5 * seconds + 5))]
+    """What ``python -m bench api`` (``--quick``: 0.5 s loads, 20 connections, 100 SSE clients) runs, and its seconds:
+    the loads' length plus ~15 s of setup (the servers, keys, users) and, a run, ~3 s to start the load
+    process and ~5 s for the two SSE fan-outs (~10 s with 1,000 clients), measured under load."""
+    seconds, sse, setup = (0.5, 5.0, 10.0) if quick else (SECONDS, 10.0, 15.0)
+    return [(f"5 loads of {seconds:g} s and 2 SSE fan-outs x 3 runs", setup + 3 * (5 * seconds + 3 + sse))]
 
 
 def report(results: Results, runs: dict[str, list[dict[str, float]]]) -> None:
@@ -317,9 +321,9 @@ def main(argv: list[str], results: Results | None = None) -> int:
         serve(argv[1], int(argv[2]), argv[3], argv[4])
         return 0
     if argv and argv[0] == "load":
-        with open(argv[2]) as f:
-            requests = [r.encode() for r in json.load(f)]
-        print(json.dumps(load(int(argv[1]), requests, float(argv[3]))))
+        with open(argv[1]) as f:
+            loads = [(int(port), [r.encode() for r in requests]) for port, requests in json.load(f)]
+        print(json.dumps([load(port, requests, float(argv[2])) for port, requests in loads]))
         return 0
     if argv and argv[0] == "sse":
         print(json.dumps(sse_clients(int(argv[1]), argv[2], int(argv[3]), argv[4])))
@@ -375,14 +379,16 @@ def main(argv: list[str], results: Results | None = None) -> int:
         runs: dict[str, list[dict[str, float]]] = defaultdict(list)
         for n in range(args.runs):
             print(f"  run {n + 1} of {args.runs}", flush=True)
-            for name, port, requests, baseline in (
+            jobs = (
                 ("bare Starlette route, same bytes", bare.port, get_bare, None),
                 ("GET /v1/games/{id}", api.port, get_api, "bare Starlette route, same bytes"),
                 ("GET /v1/games/{id}, If-None-Match (304)", api.port, not_modified, "bare Starlette route, same bytes"),
                 ("bare Starlette route, same POST", bare.port, posts, None),
                 ("POST /v1/users/{id}/devices", api.port, posts, "bare Starlette route, same POST"),
-            ):
-                runs[name].append(_measure(port, requests, args.seconds))
+            )
+            measured = _measure([(port, requests) for _, port, requests, _ in jobs], args.seconds)
+            for (name, _, _, baseline), result in zip(jobs, measured, strict=True):
+                runs[name].append(result)
                 _line(name, runs[name][-1], runs[baseline][-1] if baseline else None)
             for clients in (1, args.clients):
                 times = _sse(api.port, keys[0], clients, namespace)
