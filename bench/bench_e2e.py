@@ -362,7 +362,7 @@ def print_run(run: RunFigures) -> None:
         f"{run.rate:,.0f} pushes/s; {run.delivered:,}/{run.followers:,} delivered, lost {run.lost:,}, "
         f"duplicated {run.duplicated:,}, strays {run.strays}, expired {run.expired:,}; "
         f"worker CPU {run.cpu_ms_per_push:.3f} ms/push, fanout CPU {run.fanout_cpu_s:.1f} s, "
-        f"sandbox CPU {run.sandbox_cpu_s:.1f} s; stages: {stages or 'no trace'}",
+        f"sandbox CPU {run.sandbox_cpu_s:.1f} s; stages: {stages or 'traced after the runs'}",
         flush=True,
     )
 
@@ -594,6 +594,9 @@ async def run(args: argparse.Namespace, results: Results) -> bool:
                 naive_goalhorn = await one_goal(deployment, fcm, f"{fcm.size // 1000}k FCM", 1, 900, TTL_S + 60)
                 print_run(naive_goalhorn)
             await add_traces(deployment, mine)
+            for run_ in mine:
+                split = ", ".join(f"{k} {v:.2f} s" for k, v in run_.stages.items())
+                print(f"  {run_.audience} x{workers}: expired {run_.expired:,}; stages: {split or 'no trace'}")
             runs += mine
             for name, mb in stop_stages(deployment).items():
                 peaks[f"{name} ({workers} worker{'s' if workers > 1 else ''})"] = mb
