@@ -62,6 +62,9 @@ class TCPProxy:
         except OSError:
             client_writer.transport.abort()
             return
+        except BaseException:  # cancelled (the test's loop ends): the accepted socket must not outlive it
+            client_writer.transport.abort()
+            raise
         task = asyncio.current_task()
         assert task is not None
         self.accepted += 1
@@ -78,6 +81,8 @@ class TCPProxy:
                 writer.transport.abort()
             await asyncio.gather(*pipes, return_exceptions=True)
         finally:
+            for writer in (client_writer, upstream_writer):  # cancelled mid-link too (abort is idempotent)
+                writer.transport.abort()
             self._links.discard(task)
             del self._transports[task]
 
