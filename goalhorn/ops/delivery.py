@@ -46,7 +46,21 @@ def sandbox(
         "--control-port",
         help="Also serve the control endpoint on this port (0: any free port): fault windows per provider "
         "(POST /faults/{fcm,apns,webhook}), unregistered tokens, and counts of requests received and answered "
-        "(GET /counts).",
+        "(GET /counts), FCM topic subscriptions (GET /topics).",
+    ),
+    topic_fanout_per_s: float = typer.Option(
+        0.0,
+        "--topic-fanout-per-s",
+        min=0.0,
+        help="Tokens a second an FCM topic or condition message is delivered to, each recorded as a push "
+        "(0: as fast as the sandbox goes).",
+    ),
+    topic_quota_per_s: float | None = typer.Option(
+        None,
+        "--topic-quota-per-s",
+        min=1.0,
+        help="Tokens a second FCM topic management (subscribe, unsubscribe, IID batchAdd/batchRemove) accepts; "
+        "past it, 429 with Retry-After (default: no quota).",
     ),
 ) -> None:
     """Run the sandbox FCM, APNs and webhook servers on 127.0.0.1 until Ctrl-C or SIGTERM."""
@@ -71,6 +85,8 @@ def sandbox(
             record=Path(record) if record else None,
             webhook_secret=webhook_secret,
             control_port=control_port,
+            topic_fanout_per_s=topic_fanout_per_s,
+            topic_quota_per_s=topic_quota_per_s,
         )
         async with servers:
             # typer.echo flushes each line: a parent reading this through a pipe sees it at once.

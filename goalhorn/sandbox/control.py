@@ -10,7 +10,9 @@ A test or a chaos run in another process steers the sandbox over plain HTTP on 1
 - ``POST /unregistered/{provider}`` with ``{"tokens": [...]}``: those FCM or APNs tokens are
   answered as unregistered from now on, those webhook endpoint names as gone (410);
 - ``GET /counts``: per provider, the push requests received, the answers per status, the requests
-  a hang window holds right now and the windows still open.
+  a hang window holds right now and the windows still open;
+- ``GET /topics``: per FCM topic, how many tokens are subscribed; the topic management calls
+  answered; the topic deliveries made and the topic messages still being fanned out.
 
 A bad request is a 400 with ``{"error": "..."}``.
 """
@@ -50,6 +52,7 @@ class SandboxControl:
     async def start(self) -> str:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_get("/counts", self._counts)
+        app.router.add_get("/topics", self._topics)
         app.router.add_post("/faults/{provider}", self._open)
         app.router.add_delete("/faults", self._clear)
         app.router.add_post("/unregistered/{provider}", self._unregister)
@@ -73,6 +76,17 @@ class SandboxControl:
 
     async def _counts(self, request: web.Request) -> web.Response:
         return web.json_response({name: faults.snapshot() for name, faults in self.faults.items()})
+
+    async def _topics(self, request: web.Request) -> web.Response:
+        topics = self.fcm.topics
+        return web.json_response(
+            {
+                "subscribed": {name: len(tokens) for name, tokens in sorted(topics.subscribers.items())},
+                "calls": dict(topics.calls),
+                "delivered": self.fcm.fanout.delivered,
+                "fanning_out": self.fcm.fanout.pending,
+            }
+        )
 
     async def _open(self, request: web.Request) -> web.Response:
         faults = self._provider(request)

@@ -8,17 +8,20 @@ string-only data; android priority and ttl; the 4 KiB payload cap) and answers w
 response and error bodies. Tests steer failures: ``unregistered`` tokens (404 UNREGISTERED),
 :meth:`FcmSandbox.fail_next` (429 with Retry-After, 5xx), :meth:`FcmSandbox.unavailable_for`
 (a 503 window), ``delay_s``, :meth:`FcmSandbox.stall_after` (requests hang until released) and
-``faults`` (windows opened at runtime, :mod:`goalhorn.sandbox.faults`).
+``faults`` (windows opened at runtime, :mod:`goalhorn.sandbox.faults`). Topic management and the
+fan-out of topic and condition messages: :mod:`goalhorn.sandbox.fcm_topics`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import json
 import re
 import secrets
 import time
+import urllib.parse
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from firebase_admin import credentials
 
 from goalhorn.sandbox.faults import Faults
+from goalhorn.sandbox.fcm_topics import (
+    TOPIC_NAME,
+    InvalidCondition,
+    TokenQuota,
+    TopicFanout,
+    TopicRegistry,
+    batch_request,
+)
 from goalhorn.sandbox.recorder import PushRecorder
 from goalhorn.sandbox.steering import Steering
 
@@ -39,6 +50,8 @@ MAX_PAYLOAD_BYTES = 4096
 MAX_REQUEST_BYTES = 64 * 1024
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 _SEND_PATH = re.compile(r"^/v1/projects/([^/]+)/messages:send$")
+_SUBSCRIPTIONS_PATH = re.compile(r"^/v1/projects/([^/]+)/registrations/([^/]+)/topicSubscriptions(?:/([^/]+))?$")
+_IID_PATHS = {"/iid/v1:batchAdd": True, "/iid/v1:batchRemove": False}
 _TTL = re.compile(r"^\d+(\.\d{1,9})?s$")
 _TARGETS = ("token", "fid", "topic", "condition")
 _FCM_ERROR = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
@@ -75,7 +88,8 @@ def validate_message(message: Any) -> str:
     if len(targets) != 1:
         raise InvalidMessage("Recipient of the message is not set.", "message")
     target = message[targets[0]]
-    if not isinstance(target, str) or not target.strip() or any(c.isspace() for c in target):
+    spaced = targets[0] != "condition" and isinstance(target, str) and any(c.isspace() for c in target)
+    if not isinstance(target, str) or not target.strip() or spaced:
         raise InvalidMessage("Invalid registration token", f"message.{targets[0]}")
     data = message.get("data", {})
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
@@ -124,8 +138,19 @@ class FcmSandbox(Steering):
         port: int = 0,
         project_id: str = "goalhorn-sandbox",
         recorder: PushRecorder | None = None,
+        *,
+        topic_fanout_per_s: float = 0.0,
+        topic_quota_per_s: float | None = None,
     ) -> None:
         super().__init__()
+        self.topics = TopicRegistry()
+        """Who is subscribed to which topic (``goalhorn.sandbox.fcm_topics``)."""
+        self.fanout = TopicFanout(topic_fanout_per_s)
+        """Tokens a second topic and condition messages are delivered to (0: as fast as it goes)."""
+        self.topic_quota = TokenQuota(topic_quota_per_s)
+        """Tokens a second topic management accepts (None: no quota; past it, 429)."""
+        self.fanned_out: collections.Counter[str] = collections.Counter()
+        """Deliveries per token of topic and condition messages."""
         self.recorder = recorder
         """Where accepted messages are recorded, if anywhere."""
         self.host = host
@@ -183,6 +208,7 @@ class FcmSandbox(Steering):
 
     async def stop(self) -> None:
         self.release_stalled()
+        await self.fanout.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -198,12 +224,17 @@ class FcmSandbox(Steering):
 
     # --- handlers ---------------------------------------------------------------------------
     async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
-        if request.method != "POST":
-            return web.Response(status=405)
         if (request.content_length or 0) > MAX_REQUEST_BYTES:
             return web.Response(status=413)
+        subscriptions = _SUBSCRIPTIONS_PATH.match(request.raw_path.partition("?")[0])
+        if subscriptions is not None:
+            return await self._subscription(request, *subscriptions.groups())
+        if request.method != "POST":
+            return web.Response(status=405)
         if request.path == "/token":
             return await self._token(request)
+        if request.path in _IID_PATHS:
+            return await self._iid_batch(request, _IID_PATHS[request.path])
         match = _SEND_PATH.match(request.path)
         if match is None:
             return self._error(404, "Requested entity was not found.")
@@ -255,6 +286,7 @@ class FcmSandbox(Steering):
             body = json.loads(raw)
             message = body["message"] if isinstance(body, dict) else None
             target = validate_message(message)
+            audience = self._audience(message)  # type: ignore[arg-type]  # validated: a dict
         except (ValueError, KeyError) as exc:
             field = exc.field if isinstance(exc, InvalidMessage) else None
             text = str(exc) if isinstance(exc, InvalidMessage) else "Request contains an invalid argument."
@@ -269,7 +301,9 @@ class FcmSandbox(Steering):
             return self._error(404, "Requested entity was not found.", "UNREGISTERED")
         await self.accept(target)  # cancelled, unrecorded, if the client goes away while stalled
         self.messages.append(message)  # type: ignore[arg-type]
-        if self.recorder is not None:
+        if audience is not None:
+            self._fan_out(message, audience)  # type: ignore[arg-type]
+        elif self.recorder is not None:
             self._record(self.recorder, message)  # type: ignore[arg-type]
         return web.json_response({"name": f"projects/{self.project_id}/messages/0:{next(self._ids)}"})
 
@@ -279,3 +313,92 @@ class FcmSandbox(Steering):
         notification = message.get("notification", {})
         intent_id = message.get("data", {}).get("intent_id")
         recorder.record("fcm", {kind: message[kind]}, notification.get("title"), notification.get("body"), intent_id)
+
+    # --- topics ---------------------------------------------------------------------------
+    def _audience(self, message: dict[str, Any]) -> list[str] | None:
+        """The tokens a topic or condition message reaches now (None: a message to one device)."""
+        if "topic" in message:
+            topic = str(message["topic"]).removeprefix("/topics/")
+            if not TOPIC_NAME.match(topic):
+                raise InvalidMessage("Invalid topic name", "message.topic")
+            members = self.topics.members(topic)
+        elif "condition" in message:
+            try:
+                members = self.topics.matching(str(message["condition"]))
+            except InvalidCondition as exc:
+                raise InvalidMessage(str(exc), "message.condition") from None
+        else:
+            return None
+        return sorted(members - self.unregistered)
+
+    def _fan_out(self, message: dict[str, Any], tokens: list[str]) -> None:
+        kind = "topic" if "topic" in message else "condition"
+        route = {"via": "topic", kind: str(message[kind])}
+        notification = message.get("notification", {})
+        title, text = notification.get("title"), notification.get("body")
+        intent_id = message.get("data", {}).get("intent_id")
+
+        def deliver(token: str) -> None:
+            self.fanned_out[token] += 1
+            if self.recorder is not None:
+                self.recorder.record("fcm", {"token": token}, title, text, intent_id, route)
+
+        self.fanout.start(tokens, deliver)
+
+    def _authorized(self, request: web.BaseRequest) -> bool:
+        bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        return self._tokens.get(bearer, 0.0) >= time.time()
+
+    async def _iid_batch(self, request: web.BaseRequest, add: bool) -> web.Response:
+        """``iid/v1:batchAdd`` / ``:batchRemove``: per-token results in order; errors as ``{"error": CODE}``."""
+        raw = await request.read()
+        self.topics.calls["batchAdd" if add else "batchRemove"] += 1
+        if not self._authorized(request):
+            return web.json_response({"error": "UNAUTHENTICATED"}, status=401)
+        if self.unavailable:
+            return web.json_response({"error": "UNAVAILABLE"}, status=503)
+        try:
+            topic, tokens = batch_request(json.loads(raw))
+        except ValueError:
+            return web.json_response({"error": "INVALID_ARGUMENT"}, status=400)
+        if not all(self.topic_quota.take() for _ in tokens):
+            return web.json_response({"error": "QUOTA_EXCEEDED"}, status=429, headers={"Retry-After": "1"})
+        results: list[dict[str, str]] = []
+        done: list[str] = []
+        for token in tokens:
+            if not token or any(c.isspace() for c in token):
+                results.append({"error": "INVALID_ARGUMENT"})
+            elif token in self.unregistered:
+                results.append({"error": "NOT_FOUND"})
+            else:
+                results.append({})
+                done.append(token)
+        (self.topics.add if add else self.topics.remove)(topic, done)
+        return web.json_response({"results": results})
+
+    async def _subscription(
+        self, request: web.BaseRequest, project: str, quoted_token: str, quoted_topic: str | None
+    ) -> web.Response:
+        """The v1 registrations API, one token a call: subscribe (POST ``?topic_name=``) or
+        unsubscribe (DELETE ``.../<topic>``)."""
+        await request.read()
+        subscribe = quoted_topic is None
+        if request.method != ("POST" if subscribe else "DELETE"):
+            return web.Response(status=405)
+        self.topics.calls["subscribe" if subscribe else "unsubscribe"] += 1
+        if not self._authorized(request):
+            return self._error(401, "Request had invalid authentication credentials.")
+        if project != self.project_id:
+            return self._error(403, "Permission denied on project.", "SENDER_ID_MISMATCH")
+        if self.unavailable:
+            return self._error(503, "The service is currently unavailable.", "UNAVAILABLE")
+        token = urllib.parse.unquote(quoted_token)
+        topic = request.query.get("topic_name", "") if subscribe else urllib.parse.unquote(quoted_topic or "")
+        if not TOPIC_NAME.match(topic) or not token or any(c.isspace() for c in token):
+            return web.json_response(error_body(400, "Invalid topic or token.", "INVALID_ARGUMENT"), status=400)
+        if not self.topic_quota.take():
+            return self._error(429, "Topic management quota exceeded.", "QUOTA_EXCEEDED", **{"Retry-After": "1"})
+        if token in self.unregistered:
+            return self._error(404, "Requested entity was not found.", "UNREGISTERED")
+        (self.topics.add if subscribe else self.topics.remove)(topic, [token])
+        return web.json_response({})

@@ -1,11 +1,13 @@
 """The sandbox's record of what a phone (or a bot) would have shown: one JSON line per accepted push.
 
 ``{"provider": "fcm", "token": "...", "title": "GOAL!", "body": "...", "intent_id": "...",
-"at": "2026-05-02T23:41:07.123+00:00"}`` (``url`` instead of ``token`` for a webhook; an FCM message
-sent to a topic or condition names that instead; ``intent_id`` is the one goalhorn put in the push,
-left out when there is none). Each line goes to the file in one ``write(2)`` on a descriptor opened
-with ``O_APPEND``, so it is on disk for a reader as soon as the push is answered, and lines from
-several threads or processes recording into one file never interleave.
+"at": "2026-05-02T23:41:07.123+00:00"}`` (``url`` instead of ``token`` for a webhook; ``intent_id``
+is the one goalhorn put in the push, left out when there is none). An FCM message sent to a topic or
+a condition is not a line of its own: each token it is fanned out to gets one, with ``"via":
+"topic"`` and the ``topic`` or ``condition``, so the record stays one line per push a phone shows.
+Each line goes to the file in one ``write(2)`` on a descriptor opened with ``O_APPEND``, so it is on
+disk for a reader as soon as the push is answered, and lines from several threads or processes
+recording into one file never interleave.
 """
 
 from __future__ import annotations
@@ -31,12 +33,21 @@ class PushRecorder:
         self.recorded = 0
 
     def record(
-        self, provider: Provider, target: dict[str, str], title: str | None, body: str | None, intent_id: Any = None
+        self,
+        provider: Provider,
+        target: dict[str, str],
+        title: str | None,
+        body: str | None,
+        intent_id: Any = None,
+        route: dict[str, str] | None = None,
     ) -> None:
-        """One accepted push to ``target`` (``{"token": ...}``, ``{"url": ...}``...) of ``intent_id``."""
+        """One accepted push to ``target`` (``{"token": ...}``, ``{"url": ...}``...) of ``intent_id``;
+        ``route`` says how it got there when not directly (``{"via": "topic", "topic": ...}``)."""
         entry: dict[str, Any] = {"provider": provider, **target, "title": title, "body": body}
         if isinstance(intent_id, str):
             entry["intent_id"] = intent_id
+        if route:
+            entry.update(route)
         entry["at"] = datetime.now(UTC).isoformat(timespec="milliseconds")
         line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
         with self._lock:

@@ -39,13 +39,17 @@ class SandboxServers:
         webhook_secret: str | None = None,
         record: Path | None = None,
         control_port: int | None = None,
+        topic_fanout_per_s: float = 0.0,
+        topic_quota_per_s: float | None = None,
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.record = record
         self.recorder: PushRecorder | None = None
         self.webhook_secret = webhook_secret or "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
-        self.fcm = FcmSandbox(host, fcm_port)
+        self.fcm = FcmSandbox(
+            host, fcm_port, topic_fanout_per_s=topic_fanout_per_s, topic_quota_per_s=topic_quota_per_s
+        )
         self.apns = ApnsSandbox(directory, host, apns_port)
         self.webhooks = WebhookReceiver(secret_for=lambda endpoint: self.webhook_secret, host=host, port=webhook_port)
         self.control = (

@@ -1,0 +1,1 @@
+"""FCM topics: per-team topic membership kept by goalhorn, and the subscriptions behind it."""
