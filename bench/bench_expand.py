@@ -226,7 +226,7 @@ async def first_published(expander: Expander, namespace: str, now: datetime) -> 
         await delete_delivery_queues(settings)
 
 
-HANG_S = 60.0
+HANG_S = 20.0
 """A first publish not done by then has hung (it takes ~1 s): see :func:`published_or_hung`."""
 
 
@@ -235,9 +235,14 @@ def published_or_hung(namespace: str, chunk: int, buckets: int, now: datetime) -
     hung, after printing the stack of each of its tasks.
 
     Open problem: it hung in some suite runs (after api or e2e in the same process at first, then in a
-    process of its own: python -m bench --quick, 2026-11-30 05:52), every task of the loop waiting, no
-    timer left (epoll_wait without a timeout), deaf to cancellation (SIGINT twice). A hung one is left
-    behind on its daemon thread so the bench carries on; the stacks say where it waits."""
+    process of its own: python -m bench --quick, 2026-11-30 05:52 and 06:01), every task of the loop
+    waiting, no timer left (epoll_wait without a timeout), deaf to SIGINT. The stacks (06:01): the
+    expansion, closed after its first batch, waits in ``read_ahead``'s ``finally`` for its pump task;
+    the pump task is "cancelling" yet waits in ``queue.put`` at algebra.py:36, on a queue full and no
+    longer read: the cancellation was apparently taken in the member stream's ``async for`` (redis-py's
+    SSCAN) and the pump went on to put one more chunk. A fix belongs in goalhorn (``read_ahead`` not
+    relying on its pump honouring the cancel, e.g. draining the queue while it waits for it). A hung
+    one is left behind on its daemon thread so the bench carries on."""
     box: dict[str, object] = {}
     catalog = default_catalog()
 
@@ -355,7 +360,7 @@ async def run(users: int, chunk: int, buckets: int, sample: int, rounds: int, na
                 own.add(Figure("time to the first batch, warm", [r["first"] * 1000 for r in warm], "ms", target="< 50"))
                 own.add(Figure("time to the first batch, cold expander", [cold["first"] * 1000], "ms", target="< 50"))
         published, hung = [], 0
-        for _ in range(rounds):
+        while len(published) < rounds and hung < 3:  # a hung one is tried again: the figure wants its runs
             seconds = await asyncio.to_thread(published_or_hung, namespace, chunk, buckets, now)
             if seconds is None:
                 hung += 1
@@ -364,8 +369,10 @@ async def run(users: int, chunk: int, buckets: int, sample: int, rounds: int, na
                 published.append(seconds)
         if hung:
             own.note(
-                f"first batch published to RabbitMQ: {hung} of {rounds} hung (nothing confirmed within {HANG_S:.0f} "
-                "s; each of its tasks' stacks is in the bench's output): an open problem, see published_or_hung"
+                f"first batch published to RabbitMQ: {hung} of {hung + len(published)} hung (nothing confirmed "
+                f"within {HANG_S:.0f} s; its tasks' stacks are in the bench's output; tried again): the expansion's "
+                "early close waits forever for read_ahead's pump task, which took its cancellation and then "
+                "blocked on the full queue (goalhorn/segmenter/algebra.py; see published_or_hung)"
             )
         own.add(
             Figure(
