@@ -4,7 +4,8 @@ Runs what a user deploys (``bench/deployment.py``): ``goalhorn sandbox --record`
 ``goalhorn run fanout`` and ``goalhorn run deliver`` (1, then 2) as subprocesses on RabbitMQ and Redis,
 subscribers written by the import's library in the provider mix of a real app (60 % FCM, 35 % APNs,
 5 % webhooks, one device per follower). Per audience (10k, 100k and 1M followers; ``--quick``:
-10k, two runs, 1 worker only, one priority run: under 3 minutes) a priority-9 goal is published on the
+2k, three runs, 1 worker only, one priority run with its goals 0.5 s apart: a smoke run of about
+a minute and a half) a priority-9 goal is published on the
 intent queue and the sandbox's record is checked push by push: every device exactly once, nobody
 else. Reported per run:
 
@@ -14,7 +15,7 @@ else. Reported per run:
 - CPU per push of the deliver processes (``/proc``), and every process's peak RSS (``VmHWM``);
 - the bare client loops (``bench/bare_loops.py``) on an audience of the same mix, to the same sandbox,
   in the same run: rate and CPU per push, the baselines of the targets;
-- priority under a backlog: two priority-2 intents (2 x 100k deliveries; ``--quick``: 2 x 10k) queued,
+- priority under a backlog: two priority-2 intents (2 x 100k deliveries; ``--quick``: 2 x 2k) queued,
   then 20 priority-9 goals for 1,000 followers, one every 2 s: p99 (over the 20) of first and last push;
 - the pipeline a team would write instead (``bench/naive_pipeline.py``: a dramatiq task per recipient,
   a Redis lookup per user, firebase-admin) on 100k FCM followers, against goalhorn on the same ones
@@ -64,7 +65,7 @@ minute, more than a night of every league's games, and leaves each goal its seco
 class Sizes:
     audiences: dict[str, int]
     target_size: str
-    """The audience whose rate is held to the bare loops' (100k; 5k with --quick)."""
+    """The audience whose rate is held to the bare loops' (100k; 2k with --quick)."""
     big: str | None
     """The audience delivered once, in fresh processes, for the TTL and memory targets (1M)."""
     baseline: int
@@ -85,7 +86,7 @@ def sizes(args: argparse.Namespace) -> Sizes:
         # a smoke run in under a minute and a half; every figure still over 3 runs. The priority goals come
         # 4x closer together than in the full run (the 20 goals' spacing alone would be most of it).
         return Sizes(
-            {"5k": 5_000}, "5k", None, 2_000, 5_000, args.runs, 0, 1, (), priority_spacing_s=PRIORITY_SPACING_S / 4
+            {"2k": 2_000}, "2k", None, 1_000, 2_000, args.runs, 0, 1, (), priority_spacing_s=PRIORITY_SPACING_S / 4
         )
     return Sizes(
         {"10k": 10_000, "100k": 100_000, "1M": 1_000_000},
