@@ -244,6 +244,43 @@ class Keys:
         or preference data, so Redis that restarted empty has none (``goalhorn.preferences.epoch``)."""
         return f"{self.namespace}:subscribers:epoch"
 
+    # --- Redis: FCM topic membership (issue 15) ---------------------------------------------------
+    def topics_enabled(self) -> str:
+        """STRING present once topic membership is kept (``goalhorn topics sync``): subscriber writes
+        then mark their users in :meth:`topics_changed`."""
+        return f"{self.namespace}:topics:{{changes}}:enabled"
+
+    def topics_changed(self) -> str:
+        """HASH user id -> a token written by every change to the user's follows, devices or
+        preferences, removed (if the token is unchanged) once the change is applied to the topics."""
+        return f"{self.namespace}:topics:{{changes}}:users"
+
+    def topic_teams(self) -> str:
+        """SET of the teams whose FCM topic membership is kept."""
+        return f"{self.namespace}:topics:teams"
+
+    def topic_state(self, team_id: str) -> str:
+        """HASH of a team's topics: ``generation`` (in every topic name), ``synced`` (the subscriber
+        epoch of the last full reconcile, absent while one runs), ``synced_at``, ``n:<topic>`` members."""
+        return f"{self.namespace}:topics:{{team:{team_id}}}:state"
+
+    def topic_members(self, team_id: str) -> str:
+        """HASH FCM token -> ``<user id>\t<device id>\t<topic>``: what is known to be subscribed."""
+        return f"{self.namespace}:topics:{{team:{team_id}}}:members"
+
+    def topic_leases(self, team_id: str) -> str:
+        """ZSET intent id -> epoch ms until which a planned topic send may still go out: no token is
+        added to the team's topics meanwhile (it would get the push twice)."""
+        return f"{self.namespace}:topics:{{team:{team_id}}}:leases"
+
+    def topic_user(self, user_id: str) -> str:
+        """HASH ``<team id>\t<token>`` -> topic: a user's tokens known to be subscribed."""
+        return f"{self.namespace}:topics:user:{{{user_id}}}"
+
+    def topics_lock(self) -> str:
+        """STRING held (NX, with a lease) by the one process changing topic membership."""
+        return f"{self.namespace}:topics:lock"
+
     def intent_counted(self, intent_id: str) -> str:
         """STRING set NX once the fanout counted an intent done, so a redelivery is not counted again;
         same hash tag as the intent's trace."""

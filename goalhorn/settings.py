@@ -154,6 +154,16 @@ class Settings(BaseSettings):
     fcm_base_url: str = Field(default="https://fcm.googleapis.com", description="FCM v1 API root (sandbox, tests).")
     fcm_concurrency: int = Field(default=100, ge=1, description="FCM requests in flight per worker process.")
     fcm_timeout_s: float = Field(default=10.0, gt=0)
+    fcm_topics: bool = Field(
+        default=False,
+        description="Plan FCM topic sends: one message per team topic for followers without preferences, when "
+        "`goalhorn topics sync` keeps the team's membership in sync.",
+    )
+    fcm_topic_prefix: str = Field(
+        default="goalhorn-",
+        pattern=r"^[a-zA-Z0-9\-_.~%]*$",
+        description="Start of every FCM topic name (then the namespace, team, locale and generation).",
+    )
     apns_key_file: str | None = Field(
         default=None, description="APNs token-auth key (.p8); unset: the console provider stands in for APNs."
     )

@@ -20,6 +20,7 @@ from goalhorn.ops.dlq import app as dlq_app
 from goalhorn.ops.queues import app as queues_app
 from goalhorn.ops.segments import app as segments_app
 from goalhorn.ops.subscribers import app as subscribers_app
+from goalhorn.ops.topics import app as topics_app
 from goalhorn.settings import load_settings
 
 app = typer.Typer(
@@ -35,6 +36,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(queues_app, name="queues")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(breakers_app, name="breakers")
+app.add_typer(topics_app, name="topics")
 pause_commands.register(app)
 trace_command.register(app)
 status_command.register(app)

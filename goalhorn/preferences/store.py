@@ -8,7 +8,8 @@ trip, whatever the chunk size (``goalhorn.preferences.reader``). Every preferenc
 user to the Bloom filter's pending set, so a filter built before the write can never hide it (see
 ``goalhorn.preferences.bloom``). Every write of follows, devices or preferences sets the namespace's
 subscriber epoch first (``goalhorn.preferences.epoch``), so Redis that lost the data can be told
-from an audience that is really empty; other writers of these keys go through this store.
+from an audience that is really empty, and marks its users as changed for FCM topic membership
+(``goalhorn.preferences.changes``); other writers of these keys go through this store.
 
 Every write that reads a record to change it (devices, last-seen times, mutes, opt-ins) is one
 optimistic transaction: ``WATCH`` the hashes it reads, compute, ``MULTI``/``EXEC``, and start over
@@ -31,6 +32,7 @@ from redis.exceptions import WatchError
 from goalhorn.errors import ConfigError, StoreError
 from goalhorn.keys import Keys
 from goalhorn.models import Device, utcnow
+from goalhorn.preferences.changes import SubscriberChanges
 from goalhorn.preferences.epoch import SubscriberEpoch
 from goalhorn.preferences.model import (
     DEFAULT_PREFERENCES,
@@ -86,6 +88,10 @@ return 1
 """
 
 
+def grouped_users(grouped: Mapping[int, Sequence[str]]) -> Iterable[str]:
+    return (user for users in grouped.values() for user in users)
+
+
 class DeviceLimit(StoreError):
     """A user has as many devices as allowed."""
 
@@ -107,6 +113,8 @@ class PreferenceStore:
         self.buckets = buckets
         self._add_new_device = redis.register_script(_ADD_NEW_DEVICE)
         self.epoch = SubscriberEpoch(redis, keys)
+        self.changes = SubscriberChanges(redis, keys)
+        """Marks of the users whose data changed, for FCM topic membership (``goalhorn.preferences.changes``)."""
 
     # --- devices ------------------------------------------------------------------------------
     async def _rewrite(self, bucket_key: Callable[[int], str], user_ids: Iterable[str], change: Change) -> None:
@@ -129,6 +137,8 @@ class PreferenceStore:
         if not plan:
             return
         await self.epoch.ensure()  # its own slot on Redis Cluster: not inside the transaction
+        marked = [] if all(key == self._keys.last_seen_bucket for key, _ in rewrites) else list(grouped_users(grouped))
+        await self.changes.mark(marked)
         async with self._redis.pipeline(transaction=True) as pipe:
             for attempt in range(MAX_ATTEMPTS):
                 try:
@@ -146,6 +156,7 @@ class PreferenceStore:
                         if updates:
                             pipe.hset(key, mapping=cast(dict[Any, Any], updates))
                     await pipe.execute()
+                    await self.changes.mark(marked)
                     return
                 except WatchError:
                     await pipe.reset()  # type: ignore[no-untyped-call]
@@ -188,11 +199,13 @@ class PreferenceStore:
         bucket = bucket_of(user, self.buckets)
         line = device.model_copy(update={"added_at": device.added_at or now}).to_json()
         await self.epoch.ensure()
+        await self.changes.mark([user])
         outcome = await self._add_new_device(
             keys=[self._keys.device_bucket(bucket), self._keys.last_seen_bucket(bucket)],
             args=[user, device.device_id, line, max_devices, int(now.timestamp())],
         )
         if outcome == 1:
+            await self.changes.mark([user])
             return True
         if outcome == -2:
             raise DeviceLimit(f"a user has at most {max_devices} devices")
@@ -273,11 +286,13 @@ class PreferenceStore:
         bucket = bucket_of(user_id, self.buckets)
         await self.epoch.ensure()
         await self._redis.sadd(self._keys.bloom_pending(), user_id)
+        await self.changes.mark([user_id])
         pipe = self._redis.pipeline(transaction=True)  # one hash tag: the user's bucket
         pipe.hdel(self._keys.device_bucket(bucket), user_id)
         pipe.hdel(self._keys.last_seen_bucket(bucket), user_id)
         pipe.hdel(self._keys.preference_bucket(bucket), user_id)
         removed = await pipe.execute()
+        await self.changes.mark([user_id])
         return bool(removed[0] or removed[2])
 
     async def devices_of(self, user_id: str) -> list[Device]:
@@ -304,6 +319,7 @@ class PreferenceStore:
             self.epoch.stamp(pipe)
             for set_key, users in members.items():
                 pipe.sadd(set_key, *users)
+            self.changes.queue(pipe, {user for users in members.values() for user in users})
             await pipe.execute()
 
     async def leave(self, memberships: Iterable[tuple[str, str]]) -> None:
@@ -314,6 +330,7 @@ class PreferenceStore:
             self.epoch.stamp(pipe)
             for set_key, user_id in pairs:
                 pipe.srem(set_key, user_id)
+            self.changes.queue(pipe, {user_id for _, user_id in pairs})
             await pipe.execute()
 
     async def follow_teams(self, follows: Iterable[tuple[str, str]]) -> None:
@@ -358,6 +375,7 @@ class PreferenceStore:
         for user_id, prefs in preferences.items():
             check_user_id(user_id)
             zone(prefs.time_zone)
+        await self.changes.mark(list(preferences))
         pipe = self._redis.pipeline(transaction=False)
         self.epoch.stamp(pipe)
         for bucket, users in group_by_bucket(preferences, self.buckets).items():
@@ -369,6 +387,7 @@ class PreferenceStore:
             if default:
                 pipe.hdel(key, *default)
         pipe.sadd(self._keys.bloom_pending(), *preferences)
+        self.changes.queue(pipe, list(preferences))
         await pipe.execute()
 
     async def change_preferences(self, user_id: str, change: Callable[[Preferences], Preferences]) -> Preferences:
