@@ -71,7 +71,11 @@ from goalhorn.settings import Settings
 log = logging.getLogger(__name__)
 
 HELD_RECHECK_S = 2.0
-MARK_FLUSH_S = 0.01
+MARK_FLUSH_S = 0.05
+"""How long an answered device's marker write may wait for others to go in the same round trip (a
+round trip costs the worker more CPU than most of a push's own work; at 10 ms, a few hundred pushes a
+second went out in threes). A worker killed in between sends those devices again once their claims
+run out, as it does the sends it had in flight."""
 MARK_FLUSH_SIZE = 100
 MIN_WINDOW = 16
 """The fewest devices a claim window takes (fewer when fewer are left)."""

@@ -31,7 +31,15 @@ like any held device.)
 Superseding (``newest``): with a collapse key, a second key per (collapse key, device) holds the event
 time of the newest intent claimed for that device, checked and raised in one script per window. It
 carries the collapse key as its hash tag (all devices of a window share it, so the script is valid
-on Redis Cluster), not the intent's, so it is a separate call from the claim, made just before it.
+on Redis Cluster), not the intent's, so it is a separate script from the claim, run just before it
+in the same round trip (both sent in one write on one connection). The claim then takes every
+device; those the newest check found stale are moved from in-flight to ``superseded`` by one more
+call, made only when there are any.
+
+Round trips are what the markers cost a worker (each is a write to a socket, and the client's
+bookkeeping around it): the scripts go out through :meth:`DeliveryMarkers._eval_many`, one write and
+the replies read off the connection, not redis-py's ``Pipeline`` (which asks ``SCRIPT EXISTS`` first,
+one more round trip per call).
 """
 
 from __future__ import annotations
@@ -42,6 +50,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
+
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from goalhorn.dispatch.failures import redis_unavailable
 from goalhorn.keys import Keys
@@ -118,6 +129,14 @@ end
 return out
 """
 
+# Deletes the claims of sends that definitely did not happen, whatever they hold (0, unused).
+_RELEASE = """
+for _, key in ipairs(KEYS) do
+  redis.call('DEL', key)
+end
+return 0
+"""
+
 _RENEW = """
 for _, key in ipairs(KEYS) do
   if redis.call('GET', key) == 'inflight' then
@@ -147,6 +166,10 @@ return out
 """
 
 
+_Call = tuple[AsyncScript, Sequence[str], Sequence[bytes | str | int]]
+"""A script call: the script, its keys, its arguments."""
+
+
 def event_us(at: datetime) -> int:
     return int(at.timestamp() * 1_000_000)
 
@@ -161,13 +184,15 @@ class DeliveryMarkers:
         self._finish = redis.register_script(_FINISH)
         self._renew = redis.register_script(_RENEW)
         self._newest = redis.register_script(_NEWEST)
+        self._release = redis.register_script(_RELEASE)
 
     async def claim(
         self, intent: Intent, devices: Sequence[Device], *, final: Final | None = None, patient: bool = False
     ) -> Claims:
         """Claim every device that has not ended and is not held (or, with ``final``, end it so), in
-        one round trip; with a collapse key, first check for newer intents (one more). ``patient``:
-        retried while Redis is unreachable, for up to ``OUTAGE_HOLD_S``."""
+        one round trip (with a collapse key, the check for newer intents goes in the same one; one
+        more call ends the devices it found stale). ``patient``: retried while Redis is unreachable,
+        for up to ``OUTAGE_HOLD_S``."""
         if patient:
             out: list[Claims] = []
 
@@ -176,39 +201,68 @@ class DeliveryMarkers:
 
             await self._persist(attempt, len(devices))
             return out[-1]
-        stale: list[Device] = []
-        fresh: Sequence[Device] = devices
-        if final is None and intent.collapse_key:
-            stale, fresh = await self._newer_claimed(intent, intent.collapse_key, devices)
-        ordered = [*fresh, *stale]
-        keys = [self._keys.delivery_marker(intent.intent_id, d.device_id) for d in ordered]
-        claiming = len(fresh) if final is None else 0
+        keys = [self._keys.delivery_marker(intent.intent_id, d.device_id) for d in devices]
+        claiming = len(devices) if final is None else 0
         args: list[bytes | str | int] = [IN_FLIGHT, self.lease_s, final or "superseded", self._sent_ttl_s, claiming]
-        states: list[int] = await self._claim(keys=keys, args=args)
+        calls: list[_Call] = []
+        if final is None and intent.collapse_key:
+            calls.append(self._newer_call(intent, intent.collapse_key, devices))
+        calls.append((self._claim, keys, args))
+        *newest, states = await self._eval_many(calls)
+        stale: list[int] = newest[0] if newest else []
         claims = Claims()
-        for n, (device, state) in enumerate(zip(ordered, states, strict=True)):
+        superseded: list[Device] = []
+        for n, (device, state) in enumerate(zip(devices, states, strict=True)):
             if state == -1:
                 claims.already_done.append(device)
             elif state != 0:
                 claims.held.append(device)
                 claims.held_for_s = max(claims.held_for_s, max(state, 0) / 1000)
-            elif n < claiming:
-                claims.claimed.append(device)
-            else:
+            elif n >= claiming:
                 claims.ended.append(device)
+            elif stale and stale[n]:
+                superseded.append(device)
+            else:
+                claims.claimed.append(device)
+        if superseded:  # claimed just now, but a strictly newer intent was claimed for them: ended, not sent
+            stale_keys = [self._keys.delivery_marker(intent.intent_id, d.device_id) for d in superseded]
+            moved = await self._finish(keys=stale_keys, args=["superseded", self._sent_ttl_s])
+            for device, flag in zip(superseded, moved, strict=True):
+                (claims.ended if flag else claims.already_done).append(device)
         return claims
 
-    async def _newer_claimed(
-        self, intent: Intent, collapse_key: str, devices: Sequence[Device]
-    ) -> tuple[list[Device], list[Device]]:
-        """(devices a strictly newer intent with the collapse key was claimed for, the others), raising
-        each device's newest event time to the intent's. Kept while the intent could still be sent."""
+    def _newer_call(self, intent: Intent, collapse_key: str, devices: Sequence[Device]) -> _Call:
+        """The script call that flags each device a strictly newer intent with the collapse key was
+        claimed for (1), and raises the others' newest event time to the intent's (0). Kept while the
+        intent could still be sent."""
         keys = [self._keys.newest_intent(collapse_key, d.device_id) for d in devices]
         ttl_s = max(60, int((intent.expires_at - utcnow()).total_seconds()) + 60)
-        flags: list[int] = await self._newest(keys=keys, args=[event_us(intent.event_at), ttl_s])
-        stale = [d for d, flag in zip(devices, flags, strict=True) if flag]
-        fresh = [d for d, flag in zip(devices, flags, strict=True) if not flag] if stale else list(devices)
-        return stale, fresh
+        return self._newest, keys, [event_us(intent.event_at), ttl_s]
+
+    async def _eval_many(self, calls: Sequence[_Call]) -> list[Any]:
+        """Each script call's reply, in order: the calls go out in one write on one connection and
+        their replies are read off it, one round trip for all. A call whose script Redis does not know
+        (restarted, flushed: ``NOSCRIPT``, nothing ran) is made again through redis-py, which loads it."""
+        pool = self._redis.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        replies: list[Any] = []
+        try:
+            commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls]
+            await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+            for _ in calls:
+                try:
+                    replies.append(await connection.read_response())
+                except NoScriptError as exc:  # its reply was read whole: the next one follows
+                    replies.append(exc)
+        except BaseException:
+            await connection.disconnect(nowait=True)  # replies may be left unread: never reuse it
+            raise
+        finally:
+            await pool.release(connection)
+        for n, ((script, keys, args), reply) in enumerate(zip(calls, replies, strict=True)):
+            if isinstance(reply, NoScriptError):
+                replies[n] = await script(keys=keys, args=args)
+        return replies
 
     async def settle(self, groups: Sequence[tuple[str, Final | None, Sequence[str]]]) -> list[list[int]]:
         """End claimed devices, each group in its final state (``None``: release the claims, for sends
@@ -218,22 +272,12 @@ class DeliveryMarkers:
         out: list[list[Any]] = []
 
         async def write() -> None:
-            if len(groups) == 1:  # the usual case: a direct call costs the client less than a pipeline
-                ((intent_id, state, device_ids),) = groups
-                keys = [self._keys.delivery_marker(intent_id, d) for d in device_ids]
-                if state is None:
-                    out.append([await self._redis.delete(*keys)])
-                else:
-                    out.append([await self._finish(keys=keys, args=[state, self._sent_ttl_s])])
-                return
-            pipe = self._redis.pipeline(transaction=False)
+            calls: list[_Call] = []
             for intent_id, state, device_ids in groups:
                 keys = [self._keys.delivery_marker(intent_id, d) for d in device_ids]
-                if state is None:
-                    pipe.delete(*keys)
-                else:
-                    await self._finish(keys=keys, args=[state, self._sent_ttl_s], client=pipe)
-            out.append(await pipe.execute())
+                # A release deletes the claims (its reply is not used).
+                calls.append((self._release if state is None else self._finish, keys, [state or "", self._sent_ttl_s]))
+            out.append(await self._eval_many(calls))
 
         await self._persist(write, sum(len(ids) for _, _, ids in groups))
         return [
