@@ -11,7 +11,10 @@ The send path: the provider prepares the batch once (``Provider.prepare``), then
 worker coroutines (``Provider.concurrency``) pull its devices one at a time. A worker takes one of the
 platform's shared slots (``concurrency`` in flight per worker process, over all batches), then a
 device, which it claims in a small window with the devices the batch's other slot holders need (one
-script call per window, so what a killed worker leaves claimed is about what it had in flight). For a
+script call per window, so what a killed worker leaves claimed is about what it had in flight). Without
+per-endpoint caps (FCM, APNs) a worker keeps its slot from one device of its batch to the next until
+the batch has none left, so batches take the slots in turn rather than every device queueing for
+one behind every other batch's workers (a task switch per device, and windows cut small). For a
 provider with per-endpoint caps (webhooks) the endpoint's cap comes first (a device whose endpoint is
 at its cap is parked while the worker goes on with others), and endpoints that failed since their
 last success share a quarter of the slots besides; a request still unanswered after
@@ -499,17 +502,21 @@ class Deliverer:
         waiting for it without holding a shared slot."""
         slots = self._platform_slots(run.provider)
         endpoints = self._endpoint_slots_of(run.provider)
+        if endpoints is None:
+            await slots.acquire()
+            run.active += 1
+            try:
+                while (device := await run.next_device()) is not None:
+                    await self._attempt(run, device, run.provider.circuit(device))
+            finally:
+                run.active -= 1
+                slots.release()
+            return
         while True:
             await slots.acquire()
             run.active += 1
             holding = True
             try:
-                if endpoints is None:
-                    device = await run.next_device()
-                    if device is None:
-                        return
-                    await self._attempt(run, device, run.provider.circuit(device))
-                    continue
                 last = False
                 parked = run.unparked(endpoints)
                 if parked is None:
