@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import hiredis
 import redis.asyncio as aioredis
-from fakeredis import FakeServer
-from fakeredis.aioredis import FakeRedis
 from redis.typing import EncodableT
 
 from goalhorn.settings import Settings
+
+if TYPE_CHECKING:  # fakeredis (with numpy and lupa, ~25 MB) is imported only by a process that embeds Redis
+    from fakeredis import FakeServer
 
 Redis = aioredis.Redis
 
@@ -33,6 +34,8 @@ _fake_lock = threading.Lock()
 
 def fake_server(namespace: str) -> FakeServer:
     """The process's embedded Redis for a namespace."""
+    from fakeredis import FakeServer
+
     with _fake_lock:
         server = _fake_servers.get(namespace)
         if server is None:
@@ -111,6 +114,8 @@ async def hmget_many(redis: Redis, commands: Sequence[tuple[str, Sequence[bytes]
 def make_redis(settings: Settings) -> Redis:
     """A client for ``settings.redis_url``, or for the process's embedded server when it is unset."""
     if settings.redis_url is None:
+        from fakeredis.aioredis import FakeRedis
+
         return FakeRedis(server=fake_server(settings.namespace))
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,

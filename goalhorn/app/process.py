@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from goalhorn.app import deliver, fanout, ingest
+from goalhorn.app import deliver
 from goalhorn.app.health import HealthServer
 from goalhorn.app.parts import Parts
 from goalhorn.app.preflight import check_services
@@ -26,12 +26,17 @@ from goalhorn.settings import Settings
 
 log = logging.getLogger(__name__)
 
-STAGES = (deliver.NAME, fanout.NAME, ingest.NAME)
-"""Every stage, in start order."""
+FANOUT = "fanout"
+INGEST = "ingest"
+STAGES = (deliver.NAME, FANOUT, INGEST)
+"""Every stage, in start order. Fanout's and ingest's modules (the expander with numpy, the feed adapters)
+are imported only by a process that runs them (:func:`_builder`), so a worker's memory holds none of them."""
 FANOUT_STOP_TIMEOUT_S = 15.0
+INGEST_STOP_TIMEOUT_S = 15.0
+"""``goalhorn.app.ingest.STOP_TIMEOUT_S`` (10 s) + 5."""
 STOP_TIMEOUT_S = {
-    ingest.NAME: ingest.STOP_TIMEOUT_S + 5,
-    fanout.NAME: FANOUT_STOP_TIMEOUT_S,
+    INGEST: INGEST_STOP_TIMEOUT_S,
+    FANOUT: FANOUT_STOP_TIMEOUT_S,
     deliver.NAME: deliver.STOP_TIMEOUT_S + 5,
 }
 """Upper bound of each stage's stop; a process stops within their sum (60 s) plus closing its clients."""
@@ -54,11 +59,17 @@ class Alarming(Protocol):
         ...
 
 
-_BUILDERS: dict[str, Callable[[Parts], Stage]] = {
-    ingest.NAME: ingest.IngestStage,
-    fanout.NAME: fanout.FanoutStage,
-    deliver.NAME: deliver.DeliverStage,
-}
+def _builder(name: str) -> Callable[[Parts], Stage]:
+    """The stage called ``name``, its module imported now (see ``STAGES``)."""
+    if name == INGEST:
+        from goalhorn.app.ingest import IngestStage
+
+        return IngestStage
+    if name == FANOUT:
+        from goalhorn.app.fanout import FanoutStage
+
+        return FanoutStage
+    return deliver.DeliverStage
 
 
 def require_services(settings: Settings) -> None:
@@ -89,11 +100,13 @@ async def serve_stages(
 
     Raises :class:`ConfigError` (its subclass ``ServiceUnreachable`` for services) before any work is
     taken when the configuration, a service or the stored layout is not usable."""
-    unknown = [name for name in names if name not in _BUILDERS]
+    unknown = [name for name in names if name not in STAGES]
     if unknown:
         raise ConfigError(f"unknown stage {unknown[0]!r} (stages: {', '.join(STAGES)})")
-    if ingest.NAME in names:
-        ingest.check_feeds(settings)
+    if INGEST in names:
+        from goalhorn.app.ingest import check_feeds
+
+        check_feeds(settings)
     require_services(settings)
     await check_services(settings)
     if deliver.NAME in names:
@@ -105,7 +118,7 @@ async def serve_stages(
     health: HealthServer | None = None
     try:
         await check_layout(parts.redis, parts.keys, settings)
-        stages = [_BUILDERS[name](parts) for name in STAGES if name in names]
+        stages = [_builder(name)(parts) for name in STAGES if name in names]
 
         async def readiness() -> list[str]:
             reasons = [f"{stage.name} is not running" for stage in stages if not stage.ready()]

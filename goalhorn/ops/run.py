@@ -11,7 +11,6 @@ from typing import Annotated
 
 import typer
 
-from goalhorn.app import api
 from goalhorn.app.health import HealthServer
 from goalhorn.app.process import STAGES, serve_stages
 from goalhorn.settings import load_settings
@@ -82,6 +81,8 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 
 
 def serve_api(host: str, port: int) -> None:
+    from goalhorn.app import api  # FastAPI and uvicorn: only the api process holds them
+
     settings = load_settings()
     logging.getLogger("goalhorn").setLevel(logging.INFO)
 

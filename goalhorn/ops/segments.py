@@ -11,7 +11,6 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from goalhorn.app.fanout import make_expander
 from goalhorn.catalog import Catalog, load_catalog
 from goalhorn.catalog.located import CatalogInvalid
 from goalhorn.intents.rules import intents_for
@@ -19,7 +18,6 @@ from goalhorn.keys import PLATFORMS
 from goalhorn.models import GameEvent, utcnow
 from goalhorn.preferences.eligibility import REASONS
 from goalhorn.redis_client import make_redis
-from goalhorn.segmenter.expander import ExpansionStats
 from goalhorn.settings import Settings, load_settings
 
 app = typer.Typer(help="Validate and preview alert rules and segments.", no_args_is_help=True)
@@ -67,6 +65,9 @@ def preview(
 
 
 async def _preview(settings: Settings, catalog: Catalog, event: GameEvent, console: Console) -> None:
+    from goalhorn.app.fanout import make_expander  # the expander and numpy: not in every command's process
+    from goalhorn.segmenter.expander import ExpansionStats
+
     redis = make_redis(settings)
     try:
         expander = make_expander(settings, redis, lambda: catalog)

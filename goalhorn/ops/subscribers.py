@@ -11,24 +11,20 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, NoReturn
+from typing import IO, TYPE_CHECKING, NoReturn
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from goalhorn.admin.subscriber_lines import Subscriber, format_line
-from goalhorn.admin.subscribers import (
-    ImportReport,
-    Rejection,
-    declare_restored,
-    export_subscribers,
-    import_subscribers,
-)
 from goalhorn.errors import ConfigError, GoalhornError
 from goalhorn.preferences.epoch import Epoch
 from goalhorn.redis_client import make_redis
 from goalhorn.settings import Settings, load_settings
+
+if TYPE_CHECKING:  # goalhorn.admin.subscribers (the Bloom filter's numpy) is imported by these commands alone
+    from goalhorn.admin.subscribers import ImportReport, Rejection
 
 app = typer.Typer(
     help="Import and export subscribers (users, devices, follows, preferences) as JSON lines.",
@@ -109,6 +105,8 @@ async def _import(
 ) -> ImportReport:
     redis = make_redis(settings)
     try:
+        from goalhorn.admin.subscribers import import_subscribers
+
         return await import_subscribers(redis, settings, source, on_progress=on_progress, on_rejected=on_rejected)
     finally:
         await redis.aclose()
@@ -168,6 +166,8 @@ def restored() -> None:
 async def _restored(settings: Settings) -> tuple[Epoch | None, Epoch]:
     redis = make_redis(settings)
     try:
+        from goalhorn.admin.subscribers import declare_restored
+
         return await declare_restored(redis, settings)
     finally:
         await redis.aclose()
@@ -176,6 +176,8 @@ async def _restored(settings: Settings) -> tuple[Epoch | None, Epoch]:
 async def _export(settings: Settings) -> list[Subscriber]:
     redis = make_redis(settings)
     try:
+        from goalhorn.admin.subscribers import export_subscribers
+
         return await export_subscribers(redis, settings)
     finally:
         await redis.aclose()

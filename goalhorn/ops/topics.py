@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import json
 import signal
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -17,14 +17,19 @@ from goalhorn.keys import Keys
 from goalhorn.preferences.store import PreferenceStore
 from goalhorn.redis_client import make_redis
 from goalhorn.settings import Settings, load_settings
-from goalhorn.topics.fcm_admin import TopicAdmin
-from goalhorn.topics.membership import TeamStatus, TopicMembership
+
+if TYPE_CHECKING:  # firebase-admin and google-auth (~25 MB): imported by these commands alone, not by every one
+    from goalhorn.topics.fcm_admin import TopicAdmin
+    from goalhorn.topics.membership import TeamStatus, TopicMembership
 
 app = typer.Typer(help="FCM topics: per-team membership for followers without preferences.", no_args_is_help=True)
 console = Console()
 
 
 def _membership(settings: Settings, *, fcm: bool) -> tuple[TopicMembership, TopicAdmin | None]:
+    from goalhorn.topics.fcm_admin import TopicAdmin
+    from goalhorn.topics.membership import TopicMembership
+
     redis = make_redis(settings)
     keys = Keys(settings.namespace)
     admin = TopicAdmin(settings) if fcm else None

@@ -8,10 +8,13 @@ A chunk's ids are hashed once, in one pass (``user_hashes``); the low 64 bits pi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import numpy as np
-import numpy.typing as npt
 from xxhash import xxh3_128_digest, xxh3_128_intdigest
+
+if TYPE_CHECKING:  # numpy only where chunks are hashed (the expander): a worker's bucket_of needs none of it
+    import numpy as np
+    import numpy.typing as npt
 
 MASK64 = (1 << 64) - 1
 
@@ -24,6 +27,8 @@ def user_hash(user_id: bytes) -> tuple[int, int]:
 
 def user_hashes(user_ids: Sequence[bytes]) -> npt.NDArray[np.uint64]:
     """:func:`user_hash` of each id, as the rows of an ``(n, 2)`` array."""
+    import numpy as np
+
     if not user_ids:
         return np.zeros((0, 2), dtype=np.uint64)
     digests = np.frombuffer(b"".join(map(xxh3_128_digest, user_ids)), dtype=">u8").reshape(-1, 2)

@@ -19,14 +19,15 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, TypeVar
 
 from goalhorn.keys import Keys
 from goalhorn.preferences.hashing import user_hash, user_hashes
 from goalhorn.redis_client import Redis, hmget_many
+
+if TYPE_CHECKING:  # numpy is imported by the one reader using it (the expander's): workers read devices without it
+    import numpy as np
+    import numpy.typing as npt
 
 
 def bucket_of(user_id: str | bytes, buckets: int) -> int:
@@ -77,6 +78,8 @@ class ChunkReader:
         """Device records of the unmarked ``user_ids`` and of the ``carried`` ``(user id, bucket)``s,
         and preference records of the marked ``user_ids``: one round trip of one HMGET per bucket and
         kind. ``hashes``: the ``user_hashes`` of ``user_ids``, if already computed."""
+        import numpy as np
+
         if not user_ids and not carried:
             return ChunkRecords([], [], [], [], [])
         buckets = self._buckets
