@@ -119,6 +119,33 @@ async def test_read_ahead_stopping_early_cancels_the_producer() -> None:
     assert source.produced == produced
 
 
+async def test_read_ahead_stops_a_producer_whose_source_swallowed_the_cancellation() -> None:
+    """A source read that swallows the cancellation of the producer (as a client library may, inside a
+    read): the producer goes on, fills the queue nobody reads and waits to put; closing must not hang."""
+    swallowed: list[bool] = []
+
+    async def swallowing() -> AsyncIterator[int]:
+        i = 0
+        while True:
+            if i == 3 and not swallowed:
+                try:
+                    await asyncio.sleep(30)  # the read in progress when the consumer stops
+                except asyncio.CancelledError:
+                    swallowed.append(True)  # ... and the library returns as if nothing happened
+            yield i
+            i += 1
+
+    reader = read_ahead(swallowing(), depth=4)
+    assert await asyncio.wait_for(anext(reader), 5) == 0
+    await settle()  # the producer read 1 and 2 and waits in the read of 3
+    closing = asyncio.create_task(closable(reader).aclose())
+    done, _ = await asyncio.wait({closing}, timeout=5)  # a wait that no code under test can swallow
+    assert done, "closing the reader hangs: its producer waits to put into a queue nobody reads"
+    assert swallowed == [True]
+    await settle()
+    assert leftover_tasks() == [], "the producer was stopped, not left waiting to put"
+
+
 async def test_read_ahead_cancelled_while_waiting_for_the_producer_leaves_no_producer() -> None:
     source = Source(forever=True, jitter=True)  # slower than its consumer: read_ahead waits on it
 

@@ -55,9 +55,23 @@ async def read_ahead(chunks: AsyncIterator[T], depth: int = 2) -> AsyncGenerator
                 return
             yield cast(T, item)
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await _stop(task, queue)
+
+
+async def _stop(task: asyncio.Task[None], queue: asyncio.Queue[tuple[bool, T | None, BaseException | None]]) -> None:
+    """Stop ``read_ahead``'s producer once its consumer is gone. A read that swallows the producer's
+    cancellation (a client library may, mid-read) leaves it going on, to wait for ever in ``put`` on a
+    queue nobody reads: so what it put is dropped and it is cancelled again until it ends. A
+    cancellation of the consumer's own task, meanwhile, is raised, never swallowed."""
+    task.cancel()
+    while not task.done():
+        while not queue.empty():
+            queue.get_nowait()
+        await asyncio.wait({task}, timeout=0.05)
+        if not task.done():
+            task.cancel()
+    if not task.cancelled():
+        task.exception()  # retrieved: the pump hands its errors over the queue, none is left here
 
 
 async def overlapped(starts: AsyncIterator[Awaitable[T]], depth: int = 3) -> AsyncGenerator[T, None]:
@@ -76,9 +90,13 @@ async def overlapped(starts: AsyncIterator[Awaitable[T]], depth: int = 3) -> Asy
     finally:
         for future in running:
             future.cancel()
-        for future in running:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await future
+        if running:
+            # ``wait``, not ``await future``: a cancellation of this task meanwhile is raised, not taken
+            # for the future's own and swallowed
+            await asyncio.wait(running)
+            for future in running:
+                if not future.cancelled():
+                    future.exception()  # retrieved: a result nobody reads any more
 
 
 def set_keys(expr: Resolved) -> list[str]:
