@@ -190,9 +190,9 @@ class _MarkerWrites:
         )
         for ((_, state), entries), flags in zip(groups, moved, strict=True):
             if state is not None:
-                for (_, run), flag in zip(entries, flags, strict=True):
-                    if flag:
-                        run.tally.add(delivery_counter(run.platform, state), 1)
+                runs = Counter(run for (_, run), flag in zip(entries, flags, strict=True) if flag)
+                for run, n in runs.items():
+                    run.tally.add(delivery_counter(run.platform, state), n)
 
 
 class _EndpointSlots:
