@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from enum import StrEnum
@@ -71,8 +72,12 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
         nonlocal signals
         signals += 1
         if signals > 1:
+            # At once: SystemExit would still wait for the worker threads and executors that hold
+            # batches. What is unacked goes back to RabbitMQ with the connection, as after a kill.
             log.warning("second signal: exiting without waiting")
-            raise SystemExit(1)
+            logging.shutdown()
+            sys.stdout.flush()
+            os._exit(1)
         log.info("stopping: finishing what is in hand")
         stop.set()
 
