@@ -273,6 +273,11 @@ class Keys:
         added to the team's topics meanwhile (it would get the push twice)."""
         return f"{self.namespace}:topics:{{team:{team_id}}}:leases"
 
+    def topic_plan(self, intent_id: str) -> str:
+        """STRING: the topic plan of an intent (JSON, ``-`` for none), so a redelivered intent is
+        expanded the same way; expires with the intent."""
+        return f"{self.namespace}:topics:plan:{{{intent_id}}}"
+
     def topic_user(self, user_id: str) -> str:
         """HASH ``<team id>\t<token>`` -> topic: a user's tokens known to be subscribed."""
         return f"{self.namespace}:topics:user:{{{user_id}}}"

@@ -24,6 +24,7 @@ from goalhorn.segmenter.consumer import IntentConsumer
 from goalhorn.segmenter.expander import Expander
 from goalhorn.segmenter.hold import describe
 from goalhorn.settings import Settings
+from goalhorn.topics.membership import topic_planner
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ def make_expander(settings: Settings, redis: Redis, catalog: Callable[[], Catalo
         bloom=settings.bloom_enabled,
         bloom_error_rate=settings.bloom_error_rate,
         bloom_rebuild_pending=settings.bloom_rebuild_pending,
+        topics=topic_planner(settings, redis),
     )
 
 

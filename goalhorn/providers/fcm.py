@@ -40,6 +40,9 @@ _PLACEHOLDER = "goalhorn-placeholder"
 _TOKEN_SLOT = json.dumps(_PLACEHOLDER).encode()
 _CACHED_MESSAGES = 256
 _TOKEN_ERRORS = {"UNREGISTERED", "SENDER_ID_MISMATCH"}
+_TOKEN_KEY = b'"token":'
+TOPIC_ADDRESS = "/topics/"
+"""A device address starting so is an FCM topic (``goalhorn.topics``): one message its members share."""
 
 
 def build_message(intent: Intent, locale: str, render: Renderer) -> dict[str, Any]:
@@ -72,6 +75,14 @@ def build_message(intent: Intent, locale: str, render: Renderer) -> dict[str, An
     encoded: dict[str, Any] = messaging._MessagingService.encode_message(message)  # the SDK's encoder and checks
     del encoded["fid"]
     return encoded
+
+
+def with_target(head: bytes, address: str) -> bytes:
+    """The body's head up to its target: the device's token, or for a topic address
+    (``/topics/<name>``, a topic send the fanout planned) ``"topic"`` instead of ``"token"``."""
+    if address.startswith(TOPIC_ADDRESS):
+        return head[: -len(_TOKEN_KEY)] + b'"topic":' + json.dumps(address[len(TOPIC_ADDRESS) :]).encode()
+    return head + json.dumps(address).encode()
 
 
 def _error_fields(payload: Any) -> tuple[str, str | None, list[str]]:
@@ -194,7 +205,7 @@ class FcmProvider(Provider):
             except ValueError as exc:  # firebase-admin refused the message (e.g. a reserved data key)
                 reason = f"invalid_message: {exc}"
                 return DeliveryResult(device_id=device.device_id, outcome="failed", reason=reason, message_error=True)
-            body = head + json.dumps(device.address).encode() + tail
+            body = with_target(head, device.address) + tail
             try:
                 async with deadline(timeout_s), session.post(url, data=body, headers=headers) as response:
                     raw = await response.content.read(MAX_RESPONSE_BYTES)

@@ -28,7 +28,7 @@ from goalhorn.keys import Keys
 from goalhorn.models import EncodedBatch, Intent, utcnow
 from goalhorn.redis_client import Redis
 from goalhorn.segmenter.epoch_watch import EpochWatch, SubscriberDataLost
-from goalhorn.segmenter.expander import Expander, ExpansionStats
+from goalhorn.segmenter.expander import Expander, ExpansionStats, is_topic_batch
 from goalhorn.segmenter.hold import IntentGate, describe
 
 log = logging.getLogger(__name__)
@@ -146,8 +146,11 @@ class IntentConsumer:
             async for batch in batches:
                 await self._enqueue(batch)
                 await self._counters.add({"batches_published": 1})
-                queued[f"batches:{batch.platform}"] += 1
-                queued[f"devices:{batch.platform}"] += batch.size
+                if is_topic_batch(batch):  # one message FCM fans out to the topic's members
+                    queued[f"topic_batches:{batch.platform}"] += 1
+                else:
+                    queued[f"batches:{batch.platform}"] += 1
+                    queued[f"devices:{batch.platform}"] += batch.size
         if await self.watch.check() != epoch and epoch is not None:
             raise SubscriberDataLost(f"the subscriber epoch changed from {epoch} during the expansion")
         done = utcnow()
@@ -173,6 +176,8 @@ class IntentConsumer:
                 "recipients": stats.devices,
                 "followers": stats.users,
                 "followers_without_devices": stats.users_without_devices,
+                "topic_messages": stats.topic_messages,
+                "topic_members": stats.topic_members,
                 **{f"suppressed:{reason}": n for reason, n in stats.suppressed.items()},
                 **queued,
             },
@@ -187,6 +192,8 @@ class IntentConsumer:
                 "invalid_device_records": stats.invalid_devices,
                 "invalid_preference_records": stats.invalid_preferences,
                 "intents_redelivered": int(message.redelivered),
+                "topic_messages": stats.topic_messages,
+                "topic_members": stats.topic_members,
                 **{f"suppressed:{reason}": n for reason, n in stats.suppressed.items()},
             },
         )

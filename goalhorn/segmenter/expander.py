@@ -37,7 +37,7 @@ from goalhorn.catalog.segments import Segment
 from goalhorn.errors import ConfigError
 from goalhorn.intents.rules import intent_fields
 from goalhorn.keys import Keys
-from goalhorn.models import Device, EncodedBatch, Intent, utcnow
+from goalhorn.models import DeliveryBatch, Device, EncodedBatch, Intent, utcnow
 from goalhorn.preferences.bloom import PreferenceBloom, PreferenceFilter
 from goalhorn.preferences.caps import CapCounter
 from goalhorn.preferences.eligibility import REASONS, Eligibility, Reason
@@ -47,9 +47,19 @@ from goalhorn.preferences.reader import ChunkReader
 from goalhorn.redis_client import Redis
 from goalhorn.segmenter.algebra import SetAlgebra, overlapped, read_ahead
 from goalhorn.segmenter.batches import BatchCutter
-from goalhorn.segmenter.definitions import Resolved, resolve
+from goalhorn.segmenter.definitions import Resolved, SetKey, resolve
+from goalhorn.topics.membership import TopicMembership, TopicPlan
 
 log = logging.getLogger(__name__)
+
+FCM_PREFIX = b'{"platform":"fcm"'
+TOPIC_BATCH = ".fcm.topic."
+
+
+def is_topic_batch(batch: EncodedBatch) -> bool:
+    """Whether a batch is a planned FCM topic send (its one device the topic)."""
+    return TOPIC_BATCH in batch.batch_id
+
 
 SENT_MARKER = b"sent"
 """A delivery marker's value once the provider accepted the push (``goalhorn.dispatch.markers.SENT``)."""
@@ -65,6 +75,10 @@ class ExpansionStats:
     preference_lookups: int = 0
     invalid_devices: int = 0
     invalid_preferences: int = 0
+    topic_messages: int = 0
+    """FCM topic messages planned (one per team topic and locale)."""
+    topic_members: int = 0
+    """FCM devices known to be subscribed to them, left out of the per-token batches."""
 
 
 @dataclass(slots=True)
@@ -109,6 +123,7 @@ class Expander:
         bloom: bool = True,
         bloom_error_rate: float = 0.01,
         bloom_rebuild_pending: int = 10_000,
+        topics: TopicMembership | None = None,
     ) -> None:
         self._catalog = catalog
         self._reader = ChunkReader(redis, keys, buckets=buckets)
@@ -119,6 +134,7 @@ class Expander:
         self._redis = redis
         self._batch_size = batch_size
         self._rebuild_pending = bloom_rebuild_pending
+        self._topics = topics
         self.rebuilding: asyncio.Task[bool] | None = None
 
     def segments_of(self, intent: Intent) -> list[tuple[Segment, Resolved]]:
@@ -152,19 +168,28 @@ class Expander:
         sizes = await self._algebra.sizes([expr for _, expr in segments])
         cutter = BatchCutter(intent, self._batch_size)
         eligibility = Eligibility(intent, now)
+        plan = await self._plan(intent, segments, eligibility, dry_run)
+        if plan is not None:
+            for batch in self._topic_batches(intent, plan, stats):
+                yield batch
         for index, (segment, expr) in enumerate(segments):
+            covering = plan if index == 0 else None
             members = read_ahead(self._algebra.stream(expr, sizes), depth=4)
             carry: list[_Wanted] = []  # let through by their preferences, devices not read yet
             reads = self._chunks(members, segment, segments[:index], prefilter, stats, eligibility, carry)
             # Closed in order when the expansion stops early (an error, or its reader gave up).
             async with aclosing(members), aclosing(reads), aclosing(overlapped(reads, depth=8)) as chunks:
                 async for chunk in chunks:
-                    for batch in await self._batches(chunk, segment, intent, eligibility, cutter, stats, now, dry_run):
+                    for batch in await self._batches(
+                        chunk, segment, intent, eligibility, cutter, stats, now, dry_run, covering
+                    ):
                         yield batch
             if carry:
                 taken, carry[:] = carry[:], []
                 last = _Chunk([], taken, await self._reader.devices([w.user_id for w in taken]))
-                for batch in await self._batches(last, segment, intent, eligibility, cutter, stats, now, dry_run):
+                for batch in await self._batches(
+                    last, segment, intent, eligibility, cutter, stats, now, dry_run, covering
+                ):
                     yield batch
         for batch in cutter.flush():
             yield batch
@@ -180,8 +205,9 @@ class Expander:
         stats: ExpansionStats,
         now: datetime,
         dry_run: bool,
+        plan: TopicPlan | None = None,
     ) -> list[EncodedBatch]:
-        """The batches a chunk fills."""
+        """The batches a chunk fills (less the FCM devices ``plan``'s topics reach)."""
         chosen = self._select(chunk, segment, eligibility, stats)
         corrects = intent.data.get("corrects")
         if corrects:  # a correction reaches only the devices the alert it corrects was sent to
@@ -193,6 +219,8 @@ class Expander:
             ]
         if chosen.capped:
             chosen.records += await self._admit(intent, chosen.capped, stats, now, dry_run)
+        if plan is not None:
+            chosen.records = await self._uncovered(plan, chosen.records, stats)
         batches = list(cutter.add(chosen.records, segment.platforms))
         stats.devices, stats.batches = cutter.devices, cutter.batches
         stats.invalid_devices += cutter.take_invalid()
@@ -267,6 +295,70 @@ class Expander:
             else:
                 carry.append(_Wanted(user_id, bucket, before, cap))
         return _Chunk(records.bulk, taken, records.carried)
+
+    async def _plan(
+        self, intent: Intent, segments: list[tuple[Segment, Resolved]], eligibility: Eligibility, dry_run: bool
+    ) -> TopicPlan | None:
+        """The team topics that may carry the intent to its first segment's plain followers: only for
+        a first segment that is exactly the team's followers, on every platform and locale, an intent
+        that needs no opt-in and corrects nothing, and a team whose topics are in sync."""
+        if self._topics is None or dry_run or intent.team_id is None or not segments:
+            return None
+        segment, expr = segments[0]
+        if expr != SetKey(self._keys.team_followers(intent.team_id)) or segment.locales is not None:
+            return None
+        if (segment.platforms is not None and "fcm" not in segment.platforms) or eligibility.default is not None:
+            return None
+        if intent.data.get("corrects"):
+            return None
+        until_ms = int(intent.expires_at.timestamp() * 1000)
+        return await self._topics.plan(intent.team_id, intent.intent_id, until_ms)
+
+    @staticmethod
+    def _topic_batches(intent: Intent, plan: TopicPlan, stats: ExpansionStats) -> list[EncodedBatch]:
+        """One FCM batch per locale topic, its one "device" the topic (``goalhorn.providers.fcm``):
+        it goes through the FCM provider, its breaker and retries, and its delivery marker keeps it
+        to one send however often the intent is expanded."""
+        out = []
+        for locale, (topic, members) in sorted(plan.topics.items()):
+            device = Device(
+                platform="fcm",
+                device_id=f"topic:{topic}",
+                user_id=f"topic:{plan.team_id}",
+                address=f"/topics/{topic}",
+                locale=locale,
+            )
+            batch_id = f"{intent.intent_id}{TOPIC_BATCH}{locale}"
+            out.append(DeliveryBatch(batch_id=batch_id, platform="fcm", intent=intent, devices=(device,)).encode())
+            stats.topic_messages += 1
+            stats.topic_members += members
+        return out
+
+    async def _uncovered(self, plan: TopicPlan, records: list[bytes], stats: ExpansionStats) -> list[bytes]:
+        """``records`` without the FCM device lines whose token is known to be in the topic of the
+        device's locale (the topic message reaches them); every other line is kept as it is."""
+        lines = [line for raw in records for line in raw.split(b"\n") if line]
+        fcm = [n for n, line in enumerate(lines) if line.startswith(FCM_PREFIX)]
+        if not fcm:
+            return records
+        targets: list[tuple[str, str]] = []
+        for n in fcm:
+            try:
+                device = json.loads(lines[n])
+                targets.append((str(device["address"]), str(device.get("locale", "en"))))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                targets.append(("", ""))  # left for the batch's validation to quarantine
+        topics = await self._topics.covered(plan.team_id, [t for t, _ in targets]) if self._topics else []
+        covered = set()
+        for n, (token, locale), topic in zip(fcm, targets, topics, strict=True):
+            wanted = plan.topics.get(locale)
+            if token and wanted is not None and topic == wanted[0]:
+                covered.add(n)
+        if not covered:
+            return records
+        return (
+            [b"\n".join(line for n, line in enumerate(lines) if n not in covered)] if len(covered) < len(lines) else []
+        )
 
     def _rebuild_when_due(self, prefilter: PreferenceFilter) -> None:
         """Start a background rebuild of the Bloom filter when too many users are pending."""

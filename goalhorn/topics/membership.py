@@ -33,6 +33,7 @@ longer knows of reach nobody.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
@@ -52,6 +53,7 @@ from goalhorn.preferences.epoch import SubscriberEpoch
 from goalhorn.preferences.model import decode_devices
 from goalhorn.preferences.reader import group_by_bucket
 from goalhorn.redis_client import Redis
+from goalhorn.settings import Settings
 from goalhorn.topics.fcm_admin import TopicOutcome
 
 log = logging.getLogger(__name__)
@@ -181,12 +183,31 @@ class TopicMembership:
     # --- planning (the fanout) --------------------------------------------------------------
     async def plan(self, team_id: str, intent_id: str, until_ms: int) -> TopicPlan | None:
         """The team's topics if in sync, leased for ``intent_id`` until ``until_ms``; None (and no
-        lease) when not in sync or empty."""
-        leases = self._keys.topic_leases(team_id)
+        lease) when not in sync or empty. The plan is kept with the intent: a redelivered intent
+        gets the same one (its lease still holds, so no token was added meanwhile)."""
+        leases, kept = self._keys.topic_leases(team_id), self._keys.topic_plan(intent_id)
+        ttl_ms = max(1, until_ms - int(time.time() * 1000))
+        stored = await self._redis.get(kept)
+        if stored is None:
+            await self._redis.zadd(leases, {intent_id: until_ms})
+            plan = await self._plan_now(team_id)
+            encoded = b"-" if plan is None else json.dumps(plan.topics).encode()
+            if not await self._redis.set(kept, encoded, nx=True, px=ttl_ms):
+                stored = await self._redis.get(kept)  # another process planned it first: its plan holds
+            elif plan is None:
+                await self._redis.zrem(leases, intent_id)
+                return None
+            else:
+                return plan
+        if stored is None or _text(stored) == "-":
+            return None
         await self._redis.zadd(leases, {intent_id: until_ms})
+        topics = {locale: (topic, int(n)) for locale, (topic, n) in json.loads(stored).items()}
+        return TopicPlan(team_id, topics)
+
+    async def _plan_now(self, team_id: str) -> TopicPlan | None:
         status = await self.status_of(team_id)
-        if not status.in_sync or status.generation is None or not any(status.members.values()):
-            await self._redis.zrem(leases, intent_id)
+        if not status.in_sync or status.generation is None:
             return None
         topics = {}
         for topic, count in status.members.items():
@@ -194,7 +215,14 @@ class TopicMembership:
                 locale = self._locale_of(topic, team_id, status.generation)
                 if locale is not None:
                     topics[locale] = (topic, count)
-        return TopicPlan(team_id, topics)
+        return TopicPlan(team_id, topics) if topics else None
+
+    async def covered(self, team_id: str, tokens: Sequence[str]) -> list[str | None]:
+        """The topic each token is known to be subscribed to in the team's topics (None: not)."""
+        if not tokens:
+            return []
+        raws = await self._redis.hmget(self._keys.topic_members(team_id), list(tokens))
+        return [Member.decode(raw).topic if raw else None for raw in raws]
 
     def _locale_of(self, topic: str, team_id: str, generation: str) -> str | None:
         head = self.topic(team_id, "", generation)
@@ -510,3 +538,11 @@ class _Applied:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def topic_planner(settings: Settings, redis: Redis) -> TopicMembership | None:
+    """What the fanout plans topic sends with (``GOALHORN_FCM_TOPICS``; it needs no FCM client)."""
+    if not settings.fcm_topics:
+        return None
+    keys = Keys(settings.namespace)
+    return TopicMembership(redis, keys, None, buckets=settings.preference_buckets, prefix=settings.fcm_topic_prefix)
