@@ -7,6 +7,7 @@ where a missing service is a broken setup, not a reason to pass.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 import uuid
@@ -54,6 +55,21 @@ def make_settings(backend: str, **overrides: object) -> Settings:
         _real_namespaces.append(namespace)
         return Settings(amqp_url=LOCAL_AMQP_URL, redis_url=LOCAL_REDIS_URL, namespace=namespace, **overrides)  # type: ignore[arg-type]
     return Settings(namespace=namespace, **overrides)  # type: ignore[arg-type]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Everything alive once the tests are collected (modules, test items) leaves the cyclic GC's
+    generations: the collection after each test then scans only what tests made (~0.5 ms, not ~200 ms)."""
+    gc.collect()
+    gc.freeze()
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test() -> Iterator[None]:
+    """Collect after each test (its event loop closed by then), so an unclosed socket or transport it
+    left fails that test (filterwarnings = error) instead of whichever later test the GC happens to run in."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(params=BACKENDS)
