@@ -3,6 +3,7 @@ preferences, devices and follows change, and how "in sync" is known."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -160,10 +161,23 @@ async def test_no_token_is_added_while_a_planned_topic_send_is_pending(
     assert "late-tok0" not in fcm.topics.members(en)  # it is sent per token: no second push from the topic
     assert not (await membership.status_of(TEAM)).in_sync
 
-    await redis.zrem(Keys(settings.namespace).topic_leases(TEAM), "intent-3")  # the send went out (or expired)
+    keys = Keys(settings.namespace)
+    await store.mute_team("u0", TEAM)  # a removal is not held back by the pending send
+    applied = await membership.apply_changes()
+    assert "u0-tok0" not in fcm.topics.members(en)
+    assert "late-tok0" not in fcm.topics.members(en)
+
+    # FCM accepted the planned topic messages (their delivery markers say so): the lease ends after
+    # the grace, not only when the intent expires.
+    for _, (topic, _) in plan.topics.items():
+        await redis.set(keys.delivery_marker("intent-3", f"topic:{topic}"), b"sent")
+    membership._sent_grace_s = 0.3
+    assert (await membership.apply_changes()).deferred == 1  # within the grace
+    await asyncio.sleep(0.4)
     await membership.apply_changes()
     assert "late-tok0" in fcm.topics.members(en)
     assert (await membership.status_of(TEAM)).in_sync
+    assert not await redis.zcard(keys.topic_leases(TEAM))
 
 
 async def test_lost_subscriber_data_means_out_of_sync_and_a_new_generation(

@@ -48,7 +48,7 @@ from goalhorn.redis_client import Redis
 from goalhorn.segmenter.algebra import SetAlgebra, overlapped, read_ahead
 from goalhorn.segmenter.batches import BatchCutter
 from goalhorn.segmenter.definitions import Resolved, SetKey, resolve
-from goalhorn.topics.membership import TopicMembership, TopicPlan
+from goalhorn.topics.membership import TOPIC_DEVICE, TopicMembership, TopicPlan
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +323,7 @@ class Expander:
         for locale, (topic, members) in sorted(plan.topics.items()):
             device = Device(
                 platform="fcm",
-                device_id=f"topic:{topic}",
+                device_id=f"{TOPIC_DEVICE}{topic}",
                 user_id=f"topic:{plan.team_id}",
                 address=f"/topics/{topic}",
                 locale=locale,

@@ -65,6 +65,11 @@ LOCK_S = 120
 ATTEMPTS = 6
 RETRY_BASE_S = 0.5
 RETRY_CAP_S = 8.0
+SENT_GRACE_S = 30.0
+"""How long a planned topic send still holds its team's additions after FCM accepted it."""
+TOPIC_DEVICE = "topic:"
+"""The device id of a planned topic send is this and the topic (``goalhorn.segmenter.expander``)."""
+SENT_MARKER = b"sent"
 
 
 class Subscriptions(Protocol):
@@ -164,6 +169,7 @@ class TopicMembership:
         prefix: str = "goalhorn-",
         lease_wait_s: float = 30.0,
         attempts: int = ATTEMPTS,
+        sent_grace_s: float = SENT_GRACE_S,
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -173,6 +179,7 @@ class TopicMembership:
         self._prefix = prefix
         self._lease_wait_s = lease_wait_s
         self._attempts = attempts
+        self._sent_grace_s = sent_grace_s
         self.changes = SubscriberChanges(redis, keys)
         self._epoch = SubscriberEpoch(redis, keys)
 
@@ -307,6 +314,7 @@ class TopicMembership:
         adds = {token: m for token, m in desired.items() if known.get(token) != m}
         if adds and not await self._leases_clear(team_id):
             report.deferred = True
+            removes = {t: m for t, m in removes.items() if t not in adds}  # a locale move waits whole
             adds = {}
         outcome = await self._apply(team_id, removes, adds)
         report.subscribed, report.unsubscribed = outcome.subscribed, outcome.unsubscribed
@@ -362,11 +370,14 @@ class TopicMembership:
             deferred: set[str] = set()
             for team_id, adders in adding_users.items():
                 if not await self._leases_clear(team_id, wait=False):
+                    # No additions (nor locale moves) while a topic send is pending; removals go on.
                     deferred |= adders
+                    adds = per_team_adds.pop(team_id)
+                    per_team_removes[team_id] = {t: m for t, m in per_team_removes[team_id].items() if t not in adds}
             failed: set[str] = set()
             for team_id in set(per_team_adds) | set(per_team_removes):
-                removes = {t: m for t, m in per_team_removes[team_id].items() if m.user_id not in deferred}
-                adds = {t: m for t, m in per_team_adds[team_id].items() if m.user_id not in deferred}
+                removes = per_team_removes[team_id]
+                adds = per_team_adds.get(team_id, {})
                 outcome = await self._apply(team_id, removes, adds)
                 failed |= outcome.failed_users
                 report.subscribed += outcome.subscribed
@@ -461,12 +472,32 @@ class TopicMembership:
         key = self._keys.topic_leases(team_id)
         deadline = time.monotonic() + (self._lease_wait_s if wait else 0.0)
         while True:
-            await self._redis.zremrangebyscore(key, 0, int(time.time() * 1000))
+            await self._release_sent(key)
             if not await self._redis.zcard(key):
                 return True
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.5)
+
+    async def _release_sent(self, key: str) -> None:
+        """Drop expired leases, and end a lease ``sent_grace_s`` after FCM accepted every topic
+        message of its intent (their delivery markers say ``sent``), not only when the intent
+        expires: the grace covers FCM's own fan-out, which goes on after it accepted the message."""
+        now_ms = int(time.time() * 1000)
+        grace_ms = int(self._sent_grace_s * 1000)
+        await self._redis.zremrangebyscore(key, 0, now_ms)
+        leases = cast(list[tuple[bytes, float]], await self._redis.zrange(key, 0, -1, withscores=True))
+        for raw_intent, until in leases:
+            intent_id = _text(raw_intent)
+            if until <= now_ms + grace_ms:
+                continue
+            stored = await self._redis.get(self._keys.topic_plan(intent_id))
+            if stored is None or _text(stored) == "-":
+                continue
+            topics = [topic for topic, _ in json.loads(stored).values()]
+            markers = [self._keys.delivery_marker(intent_id, f"{TOPIC_DEVICE}{topic}") for topic in topics]
+            if all(state == SENT_MARKER for state in await self._redis.mget(markers)):
+                await self._redis.zadd(key, {intent_id: now_ms + grace_ms}, xx=True)
 
     # --- reading ----------------------------------------------------------------------------
     async def _read_users(self, users: Sequence[str]) -> dict[str, tuple[bool, list[Device]]]:
