@@ -171,7 +171,7 @@ async def test_no_token_is_added_while_a_planned_topic_send_is_pending(
     # the grace, not only when the intent expires.
     for _, (topic, _) in plan.topics.items():
         await redis.set(keys.delivery_marker("intent-3", f"topic:{topic}"), b"sent")
-    membership._sent_grace_s = 0.3
+    membership.state.sent_grace_s = 0.3
     assert (await membership.apply_changes()).deferred == 1  # within the grace
     await asyncio.sleep(0.4)
     await membership.apply_changes()

@@ -29,6 +29,7 @@ from goalhorn.segmenter.expander import Expander, ExpansionStats, is_topic_batch
 from goalhorn.settings import Settings
 from goalhorn.topics.fcm_admin import TopicAdmin
 from goalhorn.topics.membership import TopicMembership
+from goalhorn.topics.state import TopicState
 from tests.conftest import delete_namespace
 from tests.support.builders import make_intent
 
@@ -83,7 +84,7 @@ async def make_world(redis: Redis, settings: Settings, fcm: FcmSandbox) -> World
     store = PreferenceStore(redis, keys, buckets=3)
     admin = TopicAdmin(settings)
     membership = TopicMembership(redis, keys, admin, store, buckets=3, lease_wait_s=0.2)
-    planner_view = TopicMembership(redis, keys, None, buckets=3)
+    planner_view = TopicState(redis, keys)
     planner = Expander(redis, keys, lambda: CATALOG, chunk=7, batch_size=4, buckets=3, topics=planner_view)
     reference = Expander(redis, keys, lambda: CATALOG, chunk=7, batch_size=4, buckets=3)
     return World(redis, keys, store, membership, planner, reference, fcm, settings)

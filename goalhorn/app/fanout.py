@@ -24,7 +24,7 @@ from goalhorn.segmenter.consumer import IntentConsumer
 from goalhorn.segmenter.expander import Expander
 from goalhorn.segmenter.hold import describe
 from goalhorn.settings import Settings
-from goalhorn.topics.membership import topic_planner
+from goalhorn.topics.state import topic_planner
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ from goalhorn.settings import Settings, load_settings
 
 if TYPE_CHECKING:  # firebase-admin and google-auth (~25 MB): imported by these commands alone, not by every one
     from goalhorn.topics.fcm_admin import TopicAdmin
-    from goalhorn.topics.membership import TeamStatus, TopicMembership
+    from goalhorn.topics.membership import TopicMembership
+from goalhorn.topics.state import TeamStatus
 
 app = typer.Typer(help="FCM topics: per-team membership for followers without preferences.", no_args_is_help=True)
 console = Console()

@@ -48,7 +48,7 @@ from goalhorn.redis_client import Redis
 from goalhorn.segmenter.algebra import SetAlgebra, overlapped, read_ahead
 from goalhorn.segmenter.batches import BatchCutter
 from goalhorn.segmenter.definitions import Resolved, SetKey, resolve
-from goalhorn.topics.membership import TOPIC_DEVICE, TopicMembership, TopicPlan
+from goalhorn.topics.state import TOPIC_DEVICE, TopicPlan, TopicState
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class Expander:
         bloom: bool = True,
         bloom_error_rate: float = 0.01,
         bloom_rebuild_pending: int = 10_000,
-        topics: TopicMembership | None = None,
+        topics: TopicState | None = None,
     ) -> None:
         self._catalog = catalog
         self._reader = ChunkReader(redis, keys, buckets=buckets)
