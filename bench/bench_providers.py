@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -272,10 +273,12 @@ async def bench_webhooks(sandbox: SandboxProcess, n: int, apprise_n: int) -> tup
         return ours, bare, None
 
     def apprise_loop() -> None:
-        notifier = apprise.Apprise()
-        host = sandbox.webhook_base.removeprefix("http://")
-        # Apprise's own JSON body, unsigned: the receiver answers 401, after reading the whole request.
-        notifier.add(f"json://{host}/hooks/bot0")
+        with warnings.catch_warnings():  # its plugins import imghdr, deprecated since Python 3.11: not ours
+            warnings.simplefilter("ignore", DeprecationWarning)
+            notifier = apprise.Apprise()
+            host = sandbox.webhook_base.removeprefix("http://")
+            # Apprise's own JSON body, unsigned: the receiver answers 401, after reading the whole request.
+            notifier.add(f"json://{host}/hooks/bot0")
         for _ in range(apprise_n):
             notifier.notify(body=body.decode(), title="GOAL! NYC")
 
