@@ -208,3 +208,29 @@ async def test_token_bucket_smooths_a_burst_to_its_rate() -> None:
     started = time.monotonic()
     await asyncio.gather(*(bucket.take() for _ in range(40)))
     assert time.monotonic() - started >= 0.29, "30 tokens beyond the burst need 0.3 s at 100/s"
+
+
+def test_a_process_forgets_idle_circuits_and_keeps_those_that_matter() -> None:
+    breakers = Breakers(threshold=2, open_s=60, keep=8)
+    failing, busy = breakers["https://failing.example/hook"], breakers["https://busy.example/hook"]
+    failing.record(ok=False)  # one failure: remembered, or the next would not open it
+    assert busy.admit() == 0  # a request in flight: its answer must find it
+    for n in range(200):  # endpoints answered once, then never again (a goal to 50,000 of them)
+        breaker = breakers[f"https://ok-{n}.example/hook"]
+        assert breaker.admit() == 0
+        breaker.record(ok=True)
+        breaker.registered = True  # listed in Redis by the board's publish
+    assert len(breakers) <= 16, "idle circuits are forgotten, not held for ever"
+    assert breakers["https://failing.example/hook"] is failing
+    assert breakers["https://busy.example/hook"] is busy
+    failing.record(ok=False)
+    assert failing.state is State.OPEN
+    for n in range(200, 400):
+        ok = breakers[f"https://ok-{n}.example/hook"]
+        ok.registered = True
+    assert breakers["https://failing.example/hook"] is failing, "an open circuit is never forgotten"
+    unlisted = Breakers(threshold=2, open_s=60, keep=4)
+    first = unlisted["https://new.example/hook"]
+    for n in range(20):
+        unlisted[f"https://other-{n}.example/hook"]
+    assert unlisted["https://new.example/hook"] is first, "not listed in Redis yet: kept until it is"

@@ -144,6 +144,20 @@ class CircuitBreaker:
             self.state, self.failures = State.CLOSED, 0
         return True
 
+    @property
+    def idle(self) -> bool:
+        """Closed with no failure and nothing in flight or left to share: forgetting it loses nothing
+        but its ``proven`` (a circuit made again ramps up from one request, as a new one does)."""
+        return (
+            self.state is State.CLOSED
+            and not self.failures
+            and not self.in_flight
+            and not self.probing
+            and self.unshared is None
+            and not self.failures_unshared
+            and self.registered
+        )
+
     def probe_in(self) -> float:
         """Seconds until an open circuit lets a probe out (0 unless open)."""
         if self.state is not State.OPEN:
@@ -151,8 +165,15 @@ class CircuitBreaker:
         return max(0.0, self.opened_at + self.open_s - self.clock())
 
 
+KEEP_CIRCUITS = 1024
+"""Circuits a process holds before it forgets the idle ones (:attr:`CircuitBreaker.idle`): a webhook
+endpoint is a circuit, and a goal to a million followers reaches some 50,000 of them."""
+
+
 class Breakers:
-    """One breaker per circuit name (``Provider.circuit``), made on first use."""
+    """One breaker per circuit name (``Provider.circuit``), made on first use. Past ``keep`` circuits,
+    making one forgets every idle one first, so the process holds the circuits that matter (failing,
+    open, busy) and not every endpoint it ever sent to."""
 
     def __init__(
         self,
@@ -160,19 +181,33 @@ class Breakers:
         open_s: float,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        keep: int = KEEP_CIRCUITS,
     ) -> None:
         self._threshold = threshold
         self._open_s = open_s
         self._clock = clock
         self._wall = wall
         self._circuits: dict[str, CircuitBreaker] = {}
+        self._keep = keep
+        self._sweep_at = keep
 
     def __getitem__(self, circuit: str) -> CircuitBreaker:
         breaker = self._circuits.get(circuit)
         if breaker is None:
+            if len(self._circuits) >= self._sweep_at:
+                self._forget_idle()
             breaker = CircuitBreaker(self._threshold, self._open_s, self._clock, self._wall)
             self._circuits[circuit] = breaker
         return breaker
+
+    def __len__(self) -> int:
+        return len(self._circuits)
+
+    def _forget_idle(self) -> None:
+        for circuit in [c for c, breaker in self._circuits.items() if breaker.idle]:
+            del self._circuits[circuit]
+        # Swept again only once as many more are made, when most of those held are not idle.
+        self._sweep_at = max(self._keep, 2 * len(self._circuits))
 
     def items(self) -> Iterator[tuple[str, CircuitBreaker]]:
         return iter(list(self._circuits.items()))
