@@ -468,6 +468,33 @@ async def test_the_devices_of_a_window_go_out_together_not_one_worker_at_a_time(
     assert snap.get("delivery:fcm:sent") == len(devices)
 
 
+async def test_batches_waiting_for_the_shared_slots_wait_in_one_place_each_then_take_them_in_turn(
+    backend: str,
+) -> None:
+    """While a batch holds every shared slot, the others wait for one with one task each (``_staff``),
+    not with a worker task for every slot they might get (an APNs batch made 500); then all go out."""
+    provider = Gathering()
+    provider.concurrency = 4
+    batches = [batch_of(phones(8, prefix=p)) for p in "abc"]
+    async with harness(make_settings(backend), provider) as h:
+        before = len(asyncio.all_tasks())
+        tasks = [asyncio.create_task(h.deliverer.process(b)) for b in batches]
+        for _ in range(200):
+            if provider.in_flight == provider.concurrency:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        started = len(asyncio.all_tasks()) - before
+        provider.hold.set()
+        await asyncio.gather(*tasks)
+        snap = await h.snapshot()
+    assert provider.most == provider.concurrency
+    # Per batch its process, its staffing and its claims' renewal, and the 4 workers holding the slots
+    # (a worker per slot and batch would be 3 x 4).
+    assert started <= 3 * 3 + provider.concurrency + 1, started
+    assert snap.get("delivery:fcm:sent") == 24
+
+
 # --- answers lost ----------------------------------------------------------------------------------
 
 

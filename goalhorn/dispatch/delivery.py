@@ -313,6 +313,10 @@ class _Run:
                 self.holding.update(d.device_id for d in claims.claimed)
         return self._ready.popleft()
 
+    def has_work(self) -> bool:
+        """Whether the batch still has devices to claim or claimed ones to send."""
+        return bool(self._ready or self._todo or self._claiming.locked())
+
     def _window(self, size: int) -> list[Device]:
         """Up to ``size`` devices to claim; devices whose circuit is open are deferred unclaimed."""
         window: list[Device] = []
@@ -465,12 +469,26 @@ class Deliverer:
             return
         run = _Run(self, batch, provider, send, tally)
         renewing = asyncio.create_task(run.renew_claims())
-        workers = [asyncio.create_task(self._work(run)) for _ in range(min(len(batch.devices), provider.concurrency))]
+        limit = min(len(batch.devices), provider.concurrency)
+        workers: list[asyncio.Task[None]] = []
+        staffing: asyncio.Task[None] | None = None
         try:
+            if self._endpoint_slots_of(provider) is None:
+                staffing = asyncio.create_task(self._staff(run, limit, workers))
+                await asyncio.wait((staffing,))
+                if not staffing.cancelled() and (failed := staffing.exception()) is not None:
+                    raise failed
+            else:
+                workers += [asyncio.create_task(self._work(run)) for _ in range(limit)]
             await _all(workers)
             if run.aside:
                 await _all(list(run.aside))
         finally:
+            if staffing is not None and not staffing.done():
+                staffing.cancel()
+            for worker in workers:
+                worker.cancel()  # done already but on the way out through an error or a cancellation
+            await asyncio.gather(*workers, *([staffing] if staffing is not None else []), return_exceptions=True)
             for attempt in run.aside:
                 attempt.cancel()
             await asyncio.gather(*run.aside, return_exceptions=True)
@@ -495,6 +513,36 @@ class Deliverer:
             slots = self._endpoint_slots[provider.platform] = _EndpointSlots(suspects, aside, slow_s)
         return slots
 
+    async def _staff(self, run: _Run, limit: int, workers: list[asyncio.Task[None]]) -> None:
+        """Start a batch's workers (FCM, APNs) one shared slot at a time, as slots come free, up to
+        ``limit``: each holds its slot until the batch has no device left (``_serve``). While the slots
+        are taken, the batch waits for one in one place, not with a worker task per slot it might get;
+        a worker that stops (the batch done, or a failure) stops the staffing too."""
+        slots = self._platform_slots(run.provider)
+        staffing = asyncio.current_task()
+        assert staffing is not None
+
+        def stopped(worker: asyncio.Task[None]) -> None:
+            run.active -= 1
+            slots.release()  # also for a worker cancelled before it ran: the slot was taken for it
+            staffing.cancel()  # the batch has no device left for another worker, or it failed
+
+        while len(workers) < limit and run.has_work():
+            await slots.acquire()
+            if not run.has_work():
+                slots.release()
+                return
+            run.active += 1
+            worker = asyncio.create_task(self._serve(run))
+            worker.add_done_callback(stopped)
+            workers.append(worker)
+
+    async def _serve(self, run: _Run) -> None:
+        """One of a batch's workers holding a shared slot (``_staff``): its devices one after the
+        other until it has none left."""
+        while (device := await run.next_device()) is not None:
+            await self._attempt(run, device, run.provider.circuit(device))
+
     async def _work(self, run: _Run) -> None:
         """One of a batch's workers: a shared slot, a claimed device, its endpoint's cap, then the send;
         until the batch has no device left. A device whose endpoint is at its cap is parked while the
@@ -502,16 +550,7 @@ class Deliverer:
         waiting for it without holding a shared slot."""
         slots = self._platform_slots(run.provider)
         endpoints = self._endpoint_slots_of(run.provider)
-        if endpoints is None:
-            await slots.acquire()
-            run.active += 1
-            try:
-                while (device := await run.next_device()) is not None:
-                    await self._attempt(run, device, run.provider.circuit(device))
-            finally:
-                run.active -= 1
-                slots.release()
-            return
+        assert endpoints is not None, "FCM and APNs workers are started by _staff"
         while True:
             await slots.acquire()
             run.active += 1
