@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import TextIO
 
@@ -69,13 +70,18 @@ def child(name: str, out: Path, bench_args: list[str]) -> int:
     """In the bench's own process: run it, write its Results as JSON to ``out``; its exit code."""
     module = importlib.import_module(f"bench.bench_{name}")
     results = Results(name)
-    if "results" in inspect.signature(module.main).parameters:
-        code = int(module.main(bench_args, results=results))
-    else:
-        tee = _Tee(sys.stdout)
-        with contextlib.redirect_stdout(tee):
-            code = int(module.main(bench_args))
-        results.output = tee.kept.getvalue()
+    try:
+        if "results" in inspect.signature(module.main).parameters:
+            code = int(module.main(bench_args, results=results))
+        else:
+            tee = _Tee(sys.stdout)
+            with contextlib.redirect_stdout(tee):
+                code = int(module.main(bench_args))
+            results.output = tee.kept.getvalue()
+    except Exception as exc:  # the figures measured before it still count; the traceback is in the output
+        traceback.print_exc()
+        results.note(f"stopped by {type(exc).__name__}: {exc} (the figures above were measured before it)")
+        code = 1
     sys.stdout.flush()
     out.write_text(results.to_json())
     return code

@@ -24,6 +24,9 @@ def test_a_bench_that_dies_or_overruns_is_a_failed_section_not_a_failed_suite() 
     results, code = run_one("no_such_bench", [])
     assert code != 0
     assert any("no results" in note for note in results.notes)
+    results, code = run_one("ingest", ["--runs", "x"])  # argparse exits: SystemExit is no Exception
+    assert code != 0
+    assert any("no results" in note for note in results.notes)
     results, code = run_one("ingest", [], timeout_s=0.5)
     assert code != 0
     assert any("stopped after" in note for note in results.notes), results.notes
