@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 
 FCM_PREFIX = b'{"platform":"fcm"'
 TOPIC_BATCH = ".fcm.topic."
+_TARGET = re.compile(rb'"address":"([^"\\]+)"(?:,"secret":"(?:[^"\\]|\\.)*")?,"locale":"([^"\\]*)"')
 
 
 def is_topic_batch(batch: EncodedBatch) -> bool:
@@ -336,29 +338,40 @@ class Expander:
 
     async def _uncovered(self, plan: TopicPlan, records: list[bytes], stats: ExpansionStats) -> list[bytes]:
         """``records`` without the FCM device lines whose token is known to be in the topic of the
-        device's locale (the topic message reaches them); every other line is kept as it is."""
+        device's locale (the topic message reaches them); every other line is kept as it is. A line's
+        token and locale are read with a pattern over the stored JSON (its fields come in the model's
+        order), or parsed when the pattern does not match."""
         lines = [line for raw in records for line in raw.split(b"\n") if line]
-        fcm = [n for n, line in enumerate(lines) if line.startswith(FCM_PREFIX)]
-        if not fcm:
+        fcm: list[int] = []
+        tokens: list[bytes] = []
+        locales: list[str] = []
+        for n, line in enumerate(lines):
+            if not line.startswith(FCM_PREFIX):
+                continue
+            found = _TARGET.search(line)
+            if found is not None:
+                token, locale = found.group(1), found.group(2).decode()
+            else:
+                try:
+                    device = json.loads(line)
+                    token, locale = str(device["address"]).encode(), str(device.get("locale", "en"))
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    continue  # left for the batch's validation to quarantine
+            fcm.append(n)
+            tokens.append(token)
+            locales.append(locale)
+        if not fcm or self._topics is None:
             return records
-        targets: list[tuple[str, str]] = []
-        for n in fcm:
-            try:
-                device = json.loads(lines[n])
-                targets.append((str(device["address"]), str(device.get("locale", "en"))))
-            except (ValueError, KeyError, TypeError, AttributeError):
-                targets.append(("", ""))  # left for the batch's validation to quarantine
-        topics = await self._topics.covered(plan.team_id, [t for t, _ in targets]) if self._topics else []
+        topics = await self._topics.covered(plan.team_id, tokens)
         covered = set()
-        for n, (token, locale), topic in zip(fcm, targets, topics, strict=True):
+        for n, locale, topic in zip(fcm, locales, topics, strict=True):
             wanted = plan.topics.get(locale)
-            if token and wanted is not None and topic == wanted[0]:
+            if wanted is not None and topic == wanted[0]:
                 covered.add(n)
         if not covered:
             return records
-        return (
-            [b"\n".join(line for n, line in enumerate(lines) if n not in covered)] if len(covered) < len(lines) else []
-        )
+        kept = [line for n, line in enumerate(lines) if n not in covered]
+        return [b"\n".join(kept)] if kept else []
 
     def _rebuild_when_due(self, prefilter: PreferenceFilter) -> None:
         """Start a background rebuild of the Bloom filter when too many users are pending."""

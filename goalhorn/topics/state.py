@@ -150,12 +150,12 @@ class TopicState:
                     topics[locale] = (topic, count)
         return TopicPlan(team_id, topics) if topics else None
 
-    async def covered(self, team_id: str, tokens: Sequence[str]) -> list[str | None]:
+    async def covered(self, team_id: str, tokens: Sequence[str | bytes]) -> list[str | None]:
         """The topic each token is known to be subscribed to in the team's topics (None: not)."""
         if not tokens:
             return []
         raws = await self._redis.hmget(self._keys.topic_members(team_id), list(tokens))
-        return [Member.decode(raw).topic if raw else None for raw in raws]
+        return [as_text(raw).rpartition("\t")[2] if raw else None for raw in raws]
 
     def _locale_of(self, topic: str, team_id: str, generation: str) -> str | None:
         head = self.topic(team_id, "", generation)
