@@ -182,6 +182,22 @@ async def test_no_topic_for_a_segment_it_cannot_stand_for(world: World) -> None:
         assert stats.topic_messages == 0, the_intent.intent_id
 
 
+async def test_a_correction_follows_an_alert_sent_through_topics(world: World) -> None:
+    await audience(world.store)
+    await world.membership.sync_team(TEAM)
+    await world.membership.apply_changes()
+    original, stats = await expand(world.planner, intent("goal-9"))
+    assert stats.topic_messages == 3
+    await deliver(world, original)
+    through_topics = Counter(world.fcm.fanned_out)
+    corrects = {**make_intent().data, "corrects": "goal-9"}
+    correction, stats = await expand(world.planner, intent("undo-9", data=corrects))
+    assert stats.topic_messages == 3  # the topic members got the goal through the topic: so its correction
+    await deliver(world, correction)
+    assert world.fcm.fanned_out == through_topics
+    assert sum(through_topics.values()) == 10
+
+
 async def test_later_segments_do_not_send_topic_members_twice(world: World) -> None:
     await audience(world.store)
     await world.membership.sync_team(TEAM)

@@ -303,7 +303,8 @@ class Expander:
     ) -> TopicPlan | None:
         """The team topics that may carry the intent to its first segment's plain followers: only for
         a first segment that is exactly the team's followers, on every platform and locale, an intent
-        that needs no opt-in and corrects nothing, and a team whose topics are in sync."""
+        that needs no opt-in (and corrects only an alert that went out through topics), and a team
+        whose topics are in sync."""
         if self._topics is None or dry_run or intent.team_id is None or not segments:
             return None
         segment, expr = segments[0]
@@ -311,8 +312,9 @@ class Expander:
             return None
         if (segment.platforms is not None and "fcm" not in segment.platforms) or eligibility.default is not None:
             return None
-        if intent.data.get("corrects"):
-            return None
+        corrects = intent.data.get("corrects")
+        if corrects and not await self._topics.planned(corrects):
+            return None  # a correction goes where the alert it corrects went: per token only
         until_ms = int(intent.expires_at.timestamp() * 1000)
         return await self._topics.plan(intent.team_id, intent.intent_id, until_ms)
 

@@ -138,6 +138,11 @@ class TopicState:
         topics = {locale: (topic, int(n)) for locale, (topic, n) in json.loads(stored).items()}
         return TopicPlan(team_id, topics)
 
+    async def planned(self, intent_id: str) -> bool:
+        """Whether an intent was planned with topics (its plan is kept while it lives)."""
+        stored = await self._redis.get(self._keys.topic_plan(intent_id))
+        return stored is not None and as_text(stored) != "-"
+
     async def _plan_now(self, team_id: str) -> TopicPlan | None:
         status = await self.status_of(team_id)
         if not status.in_sync or status.generation is None:
