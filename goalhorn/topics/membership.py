@@ -150,6 +150,7 @@ class TopicMembership:
         cursor = 0
         while True:
             cursor, raw = await self._redis.sscan(self._keys.team_followers(team_id), cursor, count=CHUNK)
+            await self._extend_lock()
             users = [as_text(u) for u in raw]
             for user_id, (plain, devices) in (await self._read_users(users)).items():
                 if plain:
