@@ -390,7 +390,8 @@ class DeliveryWorker:
             queues=set(stage.queues),
             worker_threads=stage.settings.worker_threads,
             critical_threads=stage.settings.critical_worker_threads,
-            worker_timeout=100,
+            # ms a thread waits for work before it looks again: dramatiq's default (100 cost 2 % of a core idle)
+            worker_timeout=1000,
         )
 
     def start(self) -> None:
