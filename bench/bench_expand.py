@@ -359,7 +359,8 @@ async def run(users: int, chunk: int, buckets: int, sample: int, rounds: int, na
                 )
                 own.add(Figure("time to the first batch, warm", [r["first"] * 1000 for r in warm], "ms", target="< 50"))
                 own.add(Figure("time to the first batch, cold expander", [cold["first"] * 1000], "ms", target="< 50"))
-        published, hung = [], 0
+        published: list[float] = []
+        hung = 0
         while len(published) < rounds and hung < 3:  # a hung one is tried again: the figure wants its runs
             seconds = await asyncio.to_thread(published_or_hung, namespace, chunk, buckets, now)
             if seconds is None:

@@ -217,7 +217,8 @@ async def subscribed_everywhere(fcm: FcmSandbox) -> set[str]:
 
 async def plain_phones(world: World) -> set[str]:
     """FCM tokens of the team's followers without a preference record."""
-    followers = sorted(u.decode() for u in await world.redis.smembers(world.keys.team_followers(TEAM)))
+    members = await world.redis.smembers(world.keys.team_followers(TEAM))
+    followers = sorted(u.decode() if isinstance(u, bytes) else u for u in members)
     out = set()
     for user in followers:
         record = await world.redis.hget(world.keys.preference_bucket(bucket_of(user, 3)), user)
