@@ -70,6 +70,9 @@ class EventKind(enum.StrEnum):
     HALFTIME = "HALFTIME"
     GAME_END = "GAME_END"
     EDGE = "EDGE"
+    LIVE_UPDATE = "LIVE_UPDATE"
+    """A Live Activity / Android live update of a game's score ticker with no event of its own (a clock or
+    status tick); built by ingest (``goalhorn.intents.liveactivity``), never by a catalog rule."""
 
 
 class GameState(Model):
