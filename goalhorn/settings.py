@@ -178,6 +178,17 @@ class Settings(BaseSettings):
         default=500, ge=1, description="APNs requests in flight per worker (below what the pool's streams allow)."
     )
     apns_timeout_s: float = Field(default=10.0, gt=0)
+    apns_channels_host: str = Field(
+        default="api-manage-broadcast.push.apple.com",
+        description="APNs channel management host (broadcast channels for Live Activities; Apple's development "
+        "host is api-manage-broadcast.sandbox.push.apple.com).",
+    )
+    apns_channels_port: int = Field(
+        default=2196,
+        ge=1,
+        le=65535,
+        description="APNs channel management port (Apple: 2196 production, 2195 development).",
+    )
     breaker_failure_threshold: int = Field(
         default=20, ge=1, description="Consecutive provider-side failures that open a circuit."
     )
