@@ -146,6 +146,29 @@ class Settings(BaseSettings):
         default=3600, ge=1, description="Requests to Stats Perform allowed per hour, all matches together."
     )
 
+    # --- Live Activities: what ingest publishes (issue 15) ------------------------------------------
+    live_activities: bool = Field(
+        default=False,
+        description="Publish a Live Activity / Android live update intent (audience live:<game id>) for every "
+        "state change of every game ingest sees; the fanout sends it to the activities registered for the game.",
+    )
+    live_activity_high_per_hour: int = Field(
+        default=12,
+        ge=0,
+        description="High-priority (APNs 10) Live Activity updates per match and clock hour; past it scores and "
+        "cards go at priority 5 (start and end never wait). Apple's per-activity budget is undocumented: 12 an "
+        "hour keeps a match's start, goals, cards and end immediate without the app being throttled.",
+    )
+    live_activity_tick_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="At most one clock/status tick (priority 5) per match this often, and only when the "
+        "ticker's content changed.",
+    )
+    live_activity_dismiss_s: int = Field(
+        default=900, ge=0, description="How long an ended match's Live Activity stays on the Lock Screen."
+    )
+
     # --- providers and dispatch (issue 5) ---------------------------------------------------------
     fcm_credentials_file: str | None = Field(
         default=None, description="FCM service-account JSON; unset: the console provider stands in for FCM."
