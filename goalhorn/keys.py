@@ -286,6 +286,37 @@ class Keys:
         """STRING held (NX, with a lease) by the one process changing topic membership."""
         return f"{self.namespace}:topics:lock"
 
+    # --- Redis: Live Activities and Android live updates (issue 15) -----------------------------
+    def la_start_tokens(self, bucket: int) -> str:
+        """HASH user id -> JSON {activity type: push-to-start token (hex)}; bucketed (and hash-tagged)
+        as the devices, so the followers of a game's teams cost one HMGET per bucket and chunk."""
+        return f"{self.namespace}:la:start:{{b{bucket}}}"
+
+    def la_starts(self, bucket: int) -> str:
+        """HASH user id -> ``<game id>=<ms>:<intent id>;...``: the Live Activity starts sent to a user
+        (one per game; at most a few an hour, Apple's push-to-start budget), same buckets."""
+        return f"{self.namespace}:la:started:{{b{bucket}}}"
+
+    def la_update_tokens(self, game_id: str) -> str:
+        """HASH user id -> the update token (hex) of the user's Live Activity of one game."""
+        return f"{self.namespace}:la:game:{{la:{game_id}}}:update"
+
+    def la_android(self, game_id: str) -> str:
+        """HASH user id -> the FCM token a user registered for one game's Android live updates."""
+        return f"{self.namespace}:la:game:{{la:{game_id}}}:android"
+
+    def la_retired(self, game_id: str) -> str:
+        """SET of the update tokens of one game that a rotation replaced: never registered again."""
+        return f"{self.namespace}:la:game:{{la:{game_id}}}:retired"
+
+    def la_channels(self) -> str:
+        """HASH game id -> JSON of the game's APNs broadcast channel (id, storage policy, created_at)."""
+        return f"{self.namespace}:la:{{channels}}:by_game"
+
+    def la_channels_lease(self) -> str:
+        """STRING held (NX, with a lease) by the one process creating and deleting channels."""
+        return f"{self.namespace}:la:{{channels}}:lease"
+
     def intent_counted(self, intent_id: str) -> str:
         """STRING set NX once the fanout counted an intent done, so a redelivery is not counted again;
         same hash tag as the intent's trace."""
