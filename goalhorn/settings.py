@@ -238,6 +238,46 @@ class Settings(BaseSettings):
     )
     admin_api_key: SecretStr | None = Field(default=None, description="An admin-scoped API key for `admin_api_url`.")
 
+    # --- Live Activities and Android live updates: audience and channels (issue 15) ----------------
+    live_activity_type: str = Field(
+        default="GameActivityAttributes",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$",
+        description="The ActivityKit attributes type a game's Live Activity is started as (its push-to-start tokens).",
+    )
+    live_registration_ttl_s: int = Field(
+        default=12 * 3600,
+        ge=60,
+        description="How long a game's update tokens and Android registrations are kept after their last write.",
+    )
+    live_starts_per_user: int = Field(
+        default=4,
+        ge=0,
+        description="Live Activity starts (push-to-start) sent to one user per GOALHORN_LIVE_START_WINDOW_S "
+        "(Apple's on-device budget is about 10 in a short time); past it a user's start is skipped. 0: none.",
+    )
+    live_start_window_s: int = Field(default=3600, ge=60, description="The window of GOALHORN_LIVE_STARTS_PER_USER.")
+    live_channels: bool = Field(
+        default=True,
+        description="Give busy games an APNs broadcast channel (needs APNs configured); false: per-token only.",
+    )
+    live_channel_lead_s: int = Field(
+        default=1800, ge=0, description="Create a game's broadcast channel this long before its scheduled start."
+    )
+    live_channel_min_followers: int = Field(
+        default=500,
+        ge=0,
+        description="Followers of both teams a game needs for a channel (fewer: one batch of per-token sends does).",
+    )
+    live_channel_keep_s: int = Field(
+        default=600, ge=0, description="How long after full time a game's channel is kept (the end update goes out)."
+    )
+    live_channel_max: int = Field(
+        default=10_000, ge=0, le=10_000, description="Channels goalhorn keeps at most (Apple's limit: 10,000 per app)."
+    )
+    live_channel_interval_s: float = Field(
+        default=30.0, gt=0, description="How often the fanout stage looks for channels to create or delete."
+    )
+
     @field_validator("amqp_url")
     @classmethod
     def _amqp_scheme(cls, value: str | None) -> str | None:
