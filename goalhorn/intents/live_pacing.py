@@ -1,0 +1,182 @@
+"""Which game states become Live Activity intents, and at which priority: per match, in Redis.
+
+A state is claimed by one Lua script per match, so ingest processes polling the same feeds never
+both publish it. The script keeps the match's ticker (the ``observed_at`` and content of the last
+update published, whether it started or ended) and its count of priority-10 updates in the current
+clock hour, and answers:
+
+- nothing for a state not newer than the last one published (a replay, a slower process's poll),
+  for a scheduled game, for a game that ended, and for a final game whose activity never started;
+- ``start`` for the first live state of a game (kick-off seen, or ingest first seeing it live);
+- ``end`` for its first final state;
+- ``update`` at once for a change that brought events (a score, a card, a period's end);
+- ``update`` as a tick (``LIVE_UPDATE``, priority 3) when only the clock or status changed, at most
+  once per ``tick_s`` per match: a tick inside the window is not recorded, so the next poll after it
+  (polls go on every few seconds while a game is live) sends the newest content; nothing at all
+  when the content is what was last sent.
+
+Start, end, scores and red cards go at priority 9 (APNs 10) and are counted against the hourly
+budget (``GOALHORN_LIVE_ACTIVITY_HIGH_PER_HOUR``); past it, scores and cards go at priority 3 while
+start and end still go at 9. What a claim recorded is put back (``release``) if its intent could not
+be published, so the next poll claims the change again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from goalhorn.intents.liveactivity import HIGH, LOW, LiveEvent, content_digest, game_key, last_event_of, wants_high
+from goalhorn.keys import Keys
+from goalhorn.models import GameEvent, GameState, GameStatus
+from goalhorn.redis_client import Redis
+
+HOUR_MS = 3_600_000
+
+# KEYS[1] the match's ticker hash, KEYS[2] its priority-10 count of this hour
+# ARGV: observed_ms, status, digest, last_event ('' keeps the kept one), has_events, urgent,
+#       now_ms, tick_ms, budget, count ttl ms, retention ms
+# -> {action, high, last_event, counted, previous observed_ms, digest, last_event, started, tick_at}
+_CLAIM = """
+local h = redis.call('HMGET', KEYS[1], 'observed_ms', 'digest', 'last_event', 'started', 'ended', 'tick_at')
+for i = 1, 6 do h[i] = h[i] or '' end
+local observed = tonumber(ARGV[1])
+if h[1] ~= '' and tonumber(h[1]) >= observed then return {'stale'} end
+if h[5] == '1' then return {'ended'} end
+local last = ARGV[4]
+if last == '' then last = h[3] end
+local action
+if ARGV[2] == 'final' then
+  if h[4] ~= '1' then return {'unstarted'} end
+  action = 'end'
+elseif ARGV[2] == 'live' then
+  if h[4] ~= '1' then
+    action = 'start'
+  elseif h[2] == ARGV[3] and h[3] == last then
+    return {'same'}
+  elseif ARGV[5] == '1' then
+    action = 'update'
+  elseif h[6] ~= '' and tonumber(ARGV[7]) < tonumber(h[6]) + tonumber(ARGV[8]) then
+    return {'window'}
+  else
+    action = 'tick'
+  end
+else
+  return {'scheduled'}
+end
+local high, counted = '0', '0'
+if action == 'start' or action == 'end' then
+  high = '1'
+elseif action == 'update' and ARGV[6] == '1' then
+  high = tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[9]) and '1' or '0'
+end
+if high == '1' then
+  redis.call('INCR', KEYS[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[10])
+  counted = '1'
+end
+redis.call('HSET', KEYS[1], 'observed_ms', ARGV[1], 'digest', ARGV[3], 'last_event', last, 'started', '1',
+  'tick_at', ARGV[7])
+if action == 'end' then redis.call('HSET', KEYS[1], 'ended', '1') end
+redis.call('PEXPIRE', KEYS[1], ARGV[11])
+return {action, high, last, counted, h[1], h[2], h[3], h[4], h[6]}
+"""
+
+# KEYS as _CLAIM; ARGV: observed_ms claimed, counted, then the previous observed_ms, digest,
+# last_event, started, tick_at ('' for a field that was not there)
+_RELEASE = """
+if redis.call('HGET', KEYS[1], 'observed_ms') ~= ARGV[1] then return 0 end
+local names = {'observed_ms', 'digest', 'last_event', 'started', 'tick_at'}
+for i, name in ipairs(names) do
+  if ARGV[2 + i] == '' then redis.call('HDEL', KEYS[1], name) else redis.call('HSET', KEYS[1], name, ARGV[2 + i]) end
+end
+redis.call('HDEL', KEYS[1], 'ended')
+if ARGV[2] == '1' then redis.call('DECR', KEYS[2]) end
+return 1
+"""
+
+
+def ticker_key(keys: Keys, key: str) -> str:
+    """HASH of one match's Live Activity ticker: ``observed_ms``, ``digest`` and ``last_event`` of the
+    last update published, ``started``, ``ended``, ``tick_at`` (ms); hash tag ``{<game key>}``."""
+    return f"{keys.namespace}:liveactivity:{{{key}}}:ticker"
+
+
+def high_count_key(keys: Keys, key: str, hour: int) -> str:
+    """STRING: priority-10 Live Activity updates of one match in one clock hour (hours since the epoch)."""
+    return f"{keys.namespace}:liveactivity:{{{key}}}:high:{hour}"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A state this process is to publish as a Live Activity intent, and what to put back if it cannot."""
+
+    key: str
+    hour: int
+    live_event: LiveEvent
+    priority: int
+    last_event: str
+    observed_ms: int
+    counted: bool
+    previous: tuple[str, ...]
+
+
+class LivePacing:
+    """Claims game states for Live Activity intents (see the module's docstring)."""
+
+    def __init__(self, redis: Redis, keys: Keys, *, high_per_hour: int, tick_s: float, retention_s: int) -> None:
+        self._keys = keys
+        self._high_per_hour = high_per_hour
+        self._tick_ms = int(tick_s * 1000)
+        self._retention_ms = retention_s * 1000
+        self._claim = redis.register_script(_CLAIM)
+        self._release = redis.register_script(_RELEASE)
+
+    async def claim(self, state: GameState, events: Sequence[GameEvent], now: datetime) -> Claim | None:
+        """The update ``state`` (with the events of its change) is to be published as, or None."""
+        if state.status is GameStatus.SCHEDULED:
+            return None
+        key = game_key(state)
+        now_ms = int(now.timestamp() * 1000)
+        hour = now_ms // HOUR_MS
+        observed_ms = int(state.observed_at.timestamp() * 1000)
+        raw = await self._claim(
+            keys=[ticker_key(self._keys, key), high_count_key(self._keys, key, hour)],
+            args=[
+                observed_ms,
+                state.status.value,
+                content_digest(state),
+                last_event_of(events),
+                "1" if events else "0",
+                "1" if wants_high(events) else "0",
+                now_ms,
+                self._tick_ms,
+                self._high_per_hour,
+                2 * HOUR_MS,
+                self._retention_ms,
+            ],
+        )
+        answer = [part.decode() if isinstance(part, bytes) else str(part) for part in raw]
+        if answer[0] not in ("start", "update", "tick", "end"):
+            return None
+        live_event: LiveEvent = "start" if answer[0] == "start" else "end" if answer[0] == "end" else "update"
+        return Claim(
+            key=key,
+            hour=hour,
+            live_event=live_event,
+            priority=HIGH if answer[1] == "1" else LOW,
+            last_event=answer[2],
+            observed_ms=observed_ms,
+            counted=answer[3] == "1",
+            previous=tuple(answer[4:9]),
+        )
+
+    async def release(self, claim: Claim) -> bool:
+        """Put back what ``claim`` recorded (its intent was not published); False if a newer state was
+        claimed meanwhile, which then stands."""
+        done = await self._release(
+            keys=[ticker_key(self._keys, claim.key), high_count_key(self._keys, claim.key, claim.hour)],
+            args=[claim.observed_ms, "1" if claim.counted else "0", *claim.previous],
+        )
+        return bool(done)
