@@ -158,6 +158,8 @@ class FcmSandbox(Steering):
         self.project_id = project_id
         self.messages: deque[dict[str, Any]] = deque(maxlen=10_000)
         self.unregistered: set[str] = set()
+        self.iid_gone = False
+        """Answer the IID batch API 404, as Google will once it removes it (clients must use v1)."""
         self.delay_s = 0.0
         self.requests = 0
         self.faults = Faults()
@@ -353,6 +355,8 @@ class FcmSandbox(Steering):
         """``iid/v1:batchAdd`` / ``:batchRemove``: per-token results in order; errors as ``{"error": CODE}``."""
         raw = await request.read()
         self.topics.calls["batchAdd" if add else "batchRemove"] += 1
+        if self.iid_gone:
+            return web.json_response({"error": "NOT_FOUND"}, status=404)
         if not self._authorized(request):
             return web.json_response({"error": "UNAUTHENTICATED"}, status=401)
         if self.unavailable:
