@@ -17,7 +17,9 @@
     └── ProviderError               a provider failed for the whole batch (not per token)
         ├── ProviderUnavailable     5xx, connection refused, timeout: retryable
         ├── ProviderRateLimited     429; carries ``retry_after`` seconds
-        └── ProviderAuthError       credentials rejected; retryable after operator action
+        ├── ProviderAuthError       credentials rejected; retryable after operator action
+        └── ChannelRejected         APNs refused a channel management request (reason): not retryable
+            └── ChannelLimitReached the app holds Apple's 10,000 channels (CannotCreateChannelConfig)
 
 Vendor errors are translated at the boundary with ``raise ... from exc``. Per-token outcomes
 (unregistered token, bad device token) are not errors: they are ``DeliveryResult`` values.
@@ -99,3 +101,21 @@ class ProviderRateLimited(ProviderError):
 
 class ProviderAuthError(ProviderError):
     """The provider rejected our credentials."""
+
+
+class ChannelRejected(ProviderError):
+    """APNs refused a broadcast channel management request (``operation``: create, read, delete, list)
+    with ``reason``; the same request will be refused again."""
+
+    retryable = False
+
+    def __init__(self, operation: str, reason: str, status: int) -> None:
+        super().__init__(f"APNs channel {operation} refused: {status} {reason}")
+        self.operation = operation
+        self.reason = reason
+        self.status = status
+
+
+class ChannelLimitReached(ChannelRejected):
+    """The app holds as many broadcast channels as Apple allows (10,000 per environment): delete
+    finished matches' channels before creating more."""

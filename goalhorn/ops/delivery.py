@@ -28,6 +28,11 @@ def sandbox(
     directory: str = typer.Option(".goalhorn-sandbox", "--dir", help="Where credentials and the cert go."),
     fcm_port: int = typer.Option(8470, help="FCM v1 server port (0: any free port)."),
     apns_port: int = typer.Option(8471, help="APNs (HTTP/2 + TLS) server port (0: any free port)."),
+    apns_channels_port: int = typer.Option(
+        0,
+        help="APNs broadcast channel management (HTTP/2 + TLS) port (default 0: any free port; the printed "
+        "GOALHORN_APNS_CHANNELS_PORT says which).",
+    ),
     webhook_port: int = typer.Option(8472, help="Webhook receiver port (0: any free port)."),
     record: str | None = typer.Option(
         None,
@@ -81,6 +86,7 @@ def sandbox(
             Path(directory),
             fcm_port=fcm_port,
             apns_port=apns_port,
+            apns_channels_port=apns_channels_port,
             webhook_port=webhook_port,
             record=Path(record) if record else None,
             webhook_secret=webhook_secret,
@@ -91,7 +97,12 @@ def sandbox(
         async with servers:
             # typer.echo flushes each line: a parent reading this through a pipe sees it at once.
             typer.echo(f"FCM      {servers.fcm.url}/v1/projects/{servers.fcm.project_id}/messages:send")
-            typer.echo(f"APNs     https://{servers.apns.host}:{servers.apns.port}/3/device/<token>")
+            apns = servers.apns
+            typer.echo(f"APNs     https://{apns.host}:{apns.port}/3/device/<token>")
+            typer.echo(
+                f"APNs     https://{apns.host}:{apns.port}/4/broadcasts/apps/{apns.topic} (Live Activity channels)"
+            )
+            typer.echo(f"channels https://{apns.host}:{apns.channels_port}/1/apps/{apns.topic}/channels")
             typer.echo(f"webhooks {servers.webhooks.url}/hooks/<endpoint>")
             typer.echo(f"webhook secret {servers.webhook_secret}")
             if servers.control is not None:

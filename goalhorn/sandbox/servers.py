@@ -26,7 +26,8 @@ APNS_KEY_ID = "SANDBOXKEY"
 
 
 class SandboxServers:
-    """FCM v1, APNs (HTTP/2 + TLS) and a webhook receiver on 127.0.0.1; port 0 picks a free one."""
+    """FCM v1, APNs (HTTP/2 + TLS; channel management on ``apns_channels_port``) and a webhook receiver
+    on 127.0.0.1; port 0 picks a free one."""
 
     def __init__(
         self,
@@ -35,6 +36,7 @@ class SandboxServers:
         host: str = "127.0.0.1",
         fcm_port: int = 0,
         apns_port: int = 0,
+        apns_channels_port: int = 0,
         webhook_port: int = 0,
         webhook_secret: str | None = None,
         record: Path | None = None,
@@ -51,6 +53,7 @@ class SandboxServers:
             host, fcm_port, topic_fanout_per_s=topic_fanout_per_s, topic_quota_per_s=topic_quota_per_s
         )
         self.apns = ApnsSandbox(directory, host, apns_port)
+        self.apns.channels_port = apns_channels_port
         self.webhooks = WebhookReceiver(secret_for=lambda endpoint: self.webhook_secret, host=host, port=webhook_port)
         self.control = (
             SandboxControl(self.fcm, self.apns, self.webhooks, host, control_port) if control_port is not None else None
@@ -102,6 +105,8 @@ class SandboxServers:
             "GOALHORN_APNS_HOST": self.apns.host,
             "GOALHORN_APNS_PORT": str(self.apns.port),
             "GOALHORN_APNS_CA_FILE": str(self.apns.cert_path),
+            "GOALHORN_APNS_CHANNELS_HOST": self.apns.host,
+            "GOALHORN_APNS_CHANNELS_PORT": str(self.apns.channels_port),
             "GOALHORN_WEBHOOK_ALLOWLIST": self.apns.host,
         }
 
