@@ -16,6 +16,10 @@ chunk; a member of an earlier segment, or any member when the segment filters by
 devices parsed and filtered. A device reached through two segments is sent once: a member of an earlier segment only
 gets the devices that segment's filters left out. Unreadable stored records are counted and skipped,
 never fatal to the expansion.
+
+A Live Activity intent (its one audience ``live:<game key>``) names no catalog segment: the registry of
+``goalhorn.liveactivities`` says who gets it (``LiveAudience``); this module only streams a start's team
+followers to it, through the same set algebra.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,6 +42,7 @@ from goalhorn.catalog.segments import Segment
 from goalhorn.errors import ConfigError
 from goalhorn.intents.rules import intent_fields
 from goalhorn.keys import Keys
+from goalhorn.liveactivities.audience import AudienceStats, LiveAudience, live_game
 from goalhorn.models import DeliveryBatch, Device, EncodedBatch, Intent, utcnow
 from goalhorn.preferences.bloom import PreferenceBloom, PreferenceFilter
 from goalhorn.preferences.caps import CapCounter
@@ -48,7 +53,7 @@ from goalhorn.preferences.reader import ChunkReader
 from goalhorn.redis_client import Redis
 from goalhorn.segmenter.algebra import SetAlgebra, overlapped, read_ahead
 from goalhorn.segmenter.batches import BatchCutter
-from goalhorn.segmenter.definitions import Resolved, SetKey, resolve
+from goalhorn.segmenter.definitions import Op, Resolved, SetKey, resolve
 from goalhorn.topics.state import TOPIC_DEVICE, TopicPlan, TopicState
 
 log = logging.getLogger(__name__)
@@ -126,6 +131,7 @@ class Expander:
         bloom_error_rate: float = 0.01,
         bloom_rebuild_pending: int = 10_000,
         topics: TopicState | None = None,
+        live: LiveAudience | None = None,
     ) -> None:
         self._catalog = catalog
         self._reader = ChunkReader(redis, keys, buckets=buckets)
@@ -137,9 +143,14 @@ class Expander:
         self._batch_size = batch_size
         self._rebuild_pending = bloom_rebuild_pending
         self._topics = topics
+        self._live = live
         self.rebuilding: asyncio.Task[bool] | None = None
 
     def segments_of(self, intent: Intent) -> list[tuple[Segment, Resolved]]:
+        if live_game(intent) is not None:  # a Live Activity intent: its audience is no catalog segment
+            if self._live is None:
+                raise ConfigError(f"intent {intent.intent_id} is a Live Activity update, and Live Activities are off")
+            return []
         catalog = self._catalog()
         fields = intent_fields(intent)
         out = []
@@ -164,6 +175,11 @@ class Expander:
         if already resolved with :meth:`segments_of`."""
         stats = stats if stats is not None else ExpansionStats()
         now = now or utcnow()
+        if self._live is not None and live_game(intent) is not None:
+            async with aclosing(self._expand_live(self._live, intent, stats, now, dry_run)) as batches:
+                async for batch in batches:
+                    yield batch
+            return
         segments = segments if segments is not None else self.segments_of(intent)
         prefilter = await self._bloom.snapshot() if self._bloom else PreferenceFilter(0, None)
         self._rebuild_when_due(prefilter)
@@ -196,6 +212,32 @@ class Expander:
         for batch in cutter.flush():
             yield batch
         stats.devices, stats.batches = cutter.devices, cutter.batches
+
+    async def _expand_live(
+        self, live: LiveAudience, intent: Intent, stats: ExpansionStats, now: datetime, dry_run: bool
+    ) -> AsyncGenerator[EncodedBatch, None]:
+        """A Live Activity intent's batches (``goalhorn.liveactivities.audience``); a start's followers are
+        streamed here, team by team, each follower once (with the first team they follow)."""
+
+        async def followers(teams: Sequence[str]) -> AsyncIterator[tuple[str, list[bytes]]]:
+            sets = [SetKey(self._keys.team_followers(team)) for team in teams]
+            sizes = await self._algebra.sizes(sets)
+            for index, (team, key) in enumerate(zip(teams, sets, strict=True)):
+                expr: Resolved = key if index == 0 else Op("difference", (key, *sets[:index]))
+                async for chunk in self._algebra.stream(expr, sizes):
+                    yield team, chunk
+
+        found = AudienceStats()
+        try:
+            async with aclosing(live.expand(intent, followers, found, now=now, dry_run=dry_run)) as batches:
+                async for batch in batches:
+                    yield batch
+        finally:
+            stats.users += found.users
+            stats.devices, stats.batches = found.devices, found.batches
+            stats.invalid_preferences += found.invalid_preferences
+            for reason, n in found.suppressed.items():
+                stats.suppressed[reason] += n
 
     async def _batches(
         self,

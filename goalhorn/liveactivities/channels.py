@@ -1,0 +1,249 @@
+"""The lifecycle of games' APNs broadcast channels: made before kickoff, deleted after full time.
+
+A pass (``ChannelLifecycle.run_once``, every ``GOALHORN_LIVE_CHANNEL_INTERVAL_S`` in the fanout stage)
+
+1. takes the lease (``Keys.la_channels_lease``): one process acts at a time, the others skip;
+2. deletes the channel of every game seen final ``keep_s`` ago (the end update has gone out by
+   then; a channel's game that is no longer in the live state at all is treated alike once
+   ``ORPHAN_S`` old) and forgets it: APNs answering that it no longer knows a channel is no error;
+3. creates a channel (No Message Storage, Apple's advice for sports scores) for every game starting
+   within ``lead_s`` (or already live) whose teams have at least ``min_followers`` followers together,
+   the busiest first, while fewer than ``max_channels`` are held (Apple's limit is 10,000 per app;
+   ``ChannelLimitReached`` from APNs stops the pass's creations too): past it a game goes per-token;
+4. every ``RECONCILE_EVERY`` passes, forgets the channels APNs no longer lists (the game goes
+   per-token; deleting channels APNs holds that goalhorn does not know is left to an operator: another
+   deployment may share the app).
+
+The games come from the live state, which this layer may not read (``goalhorn.ingest``): the
+fanout stage passes a :data:`GameSource`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal, Protocol, cast
+
+from goalhorn.errors import ChannelLimitReached, ProviderError
+from goalhorn.keys import Keys
+from goalhorn.liveactivities.registry import Channel, LiveRegistry
+from goalhorn.redis_client import Redis
+
+log = logging.getLogger(__name__)
+
+ORPHAN_S = 12 * 3600
+"""A channel whose game left the live state is deleted once this old (the longest a Live Activity lives)."""
+RECONCILE_EVERY = 20
+LEASE_S = 120
+
+# KEYS[1] lease; ARGV: holder, lease ms. Takes the lease if free, extends it if ours.
+_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+Status = Literal["scheduled", "live", "final"]
+
+
+@dataclass(frozen=True, slots=True)
+class GameSlot:
+    """What the lifecycle needs of one game of the live state."""
+
+    game_id: str
+    """The game key, ``<source>:<feed's game id>`` (the Live Activity intents' and the sidecar's)."""
+    home_team_id: str
+    away_team_id: str
+    status: Status
+    starts_at: float | None
+    """Scheduled start, epoch seconds."""
+
+
+GameSource = Callable[[Collection[str]], Awaitable[Sequence[GameSlot]]]
+"""The scheduled and live games, and those of the given game keys (the channels held) whatever
+their status (a game no longer in the live state is left out)."""
+
+
+class ChannelClient(Protocol):
+    """What the lifecycle calls of ``goalhorn.providers.apns_channels.ApnsChannels``."""
+
+    async def create(self, *, storage: Literal[0, 1] = 0) -> str: ...
+
+    async def delete(self, channel_id: str) -> bool: ...
+
+    async def list(self) -> list[str]: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(slots=True)
+class PassReport:
+    """What one pass did (``held_by_other``: another process holds the lease; nothing done)."""
+
+    held_by_other: bool = False
+    created: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    forgotten: list[str] = field(default_factory=list)
+    """Channels APNs no longer knew, forgotten."""
+    over_limit: list[str] = field(default_factory=list)
+    """Games that qualified for a channel but go per-token: the limit is reached."""
+    failed: list[str] = field(default_factory=list)
+    """``<game>: <error>`` of the requests APNs failed (tried again next pass)."""
+
+
+class ChannelLifecycle:
+    """Creates and deletes games' broadcast channels, one process at a time."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        registry: LiveRegistry,
+        client: ChannelClient,
+        games: GameSource,
+        *,
+        lead_s: int,
+        min_followers: int,
+        keep_s: int,
+        max_channels: int,
+        holder: str | None = None,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self.registry = registry
+        self._client = client
+        self._games = games
+        self._lead_s = lead_s
+        self._min_followers = min_followers
+        self._keep_s = keep_s
+        self._max = max_channels
+        self.holder = holder or uuid.uuid4().hex
+        self._lease = redis.register_script(_LEASE)
+        self._release = redis.register_script(_RELEASE)
+        self._passes = 0
+
+    async def run_once(self, now: float | None = None) -> PassReport:
+        """One pass (see the module's docstring)."""
+        now = time.time() if now is None else now
+        report = PassReport()
+        if not await self._lease(keys=[self._keys.la_channels_lease()], args=[self.holder, LEASE_S * 1000]):
+            report.held_by_other = True
+            return report
+        held = {c.game_id: c for c in await self.registry.channels()}
+        games = {g.game_id: g for g in await self._games(list(held))}
+        self._passes += 1
+        if self._passes % RECONCILE_EVERY == 1:
+            await self._reconcile(held, report)
+        for channel in list(held.values()):
+            game = games.get(channel.game_id)
+            if game is not None and game.status == "final" and channel.final_at is None:
+                channel = replace(channel, final_at=now)
+                await self.registry.keep_channel(channel)
+                held[channel.game_id] = channel
+            done = channel.final_at is not None and now >= channel.final_at + self._keep_s
+            orphan = game is None and now >= channel.created_at + ORPHAN_S
+            if (done or orphan) and await self._delete(channel, report):
+                del held[channel.game_id]
+        await self._create(games, held, report, now)
+        return report
+
+    async def aclose(self) -> None:
+        """Close the channel client (the lifecycle owns it)."""
+        await self._client.aclose()
+
+    async def release(self) -> None:
+        """Let another process take over at once (this one stops)."""
+        await self._release(keys=[self._keys.la_channels_lease()], args=[self.holder])
+
+    async def _delete(self, channel: Channel, report: PassReport) -> bool:
+        try:
+            known = await self._client.delete(channel.channel_id)
+        except ProviderError as exc:
+            report.failed.append(f"{channel.game_id}: {exc}")
+            log.warning("game %s: deleting channel %s failed (%s)", channel.game_id, channel.channel_id, exc)
+            return False
+        await self.registry.forget_channel(channel.game_id)
+        (report.deleted if known else report.forgotten).append(channel.game_id)
+        log.info("game %s: channel %s deleted", channel.game_id, channel.channel_id)
+        return True
+
+    async def _create(
+        self, games: dict[str, GameSlot], held: dict[str, Channel], report: PassReport, now: float
+    ) -> None:
+        due = [
+            g
+            for g in games.values()
+            if g.game_id not in held
+            and (
+                g.status == "live"
+                or (g.status == "scheduled" and g.starts_at is not None and g.starts_at - now <= self._lead_s)
+            )
+        ]
+        if not due:
+            return
+        counts = await self._followers(due)
+        busy = [(n, g) for g, n in zip(due, counts, strict=True) if n >= self._min_followers]
+        ranked = [g for _, g in sorted(busy, key=lambda pair: -pair[0])]
+        for n, game in enumerate(ranked):
+            if len(held) >= self._max:
+                report.over_limit += [g.game_id for g in ranked[n:]]
+                log.warning(
+                    "%d games go without a channel: %d channels held, the most kept", len(ranked) - n, len(held)
+                )
+                return
+            try:
+                channel_id = await self._client.create(storage=0)
+            except ChannelLimitReached:
+                report.over_limit += [g.game_id for g in ranked[n:]]
+                log.warning("APNs holds the app's 10,000 channels: %d games go per-token", len(ranked) - n)
+                return
+            except ProviderError as exc:
+                report.failed.append(f"{game.game_id}: {exc}")
+                log.warning("game %s: creating a channel failed (%s)", game.game_id, exc)
+                return  # APNs is failing: the next pass tries again
+            channel = Channel(game.game_id, channel_id, 0, now)
+            await self.registry.keep_channel(channel)
+            held[game.game_id] = channel
+            report.created.append(game.game_id)
+            log.info("game %s: channel %s created", game.game_id, channel_id)
+
+    async def _followers(self, games: Sequence[GameSlot]) -> list[int]:
+        """Followers of each game's two teams together (a user following both counted twice: an upper bound)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for game in games:
+            pipe.scard(self._keys.team_followers(game.home_team_id))
+            pipe.scard(self._keys.team_followers(game.away_team_id))
+        sizes = cast(list[int], await pipe.execute())
+        return [sizes[2 * n] + sizes[2 * n + 1] for n in range(len(games))]
+
+    async def _reconcile(self, held: dict[str, Channel], report: PassReport) -> None:
+        if not held:
+            return
+        try:
+            known = set(await self._client.list())
+        except ProviderError as exc:
+            report.failed.append(f"list: {exc}")
+            return
+        for game_id, channel in list(held.items()):
+            if channel.channel_id not in known:
+                await self.registry.forget_channel(game_id)
+                del held[game_id]
+                report.forgotten.append(game_id)
+                log.warning(
+                    "game %s: APNs no longer knows channel %s; the game goes per-token", game_id, channel.channel_id
+                )

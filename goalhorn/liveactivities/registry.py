@@ -1,0 +1,264 @@
+"""Who can receive a game's Live Activity: the tokens and channels apps register, kept in Redis.
+
+- **Push-to-start tokens**, one per user and activity type (``Keys.la_start_tokens``, bucketed as
+  the devices): a new token replaces the old one (ActivityKit hands out a new token when it rotates
+  it; the old one is dead).
+- **Update tokens**, one per (user, game) (``Keys.la_update_tokens``): the push token of the
+  activity the user's phone shows for the game. A rotation replaces it, and the replaced token is
+  *retired* (``Keys.la_retired``): registering it again is refused, so a late, out-of-order request
+  cannot bring a dead token back.
+- **Android registrations**, one FCM token per (user, game) (``Keys.la_android``).
+- **Broadcast channels**, one per game (``Keys.la_channels``): the APNs channel id, its storage
+  policy and when it was created; written and removed by the channel lifecycle (``channels``).
+
+Per-game registrations expire ``ttl_s`` after their last write (a Live Activity lives 8 hours, 12
+on the lock screen), so nothing outlives its game. Tokens come here checked by the API (the same
+checks as device addresses, ``goalhorn.admin.addresses``); the registry itself refuses only what
+could break its keys or records (:class:`TokenRejected`). Every write stamps the subscriber epoch
+first (``goalhorn.preferences.epoch``): registrations are subscriber data, and Redis that lost them
+must be told from "nobody registered".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal, cast
+
+from redis.exceptions import WatchError as _WatchError
+
+from goalhorn.errors import GoalhornError
+from goalhorn.keys import Keys
+from goalhorn.preferences.epoch import SubscriberEpoch
+from goalhorn.preferences.reader import bucket_of, group_by_bucket
+from goalhorn.redis_client import Redis, hmget_many
+
+MAX_TOKEN_CHARS = 1024
+Storage = Literal[0, 1]
+"""APNs channel message storage policy: 0 No Message Storage (Apple's advice for sports scores), 1 Most Recent."""
+Saved = Literal["created", "replaced", "unchanged"]
+
+
+class TokenRejected(GoalhornError):
+    """A token the registry cannot keep (empty, too long, spaces or control characters), or a retired
+    update token registered again; the message says which."""
+
+
+def text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def check_token(token: str, what: str) -> str:
+    """``token`` as stored: APNs tokens are hex and compared lower-case (one token, one entry)."""
+    if not token or len(token) > MAX_TOKEN_CHARS or not token.isprintable() or any(c.isspace() for c in token):
+        raise TokenRejected(f"not a {what}: 1-{MAX_TOKEN_CHARS} printable characters without spaces")
+    return token
+
+
+def apns_token(token: str) -> str:
+    return check_token(token, "APNs token").lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """A game's APNs broadcast channel."""
+
+    game_id: str
+    channel_id: str
+    storage: int
+    created_at: float
+    """Epoch seconds."""
+    final_at: float | None = None
+    """When the channel lifecycle first saw the game final (epoch seconds)."""
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Channel:
+        data = json.loads(raw)
+        final_at = data.get("final_at")
+        return cls(
+            str(data["game_id"]),
+            str(data["channel_id"]),
+            int(data["storage"]),
+            float(data["created_at"]),
+            float(final_at) if final_at is not None else None,
+        )
+
+
+class LiveRegistry:
+    """The Live Activity tokens, Android registrations and channels of one namespace."""
+
+    def __init__(self, redis: Redis, keys: Keys, *, buckets: int, ttl_s: int = 12 * 3600) -> None:
+        self._redis = redis
+        self._keys = keys
+        self.buckets = buckets
+        self._ttl_s = ttl_s
+        self._epoch = SubscriberEpoch(redis, keys)
+
+    # --- push-to-start tokens -------------------------------------------------------------------
+    async def set_start_token(self, user_id: str, activity_type: str, token: str) -> Saved:
+        """Keep ``token`` as the user's push-to-start token of ``activity_type`` (replacing any other)."""
+        token = apns_token(token)
+        key = self._keys.la_start_tokens(bucket_of(user_id, self.buckets))
+        await self._epoch.ensure()
+        async with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    tokens = _tokens(await pipe.hget(key, user_id))
+                    before = tokens.get(activity_type)
+                    if before == token:
+                        return "unchanged"
+                    tokens[activity_type] = token
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.hset(key, user_id, json.dumps(tokens, separators=(",", ":")))
+                    await pipe.execute()
+                    return "created" if before is None else "replaced"
+                except _WatchError:
+                    continue
+
+    async def start_tokens(self, user_id: str) -> dict[str, str]:
+        """The user's push-to-start tokens, by activity type."""
+        return _tokens(await self._redis.hget(self._keys.la_start_tokens(bucket_of(user_id, self.buckets)), user_id))
+
+    async def delete_start_token(self, user_id: str, activity_type: str) -> bool:
+        key = self._keys.la_start_tokens(bucket_of(user_id, self.buckets))
+        async with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    tokens = _tokens(await pipe.hget(key, user_id))
+                    if tokens.pop(activity_type, None) is None:
+                        return False
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    if tokens:
+                        pipe.hset(key, user_id, json.dumps(tokens, separators=(",", ":")))
+                    else:
+                        pipe.hdel(key, user_id)
+                    await pipe.execute()
+                    return True
+                except _WatchError:
+                    continue
+
+    async def start_tokens_of(self, user_ids: Sequence[bytes], activity_type: str) -> list[str | None]:
+        """Each user's push-to-start token of ``activity_type`` (None: none), one HMGET per bucket."""
+        grouped = group_by_bucket(user_ids, self.buckets)
+        rows = await hmget_many(self._redis, [(self._keys.la_start_tokens(b), us) for b, us in grouped.items()])
+        found: dict[bytes, str | None] = {}
+        for users, row in zip(grouped.values(), rows, strict=True):
+            for user, raw in zip(users, row, strict=True):
+                found[user] = _tokens(raw).get(activity_type) if raw else None
+        return [found[user] for user in user_ids]
+
+    # --- update tokens ----------------------------------------------------------------------------
+    async def set_update_token(self, user_id: str, game_id: str, token: str) -> Saved:
+        """Keep ``token`` as the update token of the user's activity of ``game_id``; the one it replaces
+        is retired. TokenRejected for a token a rotation retired before."""
+        token = apns_token(token)
+        tokens, retired = self._keys.la_update_tokens(game_id), self._keys.la_retired(game_id)
+        await self._epoch.ensure()
+        async with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(tokens, retired)
+                    if await pipe.sismember(retired, token):
+                        raise TokenRejected("this update token was replaced by a newer one: register the newest")
+                    raw = await pipe.hget(tokens, user_id)
+                    before = text(raw) if raw is not None else None
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    if before != token:
+                        pipe.hset(tokens, user_id, token)
+                    if before is not None and before != token:
+                        pipe.sadd(retired, before)
+                    for key in (tokens, retired):
+                        pipe.expire(key, self._ttl_s)
+                    await pipe.execute()
+                    return "unchanged" if before == token else "created" if before is None else "replaced"
+                except _WatchError:
+                    continue
+
+    async def update_token(self, user_id: str, game_id: str) -> str | None:
+        raw = await self._redis.hget(self._keys.la_update_tokens(game_id), user_id)
+        return text(raw) if raw is not None else None
+
+    async def delete_update_token(self, user_id: str, game_id: str) -> bool:
+        """Forget the user's update token of the game (the activity ended); it is retired."""
+        return await self._pop(self._keys.la_update_tokens(game_id), user_id, retire=self._keys.la_retired(game_id))
+
+    async def update_tokens(self, game_id: str) -> dict[str, str]:
+        """user id -> update token, of every activity of the game registered."""
+        return await self._all(self._keys.la_update_tokens(game_id))
+
+    # --- Android live updates -----------------------------------------------------------------------
+    async def set_android(self, user_id: str, game_id: str, fcm_token: str) -> Saved:
+        """Send the game's live updates to the user's ``fcm_token`` (replacing the one registered)."""
+        fcm_token = check_token(fcm_token, "FCM token")
+        key = self._keys.la_android(game_id)
+        await self._epoch.ensure()
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hget(key, user_id)
+        pipe.hset(key, user_id, fcm_token)
+        pipe.expire(key, self._ttl_s)
+        before = (await pipe.execute())[0]
+        return "created" if before is None else "unchanged" if text(before) == fcm_token else "replaced"
+
+    async def android_token(self, user_id: str, game_id: str) -> str | None:
+        raw = await self._redis.hget(self._keys.la_android(game_id), user_id)
+        return text(raw) if raw is not None else None
+
+    async def delete_android(self, user_id: str, game_id: str) -> bool:
+        return await self._pop(self._keys.la_android(game_id), user_id)
+
+    async def android(self, game_id: str) -> dict[str, str]:
+        """user id -> FCM token registered for the game's live updates."""
+        return await self._all(self._keys.la_android(game_id))
+
+    # --- broadcast channels --------------------------------------------------------------------------
+    async def channel(self, game_id: str) -> Channel | None:
+        raw = await self._redis.hget(self._keys.la_channels(), game_id)
+        return Channel.decode(raw) if raw is not None else None
+
+    async def channels(self) -> list[Channel]:
+        """Every channel kept, oldest first."""
+        raw = cast(dict[bytes, bytes], await self._redis.hgetall(self._keys.la_channels()))
+        return sorted((Channel.decode(value) for value in raw.values()), key=lambda c: c.created_at)
+
+    async def channel_count(self) -> int:
+        return int(await self._redis.hlen(self._keys.la_channels()))
+
+    async def keep_channel(self, channel: Channel) -> None:
+        await self._redis.hset(self._keys.la_channels(), channel.game_id, channel.encode())
+
+    async def forget_channel(self, game_id: str) -> bool:
+        return bool(await self._redis.hdel(self._keys.la_channels(), game_id))
+
+    # --- helpers ---------------------------------------------------------------------------------------
+    async def _all(self, key: str) -> dict[str, str]:
+        raw = cast(dict[bytes, bytes], await self._redis.hgetall(key))
+        return {text(user): text(token) for user, token in raw.items()}
+
+    async def _pop(self, key: str, user_id: str, *, retire: str | None = None) -> bool:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hget(key, user_id)
+        pipe.hdel(key, user_id)
+        before = (await pipe.execute())[0]
+        if before is not None and retire is not None:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.sadd(retire, before)
+            pipe.expire(retire, self._ttl_s)
+            await pipe.execute()
+        return before is not None
+
+
+def _tokens(raw: bytes | str | None) -> dict[str, str]:
+    """A user's stored push-to-start tokens; an unreadable record counts as none (it is rewritten)."""
+    if raw is None:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
