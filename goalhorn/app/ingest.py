@@ -60,6 +60,8 @@ class IngestSummary:
     events: int = 0
     signals: int = 0
     intents: int = 0
+    live_intents: int = 0
+    """Live Activity intents (``GOALHORN_LIVE_ACTIVITIES``), not in ``intents``."""
     rejected: int = 0
 
 
@@ -183,12 +185,14 @@ class IngestStage:
         self.summary.events += len(done.events)
         self.summary.signals += len(done.signals)
         self.summary.intents += len(done.intents)
+        self.summary.live_intents += len(done.live)
         await self.parts.counters.add(
             {
                 "events": len(done.events),
                 "events_duplicate": done.duplicates,
                 "events_held": done.held,
                 "intents": len(done.intents),
+                "live_intents": len(done.live),
                 "feed_rejected": len(parsed.rejected),
             }
         )

@@ -9,6 +9,11 @@ their game and live state stores it. A game whose event could not be built or pu
 old state, so the next poll derives the event again and the retry is not taken for a duplicate.
 Likewise a signal is reported sent to the edge engine only once its intents were confirmed, so a
 publish that failed (the broker down) is signalled again on the next poll or book update.
+
+With ``GOALHORN_LIVE_ACTIVITIES`` every state change of a game (with the events of that change) also
+becomes a Live Activity intent (``goalhorn.intents.liveactivity``), after the game's alerts, when
+``goalhorn.intents.live_pacing`` claims it; a claim whose intent was not confirmed is put back, so the
+next poll publishes the change again.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from goalhorn.ingest.fusion import EdgeEngine
 from goalhorn.ingest.live import LiveState
 from goalhorn.ingest.winprob import ParamTable, WinModel
 from goalhorn.intents.edge import edge_intents
+from goalhorn.intents.live_pacing import LivePacing
+from goalhorn.intents.liveactivity import live_intent
 from goalhorn.intents.rules import Original, corrections_for, intents_for, originals_of
 from goalhorn.keys import Keys
 from goalhorn.models import EdgeSignal, EventKind, GameEvent, GameState, Intent, utcnow
@@ -52,6 +59,8 @@ SCORING = frozenset(
     }
 )
 """Kinds whose alerts are remembered for the corrections that may take them back."""
+UNSENT_KEPT = 20
+"""Events kept per game for a Live Activity update that could not be published (the newest)."""
 
 
 @dataclass(slots=True)
@@ -67,6 +76,8 @@ class Absorbed:
     """Events left for later because another attempt at them is in flight."""
     signals: list[EdgeSignal] = field(default_factory=list)
     intents: list[Intent] = field(default_factory=list)
+    live: list[Intent] = field(default_factory=list)
+    """Live Activity intents published (and confirmed) by this absorb; not in ``intents``."""
 
 
 class Ingestor:
@@ -90,6 +101,20 @@ class Ingestor:
         self.catalog = catalog if catalog is not None else CatalogFile(settings.rules_file)
         self._wp_params_path = settings.wp_params_path
         self._win: WinFacts | None = None
+        self.pacing = (
+            LivePacing(
+                redis,
+                keys,
+                high_per_hour=settings.live_activity_high_per_hour,
+                tick_s=settings.live_activity_tick_s,
+                retention_s=settings.live_state_retention_s,
+            )
+            if settings.live_activities
+            else None
+        )
+        self._dismiss_s = settings.live_activity_dismiss_s
+        self._live_unsent: dict[tuple[str, str], list[GameEvent]] = {}
+        """Events of games whose Live Activity update was not published: they go with the game's next one."""
 
     def win_facts(self) -> WinFacts:
         """The win-probability facts of rule conditions; the model is loaded the first time a rule needs it."""
@@ -126,7 +151,15 @@ class Ingestor:
         for change in changes:
             if change.key not in blocked:
                 self.differ.commit(change)
-        out.states_written = await self.live.write([s for s in parsed.states if (s.source, s.game_id) not in blocked])
+        states = [s for s in parsed.states if (s.source, s.game_id) not in blocked]
+        out.states_written = await self.live.write(states)
+        if self.pacing is not None:
+            games = {(state.source, state.game_id) for state in states}
+            mine = [event for event in events if (event.source, event.game_id) in games]
+            if failure is None:
+                failure = await self._publish_live(self.pacing, states, mine, moment, out)
+            else:
+                self._stash(mine)
         if failure is not None:
             raise failure
         if self.engine is not None:
@@ -174,6 +207,58 @@ class Ingestor:
             out.intents += intents
             await self._remember(event, intents, originals)
         return failure
+
+    async def _publish_live(
+        self,
+        pacing: LivePacing,
+        states: Sequence[GameState],
+        events: Sequence[GameEvent],
+        moment: datetime,
+        out: Absorbed,
+    ) -> Exception | None:
+        """Publish the Live Activity intent of each state pacing claims; returns what failed, if anything.
+        A claim whose intent was not built or published is put back, and the events of it and of the
+        states after it (a failed publish stops the rest) go with their game's next update."""
+        ordered = sorted(states, key=lambda s: s.observed_at)
+        of_state: dict[int, list[GameEvent]] = {}
+        for event in events:  # to the first state of its game that saw it, else the game's last one
+            mine = [i for i, s in enumerate(ordered) if (s.source, s.game_id) == (event.source, event.game_id)]
+            seen = [i for i in mine if ordered[i].observed_at >= event.observed_at]
+            if mine:
+                of_state.setdefault(seen[0] if seen else mine[-1], []).append(event)
+        for index, state in enumerate(ordered):
+            game_events = self._live_unsent.pop((state.source, state.game_id), []) + of_state.get(index, [])
+            claim = None
+            try:
+                claim = await pacing.claim(state, game_events, moment)
+                if claim is None:
+                    continue
+                intent = live_intent(
+                    state,
+                    game_events,
+                    live_event=claim.live_event,
+                    priority=claim.priority,
+                    last_event=claim.last_event,
+                    now=moment,
+                    dismiss_s=self._dismiss_s,
+                )
+                await self._publish(intent)
+            except Exception as exc:
+                log.exception("the Live Activity update of %s:%s was not published", state.source, state.game_id)
+                self._stash(
+                    [*game_events, *(e for later in range(index + 1, len(ordered)) for e in of_state.get(later, []))]
+                )
+                if claim is not None:
+                    await pacing.release(claim)
+                return exc
+            out.live.append(intent)
+        return None
+
+    def _stash(self, events: Sequence[GameEvent]) -> None:
+        for event in events:
+            kept = self._live_unsent.setdefault((event.source, event.game_id), [])
+            kept.append(event)
+            del kept[:-UNSENT_KEPT]
 
     async def _remember(self, event: GameEvent, intents: list[Intent], corrected: list[Original]) -> None:
         """Keep a score's alerts for a correction to follow; forget those a correction took back. A
