@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from goalhorn.catalog import CatalogInvalid, parse_catalog
 from goalhorn.intents.live_pacing import Claim, LivePacing
 from goalhorn.intents.liveactivity import (
     ATTRIBUTES_TYPE,
@@ -359,3 +360,22 @@ async def test_a_released_claim_is_claimed_again_and_gives_its_budget_back(setti
     assert again is not None
     assert again.last_event == "GOAL Messi 1'"
     assert not await pace.release(claim)  # a newer claim stands
+
+
+def test_a_catalog_rule_cannot_take_live_updates() -> None:
+    yaml = """\
+segments:
+  fans: {source: "team:{team_id}:followers"}
+rules:
+  ticker:
+    kinds: [GOAL, LIVE_UPDATE]
+    priority: 3
+    segments: [fans]
+    template: goal
+templates:
+  goal:
+    en: {title: "GOAL {team}", body: "{home_score}-{away_score}"}
+"""
+    with pytest.raises(CatalogInvalid) as caught:
+        parse_catalog(yaml, "live.yaml")
+    assert any(p.startswith("live.yaml:5:") and "LIVE_UPDATE is no rule's kind" in p for p in caught.value.problems)

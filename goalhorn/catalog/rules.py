@@ -27,6 +27,8 @@ RULE_KEYS = (
     "description",
 )
 
+NOT_A_RULE_KIND = "LIVE_UPDATE is no rule's kind: ingest sends Live Activity updates itself (GOALHORN_LIVE_ACTIVITIES)"
+
 
 @dataclass(frozen=True, slots=True)
 class Rule:
@@ -85,8 +87,11 @@ def parse_rules(
             problems.add((*where, "kinds"), "kinds must be a non-empty list of event kinds")
             kinds = []
         for kind in kinds:
-            if kind not in EventKind.__members__:
-                problems.add((*where, "kinds"), f"unknown event kind {kind!r} (known: {', '.join(EventKind)})")
+            if kind == EventKind.LIVE_UPDATE.value:
+                problems.add((*where, "kinds"), NOT_A_RULE_KIND)
+            elif kind not in EventKind.__members__:
+                known = ", ".join(k for k in EventKind if k is not EventKind.LIVE_UPDATE)
+                problems.add((*where, "kinds"), f"unknown event kind {kind!r} (known: {known})")
         priority = body.get("priority", 0)
         if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
             problems.add((*where, "priority"), f"priority {priority!r} is outside 0..9")
