@@ -6,6 +6,7 @@ message per locale), nobody excluded, as the sandbox's record shows."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -80,6 +81,8 @@ async def test_a_goal_through_topics_reaches_each_eligible_phone_once(tmp_path: 
                 await bus.aclose()
 
             records = await wait_records(record, PLAIN + WITH_PREFS)
+            traced = run_command(["trace", "goal-topics", "--json"], env)
+            readable = run_command(["trace", "goal-topics"], env)
     finally:
         await redis.aclose()
     got = Counter(r["token"] for r in records if r.get("intent_id") == "goal-topics")
@@ -88,3 +91,13 @@ async def test_a_goal_through_topics_reaches_each_eligible_phone_once(tmp_path: 
     via = Counter(r.get("via", "token") for r in records)
     assert via == {"topic": PLAIN, "token": WITH_PREFS}
     assert {r["topic"].rsplit(".", 2)[1] for r in records if r.get("via") == "topic"} == {"en", "fr"}
+
+    assert traced.returncode == 0, traced.stderr
+    (trace,) = json.loads(traced.stdout)
+    assert (trace["topic_messages"], trace["topic_members"], trace["recipients"]) == (2, PLAIN, WITH_PREFS)
+    fcm = trace["providers"]["fcm"]
+    assert (fcm["topic_messages_queued"], fcm["devices_queued"]) == (2, WITH_PREFS)
+    assert fcm["outcomes"] == {"sent": WITH_PREFS + 2}  # a topic message is one "device" of its own batch
+    assert f"FCM topics: 2 topic message(s) for {PLAIN} subscribed phones, {WITH_PREFS} devices per token" in (
+        readable.stdout.replace("\n", " ")
+    )

@@ -1,10 +1,11 @@
 """How far an alert got: an intent's trace (``goalhorn.counters.IntentTraces``) read back.
 
 The fanout records what the expansion found (recipients, suppressed by reason, batches and devices
-queued per provider) and when; each delivered batch adds its devices' outcomes per provider
-(sent, failed, invalid token, expired, dead-lettered by code, duplicates skipped, retries by
-reason, deferred by a breaker) and when. With ``devices=True`` the intent's delivery markers are
-read too: which devices are marked sent, and which are still held by an attempt.
+queued per provider, the FCM topic messages it planned and the phones subscribed to them) and when;
+each delivered batch adds its devices' outcomes per provider (sent, failed, invalid token, expired,
+dead-lettered by code, duplicates skipped, retries by reason, deferred by a breaker) and when. With
+``devices=True`` the intent's delivery markers are read too: which devices are marked sent, and which
+are still held by an attempt.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ class ProviderTrace:
     platform: str
     batches_queued: int = 0
     devices_queued: int = 0
+    topic_messages_queued: int = 0
+    """Topic messages queued (FCM), each one batch whose one "device" is the topic: not in the two above,
+    and in ``outcomes`` as one device each (``sent`` once FCM accepted it)."""
     outcomes: dict[str, int] = field(default_factory=dict)
     """Devices by where they ended (``DeliveryCount``): sent, failed, invalid_token, expired, dead_lettered."""
     dead_lettered: dict[str, int] = field(default_factory=dict)
@@ -50,6 +54,12 @@ class Trace:
     expanded: bool = False
     expired_at_fanout: bool = False
     recipients: int = 0
+    """Devices sent per token (FCM topic members are not among them)."""
+    topic_messages: int = 0
+    """FCM topic messages planned (one per team topic and locale; ``goalhorn.topics``)."""
+    topic_members: int = 0
+    """Phones known to be subscribed to those topics when planned: reached through FCM's fan-out of the
+    topic messages, left out of the per-token batches."""
     followers: int = 0
     followers_without_devices: int = 0
     suppressed: dict[str, int] = field(default_factory=dict)
@@ -58,6 +68,11 @@ class Trace:
     providers: dict[str, ProviderTrace] = field(default_factory=dict)
     devices: dict[str, str] | None = None
     """With ``devices=True``: device id -> its marker (``sent`` or ``inflight``)."""
+
+    @property
+    def phones(self) -> int:
+        """Phones (and endpoints) the intent was for: per-token devices and topic members."""
+        return self.recipients + self.topic_members
 
     def timings_s(self) -> dict[str, float]:
         """Seconds from the score change to each stage's mark."""
@@ -103,18 +118,21 @@ def parse(intent_id: str, fields: dict[str, str]) -> Trace:
         return int(value) if value.lstrip("-").isdigit() else 0
 
     trace.recipients = number("expand:recipients")
+    trace.topic_messages = number("expand:topic_messages")
+    trace.topic_members = number("expand:topic_members")
     trace.followers = number("expand:followers")
     trace.followers_without_devices = number("expand:followers_without_devices")
     trace.suppressed = {reason: number(f"expand:suppressed:{reason}") for reason in REASONS}
     for platform in PLATFORMS:
         p = ProviderTrace(platform, number(f"expand:batches:{platform}"), number(f"expand:devices:{platform}"))
+        p.topic_messages_queued = number(f"expand:topic_batches:{platform}")
         p.outcomes = {c: n for c in DELIVERY_COUNTS if (n := number(f"{platform}:{c}"))}
         p.dead_lettered = {c.value: n for c in DeadLetterCode if (n := number(f"{platform}:dead_lettered:{c}"))}
         p.other = {name: n for name in TRACED if (n := number(f"{platform}:{name}"))}
         retry = f"{platform}:retry:"  # the provider's own reason for each retry, as it gave it
         p.retried = {name.removeprefix(retry): number(name) for name in fields if name.startswith(retry)}
         p.first_at, p.last_at = _time(fields.get(f"{platform}:first_at")), _time(fields.get(f"{platform}:last_at"))
-        if p.batches_queued or p.outcomes or p.other or p.dead_lettered:
+        if p.batches_queued or p.topic_messages_queued or p.outcomes or p.other or p.dead_lettered:
             trace.providers[platform] = p
     return trace
 

@@ -82,10 +82,28 @@ def _render(console: Console, t: dict[str, Any]) -> None:
             f"  expanded: {t['followers']:,} followers, {t['recipients']:,} devices; suppressed: {suppressed}",
             highlight=False,
         )
+        if t.get("topic_messages"):
+            console.print(
+                f"  FCM topics: {t['topic_messages']:,} topic message(s) for {t['topic_members']:,} subscribed phones, "
+                f"{t['recipients']:,} devices per token ({t['topic_members'] + t['recipients']:,} in all)",
+                highlight=False,
+            )
     else:
         console.print("  not expanded yet (or its expansion was not recorded)")
     table = Table(show_edge=False)
-    for column in ("provider", "batches", "queued", "sent", "failed", "invalid", "expired", "dead", "skipped dup."):
+    columns = (
+        "provider",
+        "batches",
+        "queued",
+        "topic msgs",
+        "sent",
+        "failed",
+        "invalid",
+        "expired",
+        "dead",
+        "skipped dup.",
+    )
+    for column in columns:
         table.add_column(column, justify="left" if column == "provider" else "right")
     for p in t["providers"].values():
         o = p["outcomes"]
@@ -93,6 +111,7 @@ def _render(console: Console, t: dict[str, Any]) -> None:
             p["platform"],
             str(p["batches_queued"]),
             str(p["devices_queued"]),
+            str(p.get("topic_messages_queued", 0)),
             str(o.get("sent", 0)),
             str(o.get("failed", 0)),
             str(o.get("invalid_token", 0)),
