@@ -18,10 +18,16 @@ from goalhorn.settings import Settings
 from goalhorn.sidecar import problems
 from goalhorn.sidecar.deps import Services, component_schemas
 from goalhorn.sidecar.guard import ApiMetrics, RequestGuard
-from goalhorn.sidecar.routes import admin, games, health, imports, streams, users, webhooks
+from goalhorn.sidecar.routes import admin, games, health, imports, live_activities, streams, users, webhooks
 from goalhorn.sidecar.routes.health import Check, Readiness
 
-BODY_MODELS = (*users.BODY_MODELS, *webhooks.BODY_MODELS, *admin.BODY_MODELS, problems.ProblemDetails)
+BODY_MODELS = (
+    *users.BODY_MODELS,
+    *webhooks.BODY_MODELS,
+    *admin.BODY_MODELS,
+    *live_activities.BODY_MODELS,
+    problems.ProblemDetails,
+)
 
 
 def create_app(settings: Settings, svc: Services | None = None, *, checks: dict[str, Check] | None = None) -> FastAPI:
@@ -50,7 +56,8 @@ def create_app(settings: Settings, svc: Services | None = None, *, checks: dict[
     app.state.game_cache = games.GameCache()
     problems.install(app)
     app.include_router(health.router)
-    for module in (games, imports, users, webhooks, streams, admin):  # the hottest first: fewer routes tried
+    routers = (games, imports, users, live_activities, webhooks, streams, admin)  # the hottest first: fewer tried
+    for module in routers:
         app.include_router(module.router, responses=problems.PROBLEM_RESPONSES)
     app.add_middleware(games.CachedGameReads, services=services, cache=app.state.game_cache)
     app.add_middleware(RequestGuard, metrics=app.state.metrics)  # added last: the outer layer
