@@ -17,6 +17,7 @@ from goalhorn.ops import status as status_command
 from goalhorn.ops import trace as trace_command
 from goalhorn.ops.breakers import app as breakers_app
 from goalhorn.ops.dlq import app as dlq_app
+from goalhorn.ops.live import app as live_app
 from goalhorn.ops.queues import app as queues_app
 from goalhorn.ops.segments import app as segments_app
 from goalhorn.ops.subscribers import app as subscribers_app
@@ -37,6 +38,7 @@ app.add_typer(queues_app, name="queues")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(breakers_app, name="breakers")
 app.add_typer(topics_app, name="topics")
+app.add_typer(live_app, name="live")
 pause_commands.register(app)
 trace_command.register(app)
 status_command.register(app)

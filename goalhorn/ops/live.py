@@ -1,0 +1,105 @@
+"""``goalhorn live``: the games' APNs broadcast channels and Live Activity registrations, as Redis holds them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from goalhorn.keys import Keys
+from goalhorn.liveactivities.registry import Channel, LiveRegistry
+from goalhorn.redis_client import Redis, make_redis
+from goalhorn.settings import Settings, load_settings
+
+app = typer.Typer(
+    help="Live Activities (iOS) and Android live updates: games' broadcast channels and registrations.",
+    no_args_is_help=True,
+)
+console = Console()
+STORAGE = {0: "none kept", 1: "most recent"}
+
+
+def _registry(settings: Settings, redis: Redis) -> LiveRegistry:
+    return LiveRegistry(redis, Keys(settings.namespace), buckets=settings.preference_buckets)
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
+
+
+@app.command()
+def channels(as_json: bool = typer.Option(False, "--json", help="A JSON list instead of a table.")) -> None:
+    """The broadcast channels goalhorn holds, oldest first: game, channel id, storage policy, age, and
+    how long ago the game was seen final (its channel is deleted GOALHORN_LIVE_CHANNEL_KEEP_S after)."""
+    settings = load_settings()
+    held = asyncio.run(_channels(settings))
+    now = time.time()
+    if as_json:
+        typer.echo(json.dumps([_row(c, now) for c in held], sort_keys=True))
+        return
+    table = Table("game", "channel", "storage", "age", "final since")
+    for c in held:
+        final = _age(now - c.final_at) if c.final_at is not None else "-"
+        table.add_row(c.game_id, c.channel_id, STORAGE.get(c.storage, str(c.storage)), _age(now - c.created_at), final)
+    console.print(table)
+    typer.echo(f"{len(held)} of at most {settings.live_channel_max} channels")
+
+
+def _row(channel: Channel, now: float) -> dict[str, object]:
+    return {
+        "game_id": channel.game_id,
+        "channel_id": channel.channel_id,
+        "storage": channel.storage,
+        "age_s": round(now - channel.created_at, 1),
+        "final_s": round(now - channel.final_at, 1) if channel.final_at is not None else None,
+    }
+
+
+async def _channels(settings: Settings) -> list[Channel]:
+    redis = make_redis(settings)
+    try:
+        return await _registry(settings, redis).channels()
+    finally:
+        await redis.aclose()
+
+
+@app.command()
+def game(
+    game_id: str = typer.Argument(..., help="The game's key, <source>:<game id> (espn:401461455)."),
+    as_json: bool = typer.Option(False, "--json", help="A JSON object instead of text."),
+) -> None:
+    """Who a game's Live Activity updates reach now: its channel, and how many activities (update tokens)
+    and Android live updates are registered for it."""
+    settings = load_settings()
+    channel, updates, android = asyncio.run(_game(settings, game_id))
+    out = {
+        "game_id": game_id,
+        "channel_id": channel.channel_id if channel else None,
+        "update_tokens": updates,
+        "android_registrations": android,
+    }
+    if as_json:
+        typer.echo(json.dumps(out, sort_keys=True))
+        return
+    for name, value in out.items():
+        typer.echo(f"{name}: {'-' if value is None else value}")
+
+
+async def _game(settings: Settings, game_id: str) -> tuple[Channel | None, int, int]:
+    redis = make_redis(settings)
+    registry = _registry(settings, redis)
+    try:
+        return (
+            await registry.channel(game_id),
+            len(await registry.update_tokens(game_id)),
+            len(await registry.android(game_id)),
+        )
+    finally:
+        await redis.aclose()
