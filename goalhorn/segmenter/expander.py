@@ -233,6 +233,14 @@ class Expander:
                 async for batch in batches:
                     yield batch
         finally:
+            if found.over_budget or found.started_before or found.duplicates:
+                log.info(
+                    "live intent %s: starts past the per-user budget %d, started before %d, repeated tokens %d",
+                    intent.intent_id,
+                    found.over_budget,
+                    found.started_before,
+                    found.duplicates,
+                )
             stats.users += found.users
             stats.devices, stats.batches = found.devices, found.batches
             stats.invalid_preferences += found.invalid_preferences
