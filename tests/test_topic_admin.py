@@ -30,7 +30,7 @@ def admin_of(fcm: FcmSandbox, tmp_path: Path, **kwargs: str) -> TopicAdmin:
 async def test_the_iid_batch_api_takes_a_thousand_tokens_a_request_and_reports_dead_ones(
     fcm: FcmSandbox, tmp_path: Path
 ) -> None:
-    tokens = [f"tok-{n}" for n in range(2500)]
+    tokens = [f"tok-{n:05d}:" + "APA91b-Xy7_Qz3" * 11 for n in range(2500)]  # ~160 characters, as FCM's
     fcm.unregistered.add("tok-dead")
     admin = admin_of(fcm, tmp_path)
     try:

@@ -48,6 +48,8 @@ from goalhorn.sandbox.steering import Steering
 
 MAX_PAYLOAD_BYTES = 4096
 MAX_REQUEST_BYTES = 64 * 1024
+MAX_IID_REQUEST_BYTES = 1 << 20
+"""An IID batch request carries up to 1,000 tokens of ~160 characters each (~170 KB)."""
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 _SEND_PATH = re.compile(r"^/v1/projects/([^/]+)/messages:send$")
 _SUBSCRIPTIONS_PATH = re.compile(r"^/v1/projects/([^/]+)/registrations/([^/]+)/topicSubscriptions(?:/([^/]+))?$")
@@ -226,7 +228,8 @@ class FcmSandbox(Steering):
 
     # --- handlers ---------------------------------------------------------------------------
     async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
-        if (request.content_length or 0) > MAX_REQUEST_BYTES:
+        limit = MAX_IID_REQUEST_BYTES if request.path in _IID_PATHS else MAX_REQUEST_BYTES
+        if (request.content_length or 0) > limit:
             return web.Response(status=413)
         subscriptions = _SUBSCRIPTIONS_PATH.match(request.raw_path.partition("?")[0])
         if subscriptions is not None:
