@@ -7,19 +7,26 @@ Per intent: ``apns-priority`` 10 for urgent intents (priority >= 5) and 5 otherw
 ``apns-expiration`` at the intent's expiry, ``apns-collapse-id`` from its collapse key (cut to APNs'
 64 bytes with a hash suffix, ``collapse_id``); the push type (alert, background, liveactivity) comes
 from the intent's ``apns_push_type`` data field.
+
+A Live Activity intent (``data["liveactivity"]``, issue 15) is sent as the ``aps`` it carries, never
+rendered: to update and push-to-start tokens through aioapns, and to a broadcast channel (a device
+whose address is ``channel:<channel id>``) as ``POST /4/broadcasts/apps/<bundle>``, a path aioapns
+cannot reach, through httpx's HTTP/2 client (:mod:`goalhorn.providers.apns_channels`, the same
+provider token); both count against the one ``circuit``. Alerts keep their own send path, untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import ssl
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
+import httpx
 from aioapns import APNs, NotificationRequest, PushType
 from aioapns.common import NotificationResult
 from aioapns.connection import APNsProductionClientProtocol
@@ -29,13 +36,22 @@ from h2.exceptions import H2Error
 
 from goalhorn.catalog import default_catalog
 from goalhorn.catalog.templates import Renderer, RenderFailed
-from goalhorn.errors import ConfigError
 from goalhorn.keys import Platform
 from goalhorn.models import DeliveryBatch, DeliveryResult, Device, Intent
 from goalhorn.providers import Provider, Send, accepted, collapse_id, deadline, render_failed, unanswered
+from goalhorn.providers.apns_channels import (
+    CHANNEL_ADDRESS,
+    ApnsHttp,
+    ProviderToken,
+    new_request_id,
+    read_key,
+    reason_of,
+)
 from goalhorn.settings import Settings
 
 _TOKEN_REASONS = {"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered"}
+_CHANNEL_GONE_REASONS = {"ChannelNotRegistered", "BadChannelId", "MissingChannelId"}
+LIVE_ACTIVITY_TOPIC_SUFFIX = ".push-type.liveactivity"
 _RETRYABLE_REASONS = {
     "TooManyRequests",
     "InternalServerError",
@@ -58,6 +74,31 @@ def result_for_notification(device: Device, result: NotificationResult) -> Deliv
         return DeliveryResult(device_id=device.device_id, outcome="invalid_token", reason=reason, invalid_since=since)
     retryable = reason in _RETRYABLE_REASONS or result.status in ("429", "500", "503")
     return DeliveryResult(device_id=device.device_id, outcome="failed", retryable=retryable, reason=reason)
+
+
+def result_for_broadcast(device: Device, response: httpx.Response) -> DeliveryResult:
+    """Map APNs' answer to a broadcast on a channel to the channel's outcome: a channel APNs does not
+    know (deleted, expired, malformed) is an ``invalid_token``, so the registry forgets it."""
+    if response.status_code == 200:
+        return accepted(device, response.headers.get("apns-request-id"))
+    reason = reason_of(response)
+    if reason in _CHANNEL_GONE_REASONS:
+        return DeliveryResult(device_id=device.device_id, outcome="invalid_token", reason=reason)
+    retryable = reason in _RETRYABLE_REASONS or response.status_code in (429, 500, 503)
+    return DeliveryResult(device_id=device.device_id, outcome="failed", retryable=retryable, reason=reason)
+
+
+def live_activity_payload(intent: Intent) -> dict[str, Any]:
+    """``{"aps": <intent.data["liveactivity"]>}`` with the intent's ids beside it (the ledger's), and
+    ``input-push-channel`` on a start when the fanout put the game's channel on the intent;
+    ValueError when the data is not a JSON object."""
+    aps = json.loads(intent.data["liveactivity"])
+    if not isinstance(aps, dict):
+        raise ValueError("liveactivity is not a JSON object")
+    channel = intent.data.get("input_push_channel")
+    if channel and aps.get("event") == "start":
+        aps["input-push-channel"] = channel
+    return {"aps": aps, "intent_id": intent.intent_id, "event_id": intent.event_id}
 
 
 def payload_for(intent: Intent, locale: str, push_type: PushType, render: Renderer) -> dict[str, Any]:
@@ -100,15 +141,14 @@ class ApnsProvider(Provider):
 
     def __init__(self, settings: Settings, *, render: Renderer | None = None) -> None:
         self._render = render or default_catalog().render
-        if not (settings.apns_key_file and settings.apns_key_id and settings.apns_team_id and settings.apns_topic):
-            raise ConfigError("APNs needs GOALHORN_APNS_KEY_FILE, _KEY_ID, _TEAM_ID and _TOPIC")
-        try:
-            self._key = Path(settings.apns_key_file).read_text()
-        except OSError as exc:
-            raise ConfigError(f"APNs key file unreadable: {exc}") from exc
+        self._key = read_key(settings)
         self._settings = settings
         self._circuit = f"apns:{settings.apns_team_id}:{settings.apns_key_id}"
         self._client: APNs | None = None
+        token = ProviderToken(self._key, settings.apns_key_id, settings.apns_team_id)
+        self._broadcasts = ApnsHttp(settings, settings.apns_host, settings.apns_port, token)
+        """Broadcasts to Live Activity channels (a path aioapns cannot reach), on httpx's HTTP/2 client."""
+        self._broadcast_path = f"/4/broadcasts/apps/{settings.apns_topic}"
         self._written: set[str] = set()
         """Ids of requests that failed after they were written (``_Endpoint``), until their send looks."""
         # apns-id: a UUID's random head (per provider) and a counter as its last 12 hex digits, unique
@@ -143,6 +183,8 @@ class ApnsProvider(Provider):
     async def prepare(self, batch: DeliveryBatch) -> Send:
         client = self._apns()
         intent = batch.intent
+        if "liveactivity" in intent.data:
+            return self._prepare_live_activity(client, intent)
         push_type = PushType(intent.data.get("apns_push_type", "alert"))
         topic = self._settings.apns_topic + (".push-type.liveactivity" if push_type is PushType.LIVEACTIVITY else "")
         priority = 10 if intent.priority >= 5 and push_type is not PushType.BACKGROUND else 5
@@ -183,6 +225,79 @@ class ApnsProvider(Provider):
 
         return send
 
+    def _prepare_live_activity(self, client: APNs, intent: Intent) -> Send:
+        """A Live Activity intent: the ``aps`` it carries, never rendered, to update and push-to-start
+        tokens (``/3/device/``, topic ``<bundle>.push-type.liveactivity``) and, for a ``channel:<id>``
+        address, as one broadcast to the channel's subscribers (``apns-expiration: 0``, as its No
+        Message Storage channel takes). Priority 10 for urgent intents (priority >= 5), else 5."""
+        try:
+            payload = live_activity_payload(intent)
+        except ValueError as exc:
+            problem = f"invalid_liveactivity: {exc}"
+
+            async def refuse(device: Device) -> DeliveryResult:
+                return DeliveryResult(device_id=device.device_id, outcome="failed", reason=problem, message_error=True)
+
+            return refuse
+        priority = 10 if intent.priority >= 5 else 5
+        topic = self._settings.apns_topic + LIVE_ACTIVITY_TOPIC_SUFFIX
+        ttl = max(0, int(intent.expires_at.timestamp() - time.time()))
+        collapse = collapse_id(intent.collapse_key) if intent.collapse_key else None
+        timeout_s = self._settings.apns_timeout_s
+        broadcast_body = json.dumps(
+            {**payload, "aps": {k: v for k, v in payload["aps"].items() if k != "input-push-channel"}},
+            separators=(",", ":"),
+        ).encode()
+        broadcasts, path = self._broadcasts, self._broadcast_path
+
+        async def send(device: Device) -> DeliveryResult:
+            if device.address.startswith(CHANNEL_ADDRESS):
+                return await broadcast(device)
+            request = NotificationRequest(
+                device_token=device.address,
+                message=payload,
+                notification_id=f"{self._id_head}{next(self._ids) & 0xFFFFFFFFFFFF:012x}",
+                time_to_live=ttl,
+                priority=priority,
+                collapse_key=collapse,
+                push_type=PushType.LIVEACTIVITY,
+                apns_topic=topic,
+            )
+            try:
+                async with deadline(timeout_s):
+                    result = await client.send_notification(request)
+            except TimeoutError:
+                return unanswered(device, "timeout", maybe_sent=self._was_written(request))
+            except (MaxAttemptsExceeded, ConnectionClosed, ApnsConnectionError, H2Error, OSError) as exc:
+                reason = f"connection_error: {type(exc).__name__}"
+                return unanswered(device, reason, maybe_sent=self._was_written(request))
+            self._written.discard(request.notification_id)
+            return result_for_notification(device, result)
+
+        async def broadcast(device: Device) -> DeliveryResult:
+            headers = {
+                "apns-channel-id": device.address[len(CHANNEL_ADDRESS) :],
+                "apns-push-type": "liveactivity",
+                "apns-expiration": "0",
+                "apns-priority": str(priority),
+                "apns-request-id": new_request_id(),
+                "content-type": "application/json",
+            }
+            try:
+                async with deadline(timeout_s):
+                    response = await broadcasts.request("POST", path, headers, broadcast_body)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:  # nothing was written
+                return unanswered(device, f"connection_error: {type(exc).__name__}", maybe_sent=False)
+            except (TimeoutError, httpx.TimeoutException):
+                return unanswered(device, "timeout", maybe_sent=True)
+            except httpx.HTTPError as exc:  # the connection failed under the request: its answer is lost
+                return unanswered(device, f"connection_error: {type(exc).__name__}", maybe_sent=True)
+            if response.status_code == 403 and reason_of(response) == "ExpiredProviderToken":
+                broadcasts.token.renew()
+            return result_for_broadcast(device, response)
+
+        return send
+
     def _was_written(self, request: NotificationRequest) -> bool:
         """Whether a failed request was written on a connection (by any of aioapns' attempts)."""
         try:
@@ -192,6 +307,7 @@ class ApnsProvider(Provider):
         return True
 
     async def aclose(self) -> None:
+        await self._broadcasts.aclose()
         if self._client is not None:
             pool = self._client.pool
             self._client = None

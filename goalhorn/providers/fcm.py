@@ -6,7 +6,8 @@ concurrency. So firebase-admin does what it is good at (service-account or appli
 credentials with token refresh, and building and validating the ``Message``), and each device's
 request goes out on one shared aiohttp session (``fcm_concurrency`` connections). Per batch, the
 access token is looked up once; per (intent, locale) the request body is serialized once, as the bytes
-before and after the token, so a device costs only its token's splice.
+before and after the token, so a device costs only its token's splice. A Live Activity intent
+(``data["live_update"]``) goes out the same way as a data-only message (``live_update_message``).
 """
 
 from __future__ import annotations
@@ -50,7 +51,10 @@ def build_message(intent: Intent, locale: str, render: Renderer) -> dict[str, An
 
     Android priority is high for urgent intents (priority >= 5), ``ttl`` is what is left of the
     intent's life, and ``collapse_key`` (android) / ``apns-collapse-id`` come from its collapse key.
+    A Live Activity intent (``data["live_update"]``) is a data-only message instead (``live_update_message``).
     """
+    if "live_update" in intent.data:
+        return live_update_message(intent)
     rendered = render(intent, locale)
     ttl = max(0.0, (intent.expires_at - utcnow()).total_seconds())
     urgent = intent.priority >= 5
@@ -73,6 +77,30 @@ def build_message(intent: Intent, locale: str, render: Renderer) -> dict[str, An
         fid=_PLACEHOLDER,
     )
     encoded: dict[str, Any] = messaging._MessagingService.encode_message(message)  # the SDK's encoder and checks
+    del encoded["fid"]
+    return encoded
+
+
+def live_update_message(intent: Intent) -> dict[str, Any]:
+    """The data-only message an Android app renders as the match's live update (issue 15): the intent's
+    ``live_update`` object (string values: the content-state flattened) plus its ids, android priority
+    high for urgent intents, ``collapse_key`` the activity id (a newer state replaces a queued older one),
+    ``ttl`` what is left of the intent's life. Never rendered; the same for every locale.
+    ValueError when ``live_update`` is not a JSON object of strings."""
+    fields = json.loads(intent.data["live_update"])
+    if not isinstance(fields, dict) or not all(isinstance(v, str) for v in fields.values()):
+        raise ValueError("live_update is not a JSON object of strings")
+    ttl = max(0.0, (intent.expires_at - utcnow()).total_seconds())
+    message = messaging.Message(
+        data={**fields, "intent_id": intent.intent_id, "event_id": intent.event_id},
+        android=messaging.AndroidConfig(
+            priority="high" if intent.priority >= 5 else "normal",
+            collapse_key=intent.data.get("activity_id") or intent.collapse_key,
+            ttl=timedelta(seconds=int(ttl)),
+        ),
+        fid=_PLACEHOLDER,
+    )
+    encoded: dict[str, Any] = messaging._MessagingService.encode_message(message)
     del encoded["fid"]
     return encoded
 

@@ -1,4 +1,5 @@
-"""The control endpoint of a running ``goalhorn sandbox --control-port N``: fault windows and counts.
+"""The control endpoint of a running ``goalhorn sandbox --control-port N``: fault windows, counts, who
+watches a Live Activity channel.
 
 A test or a chaos run in another process steers the sandbox over plain HTTP on 127.0.0.1:
 
@@ -12,7 +13,13 @@ A test or a chaos run in another process steers the sandbox over plain HTTP on 1
 - ``GET /counts``: per provider, the push requests received, the answers per status, the requests
   a hang window holds right now and the windows still open;
 - ``GET /topics``: per FCM topic, how many tokens are subscribed; the topic management calls
-  answered; the topic deliveries made and the topic messages still being fanned out.
+  answered; the topic deliveries made and the topic messages still being fanned out;
+- ``GET /channels``: per APNs broadcast channel, its storage policy and how many device tokens
+  watch it; the channel management calls answered; broadcasts accepted, deliveries made and
+  broadcasts still being fanned out;
+- ``POST /channels/{channel_id}/subscribers`` with ``{"tokens": [...]}``: those APNs device tokens
+  watch the channel from now on (404 for a channel the sandbox does not hold);
+  ``DELETE`` the same with the same body: they stop.
 
 A bad request is a 400 with ``{"error": "..."}``.
 """
@@ -53,6 +60,9 @@ class SandboxControl:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_get("/counts", self._counts)
         app.router.add_get("/topics", self._topics)
+        app.router.add_get("/channels", self._channels)
+        app.router.add_post("/channels/{channel_id}/subscribers", self._subscribe)
+        app.router.add_delete("/channels/{channel_id}/subscribers", self._subscribe)
         app.router.add_post("/faults/{provider}", self._open)
         app.router.add_delete("/faults", self._clear)
         app.router.add_post("/unregistered/{provider}", self._unregister)
@@ -88,6 +98,34 @@ class SandboxControl:
             }
         )
 
+    async def _channels(self, request: web.Request) -> web.Response:
+        apns = self.apns
+        channels = {
+            channel_id: {"message-storage-policy": channel.storage, "subscribers": len(channel.subscribers)}
+            for channel_id, channel in apns.channels.items()
+        }
+        return web.json_response(
+            {
+                "channels": channels,
+                "calls": dict(apns.management_calls),
+                "broadcasts": len(apns.broadcasts),
+                "delivered": apns.fanout.delivered,
+                "fanning_out": apns.fanout.pending,
+            }
+        )
+
+    async def _subscribe(self, request: web.Request) -> web.Response:
+        channel_id = request.match_info["channel_id"]
+        tokens = _tokens(await _json(request))
+        channel = self.apns.channels.get(channel_id)
+        if channel is None:
+            raise web.HTTPNotFound(text=json.dumps({"error": "no such channel"}), content_type="application/json")
+        if request.method == "POST":
+            self.apns.subscribe(channel_id, tokens)
+        else:
+            self.apns.unsubscribe(channel_id, tokens)
+        return web.json_response({"subscribers": len(channel.subscribers)})
+
     async def _open(self, request: web.Request) -> web.Response:
         faults = self._provider(request)
         try:
@@ -105,10 +143,7 @@ class SandboxControl:
     async def _unregister(self, request: web.Request) -> web.Response:
         provider = request.match_info["provider"]
         self._provider(request)
-        document = await _json(request)
-        tokens = document.get("tokens") if isinstance(document, dict) else None
-        if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
-            raise _bad("tokens: a list of non-empty strings")
+        tokens = _tokens(await _json(request))
         if provider == "fcm":
             self.fcm.unregistered.update(tokens)
         elif provider == "apns":
@@ -124,6 +159,13 @@ async def _json(request: web.Request) -> Any:
         return json.loads(await request.read())
     except ValueError:
         raise _bad("the body is not JSON") from None
+
+
+def _tokens(document: Any) -> list[str]:
+    tokens = document.get("tokens") if isinstance(document, dict) else None
+    if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
+        raise _bad("tokens: a list of non-empty strings")
+    return tokens
 
 
 def _bad(message: str) -> web.HTTPBadRequest:
