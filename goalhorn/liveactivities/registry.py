@@ -235,6 +235,35 @@ class LiveRegistry:
     async def forget_channel(self, game_id: str) -> bool:
         return bool(await self._redis.hdel(self._keys.la_channels(), game_id))
 
+    # --- dead tokens -----------------------------------------------------------------------------------
+    async def forget_dead(self, device_id: str, user_id: str, address: str) -> bool:
+        """Forget what a delivery device of a Live Activity intent stood for, once its provider said the
+        token (or channel) is dead: an update token (retired), a push-to-start token, an Android
+        registration or a game's channel, if it is still the one registered. False for a device of no
+        Live Activity, or one registered again since."""
+        for kind in ("update", "start", "android"):
+            prefix = f"la:{kind}:{user_id}:"
+            if not device_id.startswith(prefix):
+                continue
+            game = device_id[len(prefix) :]
+            if kind == "start":
+                tokens = await self.start_tokens(user_id)
+                types = [t for t, token in tokens.items() if token == address.lower()]
+                return any([await self.delete_start_token(user_id, t) for t in types])
+            current = await (
+                self.update_token(user_id, game) if kind == "update" else self.android_token(user_id, game)
+            )
+            if current != (address.lower() if kind == "update" else address):
+                return False
+            if kind == "update":
+                return await self.delete_update_token(user_id, game)
+            return await self.delete_android(user_id, game)
+        if device_id.startswith("channel:") and address.startswith("channel:"):
+            channel = await self.channel(device_id[len("channel:") :])
+            if channel is not None and channel.channel_id == address[len("channel:") :]:
+                return await self.forget_channel(channel.game_id)
+        return False
+
     # --- helpers ---------------------------------------------------------------------------------------
     async def _all(self, key: str) -> dict[str, str]:
         raw = cast(dict[bytes, bytes], await self._redis.hgetall(key))
