@@ -16,6 +16,7 @@ from goalhorn.app.ingest import IngestStage
 from goalhorn.app.parts import Parts
 from goalhorn.bus import Bus, BusMessage, Handler, Subscription
 from goalhorn.errors import PublishNotConfirmed
+from goalhorn.ingest import ingestor as ingestor_module
 from goalhorn.ingest.adapter import Parsed
 from goalhorn.ingest.ingestor import Ingestor
 from goalhorn.keys import Keys
@@ -197,3 +198,37 @@ async def test_the_stage_counts_what_it_published_with_live_activities_on(bus: B
         assert live(intents) == [("start", EventKind.GAME_START, 9), ("update", EventKind.GOAL, 9)]
     finally:
         await parts.aclose()
+
+
+async def test_an_update_that_cannot_be_built_holds_back_only_its_own_game(
+    bus: Bus, settings: Settings, redis, monkeypatch
+) -> None:
+    await bus.start([Keys(settings.namespace).intent_queue])
+    ingestor = Ingestor(on(settings), bus, redis)
+    pit, edm = "401559281", "401559282"
+
+    def poll(second: float, score: int) -> Parsed:
+        return Parsed(states=[hockey(second, home_score=score), hockey(second, game_id=edm, home_score=score)])
+
+    await ingestor.absorb(poll(0, 0), diff=True, now=T0)
+    real = ingestor_module.live_intent
+    broken = {pit}
+
+    def flaky(state: GameState, *args: Any, **kwargs: Any) -> Intent:
+        if state.game_id in broken:
+            broken.discard(state.game_id)
+            raise ValueError("no payload fits")
+        return real(state, *args, **kwargs)
+
+    monkeypatch.setattr(ingestor_module, "live_intent", flaky)
+    with pytest.raises(ValueError, match="no payload fits"):
+        await ingestor.absorb(poll(10, 1), diff=True, now=T0 + timedelta(seconds=10))
+    retry = await ingestor.absorb(poll(15, 1), diff=True, now=T0 + timedelta(seconds=15))
+    assert [(i.game_id, i.kind) for i in retry.live] == [(f"espn:{pit}", EventKind.GOAL)]
+    intents = [i for i in await on_the_queue(bus, settings, at_least=4) if i.template == "liveactivity"]
+    assert sorted((i.game_id, i.kind.value) for i in intents) == [
+        (f"espn:{pit}", "GAME_START"),
+        (f"espn:{pit}", "GOAL"),
+        (f"espn:{edm}", "GAME_START"),
+        (f"espn:{edm}", "GOAL"),
+    ]

@@ -217,8 +217,9 @@ class Ingestor:
         out: Absorbed,
     ) -> Exception | None:
         """Publish the Live Activity intent of each state pacing claims; returns what failed, if anything.
-        A claim whose intent was not built or published is put back, and the events of it and of the
-        states after it (a failed publish stops the rest) go with their game's next update."""
+        A claim whose intent was not built or published is put back and its events go with the game's
+        next update; a failed claim or publish stops the rest (their events wait likewise), as Redis or
+        the bus is unlikely to take them, while an intent that cannot be built holds back only its game."""
         ordered = sorted(states, key=lambda s: s.observed_at)
         of_state: dict[int, list[GameEvent]] = {}
         for event in events:  # to the first state of its game that saw it, else the game's last one
@@ -226,13 +227,18 @@ class Ingestor:
             seen = [i for i in mine if ordered[i].observed_at >= event.observed_at]
             if mine:
                 of_state.setdefault(seen[0] if seen else mine[-1], []).append(event)
+        failure: Exception | None = None
         for index, state in enumerate(ordered):
             game_events = self._live_unsent.pop((state.source, state.game_id), []) + of_state.get(index, [])
-            claim = None
+            rest = [*game_events, *(e for later in range(index + 1, len(ordered)) for e in of_state.get(later, []))]
             try:
                 claim = await pacing.claim(state, game_events, moment)
-                if claim is None:
-                    continue
+            except Exception as exc:
+                self._stash(rest)
+                return exc
+            if claim is None:
+                continue
+            try:
                 intent = live_intent(
                     state,
                     game_events,
@@ -242,17 +248,20 @@ class Ingestor:
                     now=moment,
                     dismiss_s=self._dismiss_s,
                 )
+            except Exception as exc:
+                log.exception("the Live Activity update of %s:%s could not be built", state.source, state.game_id)
+                self._stash(game_events)
+                await pacing.release(claim)
+                failure = failure or exc
+                continue
+            try:
                 await self._publish(intent)
             except Exception as exc:
-                log.exception("the Live Activity update of %s:%s was not published", state.source, state.game_id)
-                self._stash(
-                    [*game_events, *(e for later in range(index + 1, len(ordered)) for e in of_state.get(later, []))]
-                )
-                if claim is not None:
-                    await pacing.release(claim)
+                self._stash(rest)
+                await pacing.release(claim)
                 return exc
             out.live.append(intent)
-        return None
+        return failure
 
     def _stash(self, events: Sequence[GameEvent]) -> None:
         for event in events:
