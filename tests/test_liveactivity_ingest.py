@@ -16,9 +16,9 @@ from goalhorn.app.ingest import IngestStage
 from goalhorn.app.parts import Parts
 from goalhorn.bus import Bus, BusMessage, Handler, Subscription
 from goalhorn.errors import PublishNotConfirmed
-from goalhorn.ingest import ingestor as ingestor_module
 from goalhorn.ingest.adapter import Parsed
 from goalhorn.ingest.ingestor import Ingestor
+from goalhorn.intents.liveactivity import live_intent
 from goalhorn.keys import Keys
 from goalhorn.models import EventKind, GameState, GameStatus, Intent, Sport
 from goalhorn.settings import Settings
@@ -211,16 +211,15 @@ async def test_an_update_that_cannot_be_built_holds_back_only_its_own_game(
         return Parsed(states=[hockey(second, home_score=score), hockey(second, game_id=edm, home_score=score)])
 
     await ingestor.absorb(poll(0, 0), diff=True, now=T0)
-    real = ingestor_module.live_intent
     broken = {pit}
 
     def flaky(state: GameState, *args: Any, **kwargs: Any) -> Intent:
         if state.game_id in broken:
             broken.discard(state.game_id)
             raise ValueError("no payload fits")
-        return real(state, *args, **kwargs)
+        return live_intent(state, *args, **kwargs)
 
-    monkeypatch.setattr(ingestor_module, "live_intent", flaky)
+    monkeypatch.setattr("goalhorn.ingest.ingestor.live_intent", flaky)
     with pytest.raises(ValueError, match="no payload fits"):
         await ingestor.absorb(poll(10, 1), diff=True, now=T0 + timedelta(seconds=10))
     retry = await ingestor.absorb(poll(15, 1), diff=True, now=T0 + timedelta(seconds=15))
