@@ -89,7 +89,7 @@ def live_intents(namespace: str, intent_ids: set[str]) -> dict[str, dict[str, st
     """The traces (event id, kind, priority) of the Live Activity intents among ``intent_ids``."""
     client = sync_redis.Redis.from_url(LOCAL_REDIS_URL, decode_responses=True)
     try:
-        traces = {i: client.hgetall(Keys(namespace).trace(i)) for i in intent_ids}
+        traces: dict[str, dict[str, str]] = {i: client.hgetall(Keys(namespace).trace(i)) for i in intent_ids}  # type: ignore[misc]
     finally:
         client.close()
     return {i: t for i, t in traces.items() if t.get("event_id", "").startswith(f"live:{KEY}:")}
@@ -191,8 +191,8 @@ def test_a_game_night_of_live_activities_through_the_processes(tmp_path: Path) -
             got[r["intent_id"]][_address(r) + (" (broadcast)" if r.get("via") == "broadcast" else "")] += 1
     assert all(n == 1 for counts in got.values() for n in counts.values()), got  # nothing twice
     assert set(got[start]) == {token(1), token(2), token(3), fcm_token(5), fcm_token(7)}  # not fan4, no channel
-    for update in (goal, end):
-        assert set(got[update]) == {f"{w} (broadcast)" for w in watchers} | {token(6), fcm_token(7)}, update
+    for later in (goal, end):
+        assert set(got[later]) == {f"{w} (broadcast)" for w in watchers} | {token(6), fcm_token(7)}, later
     for other in set(traces) - {start, goal, end}:  # clock ticks, if any, go the same way
         assert token(6) in got[other]
     # Budgets: one start per phone all night; the start spent the hour's priority-10 update, so the goal
