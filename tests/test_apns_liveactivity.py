@@ -98,7 +98,7 @@ async def test_broadcast_reaches_each_subscriber_once_and_is_recorded_per_token(
     assert broadcast.headers["apns-push-type"] == "liveactivity"
     assert broadcast.headers["apns-expiration"] == "0"
     assert broadcast.headers["apns-priority"] == "10"
-    assert broadcast.payload["aps"] == json.loads(intent.data["liveactivity"])  # no input-push-channel
+    assert broadcast.payload["aps"] == json.loads(intent.data["liveactivity"])
     await sandbox.fanout.drain(5)
     lines = recorded(sandbox)
     via = sorted(line["token"] for line in lines if line.get("via") == "broadcast")
@@ -347,6 +347,15 @@ BROADCAST_RULES = [
     ),
     ("priority", BROADCAST, broadcast_headers(**{"apns-priority": "7"}), {"aps": live_aps()}, 400, "BadPriority", ""),
     ("event", BROADCAST, broadcast_headers(), {"aps": live_aps(event="begin")}, 400, "BadPayload", "aps.event"),
+    (
+        "start",
+        BROADCAST,
+        broadcast_headers(),
+        {"aps": live_aps("start")},
+        400,
+        "BadPayload",
+        "push-to-start tokens",
+    ),
     (
         "content-state",
         BROADCAST,

@@ -244,10 +244,7 @@ class ApnsProvider(Provider):
         ttl = max(0, int(intent.expires_at.timestamp() - time.time()))
         collapse = collapse_id(intent.collapse_key) if intent.collapse_key else None
         timeout_s = self._settings.apns_timeout_s
-        broadcast_body = json.dumps(
-            {**payload, "aps": {k: v for k, v in payload["aps"].items() if k != "input-push-channel"}},
-            separators=(",", ":"),
-        ).encode()
+        broadcast_body = json.dumps(payload, separators=(",", ":")).encode()
         broadcasts, path = self._broadcasts, self._broadcast_path
 
         async def send(device: Device) -> DeliveryResult:

@@ -21,7 +21,8 @@ channels (400 ``CannotCreateChannelConfig`` past it); and on the push listener
 ``POST /4/broadcasts/apps/<bundle>`` with ``apns-channel-id`` (400 ``MissingChannelId`` /
 ``BadChannelId``, 410 ``ChannelNotRegistered``), ``apns-push-type: liveactivity`` (400
 ``MissingPushType`` / ``InvalidPushType``), ``apns-expiration: 0`` on a No Message Storage channel
-(400 ``BadExpirationDate``), a payload of at most 5,120 bytes (413) with a valid Live Activity ``aps``.
+(400 ``BadExpirationDate``), a payload of at most 5,120 bytes (413) with a valid Live Activity ``aps``
+whose event is update or end (ActivityKit starts an activity only from a push-to-start token).
 Who watches a channel is steered (:meth:`ApnsSandbox.subscribe`, or the control API): an accepted
 broadcast is delivered to each subscribed token (unregistered ones skipped), each recorded like a
 per-token push with ``"via": "broadcast"`` and the ``channel``.
@@ -392,6 +393,8 @@ class ApnsSandbox(Steering):
         if problem is not None:
             return problem
         detail = live_activity_problem(payload["aps"])
+        if not detail and payload["aps"]["event"] == "start":
+            detail = "a broadcast updates or ends Live Activities: aps.event start goes to push-to-start tokens"
         if detail:
             return Answer.error(400, "BadPayload", detail)
         refusal = await self.faults.verdict(channel_id)
