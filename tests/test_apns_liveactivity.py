@@ -142,6 +142,17 @@ async def test_broadcast_503_is_retryable_and_no_server_is_unanswered(sandbox) -
     assert (unanswered.reason or "").startswith("connection_error")
 
 
+async def test_an_unanswered_broadcast_may_have_been_sent(sandbox) -> None:
+    """A broadcast APNs holds past the deadline was written: it may be out, so its claim is kept."""
+    sandbox.channels[CHANNEL] = Channel(0, set())
+    sandbox.faults.open(FaultWindow.from_json({"mode": "hang", "seconds": 30, "prefix": CHANNEL}))
+    settings = apns_settings(sandbox, apns_timeout_s=0.3)
+    async with ApnsProvider(settings) as provider:
+        (held,) = await provider.send(batch_of(live_intent(), channel_device(CHANNEL)))
+    sandbox.faults.clear()
+    assert (held.outcome, held.retryable, held.maybe_sent, held.reason) == ("failed", True, True, "timeout")
+
+
 async def test_a_bad_liveactivity_document_is_a_message_error_not_a_crash(sandbox) -> None:
     intent = live_intent()
     intent = intent.model_copy(update={"data": {**intent.data, "liveactivity": "{not json"}})

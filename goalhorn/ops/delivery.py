@@ -51,7 +51,8 @@ def sandbox(
         "--control-port",
         help="Also serve the control endpoint on this port (0: any free port): fault windows per provider "
         "(POST /faults/{fcm,apns,webhook}), unregistered tokens, and counts of requests received and answered "
-        "(GET /counts), FCM topic subscriptions (GET /topics).",
+        "(GET /counts), FCM topic subscriptions (GET /topics), APNs broadcast channels (GET /channels) and the "
+        "device tokens watching one (POST/DELETE /channels/{id}/subscribers).",
     ),
     topic_fanout_per_s: float = typer.Option(
         0.0,

@@ -15,19 +15,19 @@ from goalhorn.settings import Settings
 
 def apns_settings(sandbox: ApnsSandbox, key_id: str = "KEY1", *, trusted: bool = True, **overrides: Any) -> Settings:
     """The provider and the channel client aimed at ``sandbox`` with a fresh key it trusts (or not)."""
-    return Settings(
-        apns_key_file=str(sandbox.signing_key(key_id, trusted=trusted)),
-        apns_key_id=key_id,
-        apns_team_id=sandbox.team_id,
-        apns_topic=sandbox.topic,
-        apns_host=sandbox.host,
-        apns_port=sandbox.port,
-        apns_channels_host=sandbox.host,
-        apns_channels_port=sandbox.channels_port,
-        apns_ca_file=str(sandbox.cert_path),
-        apns_timeout_s=2.0,
-        **overrides,
-    )
+    fields: dict[str, Any] = {
+        "apns_key_file": str(sandbox.signing_key(key_id, trusted=trusted)),
+        "apns_key_id": key_id,
+        "apns_team_id": sandbox.team_id,
+        "apns_topic": sandbox.topic,
+        "apns_host": sandbox.host,
+        "apns_port": sandbox.port,
+        "apns_channels_host": sandbox.host,
+        "apns_channels_port": sandbox.channels_port,
+        "apns_ca_file": str(sandbox.cert_path),
+        "apns_timeout_s": 2.0,
+    }
+    return Settings(**(fields | overrides))
 
 
 def token(i: int) -> str:
