@@ -106,6 +106,16 @@ async def test_another_tenants_user_is_not_found(api: Api, settings: Settings) -
     assert await registry.start_tokens("globex/u42") == {}
 
 
+async def test_an_app_says_its_activity_runs_already(api: Api, settings: Settings) -> None:
+    client = await api.as_tenant("acme")
+    await client.put("/v1/users/u42", json={})
+    running = f"/v1/users/u42/live-activities/games/{GAME}/running"
+    assert (await client.put(running)).status_code == 204
+    assert (await client.put(running)).status_code == 204  # said twice: the same
+    problem(await (await api.as_tenant("globex")).put(running), 404)
+    assert not await live_registry(settings, api.app.state.services.redis).mark_running(USER, GAME)
+
+
 async def test_a_game_answers_its_channel_once_it_has_one(api: Api, settings: Settings) -> None:
     client = await api.as_tenant("acme")
     path = f"/v1/games/{GAME}/live-activity"

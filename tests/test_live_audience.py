@@ -159,6 +159,20 @@ async def test_starts_per_user_are_capped_in_their_window(redis: Redis, settings
     assert reached == [[hexa(1)], [hexa(1)], []]
 
 
+async def test_an_activity_the_app_started_gets_no_start_and_spends_no_budget(redis: Redis, settings: Settings) -> None:
+    settings = settings.model_copy(update={"live_starts_per_user": 1})
+    store = PreferenceStore(redis, Keys(settings.namespace), buckets=settings.preference_buckets)
+    registry = live_registry(settings, redis)
+    await follow(store, "acme/u1", "h")
+    await registry.set_start_token("acme/u1", "GameActivityAttributes", hexa(1))
+    assert await registry.mark_running("acme/u1", GAME)  # started in the app, on the channel
+    assert not await registry.mark_running("acme/u1", GAME)
+    expander = expander_of(settings, redis)
+    stats = ExpansionStats()
+    assert addresses(await sent(expander, live_intent("start", "st-1"), stats)) == []
+    assert addresses(await sent(expander, live_intent("start", "st-2", game="espn:other"))) == [hexa(1)]
+
+
 async def test_a_start_without_a_budget_for_previews_records_nothing(redis: Redis, settings: Settings) -> None:
     store = PreferenceStore(redis, Keys(settings.namespace), buckets=settings.preference_buckets)
     registry = live_registry(settings, redis)

@@ -26,7 +26,6 @@ fanout's subscriber-epoch checks around the expansion (the registry stamps the e
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
@@ -37,7 +36,7 @@ from typing import cast
 from pydantic import ValidationError
 
 from goalhorn.keys import Keys, Platform
-from goalhorn.liveactivities.registry import LiveRegistry, text
+from goalhorn.liveactivities.registry import KEEP_STARTS_MS, LiveRegistry, start_digest, text
 from goalhorn.models import DeliveryBatch, Device, EncodedBatch, Intent
 from goalhorn.preferences.eligibility import REASONS, Eligibility, Reason
 from goalhorn.preferences.model import decode_devices
@@ -49,15 +48,14 @@ log = logging.getLogger(__name__)
 LIVE_PREFIX = "live:"
 CHANNEL_DEVICE = "channel:"
 """Device id (and user id) prefix of a game's broadcast channel, address prefix of its channel id."""
-KEEP_STARTS_MS = 12 * 3600 * 1000
-"""A start is remembered this long (the longest a Live Activity can be shown): one per game."""
 
 FollowerChunks = Callable[[Sequence[str]], AsyncIterator[tuple[str, list[bytes]]]]
 """Given team ids: chunks of their followers, each with the team it is judged for (a user following
 two teams comes once, with the first)."""
 
 # KEYS[1] starts hash of one bucket; ARGV: now_ms, game digest, intent id, window_ms, limit, keep_ms,
-# record (1/0), then user ids. A user's record: "<game digest>=<ms>:<intent id>;..."
+# record (1/0), then user ids. A user's record: "<game digest>=<ms>:<intent id>;..." (intent id "app": the
+# app started the activity itself, ``LiveRegistry.mark_running``: no start, and not counted in the budget).
 # Verdicts: 1 send (first start of the game, or this very intent again), 0 started before, 2 over budget.
 _GATE = """
 local now, game, intent = tonumber(ARGV[1]), ARGV[2], ARGV[3]
@@ -72,7 +70,7 @@ for i = 8, #ARGV do
       local t = tonumber(ts)
       if t > now - keep then
         kept[#kept + 1] = g .. '=' .. ts .. ':' .. id
-        if t > now - window then recent = recent + 1 end
+        if t > now - window and id ~= 'app' then recent = recent + 1 end
         if g == game then
           if id == intent then verdict = 1 else verdict = 0 end
         end
@@ -301,7 +299,7 @@ class LiveAudience:
                 wanted.setdefault(bucket, []).append((user, token, raw_devices))
         if not wanted:
             return
-        digest = hashlib.blake2b(game.encode(), digest_size=8).hexdigest()
+        digest = start_digest(game)
         head: list[str | int] = [
             int(now.timestamp() * 1000),
             digest,

@@ -21,7 +21,9 @@ must be told from "nobody registered".
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal, cast
@@ -35,6 +37,21 @@ from goalhorn.preferences.reader import bucket_of, group_by_bucket
 from goalhorn.redis_client import Redis, hmget_many
 
 MAX_TOKEN_CHARS = 1024
+KEEP_STARTS_MS = 12 * 3600 * 1000
+"""A start is remembered this long (the longest a Live Activity can be shown): one per user and game."""
+
+# KEYS[1] the starts hash of the user's bucket; ARGV: user, game digest, now ms, keep ms
+_RUNNING = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1]) or ''
+for g in string.gmatch(raw, '([^=;]+)=') do
+  if g == ARGV[2] then return 0 end
+end
+local entry = ARGV[2] .. '=' .. ARGV[3] .. ':' .. 'app'
+if raw == '' then raw = entry else raw = raw .. ';' .. entry end
+redis.call('HSET', KEYS[1], ARGV[1], raw)
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
+return 1
+"""
 Storage = Literal[0, 1]
 """APNs channel message storage policy: 0 No Message Storage (Apple's advice for sports scores), 1 Most Recent."""
 Saved = Literal["created", "replaced", "unchanged"]
@@ -43,6 +60,11 @@ Saved = Literal["created", "replaced", "unchanged"]
 class TokenRejected(GoalhornError):
     """A token the registry cannot keep (empty, too long, spaces or control characters), or a retired
     update token registered again; the message says which."""
+
+
+def start_digest(game_id: str) -> str:
+    """How a game is named in a user's record of starts (game keys may hold ``=`` and ``;``)."""
+    return hashlib.blake2b(game_id.encode(), digest_size=8).hexdigest()
 
 
 def text(raw: bytes | str) -> str:
@@ -97,6 +119,7 @@ class LiveRegistry:
         self.buckets = buckets
         self._ttl_s = ttl_s
         self._epoch = SubscriberEpoch(redis, keys)
+        self._running = redis.register_script(_RUNNING)
 
     # --- push-to-start tokens -------------------------------------------------------------------
     async def set_start_token(self, user_id: str, activity_type: str, token: str) -> Saved:
@@ -152,6 +175,14 @@ class LiveRegistry:
             for user, raw in zip(users, row, strict=True):
                 found[user] = _tokens(raw).get(activity_type) if raw else None
         return [found[user] for user in user_ids]
+
+    async def mark_running(self, user_id: str, game_id: str) -> bool:
+        """The user's phone shows the game's activity already (the app started it, on the game's channel
+        or not): the game's start is not pushed to them. False if a start was recorded before."""
+        await self._epoch.ensure()
+        key = self._keys.la_starts(bucket_of(user_id, self.buckets))
+        args: list[str | int] = [user_id, start_digest(game_id), int(time.time() * 1000), KEEP_STARTS_MS]
+        return bool(await self._running(keys=[key], args=args))
 
     # --- update tokens ----------------------------------------------------------------------------
     async def set_update_token(self, user_id: str, game_id: str, token: str) -> Saved:

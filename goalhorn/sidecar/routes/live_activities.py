@@ -10,6 +10,9 @@ game's broadcast channel.
   the replaced token is refused from then on (409), so a late request cannot bring it back.
 - ``PUT|DELETE /v1/users/{user_id}/live-activities/games/{game_id}/android``: the FCM token an Android
   app wants a game's live updates on.
+- ``PUT /v1/users/{user_id}/live-activities/games/{game_id}/running``: the phone shows the game's
+  activity already (the app started it, on the game's channel for instance): no push-to-start of the
+  game for this user.
 - ``GET /v1/games/{game_id}/live-activity``: what an app needs to start the activity itself: the
   activity id, the attributes type, and the game's broadcast channel id when it has one (start the
   activity with ``pushType: .channel(id)`` and it gets the broadcasts; without one, register its
@@ -194,6 +197,15 @@ async def delete_android(user_id: UserId, game_id: GameKey, key: Writer, svc: Sv
     user = await _user(svc, key, user_id)
     if not await _registry(svc).delete_android(user, game_id):
         raise not_found("Android registration")
+    return Response(status_code=204)
+
+
+@router.put("/v1/users/{user_id}/live-activities/games/{game_id}/running", status_code=204, response_class=Response)
+async def put_running(user_id: UserId, game_id: GameKey, key: Writer, svc: Svc) -> Response:
+    """The user's phone shows the game's activity already (the app started it, on the game's channel or
+    with a token): the game's start is not pushed to them (a second ticker)."""
+    user = await _user(svc, key, user_id)
+    await _registry(svc).mark_running(user, game_id)
     return Response(status_code=204)
 
 
