@@ -134,7 +134,7 @@ def test_a_game_night_of_live_activities_through_the_processes(tmp_path: Path) -
         auth = {"Authorization": f"Bearer {key}"}
         api = closing.enter_context(httpx.Client(base_url=f"http://127.0.0.1:{api_port}", headers=auth))
         wait("the API answers", lambda: _up(api), running=running)
-        starters = {1: "6", 2: "6", 3: "28", 4: "6"}  # push-to-start phones, by the team followed
+        starters = {1: "6", 2: "6", 3: "28", 4: "6", 8: "6"}  # push-to-start phones, by the team followed
         for n, team in starters.items():
             assert api.put(f"/v1/users/fan{n}", json={}).status_code == 201
             assert api.put(f"/v1/users/fan{n}/follows/teams/{team}").status_code == 204
@@ -143,6 +143,8 @@ def test_a_game_night_of_live_activities_through_the_processes(tmp_path: Path) -
             )
             assert put.status_code == 201, put.text
         assert api.put("/v1/users/fan4/mutes/teams/6").status_code == 204  # fan4 muted its team: no start
+        # fan8 started the activity in the app before kickoff (on the channel, below): no start either
+        assert api.put(f"/v1/users/fan8/live-activities/games/{KEY}/running").status_code == 204
         api.put("/v1/users/fan5", json={})
         api.put("/v1/users/fan5/follows/teams/6")
         phone = api.post("/v1/users/fan5/devices", json={"platform": "fcm", "address": fcm_token(5)})
@@ -163,7 +165,14 @@ def test_a_game_night_of_live_activities_through_the_processes(tmp_path: Path) -
         # Before kickoff the busy game gets its channel; phones that start the activity on it subscribe.
         channel_id = wait("the channel", lambda: _channel(env), running=running)
         assert api.get(f"/v1/games/{KEY}/live-activity").json()["channel_id"] == channel_id
-        watchers = [token(n) for n in range(100, 103)]
+        shown = run_command(["live", "game", KEY, "--json"], env)
+        assert json.loads(shown.stdout) == {
+            "game_id": KEY,
+            "channel_id": channel_id,
+            "update_tokens": 1,
+            "android_registrations": 1,
+        }, shown.stderr
+        watchers = [token(n) for n in range(100, 103)] + [token(8)]
         subscribed = httpx.post(f"{control}/channels/{channel_id}/subscribers", json={"tokens": watchers})
         assert subscribed.status_code == 200, subscribed.text
 
