@@ -517,18 +517,31 @@ class Deliverer:
         """Start a batch's workers (FCM, APNs) one shared slot at a time, as slots come free, up to
         ``limit``: each holds its slot until the batch has no device left (``_serve``). While the slots
         are taken, the batch waits for one in one place, not with a worker task per slot it might get;
-        a worker that stops (the batch done, or a failure) stops the staffing too."""
+        a worker that stops (the batch done, or a failure) stops the staffing too.
+
+        That stop cancels the wait for a slot once, and the staffing then returns: a cancellation it
+        let out would stay on its task with a traceback holding this frame, whose ``stopped`` holds
+        the task, a cycle that kept each batch (500 decoded devices) alive until a full collection.
+        A cancellation from anywhere else goes on out."""
         slots = self._platform_slots(run.provider)
         staffing = asyncio.current_task()
         assert staffing is not None
+        stop = [False]
 
         def stopped(worker: asyncio.Task[None]) -> None:
             run.active -= 1
             slots.release()  # also for a worker cancelled before it ran: the slot was taken for it
-            staffing.cancel()  # the batch has no device left for another worker, or it failed
+            if not stop[0]:  # the batch has no device left for another worker, or it failed
+                stop[0] = True
+                staffing.cancel()
 
         while len(workers) < limit and run.has_work():
-            await slots.acquire()
+            try:
+                await slots.acquire()
+            except asyncio.CancelledError:
+                if stop[0] and staffing.uncancel() == 0:
+                    return
+                raise
             if not run.has_work():
                 slots.release()
                 return
