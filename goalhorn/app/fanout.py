@@ -8,9 +8,9 @@ nobody (``goalhorn.segmenter.hold``, ``goalhorn.segmenter.epoch_watch``); ``/rea
 stop the consumer takes no new intent, requeues those it holds and waits for those being expanded.
 
 Live Activity intents (``live:<game key>``) are expanded over the Live Activities registry
-(``goalhorn.liveactivities``); with APNs configured and ``GOALHORN_LIVE_CHANNELS`` on, the stage also
-runs the games' broadcast channel lifecycle (one fanout process at a time, under a Redis lease), over
-the games of the live state this module hands it.
+(``goalhorn.liveactivities``); with APNs configured and ``GOALHORN_LIVE_ACTIVITIES`` and
+``GOALHORN_LIVE_CHANNELS`` on, the stage also runs the games' broadcast channel lifecycle (one fanout
+process at a time, under a Redis lease), over the games of the live state this module hands it.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ class FanoutStage:
         self._watcher: asyncio.Task[None] | None = None
         self._channels: asyncio.Task[None] | None = None
         self.channels: ChannelLifecycle | None = None
-        """The broadcast channel lifecycle, when APNs is configured and GOALHORN_LIVE_CHANNELS is on."""
+        """The broadcast channel lifecycle, when APNs is configured and Live Activities and channels are on."""
 
     async def start(self) -> None:
         queue = self.parts.keys.intent_queue
@@ -133,7 +133,7 @@ class FanoutStage:
         )
         self._watcher = asyncio.create_task(self._watch())
         settings = self.parts.settings
-        if settings.live_channels and settings.apns_key_file:
+        if settings.live_activities and settings.live_channels and settings.apns_key_file:
             from goalhorn.providers.apns_channels import ApnsChannels  # httpx's HTTP/2 client: only when used
 
             self.channels = ChannelLifecycle(
