@@ -31,6 +31,9 @@ async def test_a_broadcast_through_the_sandbox_process_is_recorded_once_per_watc
         assert settings.apns_channels_port not in (settings.apns_port, 2196)
         async with ApnsChannels(settings) as channels:
             channel_id = await channels.create()
+            while "/" not in channel_id:  # base64: the control API takes an id with "/" in it too
+                await channels.delete(channel_id)
+                channel_id = await channels.create()
         watchers = {"tokens": [token(i) for i in range(3)]}
         async with aiohttp.ClientSession() as session:
             url = f"{control}/channels/{channel_id}/subscribers"
@@ -54,7 +57,7 @@ async def test_a_broadcast_through_the_sandbox_process_is_recorded_once_per_watc
                 await asyncio.sleep(0.05)
         assert state["channels"] == {channel_id: {"message-storage-policy": 0, "subscribers": 3}}
         assert state["broadcasts"] == 1
-        assert state["calls"] == {"create": 1}
+        assert state["calls"]["create"] == state["calls"].get("delete", 0) + 1
     lines = read_records(record)
     assert sorted(line["token"] for line in lines) == [token(i) for i in range(3)]
     assert {(line["via"], line["channel"], line["intent_id"]) for line in lines} == {

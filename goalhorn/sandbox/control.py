@@ -18,7 +18,8 @@ A test or a chaos run in another process steers the sandbox over plain HTTP on 1
   watch it; the channel management calls answered; broadcasts accepted, deliveries made and
   broadcasts still being fanned out;
 - ``POST /channels/{channel_id}/subscribers`` with ``{"tokens": [...]}``: those APNs device tokens
-  watch the channel from now on (404 for a channel the sandbox does not hold);
+  watch the channel from now on (404 for a channel the sandbox does not hold; the id as APNs gave
+  it, ``/`` and ``+`` of its base64 included, raw or percent-encoded);
   ``DELETE`` the same with the same body: they stop.
 
 A bad request is a 400 with ``{"error": "..."}``.
@@ -61,8 +62,8 @@ class SandboxControl:
         app.router.add_get("/counts", self._counts)
         app.router.add_get("/topics", self._topics)
         app.router.add_get("/channels", self._channels)
-        app.router.add_post("/channels/{channel_id}/subscribers", self._subscribe)
-        app.router.add_delete("/channels/{channel_id}/subscribers", self._subscribe)
+        app.router.add_post("/channels/{channel_id:.+}/subscribers", self._subscribe)
+        app.router.add_delete("/channels/{channel_id:.+}/subscribers", self._subscribe)
         app.router.add_post("/faults/{provider}", self._open)
         app.router.add_delete("/faults", self._clear)
         app.router.add_post("/unregistered/{provider}", self._unregister)
