@@ -343,7 +343,7 @@ BROADCAST_RULES = [
         BROADCAST,
         broadcast_headers(**{"apns-channel-id": "b3RoZXItY2hhbm5lbA=="}),
         {"aps": live_aps()},
-        410,
+        400,
         "ChannelNotRegistered",
         "",
     ),

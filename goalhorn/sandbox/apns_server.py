@@ -18,9 +18,10 @@ rule. Broadcast channels as iOS 18 has them: channel management on a second list
 ``GET``/``DELETE`` the same path with ``apns-channel-id`` (200 with the configuration / 204),
 ``GET /1/apps/<bundle>/all-channels`` (``{"channels": [...]}``), at most ``channel_limit`` (10,000)
 channels (400 ``CannotCreateChannelConfig`` past it); and on the push listener
-``POST /4/broadcasts/apps/<bundle>`` with ``apns-channel-id`` (400 ``MissingChannelId`` /
-``BadChannelId``, 410 ``ChannelNotRegistered``), ``apns-push-type: liveactivity`` (400
-``MissingPushType`` / ``InvalidPushType``), ``apns-expiration: 0`` on a No Message Storage channel
+``POST /4/broadcasts/apps/<bundle>`` with ``apns-channel-id`` (400 ``MissingChannelId``,
+``BadChannelId`` or ``ChannelNotRegistered``: Apple's status table for these APIs has no 410),
+``apns-push-type: liveactivity`` (400 ``MissingPushType`` / ``InvalidPushType``),
+``apns-expiration: 0`` on a No Message Storage channel
 (400 ``BadExpirationDate``), a payload of at most 5,120 bytes (413) with a valid Live Activity ``aps``
 whose event is update or end (ActivityKit starts an activity only from a push-to-start token).
 Who watches a channel is steered (:meth:`ApnsSandbox.subscribe`, or the control API): an accepted
@@ -424,7 +425,7 @@ class ApnsSandbox(Steering):
             return None, Answer.error(400, "BadChannelId")
         channel = self.channels.get(channel_id)
         if channel is None:
-            return None, Answer.error(410, "ChannelNotRegistered")
+            return None, Answer.error(400, "ChannelNotRegistered")
         return channel, None
 
     # --- channel management -----------------------------------------------------------------
