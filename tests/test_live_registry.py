@@ -61,3 +61,14 @@ async def test_dead_tokens_and_channels_are_forgotten_unless_registered_again(re
     assert await registry.start_tokens("acme/u1") == {}
     assert await registry.android(GAME) == {}
     assert await registry.channel(GAME) is None
+
+
+async def test_a_deleted_user_leaves_no_start_token(redis: Redis, settings: Settings) -> None:
+    registry = live_registry(settings, redis)
+    await registry.set_start_token("acme/u1", "GameActivityAttributes", hexa(1))
+    await registry.set_start_token("acme/u2", "GameActivityAttributes", hexa(2))
+    await registry.mark_running("acme/u1", GAME)
+    await registry.forget_user("acme/u1")
+    assert await registry.start_tokens("acme/u1") == {}
+    assert await registry.mark_running("acme/u1", GAME)  # its starts are forgotten too
+    assert await registry.start_tokens("acme/u2") == {"GameActivityAttributes": hexa(2)}

@@ -266,6 +266,15 @@ class LiveRegistry:
     async def forget_channel(self, game_id: str) -> bool:
         return bool(await self._redis.hdel(self._keys.la_channels(), game_id))
 
+    async def forget_user(self, user_id: str) -> None:
+        """Forget a deleted user's push-to-start tokens and starts (their per-game registrations expire
+        with the games)."""
+        bucket = bucket_of(user_id, self.buckets)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hdel(self._keys.la_start_tokens(bucket), user_id)
+        pipe.hdel(self._keys.la_starts(bucket), user_id)
+        await pipe.execute()
+
     # --- dead tokens -----------------------------------------------------------------------------------
     async def forget_dead(self, device_id: str, user_id: str, address: str) -> bool:
         """Forget what a delivery device of a Live Activity intent stood for, once its provider said the
