@@ -46,3 +46,37 @@ async def test_a_template_that_cannot_render_fails_the_device_not_the_call():
     assert [(r.outcome, r.retryable) for r in results] == [("failed", False), ("failed", False)]
     assert all("no-such-template" in (r.reason or "") for r in results)
     assert out.getvalue() == ""
+
+
+async def test_a_live_activity_update_shows_its_event_and_ticker_not_a_template() -> None:
+    from datetime import timedelta
+
+    from goalhorn.intents.liveactivity import live_intent
+    from goalhorn.models import EventKind
+    from tests.test_liveactivity_intents import HIGH, T0, event, soccer
+
+    state = soccer(60, home_score=1, display_clock="67'")
+    goal = live_intent(
+        state,
+        [event(state, EventKind.GOAL)],
+        live_event="update",
+        priority=HIGH,
+        last_event="GOAL Messi 67'",
+        now=T0 + timedelta(seconds=61),
+        dismiss_s=900,
+    )
+    out = io.StringIO()
+    async with ConsoleProvider("fcm", out) as provider:
+        results = await provider.send(
+            DeliveryBatch(batch_id="b-1", platform="fcm", intent=goal, devices=(phone("d-1"),))
+        )
+
+    assert results[0].outcome == "sent"
+    assert out.getvalue().split(" | ")[1:] == ["live update", "MIA 1-0 ORL 67'", "GOAL Messi 67'\n"]
+
+    broken = goal.model_copy(update={"data": {**goal.data, "liveactivity": "{not json"}})
+    (result,) = await ConsoleProvider("fcm").send(
+        DeliveryBatch(batch_id="b-2", platform="fcm", intent=broken, devices=(phone("d-1"),))
+    )
+    assert (result.outcome, result.message_error) == ("failed", True)
+    assert "unreadable liveactivity document" in (result.reason or "")
