@@ -51,9 +51,9 @@ async def test_a_template_that_cannot_render_fails_the_device_not_the_call():
 async def test_a_live_activity_update_shows_its_event_and_ticker_not_a_template() -> None:
     from datetime import timedelta
 
-    from goalhorn.intents.liveactivity import live_intent
+    from goalhorn.intents.liveactivity import HIGH, live_intent
     from goalhorn.models import EventKind
-    from tests.test_liveactivity_intents import HIGH, T0, event, soccer
+    from tests.test_liveactivity_intents import T0, event, soccer
 
     state = soccer(60, home_score=1, display_clock="67'")
     goal = live_intent(
