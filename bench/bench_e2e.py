@@ -19,12 +19,22 @@ else. Reported per run:
   then 20 priority-9 goals for 1,000 followers, one every 2 s: p99 (over the 20) of first and last push;
 - the pipeline a team would write instead (``bench/naive_pipeline.py``: a dramatiq task per recipient,
   a Redis lookup per user, firebase-admin) on 100k FCM followers, against goalhorn on the same ones
-  (for up to ``--naive-s``; not in ``--quick``).
+  (for up to ``--naive-s``; not in ``--quick``);
+- FCM topics (issue 15), on the 1M audience (``--quick``: 10k of its own), one follower in 10 of which
+  has a preference record (a time zone: excluded from nothing, but sent per token, not through
+  topics): after its per-token run, ``goalhorn topics sync`` of the team (timed, with the topic
+  management requests it made), then the same goal with ``GOALHORN_FCM_TOPICS=true``: when FCM
+  accepted the topic messages (the sandbox records the first fanned-out push then; target < 5 s)
+  and every FCM message, when the sandbox's fan-out recorded the last topic push, requests per
+  provider (the sandbox's control endpoint) against the per-token run's, last push, delivered and
+  expired within the TTL, exactly once per device (one record per subscribed token).
+  ``--only topics [--topics-size N]`` runs this case alone, its per-token run included.
 
 Targets: worker CPU per push <= 1.3x the bare loops'; a 100k goal's deliveries/s >= 0.7x the bare
 loops'; the 1M goal delivered in full within its TTL (300 s), none expired; time to last push linear
 in the audience (per follower, 1M within 1.25x of 100k); priority p99 first push < 250 ms and last
-< 1 s; worker peak RSS < 150 MB through the 1M goal. ``python -m bench e2e [--quick] [--runs N]``.
+< 1 s; worker peak RSS < 150 MB through the 1M goal; with topics, FCM accepts the 1M goal's topic
+messages within 5 s and the whole goal is delivered within its TTL. ``python -m bench e2e [--quick] [--runs N]``.
 """
 
 from __future__ import annotations
@@ -45,12 +55,16 @@ from pathlib import Path
 from typing import Any
 
 from bench.bare_loops import run_bare_loops
-from bench.deployment import STOP_TIMEOUT_S, Audience, Deployment, LedgerReport, goal_intent
+from bench.deployment import STOP_TIMEOUT_S, Audience, Deployment, LedgerReport, RouteTally, goal_intent
 from bench.figures import Figure, Results
 from goalhorn.catalog import default_catalog
 from goalhorn.models import EventKind
 
 TTL_S = 300.0
+TOPIC_PREFERENCES_EVERY = 10
+"""In the topics case's audience one follower in 10 has a preference record (a time zone, which
+excludes them from nothing): they stay out of FCM topics and are sent per token."""
+TOPIC_TARGET_S = 5.0
 PRIORITY_GOALS = 20
 PRIORITY_FOLLOWERS = 1000
 PRIORITY_SPACING_S = 2.0
@@ -79,6 +93,10 @@ class Sizes:
     naive: int = 20_000
     """The FCM audience of the naive pipeline and of goalhorn's run beside it."""
     priority_spacing_s: float = PRIORITY_SPACING_S
+    topics: str | None = None
+    """The audience of the FCM topics case (``big``: its per-token run is the one compared with)."""
+    topics_size: int = 0
+    """The topics case's audience when it is not one of ``audiences`` (``--quick``)."""
 
 
 def sizes(args: argparse.Namespace) -> Sizes:
@@ -86,7 +104,18 @@ def sizes(args: argparse.Namespace) -> Sizes:
         # a smoke run in under a minute and a half; every figure still over 3 runs. The priority goals come
         # 4x closer together than in the full run (the 20 goals' spacing alone would be most of it).
         return Sizes(
-            {"2k": 2_000}, "2k", None, 1_000, 2_000, args.runs, 0, 1, (), priority_spacing_s=PRIORITY_SPACING_S / 4
+            {"2k": 2_000},
+            "2k",
+            None,
+            1_000,
+            2_000,
+            args.runs,
+            0,
+            1,
+            (),
+            priority_spacing_s=PRIORITY_SPACING_S / 4,
+            topics="10k",
+            topics_size=10_000,
         )
     return Sizes(
         {"10k": 10_000, "100k": 100_000, "1M": 1_000_000},
@@ -98,6 +127,7 @@ def sizes(args: argparse.Namespace) -> Sizes:
         1,
         args.runs,
         ("10k",),
+        topics="1M",
     )
 
 
@@ -123,6 +153,8 @@ MEASURED = {
     # after the last priority goal's publish, until its last push
     "priority tail s": 10.0,
     "naive worker start s": 5.0,
+    # ``goalhorn topics sync`` of a new team, IID batch API: reading followers and recording members
+    "topic sync followers/s": 20_000.0,
 }
 NAIVE_S = 30.0
 """How long the naive pipeline runs by default: its rate is steady after the first seconds."""
@@ -133,7 +165,7 @@ def estimate(plan: Sizes, naive_s: float) -> list[tuple[str, float]]:
     m = MEASURED
     small = {label: n for label, n in plan.audiences.items() if label != plan.big}
     naive = plan.naive if naive_s else 0
-    loaded = sum(plan.audiences.values()) + 2000 + plan.baseline + naive
+    loaded = sum(plan.audiences.values()) + 2000 + plan.baseline + naive + plan.topics_size
     one = sum(small.values()) * plan.runs
     two = sum(small[label] for label in plan.two_workers) * plan.runs
     goals = len(small) * plan.runs
@@ -168,6 +200,17 @@ def estimate(plan: Sizes, naive_s: float) -> list[tuple[str, float]]:
                 (TTL_S + 20 + m["stage start and warm-up s"] + m["stop and queues s"] + m["trace s"]) * plan.big_runs,
             )
         )
+    if plan.topics is not None:
+        size = plan.topics_size or plan.audiences[plan.topics]
+        topic_goal = m["stage start and warm-up s"] + m["stop and queues s"] + m["trace s"]
+        if plan.topics == plan.big:  # bounded by the TTL, as the per-token run
+            topic_goal += TTL_S + 20
+            what = f"FCM topics on {plan.topics}: sync, then the goal with topics (bounded by the TTL + 20 s)"
+        else:  # the per-token run of the same audience first; the topic run sends ~46 % of it per token
+            topic_goal += 2 * (m["stage start and warm-up s"] + m["goal overhead s"])
+            topic_goal += 1.46 * size / m["1 worker pushes/s"]
+            what = f"FCM topics on {plan.topics}: the goal per token, sync, the goal with topics"
+        steps.append((what, m["sandbox start s"] / 2 + size / m["topic sync followers/s"] + topic_goal))
     if naive_s:
         steps.append(
             (f"naive pipeline on {naive:,} FCM followers (up to {naive_s:.0f} s)", naive_s + m["naive worker start s"])
@@ -213,6 +256,15 @@ class RunFigures:
     stages: dict[str, float] = field(default_factory=dict)
     intent_id: str = ""
     published: datetime | None = None
+    requests: dict[str, int] = field(default_factory=dict)
+    """Push requests the sandbox received per provider during the run (with its control endpoint)."""
+    routes: dict[str, RouteTally] = field(default_factory=dict)
+    """The ledger's records per route (``fcm``, ``fcm/topic``, ``apns``, ``webhook``)."""
+    traced: dict[str, Any] = field(default_factory=dict)
+    """``goalhorn trace --json`` of the intent."""
+
+    def since_publish(self, at: datetime | None) -> float | None:
+        return (at - self.published).total_seconds() if at is not None and self.published is not None else None
 
     @property
     def rate(self) -> float:
@@ -277,12 +329,14 @@ async def one_goal(
     before = (cpu_of(deployment, delivers), deployment.cpu_s("fanout"), deployment.cpu_s("sandbox"))
     intent = goal_intent(deployment.namespace, audience.team, n, ttl_s=TTL_S)
     deployment.ledger.expect(intent, audience)
+    received = deployment.requests_received()
     published = await deployment.publish_intent(intent)
     report = await asyncio.to_thread(
         deployment.ledger.wait, timeout_s, 1.0, intents=[intent.intent_id], idle_s=idle_s, poll_s=0.25
     )
     tally = report.intents[intent.intent_id]
     after = (cpu_of(deployment, delivers), deployment.cpu_s("fanout"), deployment.cpu_s("sandbox"))
+    requests = {name: n - received.get(name, 0) for name, n in deployment.requests_received().items()}
     first_s = (tally.first_at - published).total_seconds() if tally.first_at else None
     last_s = (tally.last_at - published).total_seconds() if tally.last_at else None
     figures = RunFigures(
@@ -301,6 +355,8 @@ async def one_goal(
         sandbox_cpu_s=after[2] - before[2],
         intent_id=intent.intent_id,
         published=published,
+        requests=requests,
+        routes=tally.routes,
     )
     if traced:
         await add_traces(deployment, [figures])
@@ -314,6 +370,7 @@ async def add_traces(deployment: Deployment, runs: list[RunFigures]) -> None:
     async def one(run: RunFigures) -> None:
         async with slots:
             traced = await asyncio.to_thread(trace, deployment, run.intent_id)
+        run.traced = traced
         run.expired = expired_of(traced)
         if run.published is not None:
             run.stages = stage_split(traced, run.published, run.last_s)
@@ -352,6 +409,176 @@ async def warm_up(deployment: Deployment, audience: Audience) -> None:
     deployment.ledger.expect(intent, audience)
     await deployment.publish_intent(intent)
     await asyncio.to_thread(deployment.ledger.wait, 60.0, 0.0, intents=[intent.intent_id], idle_s=15.0, poll_s=0.1)
+
+
+@dataclass(slots=True)
+class TopicFigures:
+    """The FCM topics case: one audience's goal per token, its ``goalhorn topics sync``, and the same
+    goal with topics (``GOALHORN_FCM_TOPICS=true``), in one run on the same data."""
+
+    audience: str
+    followers: int
+    per_token: RunFigures
+    topics: RunFigures
+    sync_s: float
+    sync: dict[str, Any]
+    """The sync's report of the team (``goalhorn topics sync --json``: subscribed, in_sync, members...)."""
+    management: dict[str, int]
+    """Topic management requests the sandbox answered during the sync, per call (batchAdd, subscribe...)."""
+
+    @property
+    def topic_accepted_s(self) -> float | None:
+        """Until the first push of a topic message was recorded: FCM (the sandbox) accepted it then, and
+        starts its fan-out at once."""
+        route = self.topics.routes.get("fcm/topic")
+        return self.topics.since_publish(route.first_at if route else None)
+
+    @property
+    def topic_fanned_out_s(self) -> float | None:
+        """Until the sandbox's fan-out recorded the last topic member's push."""
+        route = self.topics.routes.get("fcm/topic")
+        return self.topics.since_publish(route.last_at if route else None)
+
+    @property
+    def fcm_accepted_s(self) -> float | None:
+        """Until FCM accepted the last FCM request of the goal, topic messages and per-token sends (the
+        deliver process's trace: its last FCM batch)."""
+        last = (self.topics.traced.get("providers", {}).get("fcm") or {}).get("last_at")
+        return self.topics.since_publish(datetime.fromisoformat(last) if last else None)
+
+    @property
+    def in_full(self) -> bool:
+        run = self.topics
+        return run.delivered == run.followers and run.expired == 0 and (run.last_s or 1e9) <= TTL_S
+
+
+async def sync_topics(deployment: Deployment, team: str) -> tuple[float, dict[str, Any], dict[str, int]]:
+    """``goalhorn topics sync TEAM --json`` as an operator runs it: seconds, the team's report, and the
+    topic management requests the sandbox answered meanwhile."""
+    from tests.processes import run_command
+
+    before = deployment.control_json("/topics")["calls"]
+    started = time.perf_counter()
+    done = await asyncio.to_thread(run_command, ["topics", "sync", team, "--json"], deployment.env, 3600.0)
+    took = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"goalhorn topics sync {team} exited {done.returncode}: {done.stderr[-2000:]}")
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    report: dict[str, Any] = next((line for line in lines if line.get("what") == "synced"), {})
+    after = deployment.control_json("/topics")["calls"]
+    calls = {name: n - before.get(name, 0) for name, n in after.items() if n - before.get(name, 0)}
+    return took, report, calls
+
+
+async def topics_case(
+    deployment: Deployment, audience: Audience, label: str, warm: Audience, per_token: RunFigures | None
+) -> TopicFigures:
+    """The goal per token (unless ``per_token`` is the audience's run already), ``goalhorn topics sync``
+    of its team, then the same goal with topics; each run in fresh stage processes, bounded by the TTL."""
+    if per_token is None:
+        deployment.start_stages(fanout=1, deliver=1)
+        await warm_up(deployment, warm)
+        per_token = await one_goal(deployment, audience, label, 1, 300, TTL_S + 20, traced=False, idle_s=15.0)
+        stop_stages(deployment)
+        await add_traces(deployment, [per_token])
+        deployment.delete_queues()
+        print_run(per_token)
+    sync_s, report, calls = await sync_topics(deployment, audience.team)
+    print(
+        f"  goalhorn topics sync {audience.team}: {sync_s:.1f} s, {report.get('subscribed', 0):,} tokens subscribed "
+        f"in {sum(calls.values()):,} requests ({calls}); in sync: {report.get('in_sync')}",
+        flush=True,
+    )
+    deployment.start_stages(fanout=1, deliver=1, env={"GOALHORN_FCM_TOPICS": "true"})
+    await warm_up(deployment, warm)
+    topics = await one_goal(deployment, audience, f"{label} topics", 1, 301, TTL_S + 20, traced=False, idle_s=15.0)
+    stop_stages(deployment)
+    await add_traces(deployment, [topics])
+    deployment.delete_queues()
+    print_run(topics)
+    figures = TopicFigures(label, audience.size, per_token, topics, sync_s, report, calls)
+
+    def s(value: float | None) -> str:
+        return f"{value:.2f} s" if value is not None else "-"
+
+    print(
+        f"  topics, {label}: FCM accepted the topic messages after {s(figures.topic_accepted_s)}, every FCM "
+        f"message after {s(figures.fcm_accepted_s)}, the sandbox fanned the last topic push out after "
+        f"{s(figures.topic_fanned_out_s)}; requests {topics.requests} (per token: {per_token.requests})",
+        flush=True,
+    )
+    return figures
+
+
+def report_topics(results: Results, t: TopicFigures) -> bool:
+    """The topics case's figures, each beside the per-token run's; whether its targets were met."""
+    tag = f"topics, {t.audience}"
+    base, run = t.per_token, t.topics
+    subscribed = int(t.sync.get("subscribed", 0))
+    results.add(Figure(f"{tag}: `goalhorn topics sync` ({subscribed:,} tokens)", [t.sync_s], "s"))
+    results.add(Figure(f"{tag}: topic management requests of the sync", [sum(t.management.values())], "requests"))
+    accepted = t.topic_accepted_s
+    results.add(
+        Figure(f"{tag}: FCM accepted the topic messages", [accepted or 0.0], "s", target=f"< {TOPIC_TARGET_S:g}")
+    )
+    results.add(Figure(f"{tag}: FCM accepted every FCM message (topic and per token)", [t.fcm_accepted_s or 0.0], "s"))
+    results.add(Figure(f"{tag}: last topic push recorded (sandbox fan-out)", [t.topic_fanned_out_s or 0.0], "s"))
+    for provider, name in (("fcm", "FCM"), ("apns", "APNs"), ("webhook", "webhook")):
+        if provider in run.requests:
+            results.add(
+                Figure(
+                    f"{tag}: {name} requests",
+                    [run.requests[provider]],
+                    "requests",
+                    baseline=("per token", base.requests.get(provider, 0)),
+                )
+            )
+    results.add(
+        Figure(
+            f"{tag}: last push seen",
+            [run.last_s or 0.0],
+            "s",
+            baseline=("per token", base.last_s or 0.0),
+            target=f"<= {TTL_S:.0f} (TTL)",
+        )
+    )
+    results.add(
+        Figure(
+            f"{tag}: delivered",
+            [run.delivered],
+            "pushes",
+            baseline=("per token", base.delivered),
+            target=f">= {run.followers}",
+        )
+    )
+    results.add(
+        Figure(
+            f"{tag}: expired by the end of the wait",
+            [run.expired],
+            "pushes",
+            baseline=("per token", base.expired),
+            target="0",
+        )
+    )
+    traced = run.traced
+    calls = ", ".join(f"{k} {v:,}" for k, v in t.management.items())
+    results.note(
+        f"{tag}: {int(traced.get('topic_messages', 0)):,} topic message(s) for "
+        f"{int(traced.get('topic_members', 0)):,} subscribed phones, {int(traced.get('recipients', 0)):,} devices "
+        f"per token (one follower in {TOPIC_PREFERENCES_EVERY} has a preference record, so is sent per token); "
+        f"the sync subscribed {subscribed:,} tokens in {sum(t.management.values()):,} requests ({calls}), in sync: "
+        f"{t.sync.get('in_sync')}; exactly once per device: {'yes' if run.exactly_once else 'NO'} ({run.delivered:,} "
+        f"of {run.followers:,}, lost {run.lost:,}, duplicated {run.duplicated:,}, strays {run.strays:,})"
+    )
+    rate = (run.delivered - int(traced.get("topic_members", 0))) / run.last_s if run.last_s else 0.0
+    verdict = "completes" if t.in_full else "does NOT complete"
+    results.note(
+        f"{tag}: with topics the whole goal {verdict} within its {TTL_S:.0f} s TTL: last push after "
+        f"{run.last_s or 0:.1f} s, {run.delivered:,} delivered, {run.expired:,} expired (per token: last push "
+        f"{base.last_s or 0:.1f} s, {base.delivered:,} delivered, {base.expired:,} expired); what is left per token "
+        f"(APNs, webhooks and the FCM devices of followers with preferences) went at {rate:,.0f} pushes/s"
+    )
+    return (accepted or 1e9) < TOPIC_TARGET_S and t.in_full and run.exactly_once
 
 
 def print_run(run: RunFigures) -> None:
@@ -529,9 +756,28 @@ async def priority_only(args: argparse.Namespace, results: Results) -> bool:
     return max(firsts_p99) < 0.25 and max(lasts_p99) < 1.0 and exact
 
 
+async def topics_only(args: argparse.Namespace, results: Results) -> bool:
+    """``--only topics``: the topics case alone on an audience of ``--topics-size`` (default: the plan's),
+    its per-token run included."""
+    plan = sizes(args)
+    size = args.topics_size or plan.topics_size or plan.audiences.get(plan.topics or "", 0)
+    label = f"{size // 1_000_000}M" if size >= 1_000_000 and size % 1_000_000 == 0 else f"{size / 1000:g}k"
+    with contextlib.ExitStack() as stack:
+        work_dir = args.work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="goalhorn-bench-e2e-")))
+        deployment = stack.enter_context(Deployment(work_dir, control=True))
+        started = time.perf_counter()
+        audience = await deployment.load_audience("team-topics", size, preferences_every=TOPIC_PREFERENCES_EVERY)
+        warm = await deployment.load_audience("team-warm", 1000)
+        print(f"loaded {size + 1000:,} followers in {time.perf_counter() - started:.1f} s", flush=True)
+        figures = await topics_case(deployment, audience, label, warm, None)
+    return report_topics(results, figures)
+
+
 async def run(args: argparse.Namespace, results: Results) -> bool:
     if args.only == "priority":
         return await priority_only(args, results)
+    if args.only == "topics":
+        return await topics_only(args, results)
     plan = sizes(args)
     steps = estimate(plan, args.naive_s)
     for what, seconds in steps:
@@ -540,18 +786,24 @@ async def run(args: argparse.Namespace, results: Results) -> bool:
     ok = True
     with contextlib.ExitStack() as stack:
         work_dir = args.work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="goalhorn-bench-e2e-")))
-        deployment = stack.enter_context(Deployment(work_dir))
+        deployment = stack.enter_context(Deployment(work_dir, control=True))
         started = time.perf_counter()
         audiences = {}
         for label, size in plan.audiences.items():
-            audiences[label] = await deployment.load_audience(f"team-{label.lower()}", size)
+            every = TOPIC_PREFERENCES_EVERY if label == plan.topics else 0
+            audiences[label] = await deployment.load_audience(f"team-{label.lower()}", size, preferences_every=every)
+        topic_audience = audiences.get(plan.topics or "")
+        if plan.topics is not None and topic_audience is None:
+            topic_audience = await deployment.load_audience(
+                "team-topics", plan.topics_size, preferences_every=TOPIC_PREFERENCES_EVERY
+            )
         warm = await deployment.load_audience("team-warm", 1000)
         prio = await deployment.load_audience("team-prio", PRIORITY_FOLLOWERS)
         base = await deployment.load_audience("team-baseline", plan.baseline)
         fcm = None
         if args.naive_s > 0:
             fcm = await deployment.load_audience("team-fcm", plan.naive, mix=(("fcm", 100),))
-        loaded = sum(plan.audiences.values()) + 2000 + plan.baseline + (plan.naive if fcm else 0)
+        loaded = sum(plan.audiences.values()) + 2000 + plan.baseline + (plan.naive if fcm else 0) + plan.topics_size
         print(f"loaded {loaded:,} followers in {time.perf_counter() - started:.1f} s", flush=True)
 
         # --- the bare loops, alone on the machine but for the sandbox --------------------------------
@@ -622,6 +874,14 @@ async def run(args: argparse.Namespace, results: Results) -> bool:
                 deployment.delete_queues()
                 print(f"  {plan.big}: took {time.perf_counter() - phase:.0f} s", flush=True)
 
+        topic_figures: TopicFigures | None = None
+        if plan.topics is not None and topic_audience is not None:
+            # after the runs without topics: the sync turns on the marking of changed subscribers
+            phase = time.perf_counter()
+            per_token = next((r for r in big_runs if r.audience == plan.topics), None)
+            topic_figures = await topics_case(deployment, topic_audience, plan.topics, warm, per_token)
+            print(f"  FCM topics, {plan.topics}: took {time.perf_counter() - phase:.0f} s", flush=True)
+
         naive_figures: NaiveFigures | None = None
         if fcm is not None:
             phase = time.perf_counter()
@@ -653,6 +913,8 @@ async def run(args: argparse.Namespace, results: Results) -> bool:
         peaks["sandbox"] = deployment.peak_rss_mb("sandbox")
 
     ok &= report_figures(results, plan, runs, big_runs, bare_rates, bare_cpu, bare, peaks, big_peaks)
+    if topic_figures is not None:
+        ok &= report_topics(results, topic_figures)
     if naive_figures is not None and naive_goalhorn is not None:
         results.add(
             Figure(
@@ -855,7 +1117,18 @@ def main(argv: list[str], results: Results | None = None) -> int:
         default=None,
         help="keep the processes' logs and the push record here (default: a temporary directory)",
     )
-    parser.add_argument("--only", choices=["priority"], default=None, help="run only the priority-under-a-backlog case")
+    parser.add_argument(
+        "--only",
+        choices=["priority", "topics"],
+        default=None,
+        help="run only the priority-under-a-backlog case, or only the FCM topics case (its per-token run included)",
+    )
+    parser.add_argument(
+        "--topics-size",
+        type=int,
+        default=0,
+        help="with --only topics: followers of the audience (default: 1,000,000; --quick 10,000)",
+    )
     parser.add_argument(
         "--spacing-s",
         type=float,

@@ -35,11 +35,13 @@ API::
   included), ``record`` the sandbox's JSONL, ``settings()`` the same as
   :class:`goalhorn.settings.Settings`; with ``control=True`` the sandbox also serves its control
   endpoint (fault windows, counts) at ``control_url``.
-- :meth:`Deployment.load_audience` ``(team, size, *, mix=MIX, chunk=...)`` -> :class:`Audience`: ``size``
-  followers of ``team``, one device each, written by :func:`store_audience` exactly as
-  ``goalhorn subscribers import`` stores new users (the store's own writes); webhook devices point at the
-  sandbox receiver with its secret. Addresses encode the audience's tag and the follower's index, so a
-  record maps back to its device without a table.
+- :meth:`Deployment.load_audience` ``(team, size, *, mix=MIX, chunk=..., preferences_every=0)`` ->
+  :class:`Audience`: ``size`` followers of ``team``, one device each, written by :func:`store_audience`
+  exactly as ``goalhorn subscribers import`` stores new users (the store's own writes); webhook devices
+  point at the sandbox receiver with its secret; every ``preferences_every``-th follower has a
+  preference record that excludes them from nothing (a time zone), so is no FCM topic member.
+  Addresses encode the audience's tag and the follower's index, so a record maps back to its device
+  without a table.
 - :func:`goal_intent` ``(namespace, team, n, *, priority=9, ttl_s=300, collapse_key=..., kind=GOAL)``:
   an intent for the team's followers (the sandbox records its ``intent_id`` with each push; its
   rendered body is unique per ``n`` too, for a sandbox that records none).
@@ -51,7 +53,11 @@ API::
   ``strays``, records matching no expectation); ``wait(timeout_s, settle_s, intents=, idle_s=)`` scans
   until every expected push (of ``intents``) arrived (then ``settle_s`` more, for duplicates), the
   timeout, or ``idle_s`` without any new record; ``pushes`` is the
-  number of record lines so far (cheap: counts line ends).
+  number of record lines so far (cheap: counts line ends). A tally's ``routes`` counts the records per
+  route (``fcm``, ``apns``, ``webhook``, and ``fcm/topic`` for pushes the sandbox fanned out from an
+  FCM topic message), each with its first and last stamp.
+- With ``control=True``: ``control_json(path)`` (``/counts``, ``/topics``) and ``requests_received()``
+  (push requests per provider so far).
 """
 
 from __future__ import annotations
@@ -84,6 +90,9 @@ from tests.processes import Process, clean_env, exports, free_port
 
 MIX: tuple[tuple[Platform, int], ...] = (("fcm", 60), ("apns", 35), ("webhook", 5))
 """The realistic provider mix, in percent."""
+TIME_ZONE = "Europe/London"
+"""The preference a follower with preferences has (``Audience.preferences_every``): a record that
+excludes them from no alert, yet keeps them out of FCM topics (sent per token)."""
 STAGES = ("fanout", "deliver", "ingest", "all")
 RUNNING = r"running \(namespace"
 STOP_TIMEOUT_S = 70.0
@@ -121,6 +130,11 @@ class Audience:
     tag: int
     webhook_base: str
     mix: tuple[tuple[Platform, int], ...] = MIX
+    preferences_every: int = 0
+    """Every n-th follower (``i % n == n - 1``) has a preference record (:data:`TIME_ZONE`); 0: none."""
+
+    def has_preferences(self, i: int) -> bool:
+        return self.preferences_every > 0 and i % self.preferences_every == self.preferences_every - 1
 
     def platform(self, i: int) -> Platform:
         slot = i % 100
@@ -157,7 +171,9 @@ class Audience:
             device: dict[str, str] = {"platform": platform, "address": self.address(i)}
             if platform == "webhook":
                 device["secret"] = secret
-            row = {"user_id": self.user(i), "devices": [device], "follows": follows}
+            row: dict[str, object] = {"user_id": self.user(i), "devices": [device], "follows": follows}
+            if self.has_preferences(i):
+                row["timezone"] = TIME_ZONE
             yield json.dumps(row, separators=(",", ":")).encode() + b"\n"
 
 
@@ -200,12 +216,14 @@ async def store_audience(
     from goalhorn.admin.subscribers import profile_bucket
     from goalhorn.models import Device
     from goalhorn.preferences.layout import check_layout
+    from goalhorn.preferences.model import Preferences
     from goalhorn.preferences.reader import group_by_bucket
     from goalhorn.preferences.store import PreferenceStore
 
     keys = Keys(settings.namespace)
     await check_layout(redis, keys, settings)
     store = PreferenceStore(redis, keys, buckets=settings.preference_buckets)
+    with_preferences = Preferences(time_zone=TIME_ZONE)
     profile = json.dumps(Follows(teams=frozenset({audience.team})).record(), separators=(",", ":"), sort_keys=True)
     for start in range(0, audience.size, chunk):
         devices = []
@@ -224,10 +242,20 @@ async def store_audience(
         users = [d.user_id for d in devices]
         await store.add_devices(devices)
         await store.follow_teams([(user, audience.team) for user in users])
+        end = min(audience.size, start + chunk)
+        await store.set_preferences(
+            {audience.user(i): with_preferences for i in range(start, end) if audience.has_preferences(i)}
+        )
         pipe = redis.pipeline(transaction=False)
         for bucket, ids in group_by_bucket(users, settings.preference_buckets).items():
             pipe.hset(profile_bucket(keys, bucket), mapping=dict.fromkeys(ids, profile))
         await pipe.execute()
+    if audience.preferences_every and audience.size >= audience.preferences_every:
+        # as the import does after writing preferences: the Bloom filter folds the new users in
+        from goalhorn.preferences.bloom import PreferenceBloom
+
+        bloom = PreferenceBloom(redis, keys, buckets=settings.preference_buckets, error_rate=settings.bloom_error_rate)
+        await bloom.rebuild_if_due(await bloom.snapshot(), 1)
 
 
 # --- intents ----------------------------------------------------------------------------------------
@@ -273,6 +301,16 @@ def goal_intent(
 
 # --- ledger -----------------------------------------------------------------------------------------
 @dataclass(slots=True)
+class RouteTally:
+    """The records of one route of an intent's pushes: ``fcm``, ``apns``, ``webhook``, or ``fcm/topic``
+    (a phone reached through an FCM topic message, recorded by the sandbox's fan-out)."""
+
+    records: int = 0
+    first_at: datetime | None = None
+    last_at: datetime | None = None
+
+
+@dataclass(slots=True)
 class IntentTally:
     """What the record shows of one intent's pushes."""
 
@@ -287,6 +325,7 @@ class IntentTally:
     first_at: datetime | None = None
     last_at: datetime | None = None
     per_provider: dict[str, int] = field(default_factory=dict)
+    routes: dict[str, RouteTally] = field(default_factory=dict)
 
     @property
     def exactly_once(self) -> bool:
@@ -337,6 +376,8 @@ class _Expectation:
     first_at: str | None = None
     last_at: str | None = None
     per_provider: dict[str, int] = field(default_factory=dict)
+    routes: dict[str, list[Any]] = field(default_factory=dict)
+    """route -> [records, first_at, last_at] (ISO stamps, as recorded)."""
 
 
 class Ledger:
@@ -418,6 +459,14 @@ class Ledger:
             expectation.last_at = at
         provider = record["provider"]
         expectation.per_provider[provider] = expectation.per_provider.get(provider, 0) + 1
+        route = f"{provider}/topic" if record.get("via") == "topic" else provider
+        tally = expectation.routes.get(route)
+        if tally is None:
+            expectation.routes[route] = [1, at, at]
+        else:
+            tally[0] += 1
+            tally[1] = min(tally[1], at)
+            tally[2] = max(tally[2], at)
 
     def _stray(self, record: dict[str, Any]) -> None:
         self.strays += 1
@@ -441,6 +490,10 @@ class Ledger:
                 first_at=datetime.fromisoformat(e.first_at) if e.first_at else None,
                 last_at=datetime.fromisoformat(e.last_at) if e.last_at else None,
                 per_provider=dict(e.per_provider),
+                routes={
+                    route: RouteTally(n, datetime.fromisoformat(first), datetime.fromisoformat(last))
+                    for route, (n, first, last) in e.routes.items()
+                },
             )
         return LedgerReport(intents, self.strays, self._lines_scanned())
 
@@ -702,16 +755,45 @@ class Deployment:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
             return parse_metrics(response.read().decode())
 
+    def control_json(self, path: str, timeout_s: float = 10.0) -> Any:
+        """The sandbox control endpoint's answer to ``GET path`` (``/counts``, ``/topics``), parsed;
+        needs ``control=True``."""
+        if self.control_url is None:
+            raise ValueError("the sandbox runs without its control endpoint: Deployment(..., control=True)")
+        with urllib.request.urlopen(self.control_url + path, timeout=timeout_s) as response:
+            return json.loads(response.read())
+
+    def requests_received(self) -> dict[str, int]:
+        """Push requests the sandbox received so far, per provider (``fcm``: ``messages:send`` alone,
+        topic management apart); empty without the control endpoint."""
+        if self.control_url is None:
+            return {}
+        return {name: int(counts["received"]) for name, counts in self.control_json("/counts").items()}
+
     # --- data -----------------------------------------------------------------------------------
     async def load_audience(
-        self, team: str, size: int, *, mix: tuple[tuple[Platform, int], ...] = MIX, chunk: int = 5000
+        self,
+        team: str,
+        size: int,
+        *,
+        mix: tuple[tuple[Platform, int], ...] = MIX,
+        chunk: int = 5000,
+        preferences_every: int = 0,
     ) -> Audience:
-        """``size`` followers of ``team``, stored as ``goalhorn subscribers import`` stores new users."""
+        """``size`` followers of ``team``, stored as ``goalhorn subscribers import`` stores new users
+        (every ``preferences_every``-th with a harmless preference record)."""
         from goalhorn.redis_client import make_redis
 
         self._tags += 1
         tag = int(self.namespace.encode().hex()[-4:], 16) << 16 | self._tags
-        audience = Audience(team=team, size=size, tag=tag & 0xFFFFFFFF, webhook_base=self.webhook_base, mix=mix)
+        audience = Audience(
+            team=team,
+            size=size,
+            tag=tag & 0xFFFFFFFF,
+            webhook_base=self.webhook_base,
+            mix=mix,
+            preferences_every=preferences_every,
+        )
         settings = self.settings()
         redis = make_redis(settings)
         try:

@@ -11,7 +11,7 @@ from typing import IO, cast
 import pytest
 
 from bench.bare_loops import run_bare_loops
-from bench.bench_e2e import one_goal, print_run
+from bench.bench_e2e import one_goal, print_run, report_topics, topics_case
 from bench.deployment import Audience, Deployment, _LineStream, store_audience
 from bench.figures import Figure, Results
 from goalhorn.admin.subscribers import import_subscribers
@@ -103,7 +103,7 @@ def test_the_bulk_loader_stores_what_an_import_of_the_same_lines_stores() -> Non
         for load in ("bulk", "import"):
             settings = make_settings("real", webhook_allowlist="127.0.0.1")
             redis = make_redis(settings)
-            audience = Audience(team="t1", size=450, tag=7, webhook_base="http://127.0.0.1:9")
+            audience = Audience(team="t1", size=450, tag=7, webhook_base="http://127.0.0.1:9", preferences_every=10)
             try:
                 if load == "bulk":
                     await store_audience(redis, settings, audience, SECRET, chunk=200)
@@ -120,4 +120,45 @@ def test_the_bulk_loader_stores_what_an_import_of_the_same_lines_stores() -> Non
 
     bulk, imported = asyncio.run(both())
     assert sum(len(v) for k, v in bulk.items() if isinstance(v, dict) and "seen" not in k) > 450
+    assert sum(len(v) for k, v in bulk.items() if ":prefs:" in k and isinstance(v, dict)) == 45  # one in 10
     assert bulk == imported
+
+
+def test_the_topics_case_reaches_plain_fcm_followers_through_one_topic_message_and_the_rest_per_token(
+    tmp_path,
+) -> None:
+    """The FCM topics case at 300 followers (180 FCM, 18 of them with preferences): its per-token run,
+    ``goalhorn topics sync``, and the goal with topics, each device exactly once, requests counted."""
+    require_real_services()
+    with Deployment(tmp_path, control=True) as deployment:
+
+        async def case():
+            audience = await deployment.load_audience("topics", 300, preferences_every=10)
+            warm = await deployment.load_audience("warm", 20)
+            try:
+                return await topics_case(deployment, audience, "300", warm, None)
+            finally:
+                await deployment.close_bus()
+
+        t = asyncio.run(case())
+    assert (t.sync["in_sync"], t.sync["subscribed"], t.management) == (True, 162, {"batchAdd": 1})
+    assert t.per_token.exactly_once
+    assert t.topics.exactly_once
+    assert t.per_token.requests == {"fcm": 180, "apns": 105, "webhook": 15}
+    assert t.topics.requests == {"fcm": 19, "apns": 105, "webhook": 15}  # 1 topic message + 18 tokens
+    assert {route: tally.records for route, tally in t.topics.routes.items()} == {
+        "fcm/topic": 162,
+        "fcm": 18,
+        "apns": 105,
+        "webhook": 15,
+    }
+    traced = t.topics.traced
+    assert (traced["topic_messages"], traced["topic_members"], traced["recipients"]) == (1, 162, 138)
+    assert t.topic_accepted_s is not None
+    assert t.fcm_accepted_s is not None
+    assert t.topic_fanned_out_s is not None
+    assert 0 < t.topic_accepted_s <= t.topic_fanned_out_s
+    results = Results("e2e")
+    assert report_topics(results, t)
+    section = results.markdown("python -m bench e2e", "Run now.")
+    assert "| topics, 300: FCM requests | 19.00 requests (1 run) | per token: 180 requests | 0.11x |" in section

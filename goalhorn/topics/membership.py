@@ -37,6 +37,16 @@ from goalhorn.topics.state import SENT_GRACE_S, Member, TopicState, as_text
 log = logging.getLogger(__name__)
 
 CHUNK = 500
+SCAN_COUNT = 2000
+"""Followers asked for per SSCAN of a full reconcile (and read in one round trip)."""
+APPLY_CHUNK = 10_000
+"""Tokens (un)subscribed and recorded at a time: FCM's answers are written as they come (a sync that
+dies half-way keeps what FCM accepted) and the topic lock is extended between slices."""
+FCM_MARK = b'"fcm"'
+"""In a stored device record that holds an FCM device (its platform); one without it is not decoded."""
+RECORD_CHUNK = 2_000
+"""Tokens recorded in Redis per pipeline (two commands each): a 540k-token team in one pipeline was
+more than redis-py could write within its socket timeout."""
 LOCK_S = 120
 ATTEMPTS = 6
 RETRY_BASE_S = 0.5
@@ -149,7 +159,7 @@ class TopicMembership:
         desired: dict[str, Member] = {}
         cursor = 0
         while True:
-            cursor, raw = await self._redis.sscan(self._keys.team_followers(team_id), cursor, count=CHUNK)
+            cursor, raw = await self._redis.sscan(self._keys.team_followers(team_id), cursor, count=SCAN_COUNT)
             await self._extend_lock()
             users = [as_text(u) for u in raw]
             for user_id, (plain, devices) in (await self._read_users(users)).items():
@@ -252,9 +262,15 @@ class TopicMembership:
             by_topic: dict[str, list[str]] = defaultdict(list)
             for token, member in wanted.items():
                 by_topic[member.topic].append(token)
-            for topic, tokens in by_topic.items():
+            slices = [
+                (topic, tokens[start : start + APPLY_CHUNK])
+                for topic, tokens in by_topic.items()
+                for start in range(0, len(tokens), APPLY_CHUNK)
+            ]
+            for topic, part in slices:
+                await self._extend_lock()
                 backoff = Backoff(RETRY_BASE_S, RETRY_CAP_S)
-                left = tokens
+                left = part
                 for attempt in range(self._attempts):
                     if attempt:
                         await asyncio.sleep(backoff.next_delay())
@@ -287,17 +303,24 @@ class TopicMembership:
     async def _record(
         self, team_id: str, subscribed: bool, topic: str, tokens: Iterable[str], members: dict[str, Member]
     ) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        for token in tokens:
-            member = members[token]
-            field_name = f"{team_id}\t{token}"
+        listed = list(tokens)
+        for start in range(0, len(listed), RECORD_CHUNK):
+            part = listed[start : start + RECORD_CHUNK]
+            if not part:
+                continue
+            pipe = self._redis.pipeline(transaction=False)
+            # the team's hash in one command per slice; a user's hash is a key (and slot) of its own
             if subscribed:
-                pipe.hset(self._keys.topic_members(team_id), token, member.encode())
-                pipe.hset(self._keys.topic_user(member.user_id), field_name, topic)
+                pipe.hset(self._keys.topic_members(team_id), mapping={t: members[t].encode() for t in part})
             else:
-                pipe.hdel(self._keys.topic_members(team_id), token)
-                pipe.hdel(self._keys.topic_user(member.user_id), field_name)
-        await pipe.execute()
+                pipe.hdel(self._keys.topic_members(team_id), *part)
+            for token in part:
+                field_name = f"{team_id}\t{token}"
+                if subscribed:
+                    pipe.hset(self._keys.topic_user(members[token].user_id), field_name, topic)
+                else:
+                    pipe.hdel(self._keys.topic_user(members[token].user_id), field_name)
+            await pipe.execute()
 
     async def _drop_dead(self, member: Member) -> None:
         """A token FCM says is dead: the device goes (which marks its user again)."""
@@ -320,7 +343,8 @@ class TopicMembership:
 
     # --- reading ----------------------------------------------------------------------------
     async def _read_users(self, users: Sequence[str]) -> dict[str, tuple[bool, list[Device]]]:
-        """Per user: whether they have no preference record, and their devices."""
+        """Per user: whether they have no preference record, and their devices (only read for those
+        with none, and only when the record names an FCM device: the others are in no topic)."""
         grouped = group_by_bucket(users, self._buckets)
         pipe = self._redis.pipeline(transaction=False)
         order: list[list[str]] = []
@@ -333,8 +357,11 @@ class TopicMembership:
         for n, members in enumerate(order):
             prefs, devices = rows[2 * n], rows[2 * n + 1]
             for user_id, raw_prefs, raw_devices in zip(members, prefs, devices, strict=True):
+                if raw_prefs is not None or not raw_devices or FCM_MARK not in raw_devices:
+                    out[user_id] = (raw_prefs is None, [])
+                    continue
                 try:
-                    parsed = decode_devices(raw_devices) if raw_devices else []
+                    parsed = decode_devices(raw_devices)
                 except ValueError:
                     log.error("user %r: unreadable device record; left out of topics", user_id)
                     parsed = []
