@@ -54,6 +54,7 @@ from goalhorn.dispatch.markers import Claims, DeliveryMarkers, Final
 from goalhorn.dispatch.pacing import TokenBucket, quota_refused
 from goalhorn.errors import ProviderError, ProviderRateLimited
 from goalhorn.keys import Keys, Platform
+from goalhorn.liveactivities.registry import LiveRegistry
 from goalhorn.models import (
     DELIVERY_COUNTS,
     DeadLetter,
@@ -400,6 +401,9 @@ class Deliverer:
         )
         self.marks = _MarkerWrites(self.markers)
         self._store = PreferenceStore(redis, self._keys)
+        self._live = LiveRegistry(
+            redis, self._keys, buckets=settings.preference_buckets, ttl_s=settings.live_registration_ttl_s
+        )
         self.breakers = Breakers(settings.breaker_failure_threshold, settings.breaker_open_s)
         self.breaker_board = BreakerBoard(redis, self._keys)
         rates = {
@@ -449,7 +453,7 @@ class Deliverer:
             await self._deliver(batch, tally)
         await self._follow_up(batch, tally)
         if tally.dead_tokens:
-            removed, kept = await prune_tokens(self._store, tally.dead_tokens)
+            removed, kept = await prune_tokens(self._store, tally.dead_tokens, self._live)
             tally.add("tokens_removed", removed)
             tally.add("tokens_kept_reregistered", kept)
         tally.add("batches_done", 1)
