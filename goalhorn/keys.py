@@ -309,6 +309,16 @@ class Keys:
         """SET of the update tokens of one game that a rotation replaced: never registered again."""
         return f"{self.namespace}:la:game:{{la:{game_id}}}:retired"
 
+    def la_ticker(self, game_key: str) -> str:
+        """HASH of one match's Live Activity ticker as ingest last published it: ``observed_ms``,
+        ``digest`` and ``last_event`` of that update, ``started``, ``ended``, ``tick_at`` (ms)
+        (``goalhorn.intents.live_pacing``); hash tag ``{<game key>}``, with its hourly count."""
+        return f"{self.namespace}:liveactivity:{{{game_key}}}:ticker"
+
+    def la_high_count(self, game_key: str, hour: int) -> str:
+        """STRING: priority-10 Live Activity updates of one match in one clock hour (hours since the epoch)."""
+        return f"{self.namespace}:liveactivity:{{{game_key}}}:high:{hour}"
+
     def la_channels(self) -> str:
         """HASH game id -> JSON of the game's APNs broadcast channel (id, storage policy, created_at)."""
         return f"{self.namespace}:la:{{channels}}:by_game"

@@ -97,17 +97,6 @@ return 1
 """
 
 
-def ticker_key(keys: Keys, key: str) -> str:
-    """HASH of one match's Live Activity ticker: ``observed_ms``, ``digest`` and ``last_event`` of the
-    last update published, ``started``, ``ended``, ``tick_at`` (ms); hash tag ``{<game key>}``."""
-    return f"{keys.namespace}:liveactivity:{{{key}}}:ticker"
-
-
-def high_count_key(keys: Keys, key: str, hour: int) -> str:
-    """STRING: priority-10 Live Activity updates of one match in one clock hour (hours since the epoch)."""
-    return f"{keys.namespace}:liveactivity:{{{key}}}:high:{hour}"
-
-
 @dataclass(frozen=True, slots=True)
 class Claim:
     """A state this process is to publish as a Live Activity intent, and what to put back if it cannot."""
@@ -142,7 +131,7 @@ class LivePacing:
         hour = now_ms // HOUR_MS
         observed_ms = int(state.observed_at.timestamp() * 1000)
         raw = await self._claim(
-            keys=[ticker_key(self._keys, key), high_count_key(self._keys, key, hour)],
+            keys=[self._keys.la_ticker(key), self._keys.la_high_count(key, hour)],
             args=[
                 observed_ms,
                 state.status.value,
@@ -176,7 +165,7 @@ class LivePacing:
         """Put back what ``claim`` recorded (its intent was not published); False if a newer state was
         claimed meanwhile, which then stands."""
         done = await self._release(
-            keys=[ticker_key(self._keys, claim.key), high_count_key(self._keys, claim.key, claim.hour)],
+            keys=[self._keys.la_ticker(claim.key), self._keys.la_high_count(claim.key, claim.hour)],
             args=[claim.observed_ms, "1" if claim.counted else "0", *claim.previous],
         )
         return bool(done)
