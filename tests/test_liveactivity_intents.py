@@ -117,6 +117,7 @@ def test_a_start_carries_the_activity_attributes_the_content_state_and_an_alert(
     assert intent.event_at == T0
     assert intent.data["apns_push_type"] == "liveactivity"
     assert (intent.data["activity_id"], intent.data["live_event"]) == ("espn:760415", "start")
+    assert (intent.data["home_team_id"], intent.data["away_team_id"]) == ("20232", "12011")
     sent = aps(intent)
     assert sent["event"] == "start"
     assert sent["timestamp"] == int(T0.timestamp())

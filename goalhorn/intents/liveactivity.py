@@ -253,6 +253,9 @@ def _build(
             "live_update": _compact(android),
             "activity_id": key,
             "live_event": live_event,
+            # whose followers a start goes to (the fanout), never cut like the payload's texts
+            "home_team_id": state.home_team_id,
+            "away_team_id": state.away_team_id,
         },
         collapse_key=audience(key),
         event_at=state.observed_at,
