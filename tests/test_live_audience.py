@@ -97,6 +97,7 @@ async def test_an_update_reaches_the_channel_update_tokens_and_android_registrat
     assert sorted(got) == sorted(["channel:chan-1", hexa(1), hexa(2), fcm(5)])
     channel = next(d for b in batches for d in b.devices if d.address == "channel:chan-1")
     assert channel.device_id == channel.user_id == f"channel:{GAME}"
+    assert stats.live_broadcasts == 1
     assert {b.platform for b in batches if fcm(5) in addresses([b])} == {"fcm"}
     assert stats.devices == 4
     assert all(b.intent.data.get("input_push_channel") is None for b in batches)
@@ -155,8 +156,12 @@ async def test_starts_per_user_are_capped_in_their_window(redis: Redis, settings
     await follow(store, "acme/u1", "h")
     await registry.set_start_token("acme/u1", "GameActivityAttributes", hexa(1))
     expander = expander_of(settings, redis)
-    reached = [addresses(await sent(expander, live_intent("start", f"st-{n}", game=f"espn:{n}"))) for n in range(3)]
+    stats = [ExpansionStats() for _ in range(3)]
+    reached = [
+        addresses(await sent(expander, live_intent("start", f"st-{n}", game=f"espn:{n}"), stats[n])) for n in range(3)
+    ]
     assert reached == [[hexa(1)], [hexa(1)], []]
+    assert [s.live_starts_over_budget for s in stats] == [0, 0, 1], "a skipped start is counted, not only logged"
 
 
 async def test_an_activity_the_app_started_gets_no_start_and_spends_no_budget(redis: Redis, settings: Settings) -> None:
@@ -170,6 +175,7 @@ async def test_an_activity_the_app_started_gets_no_start_and_spends_no_budget(re
     expander = expander_of(settings, redis)
     stats = ExpansionStats()
     assert addresses(await sent(expander, live_intent("start", "st-1"), stats)) == []
+    assert (stats.live_starts_repeated, stats.live_starts_over_budget) == (1, 0)
     assert addresses(await sent(expander, live_intent("start", "st-2", game="espn:other"))) == [hexa(1)]
 
 

@@ -86,6 +86,12 @@ class ExpansionStats:
     """FCM topic messages planned (one per team topic and locale)."""
     topic_members: int = 0
     """FCM devices known to be subscribed to them, left out of the per-token batches."""
+    live_broadcasts: int = 0
+    """A Live Activity intent sent on its game's APNs broadcast channel (one request for its watchers)."""
+    live_starts_over_budget: int = 0
+    """Followers a Live Activity start skipped: past their push-to-start budget (``live_starts_per_user``)."""
+    live_starts_repeated: int = 0
+    """Followers a start skipped: they got one for the game already, or said their activity runs."""
 
 
 @dataclass(slots=True)
@@ -243,6 +249,9 @@ class Expander:
                 )
             stats.users += found.users
             stats.devices, stats.batches = found.devices, found.batches
+            stats.live_broadcasts += found.channel
+            stats.live_starts_over_budget += found.over_budget
+            stats.live_starts_repeated += found.started_before
             stats.invalid_preferences += found.invalid_preferences
             for reason, n in found.suppressed.items():
                 stats.suppressed[reason] += n
