@@ -258,7 +258,7 @@ class Settings(BaseSettings):
     live_start_window_s: int = Field(default=3600, ge=60, description="The window of GOALHORN_LIVE_STARTS_PER_USER.")
     live_channels: bool = Field(
         default=True,
-        description="Give busy games an APNs broadcast channel (needs APNs configured); false: per-token only.",
+        description="A broadcast channel for busy games (needs GOALHORN_LIVE_ACTIVITIES and APNs); false: per token.",
     )
     live_channel_lead_s: int = Field(
         default=1800, ge=0, description="Create a game's broadcast channel this long before its scheduled start."
