@@ -3,9 +3,11 @@
 A pass (``ChannelLifecycle.run_once``, every ``GOALHORN_LIVE_CHANNEL_INTERVAL_S`` in the fanout stage)
 
 1. takes the lease (``Keys.la_channels_lease``): one process acts at a time, the others skip;
-2. deletes the channel of every game seen final ``keep_s`` ago (the end update has gone out by
-   then; a channel's game that is no longer in the live state at all is treated alike once
-   ``ORPHAN_S`` old) and forgets it: APNs answering that it no longer knows a channel is no error;
+2. deletes the channel of every game seen final ``keep_s`` ago, and never before ``END_TTL_S``
+   (the game's ``end`` intent may wait that long to be sent, and a broadcast on a deleted channel is
+   refused: every activity started on it would go on showing the game live); a channel's game that
+   is no longer in the live state at all is treated alike once ``ORPHAN_S`` old; it is then
+   forgotten: APNs answering that it no longer knows a channel is no error;
 3. creates a channel (No Message Storage, Apple's advice for sports scores) for every game starting
    within ``lead_s`` (or already live) whose teams have at least ``min_followers`` followers together,
    the busiest first, while fewer than ``max_channels`` are held (Apple's limit is 10,000 per app;
@@ -38,6 +40,9 @@ ORPHAN_S = 12 * 3600
 """A channel whose game left the live state is deleted once this old (the longest a Live Activity lives)."""
 RECONCILE_EVERY = 20
 LEASE_S = 120
+END_TTL_S = 1800
+"""How long a game's ``end`` intent may wait to be sent (``goalhorn.intents.liveactivity.TTL_S["end"]``,
+a layer above this one): its channel is kept at least this long after the game was seen final."""
 
 # KEYS[1] lease; ARGV: holder, lease ms. Takes the lease if free, extends it if ours.
 _LEASE = """
@@ -141,7 +146,7 @@ class ChannelLifecycle:
         """One pass (see the module's docstring)."""
         now = time.time() if now is None else now
         report = PassReport()
-        if not await self._lease(keys=[self._keys.la_channels_lease()], args=[self.holder, LEASE_S * 1000]):
+        if not await self._hold():
             report.held_by_other = True
             return report
         held = {c.game_id: c for c in await self.registry.channels()}
@@ -155,12 +160,16 @@ class ChannelLifecycle:
                 channel = replace(channel, final_at=now)
                 await self.registry.keep_channel(channel)
                 held[channel.game_id] = channel
-            done = channel.final_at is not None and now >= channel.final_at + self._keep_s
+            done = channel.final_at is not None and now >= channel.final_at + max(self._keep_s, END_TTL_S)
             orphan = game is None and now >= channel.created_at + ORPHAN_S
             if (done or orphan) and await self._delete(channel, report):
                 del held[channel.game_id]
         await self._create(games, held, report, now)
         return report
+
+    async def _hold(self) -> bool:
+        """Take or extend the lease; False when another process holds it."""
+        return bool(await self._lease(keys=[self._keys.la_channels_lease()], args=[self.holder, LEASE_S * 1000]))
 
     async def aclose(self) -> None:
         """Close the channel client (the lifecycle owns it)."""

@@ -1,0 +1,118 @@
+"""Review of the broadcast channel lifecycle (issue 15): what it must not do to a game's channel.
+
+- A channel is not deleted while the game's ``end`` intent may still be waiting to be sent: the end
+  lives ``TTL_S["end"]`` (30 min) and a broadcast on a deleted channel is refused
+  (``ChannelNotRegistered``), so every activity started on the channel would keep the game "live".
+- Two fanout processes never both create a channel for one game (a pass that outlives its lease, or
+  one that raced another): APNs would hold a channel goalhorn does not know, never deleted (Apple's
+  10,000 are per app), and the broadcasts would go to one while phones subscribed to the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from goalhorn.app.fanout import live_games, live_registry
+from goalhorn.ingest.live import LiveState
+from goalhorn.intents.liveactivity import TTL_S
+from goalhorn.keys import Keys
+from goalhorn.liveactivities.channels import ChannelLifecycle
+from goalhorn.models import GameState, GameStatus
+from goalhorn.preferences.store import PreferenceStore
+from goalhorn.providers.apns_channels import ApnsChannels
+from goalhorn.redis_client import Redis
+from goalhorn.sandbox.apns_server import ApnsSandbox
+from goalhorn.settings import Settings
+from tests.support.apns_sandbox import apns_settings
+from tests.support.builders import game_state
+
+KICKOFF = datetime(2026, 11, 30, 20, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def sandbox(tmp_path: Path) -> AsyncIterator[ApnsSandbox]:
+    async with ApnsSandbox(tmp_path) as server:
+        yield server
+
+
+def state(status: GameStatus, at: datetime) -> GameState:
+    return game_state("busy", status, observed_at=at).model_copy(
+        update={"home_team_id": "2", "away_team_id": "18", "start_time": KICKOFF}
+    )
+
+
+async def busy_game(redis: Redis, settings: Settings, status: GameStatus, at: datetime) -> LiveState:
+    store = PreferenceStore(redis, Keys(settings.namespace), buckets=settings.preference_buckets)
+    await store.follow_teams([(f"acme/f-{i}", "2") for i in range(20)])
+    live = LiveState(redis, Keys(settings.namespace), retention_s=3600)
+    await live.write([state(status, at)])
+    return live
+
+
+class GatedChannels:
+    """The real channel client (against the sandbox), whose ``create`` waits at a gate the test opens:
+    it lets two passes interleave as two processes' passes do."""
+
+    def __init__(self, inner: ApnsChannels) -> None:
+        self.inner = inner
+        self.reached = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def create(self, *, storage: Literal[0, 1] = 0) -> str:
+        self.reached.set()
+        await self.gate.wait()
+        return await self.inner.create(storage=storage)
+
+    async def delete(self, channel_id: str) -> bool:
+        return await self.inner.delete(channel_id)
+
+    async def list(self) -> list[str]:
+        return await self.inner.list()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def lifecycle(redis: Redis, settings: Settings, client: ApnsChannels | GatedChannels) -> ChannelLifecycle:
+    keys = Keys(settings.namespace)
+    return ChannelLifecycle(
+        redis,
+        keys,
+        live_registry(settings, redis),
+        client,
+        live_games(LiveState(redis, keys, retention_s=3600)),
+        lead_s=1800,
+        min_followers=10,
+        keep_s=settings.live_channel_keep_s,  # the default, 600 s
+        max_channels=10_000,
+    )
+
+
+async def test_the_channel_outlives_every_end_intent_that_may_still_be_sent(
+    redis: Redis, settings: Settings, sandbox: ApnsSandbox
+) -> None:
+    live = await busy_game(redis, settings, GameStatus.LIVE, KICKOFF)
+    channels = lifecycle(redis, settings, ApnsChannels(apns_settings(sandbox)))
+    try:
+        assert (await channels.run_once(KICKOFF.timestamp())).created == ["espn:busy"]
+        made = await channels.registry.channel("espn:busy")
+        assert made is not None
+        full_time = KICKOFF + timedelta(hours=2)
+        await live.write([state(GameStatus.FINAL, full_time)])
+        # ingest publishes the end at full time; it may be sent until it expires, TTL_S["end"] later
+        end_expires = full_time.timestamp() + TTL_S["end"]
+        assert settings.live_channel_keep_s < TTL_S["end"], "the case under review: the default keep is shorter"
+        assert (await channels.run_once(full_time.timestamp())).deleted == []
+        report = await channels.run_once(end_expires - 1)
+        assert report.deleted == [], "the channel was deleted while the end could still be waiting to go out"
+        assert made.channel_id in sandbox.channels
+        assert (await channels.run_once(end_expires + 1)).deleted == ["espn:busy"]
+        assert made.channel_id not in sandbox.channels
+    finally:
+        await channels.aclose()
