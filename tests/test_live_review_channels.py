@@ -116,3 +116,27 @@ async def test_the_channel_outlives_every_end_intent_that_may_still_be_sent(
         assert made.channel_id not in sandbox.channels
     finally:
         await channels.aclose()
+
+
+async def test_two_processes_racing_leave_one_channel_at_apns(
+    redis: Redis, settings: Settings, sandbox: ApnsSandbox
+) -> None:
+    await busy_game(redis, settings, GameStatus.LIVE, KICKOFF)
+    apns = apns_settings(sandbox)  # one key for both processes (a second one would replace the first's)
+    gated = GatedChannels(ApnsChannels(apns))
+    slow = lifecycle(redis, settings, gated)
+    other = lifecycle(redis, settings, ApnsChannels(apns))
+    try:
+        first = asyncio.create_task(slow.run_once(KICKOFF.timestamp()))
+        await asyncio.wait_for(gated.reached.wait(), 10)  # the slow pass is creating the game's channel
+        await redis.delete(Keys(settings.namespace).la_channels_lease())  # its lease ran out meanwhile
+        assert (await other.run_once(KICKOFF.timestamp() + 1)).created == ["espn:busy"]
+        gated.gate.set()
+        assert (await asyncio.wait_for(first, 10)).failed == []
+        kept = await other.registry.channel("espn:busy")
+        assert kept is not None
+        assert list(sandbox.channels) == [kept.channel_id], "APNs holds a channel goalhorn does not know"
+    finally:
+        gated.gate.set()
+        await slow.aclose()
+        await other.aclose()

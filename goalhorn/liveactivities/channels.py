@@ -11,7 +11,10 @@ A pass (``ChannelLifecycle.run_once``, every ``GOALHORN_LIVE_CHANNEL_INTERVAL_S`
 3. creates a channel (No Message Storage, Apple's advice for sports scores) for every game starting
    within ``lead_s`` (or already live) whose teams have at least ``min_followers`` followers together,
    the busiest first, while fewer than ``max_channels`` are held (Apple's limit is 10,000 per app;
-   ``ChannelLimitReached`` from APNs stops the pass's creations too): past it a game goes per-token;
+   ``ChannelLimitReached`` from APNs stops the pass's creations too): past it a game goes per-token.
+   The lease is renewed before each creation (a pass that lost it stops), and a channel is kept only
+   if the game has none yet: one made by a pass that lost a race is deleted at APNs at once, so APNs
+   never holds a channel goalhorn does not know (Apple's 10,000 are per app);
 4. every ``RECONCILE_EVERY`` passes, forgets the channels APNs no longer lists (the game goes
    per-token; deleting channels APNs holds that goalhorn does not know is left to an operator: another
    deployment may share the app).
@@ -215,6 +218,9 @@ class ChannelLifecycle:
                     "%d games go without a channel: %d channels held, the most kept", len(ranked) - n, len(held)
                 )
                 return
+            if not await self._hold():  # this pass outlived its lease: another process acts now
+                report.held_by_other = True
+                return
             try:
                 channel_id = await self._client.create(storage=0)
             except ChannelLimitReached:
@@ -226,10 +232,21 @@ class ChannelLifecycle:
                 log.warning("game %s: creating a channel failed (%s)", game.game_id, exc)
                 return  # APNs is failing: the next pass tries again
             channel = Channel(game.game_id, channel_id, 0, now)
-            await self.registry.keep_channel(channel)
+            if not await self.registry.keep_new_channel(channel):
+                await self._drop_unkept(game.game_id, channel_id, report)
+                continue
             held[game.game_id] = channel
             report.created.append(game.game_id)
             log.info("game %s: channel %s created", game.game_id, channel_id)
+
+    async def _drop_unkept(self, game_id: str, channel_id: str, report: PassReport) -> None:
+        """Another process gave the game a channel meanwhile: delete the one this pass made."""
+        log.warning("game %s: another process made its channel first; deleting %s", game_id, channel_id)
+        try:
+            await self._client.delete(channel_id)
+        except ProviderError as exc:
+            report.failed.append(f"{game_id}: {exc}")
+            log.error("game %s: channel %s is held at APNs and unknown to goalhorn (%s)", game_id, channel_id, exc)
 
     async def _followers(self, games: Sequence[GameSlot]) -> list[int]:
         """Followers of each game's two teams together (a user following both counted twice: an upper bound)."""

@@ -263,6 +263,10 @@ class LiveRegistry:
     async def keep_channel(self, channel: Channel) -> None:
         await self._redis.hset(self._keys.la_channels(), channel.game_id, channel.encode())
 
+    async def keep_new_channel(self, channel: Channel) -> bool:
+        """Keep ``channel`` as its game's only if the game has none; False when it has one already."""
+        return bool(await self._redis.hsetnx(self._keys.la_channels(), channel.game_id, channel.encode()))
+
     async def forget_channel(self, game_id: str) -> bool:
         return bool(await self._redis.hdel(self._keys.la_channels(), game_id))
 
