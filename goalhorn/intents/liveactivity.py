@@ -38,7 +38,8 @@ BROADCAST_LIMIT = 5120
 FCM_DATA_LIMIT = 4096
 """FCM's largest data payload (bytes)."""
 HEADROOM = 160
-"""Bytes kept free below the limits for what the provider adds: ``input-push-channel`` on a push-to-start."""
+"""Bytes kept free below the token limit for what the fanout adds: ``input-push-channel`` on a push-to-start
+(``, "input-push-channel": "<id>"``: 28 bytes and the channel id)."""
 STALE_S = 1200
 """A ticker not updated for 20 minutes is shown as stale: longer than any intermission (soccer's 15
 minutes, hockey's 18), during which nothing changes and nothing is sent."""
@@ -132,25 +133,30 @@ def content_digest(state: GameState) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Sizes:
-    """Bytes of what the providers send, measured with non-ASCII text escaped (never smaller)."""
+    """Bytes of what the providers send, as they send it (the intent's ids beside the payload, their JSON
+    separators), measured with non-ASCII text escaped (never smaller)."""
 
     token: int
-    """``{"aps": ...}`` to one activity's token, with ``HEADROOM`` for what the provider adds."""
+    """``{"aps": ..., "intent_id": ..., "event_id": ...}`` to one activity's token as aioapns writes it
+    (``", "`` and ``": "``), with ``HEADROOM`` for the ``input-push-channel`` of a start."""
     broadcast: int
-    """The same payload sent to the game's channel."""
+    """The same document, compact, sent to the game's channel."""
     android: int
-    """The Android data message's keys and values."""
+    """The FCM message's ``{"data": {...}}`` (the live update and the intent's ids), compact, as FCM
+    measures its 4 KB."""
 
     def fit(self) -> bool:
         return self.token <= TOKEN_LIMIT and self.broadcast <= BROADCAST_LIMIT and self.android <= FCM_DATA_LIMIT
 
 
 def sizes_of(intent: Intent) -> Sizes:
-    aps = json.loads(intent.data["liveactivity"])
-    sent = len(json.dumps({"aps": aps}, separators=(",", ":")).encode())
-    android = json.loads(intent.data["live_update"])
-    data = sum(len(json.dumps(k)) + len(json.dumps(v)) for k, v in android.items())
-    return Sizes(token=sent + HEADROOM, broadcast=sent, android=data)
+    ids = {"intent_id": intent.intent_id, "event_id": intent.event_id}
+    document = {"aps": json.loads(intent.data["liveactivity"]), **ids}
+    token = len(json.dumps(document).encode())  # aioapns' separators, ", " and ": "
+    broadcast = len(json.dumps(document, separators=(",", ":")).encode())
+    data = {**json.loads(intent.data["live_update"]), **ids}
+    android = len(json.dumps({"data": data}, separators=(",", ":")).encode())
+    return Sizes(token=token + HEADROOM, broadcast=broadcast, android=android)
 
 
 def live_intent(
