@@ -140,3 +140,34 @@ async def test_two_processes_racing_leave_one_channel_at_apns(
         gated.gate.set()
         await slow.aclose()
         await other.aclose()
+
+
+class SlowAnswer(GatedChannels):
+    """The real client whose ``create`` has been executed by APNs, its answer not yet read when the gate
+    is closed: a fanout stopping (``FanoutStage.stop`` cancels the lifecycle's task) lands right there."""
+
+    async def create(self, *, storage: Literal[0, 1] = 0) -> str:
+        channel_id = await self.inner.create(storage=storage)
+        self.reached.set()
+        await self.gate.wait()
+        return channel_id
+
+
+async def test_a_stop_during_a_creation_leaves_no_channel_goalhorn_does_not_know(
+    redis: Redis, settings: Settings, sandbox: ApnsSandbox
+) -> None:
+    await busy_game(redis, settings, GameStatus.LIVE, KICKOFF)
+    slow = SlowAnswer(ApnsChannels(apns_settings(sandbox)))
+    channels = lifecycle(redis, settings, slow)
+    try:
+        running = asyncio.create_task(channels.run_once(KICKOFF.timestamp()))
+        await asyncio.wait_for(slow.reached.wait(), 10)
+        running.cancel()  # the fanout stops
+        slow.gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(running, 10)
+        kept = await channels.registry.channel("espn:busy")
+        assert list(sandbox.channels) == ([kept.channel_id] if kept else []), "APNs holds a channel goalhorn lost"
+    finally:
+        slow.gate.set()
+        await channels.aclose()

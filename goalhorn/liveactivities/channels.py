@@ -13,8 +13,10 @@ A pass (``ChannelLifecycle.run_once``, every ``GOALHORN_LIVE_CHANNEL_INTERVAL_S`
    the busiest first, while fewer than ``max_channels`` are held (Apple's limit is 10,000 per app;
    ``ChannelLimitReached`` from APNs stops the pass's creations too): past it a game goes per-token.
    The lease is renewed before each creation (a pass that lost it stops), and a channel is kept only
-   if the game has none yet: one made by a pass that lost a race is deleted at APNs at once, so APNs
-   never holds a channel goalhorn does not know (Apple's 10,000 are per app);
+   if the game has none yet: one made by a pass that lost a race is deleted at APNs at once; a stop
+   (the task cancelled) waits for a creation under way to be kept, so APNs never holds a channel
+   goalhorn does not know (Apple's 10,000 are per app; a process killed mid-request can still leave
+   one, which ``goalhorn live channels`` does not list);
 4. every ``RECONCILE_EVERY`` passes, forgets the channels APNs no longer lists (the game goes
    per-token; deleting channels APNs holds that goalhorn does not know is left to an operator: another
    deployment may share the app).
@@ -25,6 +27,7 @@ fanout stage passes a :data:`GameSource`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -221,8 +224,12 @@ class ChannelLifecycle:
             if not await self._hold():  # this pass outlived its lease: another process acts now
                 report.held_by_other = True
                 return
+            making = asyncio.ensure_future(self._make(game.game_id, now, report))
             try:
-                channel_id = await self._client.create(storage=0)
+                channel = await asyncio.shield(making)
+            except asyncio.CancelledError:  # stopping: what APNs made is stored (or deleted) first
+                await making
+                raise
             except ChannelLimitReached:
                 report.over_limit += [g.game_id for g in ranked[n:]]
                 log.warning("APNs holds the app's 10,000 channels: %d games go per-token", len(ranked) - n)
@@ -231,13 +238,19 @@ class ChannelLifecycle:
                 report.failed.append(f"{game.game_id}: {exc}")
                 log.warning("game %s: creating a channel failed (%s)", game.game_id, exc)
                 return  # APNs is failing: the next pass tries again
-            channel = Channel(game.game_id, channel_id, 0, now)
-            if not await self.registry.keep_new_channel(channel):
-                await self._drop_unkept(game.game_id, channel_id, report)
-                continue
-            held[game.game_id] = channel
-            report.created.append(game.game_id)
-            log.info("game %s: channel %s created", game.game_id, channel_id)
+            if channel is not None:
+                held[game.game_id] = channel
+
+    async def _make(self, game_id: str, now: float, report: PassReport) -> Channel | None:
+        """Create the game's channel at APNs and keep it (None: another process kept one first). Run
+        shielded from a stop's cancel: a channel APNs made and goalhorn forgot would never be deleted."""
+        channel = Channel(game_id, await self._client.create(storage=0), 0, now)
+        if not await self.registry.keep_new_channel(channel):
+            await self._drop_unkept(game_id, channel.channel_id, report)
+            return None
+        report.created.append(game_id)
+        log.info("game %s: channel %s created", game_id, channel.channel_id)
+        return channel
 
     async def _drop_unkept(self, game_id: str, channel_id: str, report: PassReport) -> None:
         """Another process gave the game a channel meanwhile: delete the one this pass made."""
