@@ -58,11 +58,6 @@ class UnconfirmedBus(Bus):
         await self.inner.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LA-REVIEW: Ingestor._publish_live releases a claim on Exception only; the fix (release on "
-    "BaseException too, shielded) is proposed for goalhorn/ingest/ingestor.py: remove this mark with it",
-)
 @pytest.mark.parametrize("event", ["start", "end"])
 async def test_a_live_update_cancelled_before_its_confirm_is_published_after_the_restart(
     bus: Bus, settings: Settings, redis, event: str

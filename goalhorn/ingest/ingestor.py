@@ -18,6 +18,7 @@ next poll publishes the change again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -256,10 +257,15 @@ class Ingestor:
                 continue
             try:
                 await self._publish(intent)
-            except Exception as exc:
+            except BaseException as exc:
+                # Put the claim back also when the poll is cancelled (the stage stopping) before the
+                # broker confirmed: left recorded, the state would count as published, and a start or
+                # an end would never go out. Shielded, so the stop cannot cut the release short.
                 self._stash(rest)
-                await pacing.release(claim)
-                return exc
+                await asyncio.shield(pacing.release(claim))
+                if isinstance(exc, Exception):
+                    return exc
+                raise
             out.live.append(intent)
         return failure
 
