@@ -19,11 +19,13 @@ from typing import Literal
 import pytest
 
 from goalhorn.app.fanout import live_games, live_registry
+from goalhorn.dispatch.markers import DeliveryMarkers
 from goalhorn.ingest.live import LiveState
-from goalhorn.intents.liveactivity import TTL_S
+from goalhorn.intents.live_pacing import LivePacing
+from goalhorn.intents.liveactivity import HIGH, TTL_S, live_intent
 from goalhorn.keys import Keys
 from goalhorn.liveactivities.channels import ChannelLifecycle
-from goalhorn.models import GameState, GameStatus
+from goalhorn.models import Device, GameState, GameStatus
 from goalhorn.preferences.store import PreferenceStore
 from goalhorn.providers.apns_channels import ApnsChannels
 from goalhorn.redis_client import Redis
@@ -170,4 +172,35 @@ async def test_a_stop_during_a_creation_leaves_no_channel_goalhorn_does_not_know
         assert list(sandbox.channels) == ([kept.channel_id] if kept else []), "APNs holds a channel goalhorn lost"
     finally:
         slow.gate.set()
+        await channels.aclose()
+
+
+async def test_once_the_end_went_out_on_the_channel_it_is_deleted_keep_s_after_full_time(
+    redis: Redis, settings: Settings, sandbox: ApnsSandbox
+) -> None:
+    live = await busy_game(redis, settings, GameStatus.LIVE, KICKOFF)
+    channels = lifecycle(redis, settings, ApnsChannels(apns_settings(sandbox)))
+    keys = Keys(settings.namespace)
+    pacing = LivePacing(redis, keys, high_per_hour=12, tick_s=60, retention_s=3600)
+    try:
+        assert (await channels.run_once(KICKOFF.timestamp())).created == ["espn:busy"]
+        made = await channels.registry.channel("espn:busy")
+        assert made is not None
+        await pacing.claim(state(GameStatus.LIVE, KICKOFF), [], KICKOFF)  # ingest: the start
+        full_time = KICKOFF + timedelta(hours=2)
+        final = state(GameStatus.FINAL, full_time)
+        await live.write([final])
+        claim = await pacing.claim(final, [], full_time)  # ingest: the end
+        assert claim is not None
+        assert claim.live_event == "end"
+        end = live_intent(final, [], live_event="end", priority=HIGH, last_event="", now=full_time, dismiss_s=900)
+        assert (await channels.run_once(full_time.timestamp())).deleted == []
+        keep = settings.live_channel_keep_s
+        assert (await channels.run_once(full_time.timestamp() + keep)).deleted == [], "the end has not gone out"
+        markers = DeliveryMarkers(redis, keys, lease_s=60, sent_ttl_s=3600)
+        device = Device(platform="apns", device_id="channel:espn:busy", user_id="channel:espn:busy", address="x")
+        assert (await markers.claim(end, [device])).claimed == [device]  # a deliver worker sends the end
+        assert (await channels.run_once(full_time.timestamp() + keep + 1)).deleted == ["espn:busy"]
+        assert made.channel_id not in sandbox.channels
+    finally:
         await channels.aclose()

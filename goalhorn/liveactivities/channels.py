@@ -3,10 +3,12 @@
 A pass (``ChannelLifecycle.run_once``, every ``GOALHORN_LIVE_CHANNEL_INTERVAL_S`` in the fanout stage)
 
 1. takes the lease (``Keys.la_channels_lease``): one process acts at a time, the others skip;
-2. deletes the channel of every game seen final ``keep_s`` ago, and never before ``END_TTL_S``
-   (the game's ``end`` intent may wait that long to be sent, and a broadcast on a deleted channel is
-   refused: every activity started on it would go on showing the game live); a channel's game that
-   is no longer in the live state at all is treated alike once ``ORPHAN_S`` old; it is then
+2. deletes the channel of every game seen final ``keep_s`` ago once the game's ``end`` went out on
+   it: a deliver worker claimed it for the channel (the channel's newest claimed update,
+   ``Keys.newest_intent``, is the end ingest recorded in the game's ticker, ``Keys.la_ticker``), or
+   ``END_TTL_S`` passed (the end may wait that long to be sent, and a broadcast on a deleted channel
+   is refused: every activity started on it would go on showing the game live); a channel's game
+   that is no longer in the live state at all is treated alike once ``ORPHAN_S`` old; it is then
    forgotten: APNs answering that it no longer knows a channel is no error;
 3. creates a channel (No Message Storage, Apple's advice for sports scores) for every game starting
    within ``lead_s`` (or already live) whose teams have at least ``min_followers`` followers together,
@@ -37,7 +39,8 @@ from typing import Literal, Protocol, cast
 
 from goalhorn.errors import ChannelLimitReached, ProviderError
 from goalhorn.keys import Keys
-from goalhorn.liveactivities.registry import Channel, LiveRegistry
+from goalhorn.liveactivities.audience import CHANNEL_DEVICE, LIVE_PREFIX
+from goalhorn.liveactivities.registry import Channel, LiveRegistry, text
 from goalhorn.redis_client import Redis
 
 log = logging.getLogger(__name__)
@@ -48,7 +51,8 @@ RECONCILE_EVERY = 20
 LEASE_S = 120
 END_TTL_S = 1800
 """How long a game's ``end`` intent may wait to be sent (``goalhorn.intents.liveactivity.TTL_S["end"]``,
-a layer above this one): its channel is kept at least this long after the game was seen final."""
+a layer above this one): a channel the end was not seen going out on is kept this long after the game
+was seen final."""
 
 # KEYS[1] lease; ARGV: holder, lease ms. Takes the lease if free, extends it if ours.
 _LEASE = """
@@ -166,12 +170,28 @@ class ChannelLifecycle:
                 channel = replace(channel, final_at=now)
                 await self.registry.keep_channel(channel)
                 held[channel.game_id] = channel
-            done = channel.final_at is not None and now >= channel.final_at + max(self._keep_s, END_TTL_S)
+            done = (
+                channel.final_at is not None
+                and now >= channel.final_at + self._keep_s
+                and (now >= channel.final_at + END_TTL_S or await self._end_went_out(channel.game_id))
+            )
             orphan = game is None and now >= channel.created_at + ORPHAN_S
             if (done or orphan) and await self._delete(channel, report):
                 del held[channel.game_id]
         await self._create(games, held, report, now)
         return report
+
+    async def _end_went_out(self, game_id: str) -> bool:
+        """Whether a deliver worker claimed the game's end for its channel (sent, or being sent): the
+        end ingest published (the ticker's ``ended``, at ``observed_ms``) against the event time of the
+        newest update claimed for the channel device (µs; kept while that update could be sent)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hmget(self._keys.la_ticker(game_id), "ended", "observed_ms")
+        pipe.get(self._keys.newest_intent(f"{LIVE_PREFIX}{game_id}", f"{CHANNEL_DEVICE}{game_id}"))
+        (ended, observed_ms), newest = await pipe.execute()
+        if ended is None or text(ended) != "1" or observed_ms is None or newest is None:
+            return False
+        return int(text(newest)) >= int(text(observed_ms)) * 1000
 
     async def _hold(self) -> bool:
         """Take or extend the lease; False when another process holds it."""

@@ -37,8 +37,8 @@ def _age(seconds: float) -> str:
 @app.command()
 def channels(as_json: bool = typer.Option(False, "--json", help="A JSON list instead of a table.")) -> None:
     """The broadcast channels goalhorn holds, oldest first: game, channel id, storage policy, age, and
-    how long ago the game was seen final (its channel is deleted GOALHORN_LIVE_CHANNEL_KEEP_S after, and
-    not before 30 minutes: the life of the game's end update)."""
+    how long ago the game was seen final (its channel is deleted GOALHORN_LIVE_CHANNEL_KEEP_S after, once
+    the game's end update went out on it; else 30 minutes after, the life of the end update)."""
     settings = load_settings()
     held = asyncio.run(_channels(settings))
     now = time.time()
