@@ -12,8 +12,9 @@ clock hour, and answers:
 - ``update`` at once for a change that brought events (a score, a card, a period's end);
 - ``update`` as a tick (``LIVE_UPDATE``, priority 3) when only the clock or status changed, at most
   once per ``tick_s`` per match: a tick inside the window is not recorded, so the next poll after it
-  (polls go on every few seconds while a game is live) sends the newest content; nothing at all
-  when the content is what was last sent.
+  (polls go on every few seconds while a game is live) sends the newest content; nothing when the
+  content is what was last sent, unless ``REFRESH_S`` passed since the last update (a delay, a long
+  break: the state is current, and the ticker must not reach its ``stale-date`` while the game is live).
 
 Start, end, scores and red cards go at priority 9 (APNs 10) and are counted against the hourly
 budget (``GOALHORN_LIVE_ACTIVITY_HIGH_PER_HOUR``); past it, scores and cards go at priority 3 while
@@ -27,16 +28,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from goalhorn.intents.liveactivity import HIGH, LOW, LiveEvent, content_digest, game_key, last_event_of, wants_high
+from goalhorn.intents.liveactivity import (
+    HIGH,
+    LOW,
+    STALE_S,
+    LiveEvent,
+    content_digest,
+    game_key,
+    last_event_of,
+    wants_high,
+)
 from goalhorn.keys import Keys
 from goalhorn.models import GameEvent, GameState, GameStatus
 from goalhorn.redis_client import Redis
 
 HOUR_MS = 3_600_000
+REFRESH_S = STALE_S // 2
+"""A live game whose content has not changed gets a tick this long after its last update, well before
+the ticker's ``stale-date`` (``STALE_S`` after the state)."""
 
 # KEYS[1] the match's ticker hash, KEYS[2] its priority-10 count of this hour
 # ARGV: observed_ms, status, digest, last_event ('' keeps the kept one), has_events, urgent,
-#       now_ms, tick_ms, budget, count ttl ms, retention ms
+#       now_ms, tick_ms, budget, count ttl ms, retention ms, refresh ms
 # -> {action, high, last_event, counted, previous observed_ms, digest, last_event, started, tick_at}
 _CLAIM = """
 local h = redis.call('HMGET', KEYS[1], 'observed_ms', 'digest', 'last_event', 'started', 'ended', 'tick_at')
@@ -54,7 +67,8 @@ elseif ARGV[2] == 'live' then
   if h[4] ~= '1' then
     action = 'start'
   elseif h[2] == ARGV[3] and h[3] == last then
-    return {'same'}
+    if h[6] == '' or tonumber(ARGV[7]) < tonumber(h[6]) + tonumber(ARGV[12]) then return {'same'} end
+    action = 'tick'
   elseif ARGV[5] == '1' then
     action = 'update'
   elseif h[6] ~= '' and tonumber(ARGV[7]) < tonumber(h[6]) + tonumber(ARGV[8]) then
@@ -144,6 +158,7 @@ class LivePacing:
                 self._high_per_hour,
                 2 * HOUR_MS,
                 self._retention_ms,
+                REFRESH_S * 1000,
             ],
         )
         answer = [part.decode() if isinstance(part, bytes) else str(part) for part in raw]
