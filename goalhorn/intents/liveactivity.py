@@ -41,8 +41,8 @@ HEADROOM = 160
 """Bytes kept free below the token limit for what the fanout adds: ``input-push-channel`` on a push-to-start
 (``, "input-push-channel": "<id>"``: 28 bytes and the channel id)."""
 STALE_S = 1200
-"""A ticker not updated for 20 minutes is shown as stale: longer than any intermission (soccer's 15
-minutes, hockey's 18), during which nothing changes and nothing is sent."""
+"""A ticker not updated for 20 minutes is shown as stale (ingest stopped, or its updates do not reach the
+phone); a live game whose content does not change is refreshed before (``live_pacing.REFRESH_S``)."""
 TTL_S = {"tick": 120, "update": 600, "end": 1800}
 """How long an intent may wait to be sent: a tick is soon superseded, an end must reach every phone."""
 CUTS = (None, 120, 40, 12, 0)
