@@ -269,7 +269,10 @@ class Settings(BaseSettings):
         description="Followers of both teams a game needs for a channel (fewer: one batch of per-token sends does).",
     )
     live_channel_keep_s: int = Field(
-        default=600, ge=0, description="How long after full time a game's channel is kept (the end update goes out)."
+        default=600,
+        ge=0,
+        description="How long a game's channel is kept after its end update went out on it (when the end is not "
+        "seen going out: until 30 minutes after full time).",
     )
     live_channel_max: int = Field(
         default=10_000, ge=0, le=10_000, description="Channels goalhorn keeps at most (Apple's limit: 10,000 per app)."
