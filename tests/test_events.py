@@ -323,3 +323,17 @@ def test_a_restart_that_sees_a_state_again_makes_no_new_id() -> None:
             assert [f"{i}:r1" if ":GOAL:" in i else i for i in again] == by_transition[n]
         else:
             assert again == by_transition[n]
+
+
+def test_the_events_of_one_snapshot_are_stamped_in_the_order_they_happened() -> None:
+    """Two goals of one poll are no tie: the delivery orders alerts with one collapse key by event time
+    (it supersedes the older for a device the newer was claimed for), so the 0-2 is strictly newer."""
+    game, differ = Game(), GameDiffer()
+    differ.update(game())
+    state = game(home_score=2, display_clock="31'")
+
+    events = differ.update(state)
+
+    assert [(e.home_score, e.away_score) for e in events] == [(1, 0), (2, 0)]
+    assert events[0].observed_at == state.observed_at
+    assert events[0].observed_at < events[1].observed_at < state.observed_at + timedelta(milliseconds=1)

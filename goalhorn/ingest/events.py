@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Literal
 
 from goalhorn.ingest.scoring import football_kind
@@ -27,6 +28,8 @@ END_OF_PERIOD = frozenset({"STATUS_END_PERIOD"})
 _UNIT_KIND = {Sport.SOCCER: EventKind.GOAL, Sport.HOCKEY: EventKind.GOAL, Sport.BASEBALL: EventKind.RUN}
 _NUMBERED = (EventKind.PERIOD_END, EventKind.HALFTIME)
 MAX_BURST = 9
+_TICK = timedelta(microseconds=1)
+"""Between two events of one snapshot (``GameDiffer.diff``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +131,13 @@ class GameDiffer:
                 game.emitted.add(card_id)
                 red.append(_card_event(state, card, card_id))
         events = start + _score_events(before, state, incidents, game.corrections) + red + rest
+        # One snapshot's events are stamped 1 µs apart in the order they happened: an alert's event time
+        # orders it against another with its collapse key (the delivery supersedes the older one for a
+        # device the newer one was claimed for), and two goals of one poll are no tie, so a phone never
+        # gets the 0-1 after the 0-2.
+        events = [
+            e.model_copy(update={"observed_at": e.observed_at + _TICK * i}) if i else e for i, e in enumerate(events)
+        ]
         return Change(key, events, base, game)
 
     def commit(self, change: Change) -> bool:
