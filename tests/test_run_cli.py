@@ -96,3 +96,24 @@ def test_a_running_process_serves_health_readiness_and_metrics_and_stops_on_sigt
         assert worker.terminate(60) == 0
         assert time.monotonic() - started < 40
         assert "stopped" in worker.lines[-1]
+
+
+@pytest.mark.real
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["run", "deliver", "--metrics-port", "{port}"], "error: --metrics-port: cannot listen on 127.0.0.1:{port}"),
+        (["run", "api", "--port", "{port}"], "error: --host/--port: cannot listen on 127.0.0.1:{port}"),
+    ],
+)
+def test_a_port_in_use_is_one_line_naming_the_option_and_exit_2(args: list[str], says: str) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = str(busy.getsockname()[1])
+        env = real_env(GOALHORN_API_KEY_SECRET="s" * 40)
+        done = run_command([a.format(port=port) for a in args], env)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors[0].startswith(says.format(port=port)), done.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable, Generator
 from functools import partial
 
@@ -39,6 +40,15 @@ async def _sweep(services: Services) -> None:
             await services.webhooks.expire_rotations()
         except Exception:  # a failed sweep is retried on the next; reads end due rotations meanwhile
             log.exception("webhook rotation sweep failed")
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host:port``; ConfigError naming the options when it cannot."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:  # in use, not an address of this machine, not an address at all
+        raise ConfigError(f"--host/--port: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
 class _Server(uvicorn.Server):
@@ -74,12 +84,12 @@ async def serve(
             timeout_graceful_shutdown=int(STOP_TIMEOUT_S),
         )
         server = _Server(config)
-        serving = asyncio.create_task(server.serve())
+        # Bound here, not by uvicorn: it exits the process (code 3, with a traceback) when it cannot bind.
+        serving = asyncio.create_task(server.serve(sockets=[listening_socket(host, port)]))
         while not server.started:
             if serving.done():
-                with contextlib.suppress(SystemExit):  # uvicorn exits when it cannot bind, having logged why
-                    await serving
-                raise ConfigError(f"cannot listen on {host}:{port} (in use, or not an address of this machine)")
+                await serving
+                raise ConfigError(f"--host/--port: the API did not start on {host}:{port}")
             await asyncio.sleep(0.05)
         bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
         log.info("api serving on %s:%s (namespace %s)", host, bound, settings.namespace)

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from goalhorn.errors import ConfigError
+
 Readiness = Callable[[], Awaitable[list[str]]]
 """The reasons the process is not ready; empty when it is."""
 
@@ -41,7 +43,12 @@ class HealthServer:
         app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self._host, self._port).start()
+        try:
+            await web.TCPSite(self._runner, self._host, self._port).start()
+        except OSError as exc:  # a port in use, an address not of this machine: what to fix, not a traceback
+            await self.aclose()
+            reason = exc.strerror or str(exc)
+            raise ConfigError(f"--metrics-port: cannot listen on {self._host}:{self._port}: {reason}") from exc
 
     async def aclose(self) -> None:
         if self._runner is not None:
