@@ -13,6 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from goalhorn.errors import ConfigError
 
+API_KEY_SECRET_MIN = 32
+"""Characters of GOALHORN_API_KEY_SECRET at least: the HMAC key API keys are stored under."""
 LOCAL_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -223,7 +225,6 @@ class Settings(BaseSettings):
     # --- the sidecar API (issue 11) ----------------------------------------------------------
     api_key_secret: SecretStr | None = Field(
         default=None,
-        min_length=32,
         description="Server secret API keys are stored under (HMAC-SHA-256); `run api` and `keys create` need it.",
     )
     api_max_body_bytes: int = Field(default=64 * 1024, ge=1024, description="Largest request body (413 above).")
@@ -288,6 +289,14 @@ class Settings(BaseSettings):
             raise ValueError("must be an amqp:// or amqps:// URL, e.g. amqp://guest:guest@127.0.0.1:5672/")
         return value
 
+    @field_validator("api_key_secret")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < API_KEY_SECRET_MIN:
+            hint = "python -c 'import secrets; print(secrets.token_hex(32))' makes one"
+            raise ValueError(f"at least {API_KEY_SECRET_MIN} characters ({hint})")
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
@@ -318,12 +327,14 @@ class SettingsInvalid(ConfigError):
 
 
 def describe(exc: ValidationError) -> list[str]:
-    """One line per problem, naming the environment variable (never echoing a URL that may hold a password)."""
+    """One line per problem, naming the environment variable (never echoing a URL that may hold a password,
+    or a secret)."""
     lines = []
     for error in exc.errors():
         name = "GOALHORN_" + "_".join(str(part) for part in error["loc"]).upper()
         given = error.get("input")
-        shown = "" if given is None or "url" in name.lower() or isinstance(given, dict) else f" (got {given!r})"
+        hidden = given is None or isinstance(given, dict) or any(word in name.lower() for word in ("url", "secret"))
+        shown = "" if hidden else f" (got {given!r})"
         message = str(error["msg"]).removeprefix("Value error, ")
         lines.append(f"{name}: {message}{shown}")
     return lines

@@ -28,6 +28,7 @@ pytestmark = pytest.mark.timeout(180)
         ("GOALHORN_REDIS_URL", "127.0.0.1:6379", "must be a redis://"),
         ("GOALHORN_BATCH_SIZE", "900", "less than or equal to 500"),
         ("GOALHORN_WORKER_THREADS", "many", "valid integer"),
+        ("GOALHORN_API_KEY_SECRET", "wrong-and-short", "at least 32 characters"),
     ],
 )
 def test_a_process_that_cannot_work_says_which_setting_and_exits_2(variable: str, value: str, says: str) -> None:

@@ -71,7 +71,17 @@ def test_without_a_server_secret_keys_and_the_api_refuse_to_start() -> None:
         assert "GOALHORN_API_KEY_SECRET" in result.stderr
     short = run_command(["run", "api", "--port", "0"], real_env(GOALHORN_API_KEY_SECRET="short"), timeout_s=60)
     assert short.returncode == 2
-    assert "GOALHORN_API_KEY_SECRET" in short.stderr
+    assert "GOALHORN_API_KEY_SECRET: at least 32 characters" in short.stderr
+    assert "short" not in short.stderr.replace("GOALHORN_API_KEY_SECRET", ""), "a secret is never printed"
+
+
+def test_keys_without_redis_is_one_line_and_exit_2() -> None:
+    env = real_env(GOALHORN_API_KEY_SECRET=SECRET, GOALHORN_REDIS_URL="redis://127.0.0.1:1/0")
+    for args in (["keys", "create", "--tenant", "acme"], ["keys", "list"]):
+        result = run_command(args, env, timeout_s=60)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert result.stderr.startswith("error: Redis does not answer or refused"), result.stderr
+        assert "Traceback" not in result.stderr
 
 
 def test_run_api_serves_the_api_with_health_and_stops_on_sigterm(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, NoReturn, TypeVar
 
+import redis.exceptions
 import typer
 
 from goalhorn.errors import ConfigError
@@ -45,6 +46,8 @@ def _with_store(action: Callable[[KeyStore], Awaitable[T]]) -> T:
         return asyncio.run(run())
     except ConfigError as exc:
         _fail(str(exc))
+    except (redis.exceptions.RedisError, OSError) as exc:
+        _fail(f"Redis does not answer or refused ({type(exc).__name__}: {exc}); check GOALHORN_REDIS_URL")
 
 
 def _when(epoch: float | None) -> str:
