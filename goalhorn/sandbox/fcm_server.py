@@ -321,12 +321,18 @@ class FcmSandbox(Steering):
 
     # --- topics ---------------------------------------------------------------------------
     def _audience(self, message: dict[str, Any]) -> list[str] | None:
-        """The tokens a topic or condition message reaches now (None: a message to one device)."""
+        """The tokens a topic or condition message reaches now (None: a message to one device), in no
+        particular order. Taken while the send waits for its answer, so kept cheap: sorting a 540k-token
+        topic took 0.75 s, most of the 1.2-1.4 s the bench saw FCM take to accept a 1M goal's topic
+        message."""
         if "topic" in message:
             topic = str(message["topic"]).removeprefix("/topics/")
             if not TOPIC_NAME.match(topic):
                 raise InvalidMessage("Invalid topic name", "message.topic")
-            members = self.topics.members(topic)
+            subscribed = self.topics.subscribers.get(topic, ())
+            if not self.unregistered:
+                return list(subscribed)
+            return [token for token in subscribed if token not in self.unregistered]
         elif "condition" in message:
             try:
                 members = self.topics.matching(str(message["condition"]))
@@ -334,7 +340,7 @@ class FcmSandbox(Steering):
                 raise InvalidMessage(str(exc), "message.condition") from None
         else:
             return None
-        return sorted(members - self.unregistered)
+        return [token for token in members if token not in self.unregistered]
 
     def _fan_out(self, message: dict[str, Any], tokens: list[str]) -> None:
         kind = "topic" if "topic" in message else "condition"
