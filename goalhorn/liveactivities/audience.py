@@ -12,7 +12,7 @@ Who gets what (``docs/live-activities.md`` has the reasons):
   user who muted the team, opted out of GAME_START or is in quiet hours gets none), with the
   channel id in the intent's ``input_push_channel`` when the game has one; plus the game's Android
   registrations. A follower whose activity is already registered for the game (an update token or
-  an Android registration) gets no second start. Broadcasts and update tokens get no ``start``
+  an Android registration, of any of their devices) gets no second start. Broadcasts and update tokens get no ``start``
   event: ActivityKit takes it only from a push-to-start token.
 - **Starts are paced** (``Keys.la_starts``, one Lua call per bucket and chunk): a user gets at most
   one start per game, ever (a redelivered intent gets the same verdict), and at most
@@ -36,7 +36,7 @@ from typing import cast
 from pydantic import ValidationError
 
 from goalhorn.keys import Keys, Platform
-from goalhorn.liveactivities.registry import KEEP_STARTS_MS, LiveRegistry, start_digest, text
+from goalhorn.liveactivities.registry import KEEP_STARTS_MS, LiveRegistry, devices_of, start_digest, text
 from goalhorn.models import DeliveryBatch, Device, EncodedBatch, Intent
 from goalhorn.preferences.eligibility import REASONS, Eligibility, Reason
 from goalhorn.preferences.model import decode_devices
@@ -226,13 +226,13 @@ class LiveAudience:
             batches.add(Device(platform="apns", device_id=device_id, user_id=device_id, address=address))
             stats.channel = 1
         if not starting:
-            async for user, token in self._scan(self._keys.la_update_tokens(game)):
-                device = Device(platform="apns", device_id=f"la:update:{user}:{game}", user_id=user, address=token)
+            async for user, device_id, token in self._scan(self._keys.la_update_tokens(game), "update", game):
+                device = Device(platform="apns", device_id=device_id, user_id=user, address=token)
                 stats.update_tokens += batches.add(device)
                 for batch in batches.full():
                     yield batch
-        async for user, token in self._scan(self._keys.la_android(game)):
-            device = Device(platform="fcm", device_id=f"la:android:{user}:{game}", user_id=user, address=token)
+        async for user, device_id, token in self._scan(self._keys.la_android(game), "android", game):
+            device = Device(platform="fcm", device_id=device_id, user_id=user, address=token)
             stats.android += batches.add(device)
             for batch in batches.full():
                 yield batch
@@ -247,9 +247,14 @@ class LiveAudience:
         for batch in batches.flush():
             yield batch
 
-    async def _scan(self, key: str) -> AsyncIterator[tuple[str, str]]:
-        async for user, token in self._redis.hscan_iter(key, count=self._scan_count):
-            yield text(user), text(token)
+    async def _scan(self, key: str, kind: str, game: str) -> AsyncIterator[tuple[str, str, str]]:
+        """(user, delivery device id, token) of each registration in ``key``: the device id is
+        ``la:<kind>:<user>:<game>``, and ``#<device>`` after it when the app named its device (a user's
+        iPhone and iPad are two devices, each with its own delivery marker)."""
+        async for user, raw in self._redis.hscan_iter(key, count=self._scan_count):
+            user_id = text(user)
+            for device, token in devices_of(raw).items():
+                yield user_id, f"la:{kind}:{user_id}:{game}" + (f"#{device}" if device else ""), token
 
     async def _starts(
         self,
@@ -273,6 +278,7 @@ class LiveAudience:
                 (self._keys.la_start_tokens(bucket), members),
                 (self._keys.device_bucket(bucket), members),
             ]
+        # a user's registrations of a game are one field, whatever their devices: any device watching counts
         commands += [(self._keys.la_update_tokens(game), users), (self._keys.la_android(game), users)]
         rows = await hmget_many(self._redis, commands)
         watching = {u for u, a, b in zip(users, rows[-2], rows[-1], strict=True) if a is not None or b is not None}

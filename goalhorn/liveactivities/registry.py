@@ -3,11 +3,17 @@
 - **Push-to-start tokens**, one per user and activity type (``Keys.la_start_tokens``, bucketed as
   the devices): a new token replaces the old one (ActivityKit hands out a new token when it rotates
   it; the old one is dead).
-- **Update tokens**, one per (user, game) (``Keys.la_update_tokens``): the push token of the
-  activity the user's phone shows for the game. A rotation replaces it, and the replaced token is
+- **Update tokens**, one per (user, game, device) (``Keys.la_update_tokens``): the push token of the
+  activity a device of the user shows for the game. A Live Activity is per device (a fan's iPhone and
+  iPad each show one), so the app names its device (its install id; ``""``: the app said none, one
+  activity per user as before). A rotation replaces the device's token, and the replaced token is
   *retired* (``Keys.la_retired``): registering it again is refused, so a late, out-of-order request
-  cannot bring a dead token back.
-- **Android registrations**, one FCM token per (user, game) (``Keys.la_android``).
+  cannot bring a dead token back; another device's token is never touched.
+- **Android registrations**, one FCM token per (user, game, device) (``Keys.la_android``).
+
+A user's registrations of a game are one hash field, ``{device: token}`` as JSON (at most
+``MAX_DEVICES``, the least recently written dropped past it), so "does this user watch the game" is
+one HMGET for a chunk of followers.
 - **Broadcast channels**, one per game (``Keys.la_channels``): the APNs channel id, its storage
   policy and when it was created; written and removed by the channel lifecycle (``channels``).
 
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -37,6 +44,12 @@ from goalhorn.preferences.reader import bucket_of, group_by_bucket
 from goalhorn.redis_client import Redis, hmget_many
 
 MAX_TOKEN_CHARS = 1024
+MAX_DEVICES = 10
+"""Devices kept per user and game: past it the least recently registered is dropped (not retired), so
+an app sending a new install id on every launch cannot grow a record without bound."""
+DEVICE_RE = re.compile(r"[A-Za-z0-9._-]{0,64}")
+"""A device (the app's install id, a UUID or a Firebase installation id): short, safe characters
+(never ``#``, which joins it to the user and game in a delivery device id); ``""``: none given."""
 KEEP_STARTS_MS = 12 * 3600 * 1000
 """A start is remembered this long (the longest a Live Activity can be shown): one per user and game."""
 
@@ -80,6 +93,31 @@ def check_token(token: str, what: str) -> str:
 
 def apns_token(token: str) -> str:
     return check_token(token, "APNs token").lower()
+
+
+def check_device(device: str) -> str:
+    if DEVICE_RE.fullmatch(device) is None:
+        raise TokenRejected("not a device id: at most 64 letters, digits, '.', '_' or '-'")
+    return device
+
+
+def registration(user_id: str, device: str) -> str:
+    """How one registration is named (``goalhorn live game``, ``update_tokens``): the user, and
+    ``#<device>`` when the app named its device."""
+    return f"{user_id}#{device}" if device else user_id
+
+
+def devices_of(raw: bytes | str | None) -> dict[str, str]:
+    """A user's stored registrations of a game, device -> token (a bare token: device ``""``)."""
+    if raw is None:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        return {"": text(raw)}
+    return {str(k): str(v) for k, v in data.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,66 +223,51 @@ class LiveRegistry:
         return bool(await self._running(keys=[key], args=args))
 
     # --- update tokens ----------------------------------------------------------------------------
-    async def set_update_token(self, user_id: str, game_id: str, token: str) -> Saved:
-        """Keep ``token`` as the update token of the user's activity of ``game_id``; the one it replaces
-        is retired. TokenRejected for a token a rotation retired before."""
+    async def set_update_token(self, user_id: str, game_id: str, token: str, device: str = "") -> Saved:
+        """Keep ``token`` as the update token of the activity ``device`` of the user shows for
+        ``game_id``; the one it replaces on that device is retired. TokenRejected for a token a rotation
+        retired before."""
         token = apns_token(token)
-        tokens, retired = self._keys.la_update_tokens(game_id), self._keys.la_retired(game_id)
-        await self._epoch.ensure()
-        async with self._redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(tokens, retired)
-                    if await pipe.sismember(retired, token):
-                        raise TokenRejected("this update token was replaced by a newer one: register the newest")
-                    raw = await pipe.hget(tokens, user_id)
-                    before = text(raw) if raw is not None else None
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    if before != token:
-                        pipe.hset(tokens, user_id, token)
-                    if before is not None and before != token:
-                        pipe.sadd(retired, before)
-                    for key in (tokens, retired):
-                        pipe.expire(key, self._ttl_s)
-                    await pipe.execute()
-                    return "unchanged" if before == token else "created" if before is None else "replaced"
-                except _WatchError:
-                    continue
+        retired = self._keys.la_retired(game_id)
+        return await self._set(self._keys.la_update_tokens(game_id), user_id, check_device(device), token, retired)
 
-    async def update_token(self, user_id: str, game_id: str) -> str | None:
+    async def update_token(self, user_id: str, game_id: str, device: str = "") -> str | None:
         raw = await self._redis.hget(self._keys.la_update_tokens(game_id), user_id)
-        return text(raw) if raw is not None else None
+        return devices_of(raw).get(device)
 
-    async def delete_update_token(self, user_id: str, game_id: str) -> bool:
-        """Forget the user's update token of the game (the activity ended); it is retired."""
-        return await self._pop(self._keys.la_update_tokens(game_id), user_id, retire=self._keys.la_retired(game_id))
+    async def delete_update_token(self, user_id: str, game_id: str, device: str = "") -> bool:
+        """Forget the update token of the user's activity of the game on ``device`` (the activity
+        ended); it is retired."""
+        key, retired = self._keys.la_update_tokens(game_id), self._keys.la_retired(game_id)
+        return await self._pop(key, user_id, device, retire=retired)
 
     async def update_tokens(self, game_id: str) -> dict[str, str]:
-        """user id -> update token, of every activity of the game registered."""
+        """registration (``user`` or ``user#device``) -> update token, of every activity of the game."""
+        return _flat(await self.update_devices(game_id))
+
+    async def update_devices(self, game_id: str) -> dict[str, dict[str, str]]:
+        """user id -> {device: update token}, of every activity of the game registered."""
         return await self._all(self._keys.la_update_tokens(game_id))
 
     # --- Android live updates -----------------------------------------------------------------------
-    async def set_android(self, user_id: str, game_id: str, fcm_token: str) -> Saved:
-        """Send the game's live updates to the user's ``fcm_token`` (replacing the one registered)."""
+    async def set_android(self, user_id: str, game_id: str, fcm_token: str, device: str = "") -> Saved:
+        """Send the game's live updates to the user's ``fcm_token`` on ``device`` (replacing the one
+        that device registered)."""
         fcm_token = check_token(fcm_token, "FCM token")
-        key = self._keys.la_android(game_id)
-        await self._epoch.ensure()
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hget(key, user_id)
-        pipe.hset(key, user_id, fcm_token)
-        pipe.expire(key, self._ttl_s)
-        before = (await pipe.execute())[0]
-        return "created" if before is None else "unchanged" if text(before) == fcm_token else "replaced"
+        return await self._set(self._keys.la_android(game_id), user_id, check_device(device), fcm_token, None)
 
-    async def android_token(self, user_id: str, game_id: str) -> str | None:
-        raw = await self._redis.hget(self._keys.la_android(game_id), user_id)
-        return text(raw) if raw is not None else None
+    async def android_token(self, user_id: str, game_id: str, device: str = "") -> str | None:
+        return devices_of(await self._redis.hget(self._keys.la_android(game_id), user_id)).get(device)
 
-    async def delete_android(self, user_id: str, game_id: str) -> bool:
-        return await self._pop(self._keys.la_android(game_id), user_id)
+    async def delete_android(self, user_id: str, game_id: str, device: str = "") -> bool:
+        return await self._pop(self._keys.la_android(game_id), user_id, device)
 
     async def android(self, game_id: str) -> dict[str, str]:
-        """user id -> FCM token registered for the game's live updates."""
+        """registration (``user`` or ``user#device``) -> FCM token registered for the game's live updates."""
+        return _flat(await self.android_devices(game_id))
+
+    async def android_devices(self, game_id: str) -> dict[str, dict[str, str]]:
+        """user id -> {device: FCM token} registered for the game's live updates."""
         return await self._all(self._keys.la_android(game_id))
 
     # --- broadcast channels --------------------------------------------------------------------------
@@ -284,24 +307,27 @@ class LiveRegistry:
         """Forget what a delivery device of a Live Activity intent stood for, once its provider said the
         token (or channel) is dead: an update token (retired), a push-to-start token, an Android
         registration or a game's channel, if it is still the one registered. False for a device of no
-        Live Activity, or one registered again since."""
+        Live Activity, or one registered again since. A per-game device id ends in ``#<device>`` when
+        the app named its device (``la:update:<user>:<game>#<device>``)."""
         for kind in ("update", "start", "android"):
             prefix = f"la:{kind}:{user_id}:"
             if not device_id.startswith(prefix):
                 continue
-            game = device_id[len(prefix) :]
+            rest = device_id[len(prefix) :]
             if kind == "start":
                 tokens = await self.start_tokens(user_id)
                 types = [t for t, token in tokens.items() if token == address.lower()]
                 return any([await self.delete_start_token(user_id, t) for t in types])
-            current = await (
-                self.update_token(user_id, game) if kind == "update" else self.android_token(user_id, game)
-            )
-            if current != (address.lower() if kind == "update" else address):
-                return False
-            if kind == "update":
-                return await self.delete_update_token(user_id, game)
-            return await self.delete_android(user_id, game)
+            game, _, device = rest.rpartition("#")
+            # a game key may hold '#' itself: the whole rest is the game when no such device holds the token
+            candidates = [(game, device)] if game and DEVICE_RE.fullmatch(device) else []
+            for game, device in [*candidates, (rest, "")]:
+                if kind == "update":
+                    if await self.update_token(user_id, game, device) == address.lower():
+                        return await self.delete_update_token(user_id, game, device)
+                elif await self.android_token(user_id, game, device) == address:
+                    return await self.delete_android(user_id, game, device)
+            return False
         if device_id.startswith("channel:") and address.startswith("channel:"):
             channel = await self.channel(device_id[len("channel:") :])
             if channel is not None and channel.channel_id == address[len("channel:") :]:
@@ -309,21 +335,68 @@ class LiveRegistry:
         return False
 
     # --- helpers ---------------------------------------------------------------------------------------
-    async def _all(self, key: str) -> dict[str, str]:
-        raw = cast(dict[bytes, bytes], await self._redis.hgetall(key))
-        return {text(user): text(token) for user, token in raw.items()}
+    async def _set(self, key: str, user_id: str, device: str, token: str, retired: str | None) -> Saved:
+        """Keep ``token`` as ``device``'s in the user's field of ``key``; the device's token it replaces
+        goes to ``retired`` (update tokens), where a token is refused from then on."""
+        await self._epoch.ensure()
+        async with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key, *([retired] if retired else []))
+                    devices = devices_of(await pipe.hget(key, user_id))
+                    before = devices.get(device)
+                    unchanged = before == token  # written again all the same: the record's TTL starts anew
+                    if not unchanged and retired is not None and await pipe.sismember(retired, token):
+                        raise TokenRejected("this update token was replaced by a newer one: register the newest")
+                    # one token is one activity: a token another device of the user held moves to this one
+                    devices = {d: t for d, t in devices.items() if d != device and t != token}
+                    devices[device] = token  # last, as the most recently written
+                    while len(devices) > MAX_DEVICES:
+                        del devices[next(iter(devices))]
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.hset(key, user_id, _encode(devices))
+                    if retired is not None and before is not None and not unchanged:
+                        pipe.sadd(retired, before)
+                    for each in (key, *([retired] if retired else [])):
+                        pipe.expire(each, self._ttl_s)
+                    await pipe.execute()
+                    return "unchanged" if unchanged else "created" if before is None else "replaced"
+                except _WatchError:
+                    continue
 
-    async def _pop(self, key: str, user_id: str, *, retire: str | None = None) -> bool:
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hget(key, user_id)
-        pipe.hdel(key, user_id)
-        before = (await pipe.execute())[0]
-        if before is not None and retire is not None:
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.sadd(retire, before)
-            pipe.expire(retire, self._ttl_s)
-            await pipe.execute()
-        return before is not None
+    async def _all(self, key: str) -> dict[str, dict[str, str]]:
+        raw = cast(dict[bytes, bytes], await self._redis.hgetall(key))
+        return {text(user): devices_of(value) for user, value in raw.items()}
+
+    async def _pop(self, key: str, user_id: str, device: str, *, retire: str | None = None) -> bool:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    devices = devices_of(await pipe.hget(key, user_id))
+                    before = devices.pop(device, None)
+                    if before is None:
+                        return False
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    if devices:
+                        pipe.hset(key, user_id, _encode(devices))
+                    else:
+                        pipe.hdel(key, user_id)
+                    if retire is not None:
+                        pipe.sadd(retire, before)
+                        pipe.expire(retire, self._ttl_s)
+                    await pipe.execute()
+                    return True
+                except _WatchError:
+                    continue
+
+
+def _encode(devices: dict[str, str]) -> str:
+    return json.dumps(devices, separators=(",", ":"))
+
+
+def _flat(by_user: dict[str, dict[str, str]]) -> dict[str, str]:
+    return {registration(user, device): token for user, devices in by_user.items() for device, token in devices.items()}
 
 
 def _tokens(raw: bytes | str | None) -> dict[str, str]:

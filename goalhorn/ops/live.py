@@ -75,32 +75,51 @@ async def _channels(settings: Settings) -> list[Channel]:
 def game(
     game_id: str = typer.Argument(..., help="The game's key, <source>:<game id> (espn:401461455)."),
     as_json: bool = typer.Option(False, "--json", help="A JSON object instead of text."),
+    devices: bool = typer.Option(
+        False, "--devices", help="Also list each registration: user, device (the app's install id) and kind."
+    ),
 ) -> None:
     """Who a game's Live Activity updates reach now: its channel, and how many activities (update tokens)
-    and Android live updates are registered for it."""
+    and Android live updates are registered for it (one per device: a fan's iPhone and iPad count two)."""
     settings = load_settings()
     channel, updates, android = asyncio.run(_game(settings, game_id))
-    out = {
+    out: dict[str, object] = {
         "game_id": game_id,
         "channel_id": channel.channel_id if channel else None,
-        "update_tokens": updates,
-        "android_registrations": android,
+        "update_tokens": sum(len(d) for d in updates.values()),
+        "android_registrations": sum(len(d) for d in android.values()),
     }
+    rows = [
+        {"user": user, "device": device, "kind": kind}
+        for kind, registered in (("update", updates), ("android", android))
+        for user, by_device in sorted(registered.items())
+        for device in by_device
+    ]
+    if devices:
+        out["devices"] = rows
     if as_json:
         typer.echo(json.dumps(out, sort_keys=True))
         return
     for name, value in out.items():
-        typer.echo(f"{name}: {'-' if value is None else value}")
+        if name != "devices":
+            typer.echo(f"{name}: {'-' if value is None else value}")
+    if devices:
+        table = Table("user", "device", "kind")
+        for row in rows:
+            table.add_row(row["user"], row["device"] or "-", row["kind"])
+        console.print(table)
 
 
-async def _game(settings: Settings, game_id: str) -> tuple[Channel | None, int, int]:
+async def _game(
+    settings: Settings, game_id: str
+) -> tuple[Channel | None, dict[str, dict[str, str]], dict[str, dict[str, str]]]:
     redis = make_redis(settings)
     registry = _registry(settings, redis)
     try:
         return (
             await registry.channel(game_id),
-            len(await registry.update_tokens(game_id)),
-            len(await registry.android(game_id)),
+            await registry.update_devices(game_id),
+            await registry.android_devices(game_id),
         )
     finally:
         await redis.aclose()

@@ -6,10 +6,11 @@ game's broadcast channel.
   replaces the old. With it, the user's phone gets a game's Live Activity at kickoff (a game of a
   team they follow, their preferences permitting).
 - ``PUT|DELETE /v1/users/{user_id}/live-activities/games/{game_id}/update-token``: the push token of
-  the activity the phone shows for a game (``Activity.pushTokenUpdates``); a rotation replaces it, and
-  the replaced token is refused from then on (409), so a late request cannot bring it back.
+  the activity a device shows for a game (``Activity.pushTokenUpdates``), per ``device`` (the app's
+  install id; each of a user's devices shows its own activity); a rotation replaces the device's token,
+  and the replaced token is refused from then on (409), so a late request cannot bring it back.
 - ``PUT|DELETE /v1/users/{user_id}/live-activities/games/{game_id}/android``: the FCM token an Android
-  app wants a game's live updates on.
+  app wants a game's live updates on, per ``device`` too.
 - ``PUT /v1/users/{user_id}/live-activities/games/{game_id}/running``: the phone shows the game's
   activity already (the app started it, on the game's channel for instance): no push-to-start of the
   game for this user.
@@ -28,7 +29,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from goalhorn.admin.addresses import address_problem
@@ -50,6 +51,9 @@ ActivityType = Annotated[
 Reader = Annotated[ApiKey, Depends(caller("read"))]
 Writer = Annotated[ApiKey, Depends(caller("write"))]
 Svc = Annotated[Services, Depends(provide_services)]
+DEVICE_PATTERN = r"^[A-Za-z0-9._-]{0,64}$"
+"""A device: the app's install id (``goalhorn.liveactivities.registry.DEVICE_RE``)."""
+DeviceQuery = Annotated[str, Query(pattern=DEVICE_PATTERN, description="The device the registration was made for.")]
 
 
 def _token(platform: Platform, value: str) -> str:
@@ -72,12 +76,26 @@ class ApnsTokenBody(BaseModel):
         return _token("apns", value)
 
 
+DEVICE_DOC = (
+    "The app's install id on this device (a UUID, a Firebase installation id): each device of the user keeps "
+    "its own registration of the game (a fan's iPhone and iPad each show the activity), and a new token "
+    "replaces only that device's. Empty or left out: one registration per user and game."
+)
+
+
+class UpdateTokenBody(ApnsTokenBody):
+    """The push token of the activity a device shows for the game (``Activity.pushTokenUpdates``)."""
+
+    device: str = Field(default="", pattern=DEVICE_PATTERN, description=DEVICE_DOC)
+
+
 class FcmTokenBody(BaseModel):
     """The FCM registration token of the Android app that shows the game's live update."""
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
     token: str = Field(description="The FCM registration token.")
+    device: str = Field(default="", pattern=DEVICE_PATTERN, description=DEVICE_DOC)
 
     @field_validator("token")
     @classmethod
@@ -150,17 +168,17 @@ async def delete_start_token(user_id: UserId, activity_type: ActivityType, key: 
     "/v1/users/{user_id}/live-activities/games/{game_id}/update-token",
     response_model=Registered,
     responses=REGISTERED,
-    openapi_extra=body_schema(ApnsTokenBody),
+    openapi_extra=body_schema(UpdateTokenBody),
 )
 async def put_update_token(
     user_id: UserId, game_id: GameKey, request: Request, response: Response, key: Writer, svc: Svc
 ) -> Registered:
-    """Register the update token of the user's activity of the game; the one it replaces is refused
-    from then on (409)."""
+    """Register the update token of the activity the user's ``device`` shows for the game; the one it
+    replaces on that device is refused from then on (409)."""
     user = await _user(svc, key, user_id)
-    body = await json_body(request, ApnsTokenBody)
+    body = await json_body(request, UpdateTokenBody)
     try:
-        saved = await _registry(svc).set_update_token(user, game_id, body.token)
+        saved = await _registry(svc).set_update_token(user, game_id, body.token, body.device)
     except TokenRejected as exc:
         raise Problem(409, str(exc)) from None
     return _answer(response, saved)
@@ -169,10 +187,12 @@ async def put_update_token(
 @router.delete(
     "/v1/users/{user_id}/live-activities/games/{game_id}/update-token", status_code=204, response_class=Response
 )
-async def delete_update_token(user_id: UserId, game_id: GameKey, key: Writer, svc: Svc) -> Response:
-    """The activity ended: its token is forgotten (and refused from then on)."""
+async def delete_update_token(
+    user_id: UserId, game_id: GameKey, key: Writer, svc: Svc, device: DeviceQuery = ""
+) -> Response:
+    """The activity on ``device`` ended: its token is forgotten (and refused from then on)."""
     user = await _user(svc, key, user_id)
-    if not await _registry(svc).delete_update_token(user, game_id):
+    if not await _registry(svc).delete_update_token(user, game_id, device):
         raise not_found("update token")
     return Response(status_code=204)
 
@@ -186,16 +206,18 @@ async def delete_update_token(user_id: UserId, game_id: GameKey, key: Writer, sv
 async def put_android(
     user_id: UserId, game_id: GameKey, request: Request, response: Response, key: Writer, svc: Svc
 ) -> Registered:
-    """Send the game's live updates to this FCM token (replacing the one registered for the game)."""
+    """Send the game's live updates to this FCM token (replacing the one ``device`` registered for the game)."""
     user = await _user(svc, key, user_id)
     body = await json_body(request, FcmTokenBody)
-    return _answer(response, await _registry(svc).set_android(user, game_id, body.token))
+    return _answer(response, await _registry(svc).set_android(user, game_id, body.token, body.device))
 
 
 @router.delete("/v1/users/{user_id}/live-activities/games/{game_id}/android", status_code=204, response_class=Response)
-async def delete_android(user_id: UserId, game_id: GameKey, key: Writer, svc: Svc) -> Response:
+async def delete_android(
+    user_id: UserId, game_id: GameKey, key: Writer, svc: Svc, device: DeviceQuery = ""
+) -> Response:
     user = await _user(svc, key, user_id)
-    if not await _registry(svc).delete_android(user, game_id):
+    if not await _registry(svc).delete_android(user, game_id, device):
         raise not_found("Android registration")
     return Response(status_code=204)
 
@@ -224,4 +246,4 @@ async def game_live_activity(game_id: GameKey, key: Reader, svc: Svc) -> GameLiv
     )
 
 
-BODY_MODELS = (ApnsTokenBody, FcmTokenBody)
+BODY_MODELS = (ApnsTokenBody, UpdateTokenBody, FcmTokenBody)
