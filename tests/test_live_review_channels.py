@@ -186,7 +186,9 @@ async def test_once_the_end_went_out_on_the_channel_it_is_deleted_keep_s_after_f
         assert (await channels.run_once(KICKOFF.timestamp())).created == ["espn:busy"]
         made = await channels.registry.channel("espn:busy")
         assert made is not None
-        await pacing.claim(state(GameStatus.LIVE, KICKOFF), [], KICKOFF)  # ingest: the start
+        start = await pacing.claim(state(GameStatus.LIVE, KICKOFF), [], KICKOFF)  # ingest: the start
+        assert start is not None
+        assert await pacing.confirm(start)  # the broker confirmed it
         full_time = KICKOFF + timedelta(hours=2)
         final = state(GameStatus.FINAL, full_time)
         await live.write([final])

@@ -18,6 +18,7 @@ import pytest
 from goalhorn.bus import Bus, Handler, Subscription
 from goalhorn.ingest.adapter import Parsed
 from goalhorn.ingest.ingestor import Ingestor
+from goalhorn.intents.live_pacing import PENDING_S
 from goalhorn.keys import Keys
 from goalhorn.models import EventKind, GameStatus
 from goalhorn.settings import Settings
@@ -81,3 +82,39 @@ async def test_a_live_update_cancelled_before_its_confirm_is_published_after_the
     intents = await on_the_queue(bus, settings, at_least=1 if event == "start" else 2)
     kinds = [kind for _, kind, _ in live(intents)]
     assert kinds[-1] is (EventKind.GAME_START if event == "start" else EventKind.GAME_END)
+
+
+@pytest.mark.parametrize("event", ["start", "end"])
+async def test_a_live_update_whose_process_died_before_its_confirm_is_published_by_another(
+    bus: Bus, settings: Settings, redis, event: str
+) -> None:
+    """``kill -9`` between the pacing claim and the broker's confirm: no confirm, no release. Another
+    ingest process (or the restarted one) publishes the start or end once ``PENDING_S`` has passed,
+    and not before (the first might only be slow)."""
+    await bus.start([Keys(settings.namespace).intent_queue])
+    stalling = UnconfirmedBus(bus, f'"live_event":"{event}"'.encode())
+    first = Ingestor(on(settings), stalling, redis)
+    await first.absorb(Parsed(states=[hockey(0, status=GameStatus.SCHEDULED)]), diff=True, now=T0)
+    if event == "end":
+        await first.absorb(Parsed(states=[hockey(10)]), diff=True, now=T0 + timedelta(seconds=10))
+    changed = hockey(20) if event == "start" else hockey(3600, status=GameStatus.FINAL, period=3)
+    poll = asyncio.create_task(first.absorb(Parsed(states=[changed]), diff=True, now=changed.observed_at))
+    try:
+        await asyncio.wait_for(stalling.waiting.wait(), 10)  # claimed, publishing: the process is killed here
+        second = Ingestor(on(settings), bus, redis)
+        soon = changed.model_copy(update={"observed_at": changed.observed_at + timedelta(seconds=5)})
+        early = await second.absorb(Parsed(states=[soon]), diff=True, now=soon.observed_at)
+        assert [i.data["live_event"] for i in early.live] == [], "published twice while the first was in flight"
+        late = soon.model_copy(update={"observed_at": changed.observed_at + timedelta(seconds=PENDING_S)})
+        done = await second.absorb(Parsed(states=[late]), diff=True, now=late.observed_at)
+        assert [i.data["live_event"] for i in done.live] == [event], f"the {event} was never published"
+        intents = await on_the_queue(bus, settings, at_least=1 if event == "start" else 2)
+        kinds = [kind for _, kind, _ in live(intents)]
+        assert kinds[-1] is (EventKind.GAME_START if event == "start" else EventKind.GAME_END)
+        again = late.model_copy(update={"observed_at": late.observed_at + timedelta(seconds=2 * PENDING_S)})
+        settled = await second.absorb(Parsed(states=[again]), diff=True, now=again.observed_at)
+        assert [i.data["live_event"] for i in settled.live if i.data["live_event"] == event] == []  # confirmed: once
+    finally:
+        poll.cancel()  # the test's end: the dead process's task goes
+        with pytest.raises(asyncio.CancelledError):
+            await poll

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from goalhorn.catalog import CatalogInvalid, parse_catalog
-from goalhorn.intents.live_pacing import Claim, LivePacing
+from goalhorn.intents.live_pacing import PENDING_S, Claim, LivePacing
 from goalhorn.intents.liveactivity import (
     ATTRIBUTES_TYPE,
     BROADCAST_LIMIT,
@@ -239,8 +240,23 @@ def test_a_short_payload_is_not_cut() -> None:
 # --- pacing: which states, which priority --------------------------------------------------------
 
 
+class Published(LivePacing):
+    """Pacing as the ingestor uses it when every intent gets out: each claim is confirmed at once."""
+
+    async def claim(self, state: GameState, events: Sequence[GameEvent], now: datetime) -> Claim | None:
+        claim = await super().claim(state, events, now)
+        if claim is not None:
+            assert await self.confirm(claim)
+        return claim
+
+
 def pacing(redis: Any, settings: Settings, *, high: int = 12, tick_s: float = 60.0) -> LivePacing:
-    return LivePacing(redis, Keys(settings.namespace), high_per_hour=high, tick_s=tick_s, retention_s=3600)
+    return Published(redis, Keys(settings.namespace), high_per_hour=high, tick_s=tick_s, retention_s=3600)
+
+
+def unconfirmed(redis: Any, settings: Settings, *, high: int = 12) -> LivePacing:
+    """Pacing whose claims are confirmed only when the test says (the broker's confirm)."""
+    return LivePacing(redis, Keys(settings.namespace), high_per_hour=high, tick_s=60.0, retention_s=3600)
 
 
 def what(claim: Claim | None) -> tuple[str, int] | None:
@@ -361,6 +377,65 @@ async def test_a_released_claim_is_claimed_again_and_gives_its_budget_back(setti
     assert again is not None
     assert again.last_event == "GOAL Messi 1'"
     assert not await pace.release(claim)  # a newer claim stands
+
+
+async def test_a_claim_whose_process_died_before_the_confirm_is_claimed_again_after_pending_s(
+    settings: Settings, redis
+) -> None:
+    """A start claimed by a process killed before the broker's confirm (no confirm, no release)."""
+    killed, other = unconfirmed(redis, settings, high=2), unconfirmed(redis, settings, high=2)
+    lost = await killed.claim(soccer(0), [], T0)
+    assert what(lost) == ("start", HIGH)
+    soon = T0 + timedelta(seconds=PENDING_S - 1)
+    assert await other.claim(soccer(PENDING_S - 1), [], soon) is None  # still in flight for all it knows
+    later = T0 + timedelta(seconds=PENDING_S)
+    again = await other.claim(soccer(PENDING_S), [], later)
+    assert what(again) == ("start", HIGH)  # the start goes out after all
+    assert again is not None
+    assert again.restored
+    assert lost is not None
+    assert not await killed.confirm(lost)  # too late: it was taken for lost
+    assert await other.confirm(again)
+    scored = soccer(PENDING_S + 5, home_score=1)
+    goal = await other.claim(scored, [event(scored, EventKind.GOAL)], later + timedelta(seconds=5))
+    assert what(goal) == ("update", HIGH)  # start + this goal = 2: the lost start gave its count back
+    assert goal is not None
+    assert await other.confirm(goal)
+    quiet = later + timedelta(seconds=5 + PENDING_S + 1)
+    assert await other.claim(soccer(PENDING_S + 5 + PENDING_S + 1, home_score=1), [], quiet) is None  # nothing lost
+
+
+async def test_a_lost_end_is_claimed_again_and_confirmed_claims_are_not(settings: Settings, redis) -> None:
+    pace = unconfirmed(redis, settings)
+    start = await pace.claim(soccer(0), [], T0)
+    assert start is not None
+    assert await pace.confirm(start)
+    final = soccer(6000, status=GameStatus.FINAL)
+    assert what(await pace.claim(final, [], T0 + timedelta(seconds=6000))) == ("end", HIGH)  # then killed
+    assert await pace.claim(soccer(6010, status=GameStatus.FINAL), [], T0 + timedelta(seconds=6010)) is None
+    after = T0 + timedelta(seconds=6000 + PENDING_S)
+    end = await pace.claim(soccer(6000 + PENDING_S, status=GameStatus.FINAL), [], after)
+    assert what(end) == ("end", HIGH)
+    assert end is not None
+    assert await pace.confirm(end)
+    much_later = after + timedelta(hours=1)
+    assert await pace.claim(soccer(9999, status=GameStatus.FINAL), [], much_later) is None  # ended, once
+
+
+async def test_two_claims_in_flight_a_lost_older_one_is_not_hidden_by_a_newer_confirm(
+    settings: Settings, redis
+) -> None:
+    """Process A claims the start and dies; process B claims the next change and confirms it: the
+    start is still put back (the restore goes to what the oldest unconfirmed claim found)."""
+    a, b = unconfirmed(redis, settings), unconfirmed(redis, settings)
+    assert what(await a.claim(soccer(0), [], T0)) == ("start", HIGH)  # A dies here
+    scored = soccer(3, home_score=1)
+    goal = await b.claim(scored, [event(scored, EventKind.GOAL)], T0 + timedelta(seconds=3))
+    assert what(goal) == ("update", HIGH)
+    assert goal is not None
+    assert await b.confirm(goal)
+    again = await b.claim(soccer(PENDING_S + 1, home_score=1), [], T0 + timedelta(seconds=PENDING_S + 1))
+    assert what(again) == ("start", HIGH)
 
 
 def test_a_catalog_rule_cannot_take_live_updates() -> None:

@@ -267,6 +267,10 @@ class Ingestor:
                     return exc
                 raise
             out.live.append(intent)
+            try:  # no longer pending: else, taken for lost after live_pacing.PENDING_S, it would go out again
+                await pacing.confirm(claim)
+            except Exception:
+                log.exception("Live Activity update %s went out; its claim could not be confirmed", intent.intent_id)
         return failure
 
     def _stash(self, events: Sequence[GameEvent]) -> None:
