@@ -26,6 +26,7 @@ from goalhorn.intents.liveactivity import HIGH, TTL_S, live_intent
 from goalhorn.keys import Keys
 from goalhorn.liveactivities.channels import ChannelLifecycle
 from goalhorn.models import Device, GameState, GameStatus
+from goalhorn.preferences.epoch import SubscriberEpoch
 from goalhorn.preferences.store import PreferenceStore
 from goalhorn.providers.apns_channels import ApnsChannels
 from goalhorn.redis_client import Redis
@@ -204,5 +205,37 @@ async def test_once_the_end_went_out_on_the_channel_it_is_deleted_keep_s_after_f
         assert (await markers.claim(end, [device])).claimed == [device]  # a deliver worker sends the end
         assert (await channels.run_once(full_time.timestamp() + keep + 1)).deleted == ["espn:busy"]
         assert made.channel_id not in sandbox.channels
+    finally:
+        await channels.aclose()
+
+
+async def test_after_redis_lost_its_data_no_channel_is_made_beside_the_one_apns_holds(
+    redis: Redis, settings: Settings, sandbox: ApnsSandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis restarted empty: the channels goalhorn held are gone from Redis, not from APNs. Until an
+    operator says the subscribers are restored, passes make (and delete) nothing, logged once."""
+    keys = Keys(settings.namespace)
+    await busy_game(redis, settings, GameStatus.SCHEDULED, KICKOFF)
+    channels = lifecycle(redis, settings, ApnsChannels(apns_settings(sandbox)))
+    before = KICKOFF - timedelta(minutes=20)
+    try:
+        assert (await channels.run_once(before.timestamp())).created == ["espn:busy"]
+        async for key in redis.scan_iter(match=keys.pattern()):  # Redis restarted empty
+            await redis.delete(key)
+        assert (await channels.run_once(before.timestamp() + 30)).subscribers_lost  # no epoch: nothing known
+        await busy_game(redis, settings, GameStatus.SCHEDULED, KICKOFF)  # subscribers imported again, games polled
+        replaced = await channels.run_once(before.timestamp() + 60)
+        assert replaced.subscribers_lost
+        assert replaced.created == []
+        epoch = SubscriberEpoch(redis, keys)
+        current = await epoch.read()
+        assert current is not None
+        assert await epoch.mark_lost(current, current)  # the fanout noticed too
+        assert (await channels.run_once(before.timestamp() + 90)).created == []
+        assert len(sandbox.channels) == 1, "a second channel beside the one APNs holds"
+        lost_logs = [r for r in caplog.records if "broadcast channels: the subscriber epoch" in r.getMessage()]
+        assert len(lost_logs) == 1  # once, not every pass
+        await epoch.restore()  # goalhorn subscribers restored (the operator deals with APNs' old channel)
+        assert (await channels.run_once(before.timestamp() + 120)).created == ["espn:busy"]
     finally:
         await channels.aclose()

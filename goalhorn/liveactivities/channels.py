@@ -23,6 +23,15 @@ A pass (``ChannelLifecycle.run_once``, every ``GOALHORN_LIVE_CHANNEL_INTERVAL_S`
    per-token; deleting channels APNs holds that goalhorn does not know is left to an operator: another
    deployment may share the app).
 
+A pass is skipped while the subscriber epoch (``goalhorn.preferences.epoch``) is missing, marked lost,
+or replaced by one that is no operator's restore since the process first saw it, as the fanout holds
+its intents then (``goalhorn.segmenter.epoch_watch``): Redis that lost its data lost the channels
+goalhorn held too, while APNs still holds them (in the app's 10,000): once the subscribers are imported
+again, a pass would make a second channel beside each game's first and never delete the first. Logged
+once; passes resume when an operator runs ``goalhorn subscribers restored`` (then compare Apple's
+``all-channels`` with ``goalhorn live channels`` and delete what the lost Redis held), or, for a missing
+epoch, once subscriber data is first written (a new namespace).
+
 The games come from the live state, which this layer may not read (``goalhorn.ingest``): the
 fanout stage passes a :data:`GameSource`.
 """
@@ -41,6 +50,7 @@ from goalhorn.errors import ChannelLimitReached, ProviderError
 from goalhorn.keys import Keys
 from goalhorn.liveactivities.audience import CHANNEL_DEVICE, LIVE_PREFIX
 from goalhorn.liveactivities.registry import Channel, LiveRegistry, text
+from goalhorn.preferences.epoch import Epoch, SubscriberEpoch
 from goalhorn.redis_client import Redis
 
 log = logging.getLogger(__name__)
@@ -111,6 +121,9 @@ class PassReport:
     """What one pass did (``held_by_other``: another process holds the lease; nothing done)."""
 
     held_by_other: bool = False
+    subscribers_lost: bool = False
+    """The subscriber epoch is missing or marked lost: Redis lost its data (the channels it held with
+    it); nothing done."""
     created: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     forgotten: list[str] = field(default_factory=list)
@@ -151,6 +164,10 @@ class ChannelLifecycle:
         self._lease = redis.register_script(_LEASE)
         self._release = redis.register_script(_RELEASE)
         self._passes = 0
+        self._epoch = SubscriberEpoch(redis, keys)
+        self._seen: Epoch | None = None
+        """The subscriber epoch this process's passes ran under."""
+        self._told_lost = False
 
     async def run_once(self, now: float | None = None) -> PassReport:
         """One pass (see the module's docstring)."""
@@ -158,6 +175,9 @@ class ChannelLifecycle:
         report = PassReport()
         if not await self._hold():
             report.held_by_other = True
+            return report
+        if await self._subscribers_lost():
+            report.subscribers_lost = True
             return report
         held = {c.game_id: c for c in await self.registry.channels()}
         games = {g.game_id: g for g in await self._games(list(held))}
@@ -192,6 +212,33 @@ class ChannelLifecycle:
         if ended is None or text(ended) != "1" or observed_ms is None or newest is None:
             return False
         return int(text(newest)) >= int(text(observed_ms)) * 1000
+
+    async def _subscribers_lost(self) -> bool:
+        """Whether the subscriber epoch is missing, marked lost, or replaced since this process saw it
+        without an operator's restore (logged once, and once when it is back)."""
+        epoch = await self._epoch.read()
+        if epoch is None:
+            why = "missing (no subscribers yet, or Redis lost its data)"
+        elif epoch.lost:
+            why = f"marked lost ({epoch})"
+        elif self._seen is not None and epoch != self._seen and not epoch.restored:
+            why = f"replaced ({self._seen} -> {epoch}): Redis lost its data and subscribers were written anew"
+        else:
+            why = ""
+            self._seen = epoch
+        lost = bool(why)
+        if lost and not self._told_lost:
+            log.log(
+                logging.WARNING if epoch is None else logging.ERROR,
+                "broadcast channels: the subscriber epoch is %s; no channel is made or deleted until it is back "
+                "(`goalhorn subscribers restored`; Redis that lost its data lost the channels goalhorn held, which "
+                "APNs may still hold: compare Apple's all-channels with `goalhorn live channels`)",
+                why,
+            )
+        elif not lost and self._told_lost:
+            log.warning("broadcast channels: the subscriber epoch is back (%s); passes resume", epoch)
+        self._told_lost = lost
+        return lost
 
     async def _hold(self) -> bool:
         """Take or extend the lease; False when another process holds it."""
@@ -243,6 +290,9 @@ class ChannelLifecycle:
                 return
             if not await self._hold():  # this pass outlived its lease: another process acts now
                 report.held_by_other = True
+                return
+            if await self._subscribers_lost():  # Redis lost its data during the pass
+                report.subscribers_lost = True
                 return
             making = asyncio.ensure_future(self._make(game.game_id, now, report))
             try:
