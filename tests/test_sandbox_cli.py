@@ -55,3 +55,16 @@ def test_provider_bench_smoke_run() -> None:
     from bench import bench_providers
 
     assert bench_providers.main(["--small"]) in (0, 1)  # figures at this size mean nothing; it must run through
+
+
+def test_help_sent_to_a_pipe_is_not_cut_at_80_columns() -> None:
+    """rich cuts what it prints at 80 columns when it sees no terminal (a pipe, a CI log): the CLI widens it."""
+    import subprocess
+
+    from tests.processes import GOALHORN, clean_env
+
+    env = {k: v for k, v in clean_env().items() if k != "COLUMNS"}
+    done = subprocess.run([GOALHORN, "sandbox", "--help"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "/channels/{id}/subscribers" in done.stdout
+    assert "…" not in done.stdout

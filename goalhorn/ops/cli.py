@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 
 import typer
@@ -88,7 +89,13 @@ def version() -> None:
 delivery.register(app)
 
 
+PIPED_WIDTH = 160
+"""Columns of output that goes to no terminal (a pipe, a file, a CI log): rich would cut it at 80."""
+
+
 def main() -> None:
+    if "COLUMNS" not in os.environ and not sys.stdout.isatty():
+        os.environ["COLUMNS"] = str(PIPED_WIDTH)  # read by rich (tables, --help) each time it prints
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app()
