@@ -3,7 +3,9 @@ intents, and the Bloom prefilter's versions and pending users."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -199,3 +201,123 @@ async def test_the_expander_rebuilds_the_filter_once_enough_users_are_pending(re
     assert snap.pending == set()
     assert snap.maybe("m3")
     assert not await redis.exists(keys.bloom_rebuild_lock())
+
+
+async def test_register_device_replaces_a_known_device_in_place_byte_for_byte(redis: Redis, settings: Settings) -> None:
+    """The registration script finds a device by its id in the stored lines (no JSON parsing): ids
+    that are prefixes of one another, an id spelled inside another device's address, and a device
+    first, in the middle or last are each replaced in place, added_at kept, the record exactly what
+    the Python encoder writes."""
+    from goalhorn.preferences.model import encode_devices
+
+    keys = Keys(settings.namespace)
+    store = PreferenceStore(redis, keys, buckets=4)
+    t0, t1 = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)
+    decoy = '","device_id":"d1","user_id":"u",'  # escaped in the JSON line: never a match
+    devices = [
+        Device(platform="fcm", device_id="d1", user_id="u", address="a1"),
+        Device(platform="webhook", device_id="d10", user_id="u", address=f"https://x/{decoy}", secret="whsec_1"),
+        Device(platform="apns", device_id="d100", user_id="u", address="a100", locale="fr"),
+    ]
+    for device in devices:
+        assert await store.register_device(device, max_devices=3, now=t0) is True
+    stamped = [d.model_copy(update={"added_at": t0}) for d in devices]
+    raw = await redis.hget(keys.device_bucket(bucket_of("u", 4)), "u")
+    assert raw == encode_devices(stamped)
+    for n, device in enumerate(devices):
+        moved = device.model_copy(update={"address": f"moved{n}", "locale": "de"})
+        assert await store.register_device(moved, max_devices=3, now=t1) is False
+        stamped[n] = moved.model_copy(update={"added_at": t0})
+        raw = await redis.hget(keys.device_bucket(bucket_of("u", 4)), "u")
+        assert raw == encode_devices(stamped), f"replacing device {n}"
+    assert await store.last_seen("u") == {"d1": t1, "d10": t1, "d100": t1}
+    # an added_at given by the caller is written as given
+    given = devices[1].model_copy(update={"added_at": t1})
+    assert await store.register_device(given, max_devices=3, now=t1) is False
+    assert {d.device_id: d.added_at for d in await store.devices_of("u")}["d10"] == t1
+
+
+async def test_register_device_drops_a_duplicate_line_of_the_device(redis: Redis, settings: Settings) -> None:
+    from goalhorn.preferences.model import encode_devices
+
+    keys = Keys(settings.namespace)
+    store = PreferenceStore(redis, keys, buckets=4)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    a, b = phone("u", 1), phone("u", 2)
+    stored = [d.model_copy(update={"added_at": t0}) for d in (a, b, a, b, a)]
+    await redis.hset(keys.device_bucket(bucket_of("u", 4)), "u", encode_devices(stored))
+    assert await store.register_device(a.model_copy(update={"locale": "fr"}), max_devices=5) is False
+    assert [(d.device_id, d.locale, d.added_at) for d in await store.devices_of("u")] == [
+        ("u-1", "fr", t0),
+        ("u-2", "en", t0),
+        ("u-2", "en", t0),
+    ]
+
+
+async def test_a_rewrite_retries_on_its_own_users_fields_only(redis: Redis, settings: Settings) -> None:
+    """A change of one user's preferences is checked against that user's field, not the whole bucket:
+    another user of the same bucket written meanwhile costs no retry (a WATCH of the bucket retried,
+    and under concurrent API writes retried in a loop); a change of the same user meanwhile is not
+    lost (the change runs again on it)."""
+    keys = Keys(settings.namespace)
+    store = PreferenceStore(redis, keys, buckets=1)  # every user in the one bucket
+    other = sync_client(settings)
+    runs = 0
+
+    def mute_while_written(user: str) -> Callable[[Preferences], Preferences]:
+        def change(prefs: Preferences) -> Preferences:
+            nonlocal runs
+            runs += 1
+            if runs == 1:  # another writer, between this write's read and its compare-and-set
+                other.hset(keys.preference_bucket(0), user, Preferences(muted_teams=frozenset({"che"})).encode())
+            return prefs.with_changes(muted_teams=prefs.muted_teams | {"ars"})
+
+        return change
+
+    try:
+        await store.change_preferences("alice", mute_while_written("bob"))
+        assert runs == 1, "a write of another user in the bucket made it run again"
+        assert (await store.preferences_of("alice")).muted_teams == {"ars"}
+        assert (await store.preferences_of("bob")).muted_teams == {"che"}
+        runs = 0
+        await store.change_preferences("carol", mute_while_written("carol"))
+        assert runs == 2
+        assert (await store.preferences_of("carol")).muted_teams == {"ars", "che"}
+    finally:
+        other.close()
+
+
+def sync_client(settings: Settings) -> Any:
+    """A second, synchronous client of the same Redis (what another process would write with)."""
+    if settings.redis_url is None:
+        import fakeredis
+
+        from goalhorn.redis_client import fake_server
+
+        return fakeredis.FakeRedis(server=fake_server(settings.namespace))
+    import redis as sync_redis
+
+    return sync_redis.Redis.from_url(settings.redis_url)
+
+
+async def test_every_kind_of_write_marks_its_user_for_topics(redis: Redis, settings: Settings) -> None:
+    keys = Keys(settings.namespace)
+    store = PreferenceStore(redis, keys, buckets=4)
+    await store.changes.enable()
+    writes = {
+        "registered": store.register_device(phone("registered"), max_devices=5),
+        "muted": store.mute_team("muted", "ars"),
+        "set": store.set_preferences({"set": Preferences(cap=Cap(2))}),
+        "followed": store.follow_teams([("followed", "ars")]),
+    }
+    for write in writes.values():
+        await write
+    assert set(await store.changes.pending()) >= set(writes)
+    await store.changes.clear(await store.changes.pending())
+    assert await store.remove_device("registered", "registered-0")
+    assert await store.remove_user("muted")
+    assert set(await store.changes.pending()) == {"registered", "muted"}
+    assert await store.devices_of("registered") == []
+    assert await store.last_seen("registered") == {}
+    assert await store.preferences_of("muted") == DEFAULT_PREFERENCES
+    assert not await store.remove_user("muted")
