@@ -7,8 +7,11 @@ separate load process holding ``--connections`` keep-alive HTTP/1.1 connections 
   Redis, strong ETag) against a bare Starlette route returning the same bytes: requests/s, p50, p99,
   and the ratio of the API's requests/s to the bare route's;
 - the 304 path: the same request with ``If-None-Match``;
-- device registration: ``POST /v1/users/{id}/devices`` with a new APNs token per request (50
-  users, one per connection), against the bare route taking the same POST;
+- device registration: ``POST /v1/users/{id}/devices`` with a new APNs token per request (a new
+  user every 40 devices), against the bare route taking the same POST; every run registers devices
+  no earlier run did (201 each);
+- the same route re-registering the devices just registered (200 each: an app sends its token
+  again at every launch), against the same bare route;
 - server-sent events: ``--clients`` clients connected to ``/v1/stream``; one score update published
   to Redis; the time until every client had it (p50 and the last), against one client alone.
 
@@ -52,7 +55,8 @@ GAME = "espn:401"
 COUNTER = b"#" * 64
 """Replaced by the request's number in 64 hex digits (an APNs token), keeping Content-Length right."""
 USER = b"@" * 8
-"""Replaced by the request's number // DEVICES_PER_USER: a new user every few devices (at most 50 each)."""
+"""Replaced by the request's number // DEVICES_PER_USER: a new user every few devices (at most 50 each).
+A load's numbers start where the last run's registrations ended, so each run registers new devices."""
 DEVICES_PER_USER = 40
 USERS_PER_CONNECTION = 250
 
@@ -114,7 +118,8 @@ def serve(kind: str, port: int, namespace: str, body_file: str) -> None:
 # --- load (``python -m bench.bench_api load ...``, prints one JSON line) ------------------------------------
 async def _connection(
     port: int, make: Callable[[int], bytes], stop_at: float, out: list[float], statuses: dict[int, int]
-) -> None:
+) -> int:
+    """Requests back to back until ``stop_at``; how many were sent."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     n = 0
     try:
@@ -133,10 +138,13 @@ async def _connection(
             statuses[status] = statuses.get(status, 0) + 1
     finally:
         writer.close()
+    return n
 
 
-def load(port: int, requests: list[bytes], seconds: float) -> dict[str, float]:
-    """Each connection sends its request (``{n}`` replaced by a counter) back to back."""
+def load(port: int, requests: list[bytes], seconds: float, start: int = 0, span: int = 0) -> dict[str, float]:
+    """Each connection sends its request back to back, its ``n``-th with USER and COUNTER replaced by
+    ``start + n`` (``start + n % span`` with a ``span``: the same ``span`` numbers over and over).
+    ``sent``: the fewest requests a connection sent."""
 
     async def run() -> dict[str, float]:
         latencies: list[list[float]] = [[] for _ in requests]
@@ -147,9 +155,14 @@ def load(port: int, requests: list[bytes], seconds: float) -> dict[str, float]:
         def maker(template: bytes) -> Callable[[int], bytes]:
             if COUNTER not in template:
                 return lambda n: template
-            return lambda n: template.replace(USER, b"%08d" % (n // DEVICES_PER_USER)).replace(COUNTER, b"%064x" % n)
 
-        await asyncio.gather(
+            def make(n: int) -> bytes:
+                n = start + (n % span if span else n)
+                return template.replace(USER, b"%08d" % (n // DEVICES_PER_USER)).replace(COUNTER, b"%064x" % n)
+
+            return make
+
+        sent = await asyncio.gather(
             *(_connection(port, maker(r), stop_at, latencies[i], statuses) for i, r in enumerate(requests))
         )
         elapsed = time.perf_counter() - started
@@ -159,6 +172,8 @@ def load(port: int, requests: list[bytes], seconds: float) -> dict[str, float]:
             "p50_ms": every[len(every) // 2] * 1000,
             "p99_ms": every[int(len(every) * 0.99)] * 1000,
             "requests": len(every),
+            "sent": min(sent),
+            "most_sent": max(sent),
             "statuses": {str(k): v for k, v in statuses.items()},  # type: ignore[dict-item]
         }
 
@@ -256,12 +271,17 @@ def _request(method: str, path: str, key: str | None, extra: str = "", body: str
     return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
 
 
-def _measure(loads: list[tuple[int, list[bytes]]], seconds: float) -> list[dict[str, float]]:
-    """Each (port, requests) load in turn for ``seconds``, from one load process (one start a run, not
-    one a load: a Python process takes a second or two to start on the loaded machine)."""
+Load = tuple[int, list[bytes], int, int]
+"""A load: port, requests, and the ``start`` and ``span`` of their numbers (:func:`load`)."""
+
+
+def _measure(loads: list[Load], seconds: float) -> list[dict[str, float]]:
+    """Each load in turn for ``seconds``, from one load process (one start a run, not one a load: a
+    Python process takes a second or two to start on the loaded machine); a load whose span is -1
+    repeats the numbers the load before it sent (as many as its every connection sent)."""
     path = f"/tmp/goalhorn-bench-{uuid.uuid4().hex}.json"
     with open(path, "w") as f:
-        json.dump([[port, [r.decode() for r in requests]] for port, requests in loads], f)
+        json.dump([[port, [r.decode() for r in requests], start, span] for port, requests, start, span in loads], f)
     try:
         return _load_process(["load", path, str(seconds)])  # type: ignore[return-value]
     finally:
@@ -280,8 +300,10 @@ async def _prepare(namespace: str, connections: int) -> tuple[list[str], bytes]:
     return keys, b""
 
 
+AGAIN = "POST /v1/users/{id}/devices, known device (200)"
+
 SECONDS = 3.0
-"""Each load's length (five loads and two SSE fan-outs a run): 50 connections back to back make
+"""Each load's length (six loads and two SSE fan-outs a run): 50 connections back to back make
 thousands of requests in 3 s, and the runs' spread is the machine's, not the length's."""
 
 
@@ -290,7 +312,7 @@ def planned(quick: bool) -> list[tuple[str, float]]:
     the loads' length plus ~15 s of setup (the servers, keys, users) and, a run, ~3 s to start the load
     process and ~5 s for the two SSE fan-outs (~10 s with 1,000 clients), measured under load."""
     seconds, sse, setup = (0.5, 5.0, 10.0) if quick else (SECONDS, 10.0, 15.0)
-    return [(f"5 loads of {seconds:g} s and 2 SSE fan-outs x 3 runs", setup + 3 * (5 * seconds + 3 + sse))]
+    return [(f"6 loads of {seconds:g} s and 2 SSE fan-outs x 3 runs", setup + 3 * (6 * seconds + 3 + sse))]
 
 
 def report(results: Results, runs: dict[str, list[dict[str, float]]]) -> None:
@@ -299,6 +321,7 @@ def report(results: Results, runs: dict[str, list[dict[str, float]]]) -> None:
         ("GET /v1/games/{id}", "bare Starlette route, same bytes"),
         ("GET /v1/games/{id}, If-None-Match (304)", "bare Starlette route, same bytes"),
         ("POST /v1/users/{id}/devices", "bare Starlette route, same POST"),
+        (AGAIN, "bare Starlette route, same POST"),
     ):
         base = statistics.median(r["rps"] for r in runs[baseline])
         results.add(Figure(f"{name}: requests/s", [r["rps"] for r in runs[name]], "req/s", baseline=(baseline, base)))
@@ -322,8 +345,13 @@ def main(argv: list[str], results: Results | None = None) -> int:
         return 0
     if argv and argv[0] == "load":
         with open(argv[1]) as f:
-            loads = [(int(port), [r.encode() for r in requests]) for port, requests in json.load(f)]
-        print(json.dumps([load(port, requests, float(argv[2])) for port, requests in loads]))
+            loads = [(int(p), [r.encode() for r in rs], first, span) for p, rs, first, span in json.load(f)]
+        answers: list[dict[str, float]] = []
+        for port, requests, first, span in loads:
+            if span == -1:  # what the load before sent, again
+                first, span = int(answers[-1]["start"]), max(1, int(answers[-1]["sent"]))
+            answers.append({**load(port, requests, float(argv[2]), first, span), "start": first})
+        print(json.dumps(answers))
         return 0
     if argv and argv[0] == "sse":
         print(json.dumps(sse_clients(int(argv[1]), argv[2], int(argv[3]), argv[4])))
@@ -377,19 +405,32 @@ def main(argv: list[str], results: Results | None = None) -> int:
             for i, k in enumerate(keys)
         ]
         runs: dict[str, list[dict[str, float]]] = defaultdict(list)
+        start = 0  # the number of the first device a run registers: none registered before
         for n in range(args.runs):
             print(f"  run {n + 1} of {args.runs}", flush=True)
-            jobs = (
-                ("bare Starlette route, same bytes", bare.port, get_bare, None),
-                ("GET /v1/games/{id}", api.port, get_api, "bare Starlette route, same bytes"),
-                ("GET /v1/games/{id}, If-None-Match (304)", api.port, not_modified, "bare Starlette route, same bytes"),
-                ("bare Starlette route, same POST", bare.port, posts, None),
-                ("POST /v1/users/{id}/devices", api.port, posts, "bare Starlette route, same POST"),
+            jobs: tuple[tuple[str, int, list[bytes], int, int, str | None], ...] = (
+                ("bare Starlette route, same bytes", bare.port, get_bare, 0, 0, None),
+                ("GET /v1/games/{id}", api.port, get_api, 0, 0, "bare Starlette route, same bytes"),
+                (
+                    "GET /v1/games/{id}, If-None-Match (304)",
+                    api.port,
+                    not_modified,
+                    0,
+                    0,
+                    "bare Starlette route, same bytes",
+                ),
+                ("bare Starlette route, same POST", bare.port, posts, start, 0, None),
+                ("POST /v1/users/{id}/devices", api.port, posts, start, 0, "bare Starlette route, same POST"),
+                (AGAIN, api.port, posts, start, -1, "bare Starlette route, same POST"),
             )
-            measured = _measure([(port, requests) for _, port, requests, _ in jobs], args.seconds)
-            for (name, _, _, baseline), result in zip(jobs, measured, strict=True):
+            measured = _measure([(port, reqs, first, span) for _, port, reqs, first, span, _ in jobs], args.seconds)
+            for (name, _, _, _, _, baseline), result in zip(jobs, measured, strict=True):
                 runs[name].append(result)
                 _line(name, runs[name][-1], runs[baseline][-1] if baseline else None)
+            registered = int(measured[4]["most_sent"])  # by the API's POST load (the bare route keeps none)
+            start += -(-registered // DEVICES_PER_USER) * DEVICES_PER_USER  # the next run: users of its own
+            if start > DEVICES_PER_USER * USERS_PER_CONNECTION:
+                raise RuntimeError("the bench ran out of users: raise USERS_PER_CONNECTION")
             for clients in (1, args.clients):
                 times = _sse(api.port, keys[0], clients, namespace)
                 runs[f"SSE fan-out to {clients:,} clients"].append(times)
