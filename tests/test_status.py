@@ -53,6 +53,7 @@ async def test_status_shows_throughput_queues_pauses_breakers_dead_letters_and_s
         for ms in [12.0] * 98 + [30.0] * 2:
             await PipelineCounters(redis, keys).add_stage_latencies({"fanout": ms})
         await redis.zadd(keys.live_games(), {"espn:401": (time.time() - 90) * 1000, "espn:402": time.time() * 1000})
+        await PipelineCounters(redis, keys).add({"intents": 42, "live_intents": 60, "intents_done": 102})
 
         async def publish() -> None:
             for n in range(200):
@@ -67,6 +68,8 @@ async def test_status_shows_throughput_queues_pauses_breakers_dead_letters_and_s
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert status["rates"]["deliver batches"] > 0
+    # fanout expands both kinds of intent ingest publishes: the counts add up on the screen
+    assert [status["totals"][s] for s in ("ingest", "ingest live updates", "fanout")] == [42, 60, 102]
     assert status["rates"]["sent:fcm"] > status["rates"]["sent:apns"] == 0
     assert status["latency_ms"]["delivery"]["p50"] is not None
     assert status["latency_ms"]["fanout"] == {"p50": 12.0, "p99": 30.0}
@@ -116,7 +119,7 @@ def test_status_watch_refreshes_until_ctrl_c() -> None:
         text=True,
     )
     try:
-        time.sleep(2.0)
+        time.sleep(4.0)  # started and watching (a Ctrl-C while it imports is a plain KeyboardInterrupt)
         watch.send_signal(signal.SIGINT)
         out, err = watch.communicate(timeout=15)
     finally:

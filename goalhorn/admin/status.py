@@ -30,11 +30,13 @@ from goalhorn.settings import Settings
 RECENT_LATENCIES = 1000
 STAGES: dict[str, str] = {
     "ingest": "intents",
+    "ingest live updates": "live_intents",
     "fanout": "intents_done",
     "fanout batches": "batches_published",
     "deliver batches": "batches_done",
 }
-"""Each stage's throughput is the rate of one shared counter."""
+"""Each stage's throughput is the rate of one shared counter. The fanout expands both kinds of intent
+ingest publishes: alerts (``intents``) and Live Activity updates (``live_intents``)."""
 
 
 @dataclass(slots=True)
