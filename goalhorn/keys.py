@@ -311,8 +311,9 @@ class Keys:
 
     def la_ticker(self, game_key: str) -> str:
         """HASH of one match's Live Activity ticker as ingest last published it: ``observed_ms``,
-        ``digest`` and ``last_event`` of that update, ``started``, ``ended``, ``tick_at`` (ms)
-        (``goalhorn.intents.live_pacing``); hash tag ``{<game key>}``, with its hourly count."""
+        ``digest`` and ``last_event`` of that update, ``started``, ``ended``, ``tick_at`` (ms), and
+        while a claim's intent is not confirmed ``pending``, ``pending_until`` and the ``p_*`` fields it
+        replaced (``goalhorn.intents.live_pacing``); hash tag ``{<game key>}``, with its hourly count."""
         return f"{self.namespace}:liveactivity:{{{game_key}}}:ticker"
 
     def la_high_count(self, game_key: str, hour: int) -> str:
