@@ -16,6 +16,9 @@ PLATFORMS: tuple[Platform, ...] = ("fcm", "apns", "webhook")
 Lane = Literal["normal", "critical"]
 """A provider's delivery queues are split by intent priority into lanes (``goalhorn.dispatch.lanes``)."""
 LANES: tuple[Lane, ...] = ("normal", "critical")
+GAME_KEY_PATTERN = r"^[a-z0-9_-]{1,40}:[!-~]{1,128}$"
+"""A game's key, ``<source>:<feed's game id>`` (``espn:401461455``): how the API, the live state and Live
+Activities name a game (two feeds number games differently)."""
 
 
 @dataclass(frozen=True, slots=True)

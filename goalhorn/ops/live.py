@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
+import re
 import time
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from goalhorn.keys import Keys
+from goalhorn.keys import GAME_KEY_PATTERN, Keys
 from goalhorn.liveactivities.registry import Channel, LiveRegistry
+from goalhorn.ops.queues import fail, run, settings_or_fail
 from goalhorn.redis_client import Redis, make_redis
-from goalhorn.settings import Settings, load_settings
+from goalhorn.settings import Settings
 
 app = typer.Typer(
     help="Live Activities (iOS) and Android live updates: games' broadcast channels and registrations.",
@@ -21,6 +22,14 @@ app = typer.Typer(
 )
 console = Console()
 STORAGE = {0: "none kept", 1: "most recent"}
+
+
+def _settings() -> Settings:
+    """The settings, with the Redis the stages use (the registry is there, never in a process's own memory)."""
+    settings = settings_or_fail()
+    if settings.redis_url is None:
+        fail("GOALHORN_REDIS_URL is not set: the channels and registrations live in the Redis the stages use")
+    return settings
 
 
 def _registry(settings: Settings, redis: Redis) -> LiveRegistry:
@@ -39,8 +48,8 @@ def channels(as_json: bool = typer.Option(False, "--json", help="A JSON list ins
     """The broadcast channels goalhorn holds, oldest first: game, channel id, storage policy, age, and
     how long ago the game was seen final (its channel is deleted GOALHORN_LIVE_CHANNEL_KEEP_S after, once
     the game's end update went out on it; else 30 minutes after, the life of the end update)."""
-    settings = load_settings()
-    held = asyncio.run(_channels(settings))
+    settings = _settings()
+    held = run(_channels(settings))
     now = time.time()
     if as_json:
         typer.echo(json.dumps([_row(c, now) for c in held], sort_keys=True))
@@ -81,8 +90,10 @@ def game(
 ) -> None:
     """Who a game's Live Activity updates reach now: its channel, and how many activities (update tokens)
     and Android live updates are registered for it (one per device: a fan's iPhone and iPad count two)."""
-    settings = load_settings()
-    channel, updates, android = asyncio.run(_game(settings, game_id))
+    if re.match(GAME_KEY_PATTERN, game_id) is None:
+        fail(f"{game_id!r} is no game key: <source>:<game id>, as in espn:401461455")
+    settings = _settings()
+    channel, updates, android = run(_game(settings, game_id))
     out: dict[str, object] = {
         "game_id": game_id,
         "channel_id": channel.channel_id if channel else None,

@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from goalhorn.errors import StoreError
 from goalhorn.ingest.live import LiveGame
+from goalhorn.keys import GAME_KEY_PATTERN
 from goalhorn.models import GameEvent, GameState, GameStatus, Sport
 from goalhorn.sidecar.apikeys import ApiKey
 from goalhorn.sidecar.deps import Services, bearer_token, caller, holds, provide_services, rate_limited
@@ -37,7 +38,7 @@ from goalhorn.sidecar.problems import not_found, problem_response
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/games", tags=["games"])
-GameKey = Annotated[str, Path(pattern=r"^[a-z0-9_-]{1,40}:[!-~]{1,128}$", description="<source>:<game id>")]
+GameKey = Annotated[str, Path(pattern=GAME_KEY_PATTERN, description="<source>:<game id>")]
 MAX_LIST = 500
 AGE_HEADER = "Game-State-Age"
 CACHE_S = 0.25

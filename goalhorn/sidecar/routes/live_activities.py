@@ -33,7 +33,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from goalhorn.admin.addresses import address_problem
-from goalhorn.keys import Platform
+from goalhorn.keys import GAME_KEY_PATTERN, Platform
 from goalhorn.liveactivities.registry import LiveRegistry, Saved, TokenRejected
 from goalhorn.providers.ssrf import AddressPolicy
 from goalhorn.sidecar.apikeys import ApiKey
@@ -44,7 +44,7 @@ from goalhorn.sidecar.tenants import stored_id
 router = APIRouter(tags=["live-activities"])
 
 UserId = Annotated[str, Path(pattern=r"^[!-~]{1,128}$", description="The user's id in the caller's tenant.")]
-GameKey = Annotated[str, Path(pattern=r"^[a-z0-9_-]{1,40}:[!-~]{1,128}$", description="<source>:<game id>")]
+GameKey = Annotated[str, Path(pattern=GAME_KEY_PATTERN, description="<source>:<game id>")]
 ActivityType = Annotated[
     str, Path(pattern=r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$", description="The ActivityKit attributes type.")
 ]
