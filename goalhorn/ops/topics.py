@@ -14,9 +14,10 @@ from rich.console import Console
 from rich.table import Table
 
 from goalhorn.keys import Keys
+from goalhorn.ops.queues import fail, run, settings_or_fail
 from goalhorn.preferences.store import PreferenceStore
-from goalhorn.redis_client import make_redis
-from goalhorn.settings import Settings, load_settings
+from goalhorn.redis_client import Redis, make_redis
+from goalhorn.settings import Settings
 
 if TYPE_CHECKING:  # firebase-admin and google-auth (~25 MB): imported by these commands alone, not by every one
     from goalhorn.topics.fcm_admin import TopicAdmin
@@ -27,11 +28,26 @@ app = typer.Typer(help="FCM topics: per-team membership for followers without pr
 console = Console()
 
 
-def _membership(settings: Settings, *, fcm: bool) -> tuple[TopicMembership, TopicAdmin | None]:
+def _settings(*, fcm: bool) -> Settings:
+    """The settings, with the Redis the stages use, and (to change membership) the FCM project's key."""
+    settings = settings_or_fail()
+    if settings.redis_url is None:
+        fail("GOALHORN_REDIS_URL is not set: topic membership lives in the Redis the stages use")
+    if fcm and not settings.fcm_credentials_file:
+        fail(
+            "GOALHORN_FCM_CREDENTIALS_FILE is not set: membership changes go through firebase-admin, as the FCM project"
+        )
+    if fcm and not settings.fcm_topics:
+        typer.echo(
+            "note: GOALHORN_FCM_TOPICS is off here; the fanout sends topic messages only where it is true", err=True
+        )
+    return settings
+
+
+def _membership(settings: Settings, redis: Redis, *, fcm: bool) -> tuple[TopicMembership, TopicAdmin | None]:
     from goalhorn.topics.fcm_admin import TopicAdmin
     from goalhorn.topics.membership import TopicMembership
 
-    redis = make_redis(settings)
     keys = Keys(settings.namespace)
     admin = TopicAdmin(settings) if fcm else None
     store = PreferenceStore(redis, keys, buckets=settings.preference_buckets)
@@ -56,12 +72,13 @@ def sync(
     """Reconcile teams' FCM topics with their followers (subscribe through firebase-admin, <= 1,000
     tokens a call, backing off on 429), then apply the changes written meanwhile. A team is in sync
     once this finished without leftovers; the fanout then sends it one topic message per locale."""
-    settings = load_settings()
-    asyncio.run(_sync(settings, teams or [], follow, interval, as_json))
+    settings = _settings(fcm=True)
+    run(_sync(settings, teams or [], follow, interval, as_json))
 
 
 async def _sync(settings: Settings, teams: list[str], follow: bool, interval: float, as_json: bool) -> None:
-    membership, admin = _membership(settings, fcm=True)
+    redis = make_redis(settings)
+    membership, admin = _membership(settings, redis, fcm=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -85,6 +102,7 @@ async def _sync(settings: Settings, teams: list[str], follow: bool, interval: fl
     finally:
         if admin is not None:
             await admin.aclose()
+        await redis.aclose()
 
 
 def _emit(as_json: bool, what: str, fields: dict[str, object]) -> None:
@@ -101,8 +119,8 @@ def status(
 ) -> None:
     """Whether each team's topics are in sync (a full reconcile under the current subscriber epoch, and
     no follower with a change not applied yet), their members per topic and pending topic sends."""
-    settings = load_settings()
-    statuses = asyncio.run(_status(settings, teams or []))
+    settings = _settings(fcm=False)
+    statuses = run(_status(settings, teams or []))
     if as_json:
         out = [{**dataclasses.asdict(s), "in_sync": s.in_sync} for s in statuses]
         typer.echo(json.dumps(out, sort_keys=True))
@@ -117,5 +135,9 @@ def status(
 
 
 async def _status(settings: Settings, teams: list[str]) -> list[TeamStatus]:
-    membership, _ = _membership(settings, fcm=False)
-    return [await membership.status_of(team_id) for team_id in teams or await membership.teams()]
+    redis = make_redis(settings)
+    try:
+        membership, _ = _membership(settings, redis, fcm=False)
+        return [await membership.status_of(team_id) for team_id in teams or await membership.teams()]
+    finally:
+        await redis.aclose()
