@@ -168,6 +168,22 @@ async def test_out_of_sync_means_per_token_for_everyone(world: World) -> None:
     assert not any(is_topic_batch(b) for b in again)
 
 
+async def test_an_unfollow_not_applied_yet_keeps_the_team_out_of_sync(world: World) -> None:
+    """Found by the property test below: a user who unfollowed is no follower any more, but still
+    subscribed to the team's topics until the change is applied; a topic send then reached them."""
+    await audience(world.store)
+    await world.membership.sync_team(TEAM)
+    await world.membership.apply_changes()
+    await world.store.unfollow_team("u1", TEAM)  # not applied yet: u1's phone is still in the topic
+
+    assert not (await world.membership.status_of(TEAM)).in_sync
+    batches, stats = await expand(world.planner, intent("i-3"))
+    assert stats.topic_messages == 0
+    assert "u1-tok0" not in fcm_tokens(batches)
+    await world.membership.apply_changes()
+    assert (await world.membership.status_of(TEAM)).in_sync
+
+
 async def test_no_topic_for_a_segment_it_cannot_stand_for(world: World) -> None:
     await audience(world.store)
     await world.membership.sync_team(TEAM)

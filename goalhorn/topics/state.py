@@ -7,8 +7,9 @@ written only after FCM accepted the (un)subscription. A team's topics are **in s
    subscriber epoch (``Keys.topic_state`` ``synced`` equals ``Keys.subscriber_epoch``; a reconcile
    clears it first, so one that dies half-way leaves the team out of sync, and Redis that lost its
    data has another epoch or none), and
-2. no follower of the team has a change not yet applied: every write of follows, devices or
-   preferences marks its users (``goalhorn.preferences.changes``), and
+2. no follower of the team, nor a user still subscribed to its topics (one who unfollowed), has a
+   change not yet applied: every write of follows, devices or preferences marks its users
+   (``goalhorn.preferences.changes``), and
    :meth:`TopicMembership.apply_changes` removes a mark only once the user's subscriptions match
    their data.
 
@@ -87,7 +88,8 @@ class TeamStatus:
     synced: bool
     """A full reconcile finished under the current subscriber epoch."""
     marked_followers: int | None
-    """Followers with changes not applied yet (None: too many marked users to look)."""
+    """Followers, and users still subscribed to the team's topics, with changes not applied yet (None:
+    too many marked users to look)."""
     leases: int
     members: dict[str, int]
     synced_at: float | None
@@ -187,6 +189,16 @@ class TopicState:
             if users:
                 hits = await self._redis.smismember(self._keys.team_followers(team_id), users)
                 marked_followers = sum(1 for hit in hits if hit)
+                # A user who unfollowed is no follower any more, but still subscribed until the change
+                # is applied: the team is out of sync as long as such a member is marked.
+                others = [user for user, hit in zip(users, hits, strict=True) if not hit]
+                if others:
+                    pipe = self._redis.pipeline(transaction=False)
+                    for user in others:
+                        pipe.hkeys(self._keys.topic_user(as_text(user)))
+                    member = f"{team_id}\t"
+                    for fields in await pipe.execute():
+                        marked_followers += any(as_text(field).startswith(member) for field in fields)
         members = {key[2:]: int(value) for key, value in state.items() if key.startswith("n:")}
         synced_at = float(state["synced_at"]) if state.get("synced_at") else None
         return TeamStatus(team_id, state.get("generation"), synced, marked_followers, int(leases), members, synced_at)
