@@ -39,7 +39,7 @@ API::
   :class:`Audience`: ``size`` followers of ``team``, one device each, written by :func:`store_audience`
   exactly as ``goalhorn subscribers import`` stores new users (the store's own writes); webhook devices
   point at the sandbox receiver with its secret; every ``preferences_every``-th follower has a
-  preference record that excludes them from nothing (a time zone), so is no FCM topic member.
+  preference record that excludes them from nothing (a mute of another team), so is no FCM topic member.
   Addresses encode the audience's tag and the follower's index, so a record maps back to its device
   without a table.
 - :func:`goal_intent` ``(namespace, team, n, *, priority=9, ttl_s=300, collapse_key=..., kind=GOAL)``:
@@ -90,9 +90,10 @@ from tests.processes import Process, clean_env, exports, free_port
 
 MIX: tuple[tuple[Platform, int], ...] = (("fcm", 60), ("apns", 35), ("webhook", 5))
 """The realistic provider mix, in percent."""
-TIME_ZONE = "Europe/London"
-"""The preference a follower with preferences has (``Audience.preferences_every``): a record that
-excludes them from no alert, yet keeps them out of FCM topics (sent per token)."""
+OTHER_TEAM = "bench-other-team"
+"""The preference a follower with preferences has (``Audience.preferences_every``): a mute of a team
+they do not follow, a record that excludes them from none of the bench's alerts, yet keeps them out of
+FCM topics (any mute is judged per token; a time zone alone would not: it excludes nothing)."""
 STAGES = ("fanout", "deliver", "ingest", "all")
 RUNNING = r"running \(namespace"
 STOP_TIMEOUT_S = 70.0
@@ -131,7 +132,7 @@ class Audience:
     webhook_base: str
     mix: tuple[tuple[Platform, int], ...] = MIX
     preferences_every: int = 0
-    """Every n-th follower (``i % n == n - 1``) has a preference record (:data:`TIME_ZONE`); 0: none."""
+    """Every n-th follower (``i % n == n - 1``) has a preference record (:data:`OTHER_TEAM` muted); 0: none."""
 
     def has_preferences(self, i: int) -> bool:
         return self.preferences_every > 0 and i % self.preferences_every == self.preferences_every - 1
@@ -173,7 +174,7 @@ class Audience:
                 device["secret"] = secret
             row: dict[str, object] = {"user_id": self.user(i), "devices": [device], "follows": follows}
             if self.has_preferences(i):
-                row["timezone"] = TIME_ZONE
+                row["preferences"] = {"muted_teams": [OTHER_TEAM]}
             yield json.dumps(row, separators=(",", ":")).encode() + b"\n"
 
 
@@ -223,7 +224,7 @@ async def store_audience(
     keys = Keys(settings.namespace)
     await check_layout(redis, keys, settings)
     store = PreferenceStore(redis, keys, buckets=settings.preference_buckets)
-    with_preferences = Preferences(time_zone=TIME_ZONE)
+    with_preferences = Preferences(muted_teams=frozenset({OTHER_TEAM}))
     profile = json.dumps(Follows(teams=frozenset({audience.team})).record(), separators=(",", ":"), sort_keys=True)
     for start in range(0, audience.size, chunk):
         devices = []

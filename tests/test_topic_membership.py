@@ -62,7 +62,7 @@ async def audience(store: PreferenceStore) -> None:
     await store.opt_out("u6", "GOAL")
     await store.update_preferences("u7", quiet_hours=QuietHours(22 * 60, 7 * 60))
     await store.update_preferences("u8", cap=Cap(1))
-    await store.update_preferences("u9", time_zone="Europe/London")  # a record, even if harmless
+    await store.mute_team("u9", "che")  # a mute of a team it does not follow: any mute is judged per token
 
 
 def subscribed(fcm: FcmSandbox) -> dict[str, set[str]]:
@@ -91,6 +91,28 @@ async def test_sync_subscribes_exactly_the_fcm_devices_of_followers_without_pref
 
     again = await membership.sync_team(TEAM)  # nothing to do, nothing done
     assert (again.subscribed, again.unsubscribed, again.in_sync) == (0, 0, True)
+
+
+async def test_a_time_zone_or_opt_ins_alone_exclude_nothing_and_keep_a_follower_in_the_topic(
+    parts: tuple[PreferenceStore, TopicMembership], fcm: FcmSandbox
+) -> None:
+    """Nearly every app stores its users' time zones: that alone (no quiet hours) or opt-ins (they only
+    add alerts) can keep no one from an alert that needs no opt-in. Quiet hours then take them out."""
+    store, membership = parts
+    await audience(store)
+    await store.follow_teams([("tz", TEAM), ("optin", TEAM)])
+    await store.add_devices([phone("tz"), phone("optin")])
+    await store.update_preferences("tz", time_zone="Asia/Tokyo")
+    await store.opt_in("optin", "GAME_END")
+
+    report = await membership.sync_team(TEAM)
+
+    en = membership.topic(TEAM, "en", report.generation)
+    assert {"tz-tok0", "optin-tok0"} <= subscribed(fcm)[en]
+    await store.update_preferences("tz", quiet_hours=QuietHours(22 * 60, 7 * 60))
+    await membership.apply_changes()
+    assert "tz-tok0" not in subscribed(fcm)[en]
+    assert "optin-tok0" in subscribed(fcm)[en]
 
 
 async def test_a_mute_makes_the_team_out_of_sync_until_the_user_is_unsubscribed(

@@ -52,7 +52,7 @@ async def test_a_goal_through_topics_reaches_each_eligible_phone_once(tmp_path: 
     ]
     await store.follow_teams([(u, "t1") for u in everyone])
     await store.add_devices(devices)
-    await store.set_preferences({u: Preferences(time_zone="Asia/Tokyo") for u in custom})
+    await store.set_preferences({u: Preferences(muted_teams=frozenset({"other"})) for u in custom})
     await store.set_preferences({u: Preferences(muted_teams=frozenset({"t1"})) for u in muted})
     try:
         with processes(tmp_path) as running:

@@ -105,6 +105,24 @@ class Preferences:
         )
 
 
+HARMLESS_KEYS = frozenset({"tz", "in"})
+"""Keys of a preferences record that can never exclude its user from an alert that needs no opt-in: a
+time zone (it only places quiet hours, and there are none) and opt-ins (they only add alerts)."""
+
+
+def can_exclude(raw: bytes | str | None) -> bool:
+    """Whether a stored preferences record (None: the user has none) may keep its user from an alert
+    that needs no opt-in: a mute, an opt-out, quiet hours or a cap. An unreadable one may (it is
+    looked at per token, where it is reported)."""
+    if raw is None:
+        return False
+    try:
+        record = from_json(raw)
+    except ValueError:
+        return True
+    return not isinstance(record, dict) or not set(record) <= HARMLESS_KEYS
+
+
 def record_cap(record: dict[str, Any]) -> Cap | None:
     """The cap of a compact preferences record, if it has one."""
     cap = record.get("cap")

@@ -1,7 +1,8 @@
-"""Per-team FCM topic membership: the FCM devices of a team's followers who have no preferences.
+"""Per-team FCM topic membership: the FCM devices of a team's followers whose preferences exclude nothing.
 
-A user with no preference record (the users the Bloom prefilter rules out) can never be excluded
-from a rule's alerts that needs no opt-in: no mute, opt-out, quiet hours or cap applies to them. So
+A user with no preference record (the users the Bloom prefilter rules out), or one that holds only a
+time zone and opt-ins (``goalhorn.preferences.model.can_exclude``), can never be excluded from a
+rule's alerts that needs no opt-in: no mute, opt-out, quiet hours or cap applies to them. So
 their FCM devices can share one push per team and locale (messages are rendered per locale): topic
 ``<prefix><namespace>.<team>.<locale>.<generation>``. Everyone else is sent per token.
 
@@ -28,7 +29,7 @@ from goalhorn.errors import StoreError
 from goalhorn.keys import Keys
 from goalhorn.models import Device
 from goalhorn.preferences.epoch import SubscriberEpoch
-from goalhorn.preferences.model import decode_devices
+from goalhorn.preferences.model import can_exclude, decode_devices
 from goalhorn.preferences.reader import group_by_bucket
 from goalhorn.redis_client import Redis
 from goalhorn.topics.fcm_admin import TopicOutcome
@@ -343,8 +344,8 @@ class TopicMembership:
 
     # --- reading ----------------------------------------------------------------------------
     async def _read_users(self, users: Sequence[str]) -> dict[str, tuple[bool, list[Device]]]:
-        """Per user: whether they have no preference record, and their devices (only read for those
-        with none, and only when the record names an FCM device: the others are in no topic)."""
+        """Per user: whether their preferences exclude nothing (``can_exclude``), and their devices (only
+        read for those, and only when the record names an FCM device: the others are in no topic)."""
         grouped = group_by_bucket(users, self._buckets)
         pipe = self._redis.pipeline(transaction=False)
         order: list[list[str]] = []
@@ -357,15 +358,16 @@ class TopicMembership:
         for n, members in enumerate(order):
             prefs, devices = rows[2 * n], rows[2 * n + 1]
             for user_id, raw_prefs, raw_devices in zip(members, prefs, devices, strict=True):
-                if raw_prefs is not None or not raw_devices or FCM_MARK not in raw_devices:
-                    out[user_id] = (raw_prefs is None, [])
+                plain = not can_exclude(raw_prefs)
+                if not plain or not raw_devices or FCM_MARK not in raw_devices:
+                    out[user_id] = (plain, [])
                     continue
                 try:
                     parsed = decode_devices(raw_devices)
                 except ValueError:
                     log.error("user %r: unreadable device record; left out of topics", user_id)
                     parsed = []
-                out[user_id] = (raw_prefs is None, parsed)
+                out[user_id] = (plain, parsed)
         return out
 
     async def _follows(self, teams: Sequence[str], users: Sequence[str]) -> dict[str, set[str]]:
