@@ -130,3 +130,16 @@ async def test_a_game_answers_its_channel_once_it_has_one(api: Api, settings: Se
     problem(await client.get("/v1/games/no-colon/live-activity"), 422)
     anonymous = await api.client.get(path)
     assert anonymous.status_code == 401
+
+
+async def test_deleting_a_user_forgets_their_push_to_start_tokens(api: Api, settings: Settings) -> None:
+    client = await api.as_tenant("acme")
+    assert (await client.put("/v1/users/u42", json={})).status_code == 201
+    start = "/v1/users/u42/live-activities/start-tokens/GameActivityAttributes"
+    assert (await client.put(start, json={"token": START})).status_code == 201
+    registry = live_registry(settings, api.app.state.services.redis)
+    assert await registry.start_tokens(USER) == {"GameActivityAttributes": START}
+
+    assert (await client.delete("/v1/users/u42")).status_code == 204
+
+    assert await registry.start_tokens(USER) == {}, "a deleted user's phone would still get game starts"

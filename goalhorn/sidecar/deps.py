@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from goalhorn.ingest.live import LiveState
 from goalhorn.keys import Keys
+from goalhorn.liveactivities.registry import LiveRegistry
 from goalhorn.preferences.store import PreferenceStore
 from goalhorn.providers.ssrf import AddressPolicy
 from goalhorn.redis_client import Redis, make_redis
@@ -44,6 +45,8 @@ class Services:
     users: TenantUsers
     api_keys: KeyStore
     live: LiveState
+    activities: LiveRegistry
+    """Live Activity tokens, Android registrations and game channels (``goalhorn.liveactivities``)."""
     policy: AddressPolicy
     limiter: RateLimiter
     switches: KillSwitches
@@ -64,6 +67,9 @@ class Services:
             users=TenantUsers(redis, keys, store),
             api_keys=KeyStore.from_settings(redis, settings),
             live=LiveState(redis, keys, retention_s=settings.live_state_retention_s),
+            activities=LiveRegistry(
+                redis, keys, buckets=settings.preference_buckets, ttl_s=settings.live_registration_ttl_s
+            ),
             policy=AddressPolicy.from_allowlist(settings.webhook_allowlist),
             limiter=RateLimiter(redis, keys),
             switches=KillSwitches(redis, keys),

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from goalhorn.admin.addresses import address_problem
 from goalhorn.keys import GAME_KEY_PATTERN, Platform
-from goalhorn.liveactivities.registry import LiveRegistry, Saved, TokenRejected
+from goalhorn.liveactivities.registry import Saved, TokenRejected
 from goalhorn.providers.ssrf import AddressPolicy
 from goalhorn.sidecar.apikeys import ApiKey
 from goalhorn.sidecar.deps import Services, body_schema, caller, json_body, provide_services
@@ -118,12 +118,6 @@ class GameLiveActivity(BaseModel):
     channel_created_at: datetime | None = None
 
 
-def _registry(svc: Services) -> LiveRegistry:
-    return LiveRegistry(
-        svc.redis, svc.keys, buckets=svc.settings.preference_buckets, ttl_s=svc.settings.live_registration_ttl_s
-    )
-
-
 async def _user(svc: Services, key: ApiKey, user_id: str) -> str:
     """The stored id of one of the tenant's users (404 for anyone else's)."""
     if await svc.users.get(key.tenant, user_id) is None:
@@ -151,7 +145,7 @@ async def put_start_token(
     """Register the user's push-to-start token of ``activity_type`` (replacing the one registered)."""
     user = await _user(svc, key, user_id)
     body = await json_body(request, ApnsTokenBody)
-    return _answer(response, await _registry(svc).set_start_token(user, activity_type, body.token))
+    return _answer(response, await svc.activities.set_start_token(user, activity_type, body.token))
 
 
 @router.delete(
@@ -159,7 +153,7 @@ async def put_start_token(
 )
 async def delete_start_token(user_id: UserId, activity_type: ActivityType, key: Writer, svc: Svc) -> Response:
     user = await _user(svc, key, user_id)
-    if not await _registry(svc).delete_start_token(user, activity_type):
+    if not await svc.activities.delete_start_token(user, activity_type):
         raise not_found("push-to-start token")
     return Response(status_code=204)
 
@@ -178,7 +172,7 @@ async def put_update_token(
     user = await _user(svc, key, user_id)
     body = await json_body(request, UpdateTokenBody)
     try:
-        saved = await _registry(svc).set_update_token(user, game_id, body.token, body.device)
+        saved = await svc.activities.set_update_token(user, game_id, body.token, body.device)
     except TokenRejected as exc:
         raise Problem(409, str(exc)) from None
     return _answer(response, saved)
@@ -192,7 +186,7 @@ async def delete_update_token(
 ) -> Response:
     """The activity on ``device`` ended: its token is forgotten (and refused from then on)."""
     user = await _user(svc, key, user_id)
-    if not await _registry(svc).delete_update_token(user, game_id, device):
+    if not await svc.activities.delete_update_token(user, game_id, device):
         raise not_found("update token")
     return Response(status_code=204)
 
@@ -209,7 +203,7 @@ async def put_android(
     """Send the game's live updates to this FCM token (replacing the one ``device`` registered for the game)."""
     user = await _user(svc, key, user_id)
     body = await json_body(request, FcmTokenBody)
-    return _answer(response, await _registry(svc).set_android(user, game_id, body.token, body.device))
+    return _answer(response, await svc.activities.set_android(user, game_id, body.token, body.device))
 
 
 @router.delete("/v1/users/{user_id}/live-activities/games/{game_id}/android", status_code=204, response_class=Response)
@@ -217,7 +211,7 @@ async def delete_android(
     user_id: UserId, game_id: GameKey, key: Writer, svc: Svc, device: DeviceQuery = ""
 ) -> Response:
     user = await _user(svc, key, user_id)
-    if not await _registry(svc).delete_android(user, game_id, device):
+    if not await svc.activities.delete_android(user, game_id, device):
         raise not_found("Android registration")
     return Response(status_code=204)
 
@@ -227,7 +221,7 @@ async def put_running(user_id: UserId, game_id: GameKey, key: Writer, svc: Svc) 
     """The user's phone shows the game's activity already (the app started it, on the game's channel or
     with a token): the game's start is not pushed to them (a second ticker)."""
     user = await _user(svc, key, user_id)
-    await _registry(svc).mark_running(user, game_id)
+    await svc.activities.mark_running(user, game_id)
     return Response(status_code=204)
 
 
@@ -235,7 +229,7 @@ async def put_running(user_id: UserId, game_id: GameKey, key: Writer, svc: Svc) 
 async def game_live_activity(game_id: GameKey, key: Reader, svc: Svc) -> GameLiveActivity:
     """The game's activity id and broadcast channel (null until the channel is made, about half an
     hour before kickoff for games with many followers, and again after it is deleted)."""
-    channel = await _registry(svc).channel(game_id)
+    channel = await svc.activities.channel(game_id)
     return GameLiveActivity(
         game_id=game_id,
         activity_id=game_id,

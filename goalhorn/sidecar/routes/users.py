@@ -185,9 +185,10 @@ async def get_user(user_id: UserId, key: Reader, svc: Svc) -> UserOut:
 
 @router.delete("/{user_id}", status_code=204, response_class=Response)
 async def delete_user(user_id: UserId, key: Writer, svc: Svc) -> Response:
-    """Remove a user with their devices, webhook endpoints, follows and preferences."""
+    """Remove a user with their devices, webhook endpoints, follows, preferences and push-to-start tokens."""
     if not await svc.users.delete(key.tenant, user_id):
         raise not_found("user")
+    await svc.activities.forget_user(stored_id(key.tenant, user_id))  # push-to-start tokens (games' expire)
     for endpoint in await svc.webhooks.list(key.tenant):
         if endpoint.user_id == user_id:
             await svc.webhooks.delete(key.tenant, endpoint.id)
