@@ -75,6 +75,22 @@ class EventKind(enum.StrEnum):
     status tick); built by ingest (``goalhorn.intents.liveactivity``), never by a catalog rule."""
 
 
+SCORING_KINDS = frozenset(
+    {
+        EventKind.GOAL,
+        EventKind.TOUCHDOWN,
+        EventKind.FIELD_GOAL,
+        EventKind.SAFETY,
+        EventKind.EXTRA_POINT,
+        EventKind.TWO_POINT_CONVERSION,
+        EventKind.RUN,
+        EventKind.BASKET,
+        EventKind.SCORE,
+    }
+)
+"""The kinds of event that change a score (a correction takes one back)."""
+
+
 class GameState(Model):
     """One game as a feed saw it at ``observed_at``."""
 

@@ -40,26 +40,12 @@ from goalhorn.intents.live_pacing import LivePacing
 from goalhorn.intents.liveactivity import live_intent
 from goalhorn.intents.rules import Original, corrections_for, intents_for, originals_of
 from goalhorn.keys import Keys
-from goalhorn.models import EdgeSignal, EventKind, GameEvent, GameState, Intent, utcnow
+from goalhorn.models import SCORING_KINDS, EdgeSignal, EventKind, GameEvent, GameState, Intent, utcnow
 from goalhorn.redis_client import Redis
 from goalhorn.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SCORING = frozenset(
-    {
-        EventKind.GOAL,
-        EventKind.TOUCHDOWN,
-        EventKind.FIELD_GOAL,
-        EventKind.SAFETY,
-        EventKind.EXTRA_POINT,
-        EventKind.TWO_POINT_CONVERSION,
-        EventKind.RUN,
-        EventKind.BASKET,
-        EventKind.SCORE,
-    }
-)
-"""Kinds whose alerts are remembered for the corrections that may take them back."""
 UNSENT_KEPT = 20
 """Events kept per game for a Live Activity update that could not be published (the newest)."""
 
@@ -288,7 +274,7 @@ class Ingestor:
         try:
             if corrected:
                 await self.live.pop_alerts(key, event.team_id)
-            elif event.kind in SCORING and intents:
+            elif event.kind in SCORING_KINDS and intents:
                 await self.live.push_alerts(key, event.team_id, originals_of(intents))
         except Exception:
             log.exception("could not record the alerts of %s for corrections", event.event_id)

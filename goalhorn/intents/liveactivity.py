@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from goalhorn.models import EventKind, GameEvent, GameState, GameStatus, Intent
+from goalhorn.models import SCORING_KINDS, EventKind, GameEvent, GameState, GameStatus, Intent
 
 TEMPLATE = "liveactivity"
 """The intent's template name: the catalog never renders it (the intent carries its payloads)."""
@@ -52,20 +52,7 @@ NAME_CUTS = (None, 64, 16)
 
 LiveEvent = Literal["start", "update", "end"]
 
-SCORING = frozenset(
-    {
-        EventKind.GOAL,
-        EventKind.TOUCHDOWN,
-        EventKind.FIELD_GOAL,
-        EventKind.SAFETY,
-        EventKind.EXTRA_POINT,
-        EventKind.TWO_POINT_CONVERSION,
-        EventKind.RUN,
-        EventKind.BASKET,
-        EventKind.SCORE,
-    }
-)
-NOTED = SCORING | {EventKind.RED_CARD, EventKind.SCORE_CORRECTION}
+NOTED = SCORING_KINDS | {EventKind.RED_CARD, EventKind.SCORE_CORRECTION}
 """Events the ticker names as its ``last_event``."""
 URGENT = NOTED | {EventKind.GAME_START, EventKind.GAME_END}
 """Events worth an APNs priority-10 update (budget permitting, see ``goalhorn.intents.live_pacing``)."""
@@ -279,7 +266,7 @@ def _alert(
         return {"title": f"{state.home_team} vs {state.away_team}", "body": "The game is under way"}
     if live_event == "end" or state.status is GameStatus.FINAL:
         return {"title": "Final", "body": score}
-    scores = [event for event in events if event.kind in SCORING]
+    scores = [event for event in events if event.kind in SCORING_KINDS]
     if not scores:
         return None
     event = scores[-1]

@@ -210,18 +210,7 @@ class ApnsProvider(Provider):
                 push_type=push_type,
                 apns_topic=topic,
             )
-            try:
-                async with deadline(timeout_s):
-                    result = await client.send_notification(request)
-            except TimeoutError:
-                return unanswered(device, "timeout", maybe_sent=self._was_written(request))
-            except (MaxAttemptsExceeded, ConnectionClosed, ApnsConnectionError, H2Error, OSError) as exc:
-                # Connection-level: aioapns could not connect, or the HTTP/2 connection closed (before the
-                # request was written, or under it: aioapns tries again on another connection first).
-                reason = f"connection_error: {type(exc).__name__}"
-                return unanswered(device, reason, maybe_sent=self._was_written(request))
-            self._written.discard(request.notification_id)  # written, lost, then sent again by aioapns
-            return result_for_notification(device, result)
+            return await self._request(client, request, device, timeout_s)
 
         return send
 
@@ -260,16 +249,7 @@ class ApnsProvider(Provider):
                 push_type=PushType.LIVEACTIVITY,
                 apns_topic=topic,
             )
-            try:
-                async with deadline(timeout_s):
-                    result = await client.send_notification(request)
-            except TimeoutError:
-                return unanswered(device, "timeout", maybe_sent=self._was_written(request))
-            except (MaxAttemptsExceeded, ConnectionClosed, ApnsConnectionError, H2Error, OSError) as exc:
-                reason = f"connection_error: {type(exc).__name__}"
-                return unanswered(device, reason, maybe_sent=self._was_written(request))
-            self._written.discard(request.notification_id)
-            return result_for_notification(device, result)
+            return await self._request(client, request, device, timeout_s)
 
         async def broadcast(device: Device) -> DeliveryResult:
             headers = {
@@ -294,6 +274,23 @@ class ApnsProvider(Provider):
             return result_for_broadcast(device, response)
 
         return send
+
+    async def _request(
+        self, client: APNs, request: NotificationRequest, device: Device, timeout_s: float
+    ) -> DeliveryResult:
+        """One request through aioapns (an alert or a Live Activity to a token), as the device's result."""
+        try:
+            async with deadline(timeout_s):
+                result = await client.send_notification(request)
+        except TimeoutError:
+            return unanswered(device, "timeout", maybe_sent=self._was_written(request))
+        except (MaxAttemptsExceeded, ConnectionClosed, ApnsConnectionError, H2Error, OSError) as exc:
+            # Connection-level: aioapns could not connect, or the HTTP/2 connection closed (before the
+            # request was written, or under it: aioapns tries again on another connection first).
+            reason = f"connection_error: {type(exc).__name__}"
+            return unanswered(device, reason, maybe_sent=self._was_written(request))
+        self._written.discard(request.notification_id)  # written, lost, then sent again by aioapns
+        return result_for_notification(device, result)
 
     def _was_written(self, request: NotificationRequest) -> bool:
         """Whether a failed request was written on a connection (by any of aioapns' attempts)."""
