@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from goalhorn.bus import Bus, BusMessage, Handler, Subscription
+from goalhorn.bus import Bus, Handler, Subscription
 from goalhorn.errors import PublishNotConfirmed
 from goalhorn.ingest.adapter import Parsed
 from goalhorn.ingest.budget import RequestBudget
@@ -28,6 +28,7 @@ from goalhorn.models import EventKind, GameState, GameStatus, Intent, Sport
 from goalhorn.settings import Settings
 from tests.feeds import fixture
 from tests.httpserver import Script, body, serve
+from tests.queues import published
 
 pytestmark = pytest.mark.timeout(60)
 T0 = datetime(2026, 5, 2, 23, 0, tzinfo=UTC)
@@ -84,24 +85,6 @@ def hockey(game_id: str = "g1", minute: int = 0, **changes: Any) -> GameState:
         "observed_at": T0 + timedelta(minutes=minute),
     }
     return GameState(**(values | changes))
-
-
-async def published(bus: Bus, settings: Settings, at_least: int) -> list[Intent]:
-    """Every intent on the queue, waiting for ``at_least`` and then a moment longer for any extra."""
-    seen: list[BusMessage] = []
-
-    async def handler(message: BusMessage) -> None:
-        seen.append(message)
-
-    subscription = await bus.consume(Keys(settings.namespace).intent_queue, handler, prefetch=32)
-    try:
-        async with asyncio.timeout(10):
-            while len(seen) < at_least:
-                await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)
-    finally:
-        await subscription.cancel()
-    return [Intent.from_json(m.body) for m in seen]
 
 
 def goals(intents: list[Intent]) -> list[tuple[str, str, str]]:

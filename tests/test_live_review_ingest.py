@@ -22,7 +22,8 @@ from goalhorn.intents.live_pacing import PENDING_S
 from goalhorn.keys import Keys
 from goalhorn.models import EventKind, GameStatus
 from goalhorn.settings import Settings
-from tests.test_liveactivity_ingest import T0, hockey, live, on, on_the_queue
+from tests.queues import published
+from tests.test_liveactivity_ingest import T0, hockey, live, on
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -79,7 +80,7 @@ async def test_a_live_update_cancelled_before_its_confirm_is_published_after_the
     later = changed.model_copy(update={"observed_at": changed.observed_at + timedelta(seconds=5)})
     done = await restarted.absorb(Parsed(states=[later]), diff=True, now=later.observed_at)
     assert [i.data["live_event"] for i in done.live] == [event], f"the {event} was never published"
-    intents = await on_the_queue(bus, settings, at_least=1 if event == "start" else 2)
+    intents = await published(bus, settings, at_least=1 if event == "start" else 2)
     kinds = [kind for _, kind, _ in live(intents)]
     assert kinds[-1] is (EventKind.GAME_START if event == "start" else EventKind.GAME_END)
 
@@ -108,7 +109,7 @@ async def test_a_live_update_whose_process_died_before_its_confirm_is_published_
         late = soon.model_copy(update={"observed_at": changed.observed_at + timedelta(seconds=PENDING_S)})
         done = await second.absorb(Parsed(states=[late]), diff=True, now=late.observed_at)
         assert [i.data["live_event"] for i in done.live] == [event], f"the {event} was never published"
-        intents = await on_the_queue(bus, settings, at_least=1 if event == "start" else 2)
+        intents = await published(bus, settings, at_least=1 if event == "start" else 2)
         kinds = [kind for _, kind, _ in live(intents)]
         assert kinds[-1] is (EventKind.GAME_START if event == "start" else EventKind.GAME_END)
         again = late.model_copy(update={"observed_at": late.observed_at + timedelta(seconds=2 * PENDING_S)})

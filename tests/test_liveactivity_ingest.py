@@ -4,7 +4,6 @@ published again with the next poll, once."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -14,7 +13,7 @@ import pytest
 
 from goalhorn.app.ingest import IngestStage
 from goalhorn.app.parts import Parts
-from goalhorn.bus import Bus, BusMessage, Handler, Subscription
+from goalhorn.bus import Bus, Handler, Subscription
 from goalhorn.errors import PublishNotConfirmed
 from goalhorn.ingest.adapter import Parsed
 from goalhorn.ingest.ingestor import Ingestor
@@ -22,6 +21,7 @@ from goalhorn.intents.liveactivity import live_intent
 from goalhorn.keys import Keys
 from goalhorn.models import EventKind, GameState, GameStatus, Intent, Sport
 from goalhorn.settings import Settings
+from tests.queues import published
 
 pytestmark = pytest.mark.timeout(60)
 T0 = datetime(2026, 5, 2, 23, 0, tzinfo=UTC)
@@ -80,24 +80,6 @@ def hockey(second: float, **changes: Any) -> GameState:
     return GameState(**(values | changes))
 
 
-async def on_the_queue(bus: Bus, settings: Settings, at_least: int) -> list[Intent]:
-    """Every intent on the intent queue: ``at_least`` of them, then a moment longer for any extra."""
-    seen: list[BusMessage] = []
-
-    async def handler(message: BusMessage) -> None:
-        seen.append(message)
-
-    subscription = await bus.consume(Keys(settings.namespace).intent_queue, handler, prefetch=64)
-    try:
-        async with asyncio.timeout(10):
-            while len(seen) < at_least:
-                await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)
-    finally:
-        await subscription.cancel()
-    return [Intent.from_json(m.body) for m in seen]
-
-
 def live(intents: list[Intent]) -> list[tuple[str, EventKind, int]]:
     """The Live Activity intents in the order of the states they carry (the queue serves by priority)."""
     mine = sorted((i for i in intents if i.template == "liveactivity"), key=lambda i: i.event_at)
@@ -130,7 +112,7 @@ async def test_a_game_night_becomes_start_updates_ticks_and_end_beside_the_alert
     assert await poll(final) == []  # the same final state again
     assert await poll(hockey(4010, home_score=1, status=GameStatus.FINAL, period=3)) == []
 
-    intents = await on_the_queue(bus, settings, at_least=6)
+    intents = await published(bus, settings, at_least=6)
     assert live(intents) == [
         ("start", EventKind.GAME_START, 9),
         ("update", EventKind.GOAL, 9),
@@ -160,7 +142,7 @@ async def test_a_live_update_the_broker_did_not_confirm_goes_with_the_next_poll_
     assert [(i.kind, i.priority) for i in retry.live] == [(EventKind.GOAL, 9)]  # still the goal, not a tick
     again = await ingestor.absorb(Parsed(states=[hockey(30, home_score=1)]), diff=True, now=T0 + timedelta(seconds=30))
     assert again.live == []
-    intents = await on_the_queue(bus, settings, at_least=3)
+    intents = await published(bus, settings, at_least=3)
     assert live(intents) == [("start", EventKind.GAME_START, 9), ("update", EventKind.GOAL, 9)]
     assert [i.kind for i in intents if i.template != "liveactivity"].count(EventKind.GOAL) == 1
 
@@ -177,7 +159,7 @@ async def test_with_live_activities_off_the_stage_publishes_only_alerts(bus: Bus
         await stage.stop()
         assert done.live == []
         assert stage.summary.live_intents == 0
-        intents = await on_the_queue(bus, settings, at_least=stage.summary.intents)
+        intents = await published(bus, settings, at_least=stage.summary.intents)
         assert stage.summary.intents >= 1
         assert [i for i in intents if i.template == "liveactivity"] == []
     finally:
@@ -194,7 +176,7 @@ async def test_the_stage_counts_what_it_published_with_live_activities_on(bus: B
         await stage.absorb(Parsed(states=[hockey(20, home_score=1)]), diff=True)
         await stage.stop()
         assert stage.summary.live_intents == 2
-        intents = await on_the_queue(bus, settings, at_least=stage.summary.intents + 2)
+        intents = await published(bus, settings, at_least=stage.summary.intents + 2)
         assert live(intents) == [("start", EventKind.GAME_START, 9), ("update", EventKind.GOAL, 9)]
     finally:
         await parts.aclose()
@@ -224,7 +206,7 @@ async def test_an_update_that_cannot_be_built_holds_back_only_its_own_game(
         await ingestor.absorb(poll(10, 1), diff=True, now=T0 + timedelta(seconds=10))
     retry = await ingestor.absorb(poll(15, 1), diff=True, now=T0 + timedelta(seconds=15))
     assert [(i.game_id, i.kind) for i in retry.live] == [(f"espn:{pit}", EventKind.GOAL)]
-    intents = [i for i in await on_the_queue(bus, settings, at_least=4) if i.template == "liveactivity"]
+    intents = [i for i in await published(bus, settings, at_least=4) if i.template == "liveactivity"]
     assert sorted((i.game_id, i.kind.value) for i in intents) == [
         (f"espn:{pit}", "GAME_START"),
         (f"espn:{pit}", "GOAL"),
