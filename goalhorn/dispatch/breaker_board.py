@@ -76,10 +76,11 @@ class BreakerBoard:
         circuits used for the first time (no call if there is nothing)."""
         sent: dict[str, Transition] = {}
         counts: dict[str, int] = {}
-        new: list[str] = []
+        new: set[str] = set()  # a set: every circuit is looked up in it again below (a webhook batch
+        # brings up to 500 endpoints not listed yet, and a worker keeps over a thousand circuits)
         for circuit, breaker in breakers.items():
             if not breaker.registered:
-                new.append(circuit)
+                new.add(circuit)
             if breaker.unshared is not None:
                 sent[circuit] = breaker.unshared
             if breaker.failures_unshared:
