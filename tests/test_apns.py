@@ -166,3 +166,78 @@ async def test_a_request_that_never_reached_a_connection_is_not_an_answer_lost(s
     async with ApnsProvider(settings) as provider:
         (result,) = await provider.send(apns_batch(1))
     assert (result.outcome, result.retryable, result.maybe_sent) == ("failed", True, False)
+
+
+async def test_a_connection_forgets_each_request_once_answered(sandbox) -> None:
+    # aioapns maps each stream to its request and dropped the pair only on an error answer: a connection
+    # held every accepted push's pair until it closed (50 MB through the APNs share of a 1M goal).
+    async with ApnsProvider(settings_for(sandbox)) as provider:
+        results = await provider.send(apns_batch(300))
+        sandbox.unregistered[token(7)] = 1637679125000
+        again = await provider.send(apns_batch(20))
+        connections = list(provider._apns().pool.connections)
+        assert connections
+        for connection in connections:
+            assert connection.request_streams == {}
+            assert connection.request_statuses == {}
+            assert connection.requests == {}
+            assert len(connection.conn._closed_streams) <= 1024
+    assert [r.outcome for r in results] == ["sent"] * 300
+    assert [r.outcome for r in again].count("invalid_token") == 1
+
+
+async def test_an_error_status_without_a_body_is_an_answer(sandbox) -> None:
+    async with ApnsProvider(settings_for(sandbox)) as provider:
+        await provider.send(apns_batch(1))
+        connection = next(iter(provider._apns().pool.connections))
+        answer: asyncio.Future = asyncio.get_running_loop().create_future()
+        connection.requests["n1"] = answer
+        connection.request_streams[99] = "n1"
+        connection.on_response_received({b"apns-id": b"n1", b":status": b"500"})
+        assert not answer.done()  # the status waits for a body, as aioapns has it
+        connection.free_channels.release = lambda: None  # type: ignore[method-assign]  # it took no channel
+        connection.on_stream_ended(99)
+        result = answer.result()
+        assert (result.status, result.is_successful) == ("500", False)
+        assert connection.request_statuses == {}
+        assert 99 not in connection.request_streams
+
+
+async def test_a_token_that_cannot_be_one_is_refused_without_a_request(sandbox) -> None:
+    devices = (
+        Device(device_id="bad", user_id="u", platform="apns", address="zz top\r\n"),
+        Device(device_id="ok", user_id="u", platform="apns", address=token(1)),
+    )
+    batch = DeliveryBatch(batch_id="b", platform="apns", intent=make_intent("i-apns"), devices=devices)
+    async with ApnsProvider(settings_for(sandbox)) as provider:
+        bad, ok = await provider.send(batch)
+    assert (bad.outcome, bad.reason) == ("invalid_token", "BadDeviceToken")
+    assert ok.outcome == "sent"
+    assert sandbox.received == {token(1): 1}
+
+
+def test_request_headers_decode_as_sent_and_per_request_values_stay_out_of_the_table() -> None:
+    from hpack import Decoder
+
+    from goalhorn.providers.apns import _RequestHeaders
+
+    encoder, decoder = _RequestHeaders(), Decoder()
+    for i in range(50):
+        headers = [
+            (":method", "POST"),
+            (":scheme", "https"),
+            (":path", f"/3/device/{token(i)}"),
+            ("host", "api.push.apple.com"),
+            ("apns-id", f"id-{i}"),
+            ("apns-topic", "com.example.app"),
+            ("apns-expiration", str(1_800_000_000 + i)),
+            ("authorization", "bearer eyJ.secret.sig"),
+        ]
+        block = encoder.encode(headers)
+        decoded: list[tuple[object, ...]] = [tuple(header) for header in decoder.decode(block)]
+        assert decoded == headers
+    # the steady headers are indexed (one byte each); nothing per request, nor the token, entered the table
+    table = [(name, value) for name, value in decoder.header_table.dynamic_entries]
+    assert (b"apns-topic", b"com.example.app") in table
+    assert not any(name in (b":path", b"apns-id", b"apns-expiration", b"authorization") for name, _ in table)
+    assert len(encoder.encode(headers[:2] + headers[3:4] + headers[5:6])) == 4
