@@ -140,10 +140,16 @@ class _Connection(H2Connection):
     aioapns has at most 1,000 streams open per connection."""
 
 
-_H2_CONFIG = H2Configuration(client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False)
-"""aioapns writes its headers lowercase and well-formed, from the settings, the intent and a device token
-the provider checked (``_plain_token``); h2's per-request checks of them were a tenth of a send's CPU.
-Answers are still checked."""
+_H2_CONFIG = H2Configuration(
+    client_side=True,
+    validate_outbound_headers=False,
+    normalize_outbound_headers=False,
+    validate_inbound_headers=False,
+)
+"""h2's per-request header checks, a tenth of an APNs send's CPU, are off: aioapns writes its headers
+lowercase and well-formed, from the settings, the intent and a device token the provider checked
+(``_plain_token``); of an answer only ``:status``, ``apns-id`` and the JSON body are read (frames are
+still parsed strictly), and one without them is an answer lost: its request times out, retryable."""
 
 
 def _plain_token(token: str) -> bool:
