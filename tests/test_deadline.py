@@ -77,3 +77,30 @@ def test_an_accepted_result_names_the_device_and_the_message() -> None:
     assert (result.retryable, result.message_error, result.refused, result.maybe_sent) == (False, False, False, False)
     assert accepted(device, None).provider_message_id is None
     assert result.model_fields_set == {"device_id", "outcome", "provider_message_id"}
+
+
+async def test_many_requests_share_ticks_and_each_times_out_on_its_own() -> None:
+    async def request(seconds: float, answer_after: float) -> str:
+        try:
+            async with deadline(seconds):
+                await asyncio.sleep(answer_after)
+                return "answered"
+        except TimeoutError:
+            return "timeout"
+
+    started = time.monotonic()
+    outcomes = await asyncio.gather(
+        *(request(0.1, 5.0) for _ in range(500)),
+        *(request(5.0, 0.02) for _ in range(500)),
+        *(request(0.3, 5.0) for _ in range(10)),
+    )
+    took = time.monotonic() - started
+    assert outcomes == ["timeout"] * 500 + ["answered"] * 500 + ["timeout"] * 10
+    assert 0.3 <= took < 1.5
+
+
+async def test_a_deadline_left_in_time_never_cancels_what_its_task_does_next() -> None:
+    async with deadline(0.05):
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.3)  # past the tick the deadline was on: it must not cancel this sleep
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]

@@ -41,6 +41,7 @@ import contextlib
 import functools
 import logging
 import random
+import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -274,6 +275,8 @@ class _Run:
     ) -> None:
         self.batch = batch
         self.platform = batch.platform
+        self.event_at = batch.intent.event_at.timestamp()
+        """When the intent's event happened (epoch seconds): each push's latency is counted from it."""
         self.provider = provider
         self.send = send
         self.tally = tally
@@ -284,7 +287,9 @@ class _Run:
         self._breakers = deliverer.breakers
         self._todo = deque(batch.devices)
         self._ready: deque[Device] = deque()
-        self._claiming = asyncio.Lock()
+        self._claiming = False
+        """A worker is claiming a window (``next_device``); ``_claimed`` is set when it is done."""
+        self._claimed = asyncio.Event()
         self._parked: dict[str, deque[Device]] = {}
         self._claimed_once = False
         self.holding: set[str] = set()
@@ -297,13 +302,17 @@ class _Run:
     async def next_device(self) -> Device | None:
         """The next device to send, claimed; None when the batch has none left."""
         while not self._ready:
-            if not self._todo and not self._claiming.locked():
+            if self._claiming:
+                # A window being claimed may still bring devices: wait for it rather than leave its
+                # devices to the one worker claiming them. Every waiter wakes at once when it is in
+                # (or failed: then one of them claims again).
+                await self._claimed.wait()
+                continue
+            if not self._todo:
                 return None
-            # A window being claimed may still bring devices: wait for it rather than leave its
-            # devices to the one worker claiming them.
-            async with self._claiming:
-                if self._ready or not self._todo:
-                    continue
+            self._claiming = True
+            self._claimed.clear()
+            try:
                 window = self._window(max(MIN_WINDOW, self.active))
                 if not window:
                     continue
@@ -312,11 +321,14 @@ class _Run:
                 self.tally.claimed(self.platform, claims, "superseded")
                 self._ready.extend(claims.claimed)
                 self.holding.update(d.device_id for d in claims.claimed)
+            finally:
+                self._claiming = False
+                self._claimed.set()
         return self._ready.popleft()
 
     def has_work(self) -> bool:
         """Whether the batch still has devices to claim or claimed ones to send."""
-        return bool(self._ready or self._todo or self._claiming.locked())
+        return bool(self._ready or self._todo or self._claiming)
 
     def _window(self, size: int) -> list[Device]:
         """Up to ``size`` devices to claim; devices whose circuit is open are deferred unclaimed."""
@@ -691,7 +703,7 @@ class Deliverer:
             tally.retry_later(device, result.reason or "failed", result.retry_after)
         elif result.outcome == "sent":
             run.finish(device, "sent")
-            tally.latencies_ms.append((utcnow() - run.batch.intent.event_at).total_seconds() * 1000)
+            tally.latencies_ms.append((time.time() - run.event_at) * 1000)
         elif result.outcome == "invalid_token":
             run.finish(device, "invalid_token")
             tally.dead_tokens.append((device, result))

@@ -18,6 +18,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import hashlib
+import math
+import weakref
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Self
@@ -105,6 +107,44 @@ def render_failed(device: Device, exc: Exception) -> DeliveryResult:
     return DeliveryResult(device_id=device.device_id, outcome="failed", reason=reason, message_error=True)
 
 
+DEADLINE_TICK_S = 0.05
+"""Deadlines fall due on ticks this far apart (a request times out up to this much after its time)."""
+
+
+class _Ticks:
+    """One event loop's pending deadlines by the tick they fall due on: one timer per tick in use, not one
+    per request (a timer on the loop's heap, made, cancelled and popped again for every push, cost more
+    than the deadline's own work)."""
+
+    __slots__ = ("_due", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._due: dict[int, set[deadline]] = {}
+
+    def add(self, pending: deadline, at: float) -> int:
+        """Fire ``pending`` on the first tick at or after the loop time ``at``; returns that tick."""
+        tick = math.ceil(at / DEADLINE_TICK_S)
+        due = self._due.get(tick)
+        if due is None:
+            due = self._due[tick] = set()
+            self._loop.call_at(tick * DEADLINE_TICK_S, self._fire, tick)
+        due.add(pending)
+        return tick
+
+    def remove(self, pending: deadline, tick: int) -> None:
+        due = self._due.get(tick)
+        if due is not None:
+            due.discard(pending)
+
+    def _fire(self, tick: int) -> None:
+        for pending in self._due.pop(tick, ()):
+            pending._expire()
+
+
+_TICKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Ticks] = weakref.WeakKeyDictionary()
+
+
 class deadline:
     """``asyncio.timeout(seconds)`` for a provider request, except that time the event loop did not run
     does not count against the provider. After a stall (the process descheduled on a busy machine, a
@@ -114,11 +154,12 @@ class deadline:
     is pushed back by how late it was (at most ``seconds``, ``STALL_GRACES`` times), which lets those
     answers through; a provider that is merely slow still times out after ``seconds``.
 
-    One timer per request and no generator: it is around every request, on the hot path. Expiry
-    cancels the task and turns that cancellation into ``TimeoutError`` on the way out, as
-    ``asyncio.timeout`` does (a cancellation from elsewhere passes through)."""
+    No timer of its own and no generator: it is around every request, on the hot path. It waits on
+    its loop's tick (``_Ticks``, ``DEADLINE_TICK_S``). Expiry cancels the task and turns that
+    cancellation into ``TimeoutError`` on the way out, as ``asyncio.timeout`` does (a cancellation from
+    elsewhere passes through)."""
 
-    __slots__ = ("_cancelling", "_expired", "_graces", "_handle", "_loop", "_seconds", "_task")
+    __slots__ = ("_cancelling", "_due", "_expired", "_graces", "_loop", "_seconds", "_task", "_tick", "_ticks")
 
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
@@ -132,16 +173,20 @@ class deadline:
             raise RuntimeError("deadline() is used inside a task")
         self._task = task
         self._cancelling = task.cancelling()
-        due = loop.time() + self._seconds
-        self._handle = loop.call_at(due, self._expire, due)
+        ticks = _TICKS.get(loop)
+        if ticks is None:
+            ticks = _TICKS[loop] = _Ticks(loop)
+        self._ticks = ticks
+        self._due = due = loop.time() + self._seconds
+        self._tick = ticks.add(self, due)
 
-    def _expire(self, due: float) -> None:
+    def _expire(self) -> None:
         loop = self._loop
-        late = loop.time() - due
+        late = loop.time() - self._due  # DEADLINE_TICK_S at most without a stall
         if late > STALL_S and self._graces:
             self._graces -= 1
-            again = loop.time() + min(late, self._seconds)
-            self._handle = loop.call_at(again, self._expire, again)
+            self._due = due = loop.time() + min(late, self._seconds)
+            self._tick = self._ticks.add(self, due)
         else:
             self._expired = True
             self._task.cancel()
@@ -149,7 +194,7 @@ class deadline:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._handle.cancel()
+        self._ticks.remove(self, self._tick)
         if self._expired and self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
             raise TimeoutError from exc
 
