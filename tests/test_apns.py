@@ -201,6 +201,14 @@ async def test_an_error_status_without_a_body_is_an_answer(sandbox) -> None:
         assert (result.status, result.is_successful) == ("500", False)
         assert connection.request_statuses == {}
         assert 99 not in connection.request_streams
+        # an answer that names no request answers nothing: that request stays, for its timeout to find written
+        unanswered: asyncio.Future = asyncio.get_running_loop().create_future()
+        connection.requests["n2"] = unanswered
+        connection.request_streams[98] = "n2"
+        connection.on_response_received({b":status": b"200"})
+        connection.on_stream_ended(98)
+        assert not unanswered.done()
+        assert connection.requests.pop("n2") is unanswered
 
 
 async def test_a_token_that_cannot_be_one_is_refused_without_a_request(sandbox) -> None:

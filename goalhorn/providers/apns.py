@@ -176,11 +176,12 @@ class _Endpoint(APNsProductionClientProtocol):
         until it closed (some 150 bytes a push: 50 MB through the APNs share of a 1M goal). An error
         status without a body (which aioapns would leave waiting for one) is that request's answer."""
         notification_id = self.request_streams.pop(stream_id, None)
-        if notification_id is not None:
-            status = self.request_statuses.pop(notification_id, None)
+        status = self.request_statuses.pop(notification_id, None) if notification_id is not None else None
+        if notification_id is not None and status is not None:
             request = self.requests.pop(notification_id, None)
-            if status is not None and request is not None and not request.done():
+            if request is not None and not request.done():
                 request.set_result(NotificationResult(notification_id, status))
+        # A request with no answer at all stays in ``requests``: its timeout finds it written (``maybe_sent``).
         super().on_stream_ended(stream_id)
 
     async def send_notification(self, request: NotificationRequest) -> NotificationResult:
